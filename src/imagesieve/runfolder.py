@@ -1,0 +1,67 @@
+"""The layout of an output folder and atomic writes into it.
+
+OUTPUT/<shard path>.tar                   kept samples, members byte-for-byte
+OUTPUT/removed.parquet                    every removed sample: id, shard, reason
+OUTPUT/summary.json                       counts of the whole run
+OUTPUT/_imagesieve/index/<shard>.parquet  per kept sample: key, member names, sizes
+OUTPUT/_imagesieve/removed/<shard>.parquet  removed samples of one shard
+OUTPUT/_imagesieve/done/<shard>.json      written last for a shard: its counts; a rerun skips it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+WORK_DIR = "_imagesieve"
+SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def strip_shard_suffix(relative_path: str) -> str:
+    for suffix in SHARD_SUFFIXES:
+        if relative_path.endswith(suffix):
+            return relative_path[: -len(suffix)]
+    return relative_path
+
+
+def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:
+    """OUTPUT/_imagesieve/<kind>/<shard without suffix><ext>."""
+    return os.path.join(output_dir, WORK_DIR, kind, strip_shard_suffix(relative_path) + ext)
+
+
+def done_marker(output_dir: str, relative_path: str) -> str:
+    return work_path(output_dir, "done", relative_path, ".json")
+
+
+def temp_name(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(data: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = temp_name(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

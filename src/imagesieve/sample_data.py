@@ -1,0 +1,166 @@
+"""A small dataset of real photographs with planted duplicates, made offline from registry packages.
+
+Sources: the photos bundled in scikit-image's wheel and scikit-learn's two sample images (install
+with `pip install imagesieve[sample]`). Large photos are cut into non-overlapping tiles, flat tiles
+(sky, black borders) are dropped, and each tile is one distinct image. Duplicates are planted as
+known transforms of chosen originals, and the truth is written beside the shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageEnhance, ImageOps
+
+from imagesieve.runfolder import write_parquet_atomic
+
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
+                  "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "clock", "cell")
+MIN_TILE_STD = 12.0  # tiles flatter than this (sky, borders) are not distinct images
+
+
+def load_photos() -> Iterator[tuple[str, np.ndarray]]:
+    """(name, RGB uint8 array) of every bundled real photograph."""
+    try:
+        import skimage.data
+        from sklearn.datasets import load_sample_images
+    except ImportError as exc:
+        raise ImportError("the sample photos come from scikit-image and scikit-learn: "
+                          "pip install 'imagesieve[sample]'") from exc
+    for name in SKIMAGE_PHOTOS:
+        yield name, _to_rgb(getattr(skimage.data, name)())
+    bunch = load_sample_images()
+    for filename, image in zip(bunch.filenames, bunch.images, strict=True):
+        yield os.path.splitext(os.path.basename(filename))[0], _to_rgb(image)
+
+
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return np.ascontiguousarray(array[..., :3].astype(np.uint8))
+
+
+def distinct_images(tile: int = 128) -> list[tuple[str, Image.Image]]:
+    """Non-overlapping tiles of every photo, flat ones dropped: many distinct real images."""
+    out = []
+    for name, photo in load_photos():
+        height, width = photo.shape[:2]
+        for row in range(height // tile):
+            for col in range(width // tile):
+                crop = photo[row * tile:(row + 1) * tile, col * tile:(col + 1) * tile]
+                if crop.std() >= MIN_TILE_STD:
+                    out.append((f"{name}_r{row}c{col}", Image.fromarray(crop)))
+    return out
+
+
+def encode(image: Image.Image, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    else:
+        image.save(buffer, format=fmt.upper())
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A known change to an image; `near` says whether a perceptual hash is expected to catch it."""
+
+    name: str
+    apply: Callable[[Image.Image, bytes], tuple[bytes, str]]  # (image, original jpeg) -> (bytes, ext)
+    near: bool = True
+
+
+def _resized(scale: float) -> Callable[[Image.Image, bytes], tuple[bytes, str]]:
+    def apply(image: Image.Image, _: bytes) -> tuple[bytes, str]:
+        size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
+        return encode(image.resize(size, Image.Resampling.BICUBIC)), "jpg"
+    return apply
+
+
+def _cropped(fraction: float) -> Callable[[Image.Image, bytes], tuple[bytes, str]]:
+    def apply(image: Image.Image, _: bytes) -> tuple[bytes, str]:
+        dx, dy = round(image.width * fraction / 2), round(image.height * fraction / 2)
+        return encode(image.crop((dx, dy, image.width - dx, image.height - dy))), "jpg"
+    return apply
+
+
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in [
+    Transform("exact_copy", lambda image, original: (original, "jpg")),
+    Transform("resize_0.5", _resized(0.5)),
+    Transform("resize_1.5", _resized(1.5)),
+    Transform("jpeg_q30", lambda image, _: (encode(image, quality=30), "jpg")),
+    Transform("jpeg_q60", lambda image, _: (encode(image, quality=60), "jpg")),
+    Transform("to_png", lambda image, _: (encode(image, "png"), "png")),
+    Transform("to_webp", lambda image, _: (encode(image, "webp"), "webp")),
+    Transform("crop_5pct", _cropped(0.05)),
+    Transform("crop_10pct", _cropped(0.10)),
+    Transform("brightness_1.2", lambda image, _: (encode(ImageEnhance.Brightness(image).enhance(1.2)), "jpg")),
+    Transform("hflip", lambda image, _: (encode(ImageOps.mirror(image)), "jpg"), near=False),
+]}
+SAMPLE_TRANSFORMS = ("exact_copy", "resize_0.5", "jpeg_q60", "to_png", "to_webp")
+
+
+def write_shard(path: str, samples: list[dict[str, bytes]], keys: list[str]) -> None:
+    """A WebDataset tar: KEY.<ext> members in order, fixed mtime so the bytes are reproducible."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in zip(keys, samples, strict=True):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+
+
+def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction: float = 0.2,
+                        transforms: tuple[str, ...] = SAMPLE_TRANSFORMS, seed: int = 0) -> dict[str, int]:
+    """Write `out_dir/shards/*.tar` (originals + planted duplicates, shuffled), `out_dir/truth.parquet`
+    (every planted copy with its original and transform) and `out_dir/planted/ids.parquet` (the
+    planted copies' IDs in an `id` column, ready for `imagesieve remove`)."""
+    rng = np.random.default_rng(seed)
+    originals = distinct_images()
+    entries = []  # (source name, image bytes, ext, duplicate_of, transform)
+    jpegs = {}
+    for name, image in originals:
+        jpegs[name] = encode(image)
+        entries.append((name, jpegs[name], "jpg", None, None))
+    n_dups = round(len(originals) * duplicate_fraction)
+    images = dict(originals)
+    for pick in rng.choice(len(originals), size=n_dups, replace=False):
+        name = originals[pick][0]
+        transform = TRANSFORMS[transforms[int(rng.integers(len(transforms)))]]
+        data, ext = transform.apply(images[name], jpegs[name])
+        entries.append((name, data, ext, name, transform.name))
+    order = rng.permutation(len(entries))
+    keys = {i: f"{rank:09d}" for rank, i in enumerate(order)}
+    key_of_original = {entries[i][0]: keys[i] for i in range(len(entries)) if entries[i][3] is None}
+
+    shard_dir = os.path.join(out_dir, "shards")
+    os.makedirs(shard_dir, exist_ok=True)
+    truth = []
+    for shard_no, start in enumerate(range(0, len(order), shard_size)):
+        chunk = order[start:start + shard_size]
+        samples = []
+        for i in chunk:
+            source, data, ext, dup_of, transform = entries[i]
+            caption = f"a tile of the photo {source.split('_r')[0]}"
+            meta = {"source": source, "key": keys[i]}
+            samples.append({ext: data, "txt": caption.encode(), "json": json.dumps(meta).encode()})
+            if dup_of is not None:
+                truth.append({"id": keys[i], "duplicate_of": key_of_original[dup_of], "transform": transform})
+        write_shard(os.path.join(shard_dir, f"{shard_no:05d}.tar"), samples, [keys[i] for i in chunk])
+    table = pa.Table.from_pylist(truth, schema=pa.schema([("id", pa.string()), ("duplicate_of", pa.string()),
+                                                          ("transform", pa.string())]))
+    write_parquet_atomic(table, os.path.join(out_dir, "truth.parquet"))
+    write_parquet_atomic(table.select(["id"]), os.path.join(out_dir, "planted", "ids.parquet"))
+    return {"originals": len(originals), "duplicates": len(truth), "samples": len(entries),
+            "shards": -(-len(entries) // shard_size)}

@@ -1,0 +1,76 @@
+"""ImageDuplicatesRemovalStage: drop every image whose ID is listed in a folder of Parquet files.
+
+Same fields and contract as NeMo Curator's stage of the same name. The difference is memory: the
+IDs live in a memory-mapped `IdIndex` built once per node (in `setup_on_node`, or by the first
+worker that needs it), not in a Python set per worker. Removed images are never decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from imagesieve.dedup.id_index import IdIndex, build_shared_index
+from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
+from imagesieve.tasks import ImageBatch
+
+logger = logging.getLogger(__name__)
+
+REMOVAL_REASON = "listed as duplicate"
+
+
+@dataclass
+class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Removes images whose `image_id` appears in the `duplicate_id_field` column of any
+    `*.parquet` file under `removal_parquets_dir` (searched recursively)."""
+
+    removal_parquets_dir: str
+    duplicate_id_field: str = "id"
+    verbose: bool = False
+    num_workers_per_node: int | None = None
+    name: str = "image_dedup_filter"
+    _index: IdIndex | None = field(default=None, init=False, repr=False)
+    _index_dir: str | None = field(default=None, init=False, repr=False)
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id"]
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def num_workers(self) -> int | None:
+        return self.num_workers_per_node
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        self._index_dir = build_shared_index(self.removal_parquets_dir, self.duplicate_id_field)
+
+    def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
+        index_dir = self._index_dir or build_shared_index(self.removal_parquets_dir, self.duplicate_id_field)
+        self._index = IdIndex.load(index_dir)
+        for note in self._index.notes:
+            logger.warning(note)
+        if self.verbose:
+            logger.info("Loaded %d IDs to remove from %r", len(self._index), self.removal_parquets_dir)
+
+    def __getstate__(self) -> dict:
+        # workers map the index themselves; never ship the mapped arrays between processes
+        return {**self.__dict__, "_index": None}
+
+    @property
+    def listed_ids(self) -> int:
+        """How many distinct IDs the folder lists."""
+        if self._index is None:
+            self.setup()
+        return len(self._index)
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        if self._index is None:
+            self.setup()
+        listed = self._index.contains([image.image_id for image in task.data])
+        kept = [image for image, drop in zip(task.data, listed, strict=True) if not drop]
+        removed = [{"id": image.image_id, "reason": REMOVAL_REASON}
+                   for image, drop in zip(task.data, listed, strict=True) if drop]
+        if self.verbose:
+            logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",
+                        len(kept), len(task.data), len(removed))
+        return task.with_data(kept, removed=[*task._metadata.get("removed", []), *removed])

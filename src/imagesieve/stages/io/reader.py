@@ -1,0 +1,46 @@
+"""ImageReaderStage: one tar shard -> one `ImageBatch` of its samples, without reading image bytes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from imagesieve.shards import ShardError, image_extension, iter_samples
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject
+
+
+@dataclass
+class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
+    """Reads the samples of each shard. `image_id` is the WebDataset key, never a position.
+
+    Every member of a sample (image, `.txt`, `.json`, ...) is carried as a reference to its bytes;
+    pixels are decoded only by stages that ask for them (`ImageObject.decode`).
+    """
+
+    name: str = "image_reader"
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id", "members"]
+
+    def process(self, task: FileGroupTask) -> list[ImageBatch]:
+        relative = task._metadata.get("relative_paths", {})
+        return [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name)
+                for path in task.data]
+
+    def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
+        images = []
+        for sample in iter_samples(shard):
+            ext = image_extension(sample.members)
+            if ext is None:
+                raise ShardError(f"{shard}: sample {sample.key!r} has no image member "
+                                 f"(members: {', '.join(sample.members)})")
+            if sample.members[ext].size == 0:
+                raise ShardError(f"{shard}: sample {sample.key!r} has an empty (0-byte) image member {ext!r}")
+            images.append(ImageObject(image_path=f"{shard}/{sample.members[ext].name}", image_id=sample.key,
+                                      members=sample.members, shard=shard, image_ext=ext))
+        return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
+                          _metadata={"shard": shard, "relative_path": relative_path, "samples_in": len(images)})

@@ -1,0 +1,76 @@
+"""ImageWriterStage: write the kept samples of a batch to an output shard, byte-for-byte.
+
+Per shard it writes, each atomically: the tar, a Parquet index of the kept samples, a Parquet
+list of the removed ones (with reasons, from the batch's `removed` metadata), and last a `done`
+marker with the counts. A rerun skips shards whose marker exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from imagesieve.runfolder import done_marker, work_path, write_json_atomic, write_parquet_atomic
+from imagesieve.shards import AtomicShardWriter
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.tasks import FileGroupTask, ImageBatch
+
+REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
+
+
+class AccountingError(RuntimeError):
+    """Samples in != kept + removed: something was lost or counted twice."""
+
+
+def check_accounting(where: str, samples_in: int, kept: int, removed: int) -> None:
+    if samples_in != kept + removed:
+        raise AccountingError(f"{where}: {samples_in} samples in but {kept} kept + {removed} removed "
+                              f"= {kept + removed}; refusing to finish")
+
+
+@dataclass
+class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
+    """Writes kept samples to `output_dir`, mirroring the input's shard names."""
+
+    output_dir: str = ""
+    name: str = "image_writer"
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id", "members"]
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], []
+
+    def process(self, task: ImageBatch) -> FileGroupTask:
+        if not self.output_dir:
+            raise ValueError("ImageWriterStage needs output_dir")
+        relative = task._metadata.get("relative_path") or f"{task.task_id or 'shard'}.tar"
+        shard = task._metadata.get("shard", relative)
+        removed = task._metadata.get("removed", [])
+        samples_in = task._metadata.get("samples_in", len(task.data) + len(removed))
+        check_accounting(shard, samples_in, len(task.data), len(removed))
+
+        out_path = os.path.join(self.output_dir, relative)
+        keys, names, sizes, bytes_out = [], [], [], 0
+        with AtomicShardWriter(out_path) as writer:
+            for image in task.data:
+                for ref in image.members.values():
+                    writer.add(ref)
+                    bytes_out += ref.size
+                keys.append(image.image_id)
+                names.append([ref.name for ref in image.members.values()])
+                sizes.append([ref.size for ref in image.members.values()])
+        write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()),
+                                       "members": pa.array(names, pa.list_(pa.string())),
+                                       "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
+                             work_path(self.output_dir, "index", relative, ".parquet"))
+        write_parquet_atomic(pa.Table.from_pylist([{"id": r["id"], "shard": shard, "reason": r["reason"]}
+                                                   for r in removed], schema=REMOVED_SCHEMA),
+                             work_path(self.output_dir, "removed", relative, ".parquet"))
+        stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
+                 "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out}
+        write_json_atomic(stats, done_marker(self.output_dir, relative))
+        return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
+                             _metadata=stats)

@@ -1,0 +1,150 @@
+"""The removal workflow: shards in, shards without the listed duplicates out, nothing lost.
+
+list shards -> skip those already done -> read -> drop listed IDs -> write -> check the counts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
+from imagesieve.progress import ShardProgress
+from imagesieve.runfolder import (
+    WORK_DIR,
+    done_marker,
+    read_json,
+    work_path,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
+from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
+from imagesieve.tasks import FileGroupTask
+
+
+@dataclass
+class RemoveSummary:
+    shards: int
+    shards_skipped: int
+    samples_in: int
+    kept: int
+    removed: int
+    ids_listed: int
+    ids_not_found: int
+    elapsed_seconds: float
+    notes: list[str]
+
+    def lines(self) -> list[str]:
+        return [
+            f"shards           {self.shards} ({self.shards_skipped} already done, skipped)",
+            f"samples in       {self.samples_in}",
+            f"kept             {self.kept}",
+            f"removed          {self.removed}",
+            f"IDs listed       {self.ids_listed} ({self.ids_not_found} not found in the input)",
+            f"elapsed          {self.elapsed_seconds:.1f} s",
+        ]
+
+
+def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str, str]]:
+    """The shards to read: those of `input_path`, minus any inside `output_dir` (our own earlier output).
+
+    Refuses an output folder that is the input folder, since output shards would replace inputs.
+    """
+    out = os.path.realpath(output_dir)
+    shards = []
+    for path, rel in list_shards(input_path):
+        real = os.path.realpath(path)
+        if real.startswith(out + os.sep):
+            if os.path.realpath(os.path.join(out, rel)) == real:
+                raise ValueError(f"output folder {output_dir} is where the input shard {path} lies; "
+                                 "choose another output folder")
+            continue
+        shards.append((path, rel))
+    if not shards:
+        raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
+    return shards
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Create the output folder, or say why it cannot be written."""
+    os.makedirs(output_dir, exist_ok=True)
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {output_dir} is not writable")
+
+
+def remove_stale_temp_files(output_dir: str) -> None:
+    """Delete temp files a killed run left behind (`*.tmp-<pid>`); final names are never partial."""
+    for root, dirs, files in os.walk(output_dir):
+        for name in files + dirs:
+            if ".tmp-" in name:
+                path = os.path.join(root, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+
+
+def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
+                      executor: BaseExecutor | None = None, progress: bool = False) -> RemoveSummary:
+    """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`."""
+    started = time.monotonic()
+    shards = input_shards(input_path, output_dir)
+    check_output_dir(output_dir)
+    remove_stale_temp_files(output_dir)
+    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field)
+    removal.setup()  # fail fast on a bad ID folder, before any worker starts
+    write_json_atomic({"command": "remove", "input": input_path, "output": output_dir,
+                       "duplicates": duplicates_dir, "id_field": id_field,
+                       "stages": [s.config() for s in (removal,)]},
+                      os.path.join(output_dir, WORK_DIR, "config.json"))
+
+    todo = [(p, rel) for p, rel in shards if not os.path.exists(done_marker(output_dir, rel))]
+    tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
+             for p, rel in todo]
+    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, ImageWriterStage(output_dir=output_dir)])
+    with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc="remove") as bar:
+        executor = executor or LocalExecutor()
+        executor.on_task_done = bar.update
+        if tasks:
+            pipeline.run(executor, initial_tasks=tasks)
+
+    summary = finish_run(output_dir, shards, len(removal._index), removal._index.notes, started)
+    summary.shards_skipped = len(shards) - len(todo)
+    write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
+    return summary
+
+
+def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, notes: list[str],
+               started: float) -> RemoveSummary:
+    """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
+    samples_in = kept = removed = 0
+    for path, rel in shards:
+        marker = done_marker(output_dir, rel)
+        if not os.path.exists(marker):
+            raise AccountingError(f"{path}: no output was recorded for this shard")
+        stats = read_json(marker)
+        samples_in, kept, removed = (samples_in + stats["samples_in"], kept + stats["kept"],
+                                     removed + stats["removed"])
+    parts = [pq.read_table(work_path(output_dir, "removed", rel, ".parquet")) for _, rel in shards]
+    removed_table = pa.concat_tables(parts) if parts else REMOVED_SCHEMA.empty_table()
+    check_accounting("whole run", samples_in, kept, removed)
+    if removed_table.num_rows != removed:
+        raise AccountingError(f"removed lists hold {removed_table.num_rows} rows but shards report {removed}")
+    distinct_removed = len(pc.unique(removed_table.column("id")))
+    if distinct_removed > ids_listed:
+        raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
+    write_parquet_atomic(removed_table, os.path.join(output_dir, "removed.parquet"))
+    return RemoveSummary(shards=len(shards), shards_skipped=0, samples_in=samples_in, kept=kept, removed=removed,
+                         ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,
+                         elapsed_seconds=time.monotonic() - started, notes=notes)
