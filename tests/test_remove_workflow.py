@@ -1,0 +1,149 @@
+"""End to end: shards written by webdataset in, shards read back by webdataset out, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from conftest import write_ids
+
+from imagesieve.cli import main
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline, PipelineError
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.workflows.remove import remove_duplicates
+
+
+def read_with_webdataset(path: str) -> list[dict]:
+    return list(wds.WebDataset(path, shardshuffle=False))
+
+
+def members_by_key(path: str) -> dict[str, dict[str, bytes]]:
+    return {s["__key__"]: {k: v for k, v in s.items() if not k.startswith("__")} for s in read_with_webdataset(path)}
+
+
+@pytest.fixture
+def dataset(make_shard, tmp_path):
+    shards = [make_shard("00000.tar", n=10, start=0), make_shard("sub/00001.tar", n=10, start=10, ext="png")]
+    listed = ["00000002", "00000003", "00000011", "00000019", "not-in-input"]
+    write_ids(tmp_path / "dups", listed)
+    return shards, str(tmp_path / "dups")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_remove_keeps_bytes_and_order_and_lists_removed(dataset, tmp_path, workers):
+    shards, dups = dataset
+    out = str(tmp_path / "out")
+    summary = remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(workers))
+    assert (summary.shards, summary.samples_in, summary.kept, summary.removed) == (2, 20, 16, 4)
+    assert (summary.ids_listed, summary.ids_not_found) == (5, 1)
+
+    for src, rel in [(shards[0], "00000.tar"), (shards[1], "sub/00001.tar")]:
+        before, after = members_by_key(src), members_by_key(os.path.join(out, rel))
+        assert list(after) == [k for k in before if k not in {"00000002", "00000003", "00000011", "00000019"}]
+        for key, members in after.items():
+            assert members == before[key]  # every member, byte for byte, sidecars included
+    removed = pq.read_table(os.path.join(out, "removed.parquet")).to_pylist()
+    assert sorted(r["id"] for r in removed) == ["00000002", "00000003", "00000011", "00000019"]
+    assert {r["reason"] for r in removed} == {"listed as duplicate"}
+    assert {os.path.basename(r["shard"]) for r in removed} == {"00000.tar", "00001.tar"}
+    index = pq.read_table(os.path.join(out, "_imagesieve", "index", "sub", "00001.parquet")).to_pylist()
+    assert index[0]["key"] == "00000010"
+    assert index[0]["members"] == ["00000010.json", "00000010.png", "00000010.txt"]
+
+
+def test_output_keeps_member_headers_and_nothing_else(dataset, tmp_path):
+    shards, dups = dataset
+    out = str(tmp_path / "out")
+    remove_duplicates(shards[0], out, dups, executor=LocalExecutor(1))
+    with tarfile.open(shards[0]) as src, tarfile.open(os.path.join(out, "00000.tar")) as dst:
+        kept = [m for m in src.getmembers() if not m.name.startswith(("00000002.", "00000003."))]
+        assert [(m.name, m.size, m.mtime, m.mode) for m in dst.getmembers()] == [
+            (m.name, m.size, m.mtime, m.mode) for m in kept]
+
+
+def test_removed_samples_are_never_decoded(make_shard, tmp_path):
+    path = make_shard(n=4)
+    # corrupt the image bytes of sample 1 in place; it is listed, so removal must not notice
+    ref = ImageReaderStage().read_shard(path, "x").data[1].members["jpg"]
+    with open(path, "r+b") as f:
+        f.seek(ref.offset)
+        f.write(b"\x00" * ref.size)
+    write_ids(tmp_path / "dups", ["00000001"])
+    summary = remove_duplicates(path, str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    assert (summary.kept, summary.removed) == (3, 1)
+
+
+def test_rerun_skips_finished_shards_and_gives_identical_output(dataset, tmp_path):
+    _, dups = dataset
+    out = str(tmp_path / "out")
+    remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
+    first = {rel: Path(out, rel).read_bytes() for rel in ("00000.tar", "sub/00001.tar")}
+    # simulate a crash: one shard's marker and output gone, a temp file left behind
+    os.remove(os.path.join(out, "_imagesieve", "done", "sub", "00001.json"))
+    os.remove(os.path.join(out, "sub", "00001.tar"))
+    Path(out, "sub", "00001.tar.tmp-999").write_bytes(b"partial")
+    summary = remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
+    assert summary.shards_skipped == 1 and summary.kept == 16
+    assert not os.path.exists(os.path.join(out, "sub", "00001.tar.tmp-999"))
+    for rel, data in first.items():
+        assert Path(out, rel).read_bytes() == data
+
+
+def test_output_folder_that_holds_the_input_is_refused(dataset, tmp_path):
+    _, dups = dataset
+    with pytest.raises(ValueError, match="choose another output folder"):
+        remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "shards"), dups)
+
+
+def test_output_inside_input_is_not_read_back_as_input(dataset, tmp_path):
+    _, dups = dataset
+    inside = str(tmp_path / "shards" / "clean")
+    remove_duplicates(str(tmp_path / "shards"), inside, dups, executor=LocalExecutor(1))
+    again = remove_duplicates(str(tmp_path / "shards"), inside, dups, executor=LocalExecutor(1))
+    assert again.shards == 2 and again.shards_skipped == 2
+
+
+def test_pipeline_built_by_hand_with_partitioning(dataset, tmp_path):
+    _, dups = dataset
+    pipeline = Pipeline("by_hand", [FilePartitioningStage(file_paths=str(tmp_path / "shards")), ImageReaderStage(),
+                                    ImageDuplicatesRemovalStage(removal_parquets_dir=dups),
+                                    ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    results = pipeline.run(LocalExecutor(2))
+    assert sorted(t._metadata["kept"] for t in results) == [8, 8]
+
+
+def test_pipeline_refuses_stages_that_do_not_fit(tmp_path):
+    writer = ImageWriterStage(output_dir=str(tmp_path))
+    with pytest.raises(PipelineError, match="takes ImageBatch but 'file_partitioning' makes FileGroupTask"):
+        Pipeline("bad", [FilePartitioningStage(file_paths=str(tmp_path)), writer]).validate()
+    with pytest.raises(PipelineError, match="no stages"):
+        Pipeline("empty").validate()
+
+
+def test_cli_remove_and_errors(dataset, tmp_path, capsys):
+    _, dups = dataset
+    assert main(["remove", "--quiet", "--duplicates", dups, str(tmp_path / "shards"), str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "samples in       20" in out and "removed          4" in out and "1 not found" in out
+    assert main(["remove", "--duplicates", str(tmp_path / "missing"), str(tmp_path / "shards"),
+                 str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imagesieve: error:") and "missing" in err[-1]
+    assert main(["remove", "--duplicates", dups, "--id-field", "nope", str(tmp_path / "shards"),
+                 str(tmp_path / "o3")]) == 1
+    assert "no column 'nope'" in capsys.readouterr().err
+
+
+def test_corrupt_shard_fails_the_run_naming_it_and_writes_no_output_for_it(dataset, tmp_path):
+    _, dups = dataset
+    (tmp_path / "shards" / "00002.tar").write_bytes(b"not a tar at all" * 64)
+    with pytest.raises(Exception, match="00002.tar"):
+        remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), dups, executor=LocalExecutor(1))
+    assert not os.path.exists(tmp_path / "out" / "00002.tar")
+    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp-" in f]

@@ -1,0 +1,145 @@
+"""Reading WebDataset shards: the key rule, every image format, sidecars, and refusing bad tars."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+from conftest import encode, photo_tiles
+
+from imagesieve.shards import ShardError, iter_samples, split_key
+from imagesieve.stages.io import ImageReaderStage
+from imagesieve.stages.io.partitioning import list_shards
+
+
+def read(path: str):
+    return ImageReaderStage().read_shard(path, os.path.basename(path))
+
+
+def raw_tar(path, members: list[tuple[str, bytes]], kind=tarfile.REGTYPE, linkname="") -> str:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.type, info.linkname = len(data), kind, linkname
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("000001.jpg", ("000001", "jpg")),
+    ("a.b.jpg", ("a", "b.jpg")),
+    ("dir/sub/KEY.seg.png", ("dir/sub/KEY", "seg.png")),
+    ("dir.v2/KEY.json", ("dir.v2/KEY", "json")),
+    ("noextension", None),
+])
+def test_key_rule_matches_webdataset(name, expected):
+    assert split_key(name) == expected
+
+
+@pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff"])
+def test_reads_every_image_format_with_sidecars(make_shard, ext):
+    batch = read(make_shard(n=3, ext=ext, start=5))
+    assert [i.image_id for i in batch.data] == ["00000005", "00000006", "00000007"]
+    first = batch.data[0]
+    assert list(first.members) == sorted([ext, "txt", "json"])  # tar order (TarWriter sorts)
+    assert first.image_ext == ext
+    assert first.read_bytes("txt") == b"caption 00000005"
+    assert first.decode().shape[2] == 3
+    assert first.image_data is not None  # decoded lazily, once, on request
+    assert batch.data[1].image_data is None
+
+
+def test_ids_are_keys_not_positions(make_shard):
+    batch = read(make_shard(keys=["zebra", "apple", "m.x"], n=3))
+    assert [i.image_id for i in batch.data] == ["zebra", "apple", "m"]
+
+
+def test_member_bytes_are_references_not_copies(make_shard):
+    path = make_shard(n=2)
+    ref = read(path).data[1].members["jpg"]
+    assert ref.data is None and ref.shard == path
+    with open(path, "rb") as f:
+        f.seek(ref.offset)
+        assert f.read(ref.size) == ref.read()
+
+
+@pytest.mark.parametrize("name", ["/etc/evil.jpg", "../evil.jpg", "a/../../evil.jpg"])
+def test_refuses_unsafe_member_paths(tmp_path, name):
+    path = raw_tar(tmp_path / "bad.tar", [(name, encode(photo_tiles()[0]))])
+    with pytest.raises(ShardError, match="bad.tar: member .*(absolute path|'\\.\\.')"):
+        read(path)
+
+
+@pytest.mark.parametrize("kind, word", [(tarfile.SYMTYPE, "symlink"), (tarfile.LNKTYPE, "hard link"),
+                                        (tarfile.CHRTYPE, "special file")])
+def test_refuses_links_and_devices(tmp_path, kind, word):
+    path = raw_tar(tmp_path / "links.tar", [("x.jpg", b"")], kind=kind, linkname="/etc/passwd")
+    with pytest.raises(ShardError, match=f"links.tar: member 'x.jpg' is a {word}"):
+        read(path)
+
+
+def test_garbage_file_named_tar(tmp_path):
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 100)
+    with pytest.raises(ShardError, match="junk.tar: not a readable tar"):
+        read(str(tmp_path / "junk.tar"))
+
+
+def test_truncated_tar(make_shard):
+    path = make_shard(n=4)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(ShardError, match="truncated"):
+        read(path)
+
+
+def test_corrupt_header_in_the_middle_is_not_silently_ignored(make_shard):
+    path = make_shard(n=4)
+    offset = read(path).data[2].members["jpg"].offset - 512  # the header of sample 2's image
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x7f" * 200)
+    with pytest.raises(ShardError, match="corrupt tar"):
+        list(iter_samples(path))
+
+
+def test_sample_without_image_member(tmp_path):
+    path = raw_tar(tmp_path / "s.tar", [("a.jpg", encode(photo_tiles()[0])), ("b.txt", b"caption only")])
+    with pytest.raises(ShardError, match="s.tar: sample 'b' has no image member \\(members: txt\\)"):
+        read(path)
+
+
+def test_zero_byte_image_member(tmp_path):
+    path = raw_tar(tmp_path / "z.tar", [("a.jpg", b""), ("a.txt", b"x")])
+    with pytest.raises(ShardError, match="z.tar: sample 'a' has an empty"):
+        read(path)
+
+
+def test_duplicate_key_within_a_shard(tmp_path):
+    jpg = encode(photo_tiles()[0])
+    path = raw_tar(tmp_path / "d.tar", [("a.jpg", jpg), ("b.jpg", jpg), ("a.txt", b"x")])
+    with pytest.raises(ShardError, match="d.tar: key 'a' appears twice"):
+        read(path)
+    path = raw_tar(tmp_path / "e.tar", [("a.jpg", jpg), ("a.jpg", jpg)])
+    with pytest.raises(ShardError, match="e.tar: sample 'a' has two 'jpg' members"):
+        read(path)
+
+
+def test_unicode_and_long_keys(make_shard):
+    keys = ["café-ü", "日本語", "k" * 300]
+    assert [i.image_id for i in read(make_shard(keys=keys, n=3)).data] == keys
+
+
+def test_listing_shards_skips_non_tar_files(make_shard, tmp_path):
+    make_shard("00000.tar")
+    make_shard("nested/00001.tar")
+    (tmp_path / "shards" / "00000.parquet").write_bytes(b"img2dataset metadata")
+    (tmp_path / "shards" / "notes.txt").write_text("x")
+    assert [rel for _, rel in list_shards(str(tmp_path / "shards"))] == ["00000.tar", "nested/00001.tar"]
+    assert [rel for _, rel in list_shards(str(tmp_path / "shards" / "*.tar"))] == ["00000.tar"]
+    with pytest.raises(FileNotFoundError, match="no tar shards"):
+        list_shards(str(tmp_path / "shards" / "*.json"))
+    with pytest.raises(ValueError, match="notes.txt: not a tar shard"):
+        list_shards(str(tmp_path / "shards" / "notes.txt"))
