@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -147,3 +148,34 @@ def test_corrupt_shard_fails_the_run_naming_it_and_writes_no_output_for_it(datas
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), dups, executor=LocalExecutor(1))
     assert not os.path.exists(tmp_path / "out" / "00002.tar")
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp-" in f]
+
+
+def test_shard_with_nothing_removed_is_copied_byte_for_byte(make_shard, tmp_path):
+    path = make_shard(n=5)
+    write_ids(tmp_path / "dups", ["absent"])
+    remove_duplicates(path, str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    assert Path(tmp_path / "out" / "00000.tar").read_bytes() == Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_formats_long_names_global_headers_and_gzip(tmp_path, fmt):
+    long_key = "deep/" * 30 + "k" * 40 if fmt != tarfile.USTAR_FORMAT else "d/" + "k" * 60
+    members = [(f"{long_key}.jpg", b"\xff\xd8jpeg"), (f"{long_key}.txt", b"caption"), ("short.jpg", b"\xff\xd8x"),
+               ("drop.jpg", b"\xff\xd8y")]
+    shard = tmp_path / "in" / "00000.tar"
+    shard.parent.mkdir()
+    pax = {"comment": "global"} if fmt == tarfile.PAX_FORMAT else None
+    for path, mode in [(shard, "w"), (tmp_path / "in" / "00001.tar.gz", "w:gz")]:
+        with tarfile.open(path, mode, format=fmt, pax_headers=pax) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 1234
+                tar.addfile(info, io.BytesIO(data))
+    write_ids(tmp_path / "dups", ["drop"])
+    summary = remove_duplicates(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1))
+    assert (summary.samples_in, summary.removed) == (6, 2)
+    assert Path(tmp_path / "out" / "00001.tar.gz").read_bytes()[:2] == b"\x1f\x8b"
+    for rel in ("00000.tar", "00001.tar.gz"):
+        with tarfile.open(tmp_path / "out" / rel) as tar:
+            assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members[:3]

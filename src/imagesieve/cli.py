@@ -36,7 +36,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from imagesieve.workflows.remove import remove_duplicates
 
     summary = remove_duplicates(args.input, args.output, args.duplicates, id_field=args.id_field,
-                                executor=make_executor(args), progress=not args.quiet)
+                                executor=make_executor(args), progress=not args.quiet, fsync=args.fsync)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     print("\n".join(summary.lines()))
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of Parquet files listing the IDs to remove (searched recursively)")
     remove.add_argument("--id-field", default="id", help="column holding the IDs (default: id)")
     remove.add_argument("--quiet", action="store_true", help="no progress bar")
+    remove.add_argument("--fsync", action="store_true", help="force each output shard to disk before it is "
+                        "renamed into place (survives power loss; slower)")
     add_executor_args(remove)
     remove.add_argument("input", help="folder or glob of tar shards")
     remove.add_argument("output", help="folder for the output shards (created)")

@@ -37,6 +37,16 @@ def done_marker(output_dir: str, relative_path: str) -> str:
     return work_path(output_dir, "done", relative_path, ".json")
 
 
+def is_done(output_dir: str, relative_path: str) -> bool:
+    """A shard is done when its marker exists and its output still has the recorded size
+    (a file renamed but lost to a power cut before reaching the disk has not)."""
+    marker = done_marker(output_dir, relative_path)
+    if not os.path.exists(marker):
+        return False
+    output = os.path.join(output_dir, relative_path)
+    return os.path.exists(output) and os.path.getsize(output) == read_json(marker).get("output_size")
+
+
 def temp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}"
 
@@ -57,8 +67,6 @@ def write_json_atomic(data: dict[str, Any], path: str) -> None:
     tmp = temp_name(path)
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MemberRef:
     """One tar member of a sample: where its bytes lie, and its original header fields."""
 
@@ -25,9 +25,10 @@ class MemberRef:
     shard: str  # path of the tar file
     offset: int  # byte offset of the member's data in the tar
     size: int
-    mtime: int = 0
+    mtime: int = 0  # header fields, used when the member is written from `data`
     mode: int = 0o644
-    data: bytes | None = None  # set when the bytes are not in a seekable file
+    header_offset: int = -1  # start of the member's headers in the tar, so they can be copied verbatim
+    data: bytes | None = None  # set when the bytes are not in a seekable file (compressed tars)
 
     def read(self) -> bytes:
         if self.data is not None:

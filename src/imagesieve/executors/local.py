@@ -18,6 +18,9 @@ from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
 _worker_stages: list[ProcessingStage] = []
+# imported once by the fork server, so that each worker starts without importing them again
+PRELOAD = ["imagesieve.executors.local", "imagesieve.stages.io", "imagesieve.stages.deduplication.removal",
+           "pyarrow.parquet", "numpy"]
 
 
 def _init_worker(stages: list[ProcessingStage]) -> None:
@@ -73,7 +76,7 @@ class LocalExecutor(BaseExecutor):
     def _run_pool(self, stages: list[ProcessingStage], tasks: list[Task], workers: int
                   ) -> Iterator[tuple[int, list[Task]]]:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["imagesieve.executors.local"])
+        context.set_forkserver_preload(PRELOAD)
         pending: dict[Future, int] = {}
         queue = iter(enumerate(tasks))
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,

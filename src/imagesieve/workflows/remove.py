@@ -21,6 +21,7 @@ from imagesieve.progress import ShardProgress
 from imagesieve.runfolder import (
     WORK_DIR,
     done_marker,
+    is_done,
     read_json,
     work_path,
     write_json_atomic,
@@ -96,7 +97,8 @@ def remove_stale_temp_files(output_dir: str) -> None:
 
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
-                      executor: BaseExecutor | None = None, progress: bool = False) -> RemoveSummary:
+                      executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False
+                      ) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`."""
     started = time.monotonic()
     shards = input_shards(input_path, output_dir)
@@ -109,10 +111,10 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                        "stages": [s.config() for s in (removal,)]},
                       os.path.join(output_dir, WORK_DIR, "config.json"))
 
-    todo = [(p, rel) for p, rel in shards if not os.path.exists(done_marker(output_dir, rel))]
+    todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
     tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
              for p, rel in todo]
-    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, ImageWriterStage(output_dir=output_dir)])
+    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, ImageWriterStage(output_dir=output_dir, fsync=fsync)])
     with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc="remove") as bar:
         executor = executor or LocalExecutor()
         executor.on_task_done = bar.update

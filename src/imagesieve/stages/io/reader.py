@@ -32,8 +32,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                 for path in task.data]
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
-        images = []
-        for sample in iter_samples(shard):
+        images, preamble = [], []
+        for sample in iter_samples(shard, preamble):
             ext = image_extension(sample.members)
             if ext is None:
                 raise ShardError(f"{shard}: sample {sample.key!r} has no image member "
@@ -43,4 +43,5 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
             images.append(ImageObject(image_path=f"{shard}/{sample.members[ext].name}", image_id=sample.key,
                                       members=sample.members, shard=shard, image_ext=ext))
         return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
-                          _metadata={"shard": shard, "relative_path": relative_path, "samples_in": len(images)})
+                          _metadata={"shard": shard, "relative_path": relative_path, "samples_in": len(images),
+                                     "tar_preamble": preamble})

@@ -35,6 +35,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     """Writes kept samples to `output_dir`, mirroring the input's shard names."""
 
     output_dir: str = ""
+    fsync: bool = False  # force each shard to disk before renaming it into place
     name: str = "image_writer"
 
     def inputs(self) -> tuple[list[str], list[str]]:
@@ -54,7 +55,9 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
         out_path = os.path.join(self.output_dir, relative)
         keys, names, sizes, bytes_out = [], [], [], 0
-        with AtomicShardWriter(out_path) as writer:
+        with AtomicShardWriter(out_path, self.fsync) as writer:
+            for ref in task._metadata.get("tar_preamble", []):
+                writer.add(ref)
             for image in task.data:
                 for ref in image.members.values():
                     writer.add(ref)
@@ -66,11 +69,12 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                                        "members": pa.array(names, pa.list_(pa.string())),
                                        "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
                              work_path(self.output_dir, "index", relative, ".parquet"))
-        write_parquet_atomic(pa.Table.from_pylist([{"id": r["id"], "shard": shard, "reason": r["reason"]}
-                                                   for r in removed], schema=REMOVED_SCHEMA),
+        write_parquet_atomic(pa.table([[r["id"] for r in removed], [shard] * len(removed),
+                                       [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
-                 "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out}
+                 "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
+                 "output_size": os.path.getsize(out_path)}
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
                              _metadata=stats)
