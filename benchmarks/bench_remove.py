@@ -107,8 +107,6 @@ else:
     from imagesieve.dedup.id_index import IdIndex
     index = IdIndex.load(path)
     hits = int(index.contains(queries).sum())
-    del queries
-    queries = None
 anon1, rss1 = anon_and_rss()
 print(json.dumps({"anon": anon1 - anon0, "rss": rss1 - rss0, "hits": hits}))
 """
@@ -152,8 +150,9 @@ def main() -> None:
     print(f"data: {args.samples} samples in {len(os.listdir(shard_dir))} shards, {size_mb:.0f} MB, 10% listed; "
           f"{args.workers} workers; median of {args.repeat} runs, methods interleaved")
 
-    times: dict[str, list[float]] = {"kernel copy (copyfile)": [], "raw copy": [], "naive webdataset loop": [], "imagesieve (1 worker)": [],
-                                     f"imagesieve ({args.workers} workers)": []}
+    names = ["kernel copy (copyfile)", "raw copy", "naive webdataset loop", "imagesieve (1 worker)",
+             f"imagesieve ({args.workers} workers)"]
+    times: dict[str, list[float]] = {name: [] for name in names}
     for run in range(args.repeat):
         def out(tag: str, run: int = run) -> str:
             return os.path.join(workdir, f"out-{tag}-{run}")

@@ -2,7 +2,8 @@
 
 Python's `tarfile` spends ~50 µs per member building `TarInfo` objects; shards hold tens of
 thousands of small members (`.txt`, `.json`), so listing a shard with it costs more than copying
-it. This scanner reads only what removal needs: each member's name, type, size and the byte range of its headers and data, so that kept members can be copied verbatim, headers
+it. This scanner reads only what removal needs: each member's name, type, size and the
+byte range of its headers and data, so that kept members can be copied verbatim, headers
 included. Every header's checksum is verified; anything unexpected is an error, never a skip.
 """
 

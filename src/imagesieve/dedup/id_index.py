@@ -90,7 +90,9 @@ class IdIndex:
         _, offsets_buf, data_buf = ordered.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ordered.offset:ordered.offset + len(ordered) + 1]
         blob = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        return cls(hashes[order], offsets.copy(), blob.copy(), list(notes or []))
+        # 4-byte offsets while the IDs' bytes fit in 4 GiB: a third less on disk and in the page cache
+        offsets = offsets.astype(np.uint32 if len(blob) < 2**32 else np.int64)
+        return cls(hashes[order], offsets, blob.copy(), list(notes or []))
 
     @classmethod
     def from_parquet_dir(cls, directory: str, id_field: str = "id") -> IdIndex:

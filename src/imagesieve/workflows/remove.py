@@ -114,7 +114,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
     tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
              for p, rel in todo]
-    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, ImageWriterStage(output_dir=output_dir, fsync=fsync)])
+    writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
+    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, writer])
     with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc="remove") as bar:
         executor = executor or LocalExecutor()
         executor.on_task_done = bar.update
