@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("output", help="folder for the output shards (created)")
     remove.set_defaults(func=cmd_remove)
 
+    from imagesieve.cli_find import add_find_command
+
+    add_find_command(sub, add_executor_args, make_executor)
+
     sample = sub.add_parser("sample-data", help="write a small dataset of real photos with planted duplicates")
     sample.add_argument("--shard-size", type=int, default=100)
     sample.add_argument("output")

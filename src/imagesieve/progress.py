@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -27,3 +30,14 @@ class ShardProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
+
+
+@contextmanager
+def phase(name: str, enabled: bool = True) -> Iterator[None]:
+    """Announce a phase that has no natural unit of progress, and how long it took."""
+    started = time.monotonic()
+    if enabled:
+        print(f"{name} ...", file=sys.stderr, flush=True)
+    yield
+    if enabled:
+        print(f"{name}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)

@@ -141,6 +141,14 @@ def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction:
         data, ext = transform.apply(images[name], jpegs[name])
         entries.append((name, data, ext, name, transform.name))
     order = rng.permutation(len(entries))
+    # as in a crawl, a copy shows up after its original: swap the two where the shuffle put it first
+    position = {entry: pos for pos, entry in enumerate(order.tolist())}
+    original_index = {entries[i][0]: i for i in range(len(entries)) if entries[i][3] is None}
+    for i, entry in enumerate(entries):
+        if entry[3] is not None and position[i] < position[original_index[entry[3]]]:
+            a, b = position[i], position[original_index[entry[3]]]
+            order[a], order[b] = order[b], order[a]
+            position[i], position[original_index[entry[3]]] = b, a
     keys = {i: f"{rank:09d}" for rank, i in enumerate(order)}
     key_of_original = {entries[i][0]: keys[i] for i in range(len(entries)) if entries[i][3] is None}
 

@@ -1,0 +1,163 @@
+"""Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing in NumPy.
+
+Split the 64 bits into m blocks. If two hashes differ in at most t bits, then by the pigeonhole
+principle some block differs in at most r = t // m bits. So for each block we bucket all hashes
+by that block's value, and for each hash probe every bucket whose value is within r bits of its
+own; every candidate found is checked on all 64 bits. This finds every pair within t (no
+approximation) and, with m chosen so that a bucket holds about one hash, costs
+O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at once.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
+_CHUNK = 1 << 22  # candidate pairs checked per step, to bound temporary memory
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x.astype(np.uint64, copy=False)).astype(np.int64)
+
+
+def block_widths(m: int) -> list[int]:
+    """64 bits split into m nearly equal blocks."""
+    base, extra = divmod(64, m)
+    return [base + (1 if i < extra else 0) for i in range(m)]
+
+
+def probe_count(width: int, radius: int) -> int:
+    return sum(comb(width, k) for k in range(radius + 1))
+
+
+def choose_blocks(n: int, threshold: int) -> int:
+    """The number of blocks that minimises the estimated work (probes plus candidates)."""
+    best_m, best_cost = 1, float("inf")
+    for m in range(1, 17):
+        widths = block_widths(m)
+        radius = threshold // m
+        cost = sum(probe_count(w, radius) * (1 + n / 2.0 ** w) for w in widths) * n
+        if cost < best_cost:
+            best_m, best_cost = m, cost
+    return best_m
+
+
+def flip_masks(width: int, radius: int) -> list[int]:
+    """Every value with at most `radius` of the low `width` bits set (0 first)."""
+    masks = [0]
+    for k in range(1, radius + 1):
+        for bits in combinations(range(width), k):
+            masks.append(sum(1 << b for b in bits))
+    return masks
+
+
+def brute_force_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None) -> set[tuple[int, int]]:
+    """Reference answer by comparing all pairs (tests only: O(n^2))."""
+    a = np.asarray(codes, dtype=np.uint64)
+    b = a if other is None else np.asarray(other, dtype=np.uint64)
+    dist = popcount64(a[:, None] ^ b[None, :])
+    i, j = np.nonzero(dist <= threshold)
+    if other is None:
+        keep = i < j
+        i, j = i[keep], j[keep]
+    return set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+class _Buckets:
+    """The hashes of one block, grouped by block value, with O(1) (table) or O(log n) lookup."""
+
+    def __init__(self, keys: np.ndarray, width: int) -> None:
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.order]
+        self.table = None
+        if width <= MAX_TABLE_BITS:
+            counts = np.bincount(keys.astype(np.int64), minlength=1 << width)
+            self.table = np.concatenate([[0], np.cumsum(counts)])
+
+    def ranges(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.table is not None:
+            t = targets.astype(np.int64)
+            return self.table[t], self.table[t + 1]
+        return (np.searchsorted(self.sorted_keys, targets, "left"),
+                np.searchsorted(self.sorted_keys, targets, "right"))
+
+
+def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) of every pair within `threshold` bits, each pair once.
+
+    Without `other`: pairs within `codes`, with i < j. With `other`: pairs (i in codes, j in other).
+    """
+    query = np.ascontiguousarray(codes, dtype=np.uint64)
+    base = query if other is None else np.ascontiguousarray(other, dtype=np.uint64)
+    self_join = other is None
+    if threshold < 0 or threshold > 64:
+        raise ValueError(f"threshold must be within 0..64, got {threshold}")
+    if len(query) == 0 or len(base) == 0:
+        return (np.zeros(0, np.int64),) * 3
+    m = choose_blocks(len(base), threshold)
+    radius = threshold // m
+    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    shift = 0
+    for width in block_widths(m):
+        mask = np.uint64((1 << width) - 1)
+        b_keys = (base >> np.uint64(shift)) & mask
+        buckets = _Buckets(b_keys, width)
+        # probe in key order: the targets of neighbouring queries then lie close together in the
+        # bucket table, which keeps the lookups in cache
+        if self_join:
+            q_index, q_keys = buckets.order, buckets.sorted_keys
+        else:
+            q_all = (query >> np.uint64(shift)) & mask
+            q_index = np.argsort(q_all, kind="stable")
+            q_keys = q_all[q_index]
+        for flip in flip_masks(width, radius):
+            targets = q_keys ^ np.uint64(flip)
+            sources = q_index
+            if self_join and flip:
+                # the pair (a, b) is found from a when key_a < key_b and from b otherwise: probe once
+                upward = targets > q_keys
+                targets, sources = targets[upward], sources[upward]
+            starts, ends = buckets.ranges(targets)
+            for pos, j in _expand(starts, ends, buckets.order):
+                i = sources[pos]
+                dist = popcount64(query[i] ^ base[j])
+                keep = dist <= threshold
+                if self_join:
+                    keep &= i != j
+                found_i.append(i[keep])
+                found_j.append(j[keep])
+        shift += width
+    if self_join:
+        found_i, found_j = ([np.minimum(a, b) for a, b in zip(found_i, found_j, strict=True)],
+                            [np.maximum(a, b) for a, b in zip(found_i, found_j, strict=True)])
+    i = np.concatenate(found_i)
+    j = np.concatenate(found_j)
+    # a pair close in several blocks is found several times: keep one
+    pair_ids = np.unique(i.astype(np.int64) * len(base) + j)
+    i, j = np.divmod(pair_ids, len(base))
+    return i, j, popcount64(query[i] ^ base[j])
+
+
+def _expand(starts: np.ndarray, ends: np.ndarray, order: np.ndarray):
+    """Yield (query index, base index) arrays for every candidate in the ranges, in bounded chunks."""
+    counts = ends - starts
+    nonzero = np.flatnonzero(counts)
+    if len(nonzero) == 0:
+        return
+    cum = np.cumsum(counts[nonzero])
+    begin = 0
+    while begin < len(nonzero):
+        # take queries until about _CHUNK candidates
+        stop = int(np.searchsorted(cum, (cum[begin - 1] if begin else 0) + _CHUNK, "right"))
+        stop = max(stop, begin + 1)
+        sel = nonzero[begin:stop]
+        c = counts[sel]
+        total = int(c.sum())
+        q = np.repeat(sel, c)
+        offsets = np.repeat(starts[sel] - (np.cumsum(c) - c), c) + np.arange(total)
+        yield q, order[offsets]
+        begin = stop

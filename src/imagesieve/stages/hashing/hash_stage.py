@@ -1,0 +1,74 @@
+"""ImageHashStage: exact and perceptual hashes of every image of a batch, into `metadata`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from imagesieve.dedup.hashes import ALL_KINDS, PERCEPTUAL, hash_image
+from imagesieve.imageio import ImageDecodeError
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.tasks import ImageBatch
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class ImageHashStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Adds `width`, `height`, `format`, `file_size` and one entry per hash kind to each image's
+    `metadata`. A corrupt image fails the run (`on_error="fail"`) or is kept with its `error`
+    recorded (`on_error="skip"`), never dropped silently. `json_fields` copies fields of the
+    sample's `.json` member (e.g. a quality score for the keep policy)."""
+
+    kinds: tuple[str, ...] = ("bytes_hash", "phash")
+    flip: bool = False
+    exact_decode: bool = False
+    on_error: str = "fail"
+    json_fields: tuple[str, ...] = ()
+    name: str = "image_hash"
+    _checked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in ALL_KINDS]
+        if unknown:
+            raise ValueError(f"unknown hash kinds {unknown}; choose from {list(ALL_KINDS)}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id", "members"]
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["metadata", *self.kinds]
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        for image in task.data:
+            where = f"{image.shard}: sample {image.image_id!r}"
+            data = image.read_bytes()
+            image.metadata["file_size"] = len(data)
+            try:
+                result = hash_image(data, self.kinds, where, self.flip, self.exact_decode)
+            except ImageDecodeError as exc:
+                if self.on_error == "fail":
+                    raise
+                # keep every column present even when no image of the shard could be read
+                image.metadata.update(dict.fromkeys(self._columns(), None), error=str(exc))
+                continue
+            image.metadata.update(width=result.width, height=result.height, format=result.format,
+                                  **result.values)
+            if self.json_fields:
+                image.metadata.update(self._json_values(image, where))
+        return task
+
+    def _columns(self) -> list[str]:
+        flips = [f"{k}_flip" for k in self.kinds if self.flip and k in PERCEPTUAL]
+        return ["width", "height", "format", *self.kinds, *flips, *(f"json.{f}" for f in self.json_fields)]
+
+    def _json_values(self, image, where: str) -> dict:
+        if "json" not in image.members:
+            raise ValueError(f"{where}: has no .json member to read {list(self.json_fields)} from")
+        try:
+            record = json.loads(image.read_bytes("json"))
+        except ValueError as exc:
+            raise ValueError(f"{where}: .json member is not valid JSON ({exc})") from exc
+        return {f"json.{name}": record.get(name) for name in self.json_fields}

@@ -1,0 +1,269 @@
+"""The find workflow: hash every image once, search for near pairs, group them, list what to remove.
+
+OUT/hashes/<shard>.parquet     per image: id, shard, position, size, format, hashes (reused by reruns)
+OUT/duplicates/part-00000.parquet   one string column `id`, sorted: the IDs to remove (NeMo Curator's layout)
+OUT/groups/part-00000.parquet  group_id, kept_id, id, method, distance for every member of every group
+OUT/skipped.parquet            images that could not be decoded (with --on-error skip): id, shard, reason
+OUT/summary.json               counts
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imagesieve.dedup.groups import best_of_components, group_exact, group_stars
+from imagesieve.dedup.hashes import PERCEPTUAL
+from imagesieve.dedup.keep import keep_policy
+from imagesieve.dedup.near_search import near_pairs, popcount64
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
+from imagesieve.progress import ShardProgress, phase
+from imagesieve.runfolder import write_json_atomic, write_parquet_atomic
+from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
+from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.stages.io import ImageReaderStage
+from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.tasks import FileGroupTask
+
+METHODS = ("exact", *PERCEPTUAL)
+# Chosen from the quality benchmark on real photos (benchmarks/bench_find.py, BENCHMARKS.md).
+DEFAULT_THRESHOLDS = {"phash": 10, "dhash": 10, "ahash": 6, "whash": 6}
+
+
+@dataclass(frozen=True)
+class FindConfig:
+    method: str = "phash"
+    threshold: int | None = None  # None: DEFAULT_THRESHOLDS[method]
+    keep: str = "first"
+    chaining: bool = False  # True: connected components; False: stars around the kept member
+    flip: bool = False
+    on_error: str = "fail"
+    exact_decode: bool = False
+    json_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        keep_policy(self.keep)  # validates
+
+    @property
+    def max_distance(self) -> int:
+        if self.method == "exact":
+            return 0
+        return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return ("bytes_hash", "pixel_hash") if self.method == "exact" else ("bytes_hash", self.method)
+
+
+@dataclass
+class FindSummary:
+    images: int
+    skipped: int
+    groups: int
+    duplicates: int
+    by_method: dict[str, int] = field(default_factory=dict)
+    threshold: int = 0
+    elapsed_seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        methods = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_method.items())) or "none"
+        return [f"images           {self.images} ({self.skipped} skipped as unreadable)",
+                f"groups           {self.groups}",
+                f"duplicates       {self.duplicates} ({methods}; threshold {self.threshold})",
+                f"elapsed          {self.elapsed_seconds:.1f} s"]
+
+
+def hash_shards(input_path: str | list[str], hashes_dir: str, config: FindConfig, executor: BaseExecutor | None,
+                progress: bool, desc: str) -> list[tuple[str, str]]:
+    """Hash every shard whose hash table is missing or lacks a needed column; returns the shards."""
+    shards = list_shards(input_path)
+    needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
+              *(f"json.{f}" for f in config.json_fields)}
+    todo = [(p, rel) for p, rel in shards if not _has_columns(hash_table_path(hashes_dir, rel), needed)]
+    tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
+             for p, rel in todo]
+    hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
+                            on_error=config.on_error, json_fields=config.json_fields)
+    with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc=desc) as bar:
+        executor = executor or LocalExecutor()
+        executor.on_task_done = bar.update
+        if tasks:
+            Pipeline("hash", [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir)]).run(
+                executor, initial_tasks=tasks)
+    return shards
+
+
+def _has_columns(path: str, needed: set[str]) -> bool:
+    if not os.path.exists(path):
+        return False
+    return needed <= set(pq.read_schema(path).names)
+
+
+def load_hashes(hashes_dir: str, shards: list[tuple[str, str]]) -> pa.Table:
+    """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
+    tables = [pq.read_table(hash_table_path(hashes_dir, rel)) for _, rel in shards]
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if "error" not in table.column_names:
+        table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
+    pixels = pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
+    return table.append_column("pixels", pixels)
+
+
+def check_unique_ids(table: pa.Table, what: str) -> None:
+    """Removal works by ID, so an ID in two shards would remove both samples: refuse it."""
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return
+    counts = pc.value_counts(table.column("id"))
+    repeated = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
+    shards = table.filter(pc.is_in(table.column("id"), pa.array(repeated))).column("shard").to_pylist()
+    raise ValueError(f"{what}: sample keys must be unique across the dataset, but {repeated} appear more "
+                     f"than once (in {sorted(set(shards))})")
+
+
+def find_duplicates(input_path: str | list[str], output_dir: str, config: FindConfig = FindConfig(),
+                    reference: str | list[str] | None = None, executor: BaseExecutor | None = None,
+                    progress: bool = False) -> FindSummary:
+    """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
+    started = time.monotonic()
+    os.makedirs(output_dir, exist_ok=True)
+    shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")
+    table = load_hashes(os.path.join(output_dir, "hashes"), shards)
+    check_unique_ids(table, "input")
+    readable = pc.is_null(table.column("error"))
+    skipped, table = table.filter(pc.invert(readable)), table.filter(readable)
+    t = config.max_distance
+
+    with phase("search and group", progress):
+        if reference is None:
+            groups = _within_set(table, config, t)
+        else:
+            ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
+                                     progress, "hash reference")
+            ref = load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards)
+            ref = ref.filter(pc.is_null(ref.column("error")))
+            groups = _cross_set(table, ref, config, t)
+
+    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
+    if reference is not None:  # reference members are listed in groups but never removed
+        removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
+    ids = pc.unique(removed.column("id"))
+    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
+                         os.path.join(output_dir, "duplicates", "part-00000.parquet"))
+    write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
+    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
+                                   "reason": skipped.column("error")}),
+                         os.path.join(output_dir, "skipped.parquet"))
+    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
+    summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
+                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
+                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
+    write_json_atomic({**asdict(summary), "config": asdict(config),
+                       "reference": reference, "input": input_path}, os.path.join(output_dir, "summary.json"))
+    return summary
+
+
+def _exact_labels(table: pa.Table, config: FindConfig) -> list[np.ndarray]:
+    columns = ["bytes_hash", "pixel_hash"] if config.method == "exact" else ["bytes_hash"]
+    return [pc.dictionary_encode(table.column(c)).combine_chunks().indices.to_numpy() for c in columns
+            if c in table.column_names]
+
+
+def _codes(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy().astype(np.uint64)
+
+
+def _within_set(table: pa.Table, config: FindConfig, t: int) -> pa.Table:
+    n = table.num_rows
+    rank = keep_policy(config.keep).rank(table)
+    rep = group_exact(_exact_labels(table, config), rank)
+    if config.method == "exact":
+        keeper = rep
+    else:
+        reps = np.flatnonzero(rep == np.arange(n))
+        i, j = _near_edges(_codes(table, config.method)[reps], t, config, table, reps)
+        group = best_of_components if config.chaining else group_stars
+        keeper = group(n, reps[i], reps[j], rank)[rep]
+    return _groups_table(table, table, keeper, rep, config)
+
+
+def _near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray):
+    i, j, _ = near_pairs(codes, t)
+    if config.flip:
+        flipped = _codes(table, f"{config.method}_flip")[rows]
+        fi, fj, _ = near_pairs(codes, t, other=flipped)
+        keep = fi != fj
+        i = np.concatenate([i, np.minimum(fi, fj)[keep]])
+        j = np.concatenate([j, np.maximum(fi, fj)[keep]])
+    return i, j
+
+
+def _distances(config: FindConfig, members: pa.Table, keepers: pa.Table) -> np.ndarray:
+    if config.method == "exact":
+        return np.zeros(members.num_rows, dtype=np.int64)
+    dist = popcount64(_codes(members, config.method) ^ _codes(keepers, config.method))
+    if config.flip:
+        dist = np.minimum(dist, popcount64(_codes(members, config.method) ^ _codes(keepers, f"{config.method}_flip")))
+    return dist
+
+
+def _groups_table(members: pa.Table, keepers_from: pa.Table, keeper: np.ndarray, rep: np.ndarray | None,
+                  config: FindConfig) -> pa.Table:
+    """One row per member of every group of two or more (kept members included, method "kept")."""
+    n = members.num_rows
+    is_keeper_of_other = np.zeros(keepers_from.num_rows, dtype=bool)
+    removed = np.flatnonzero(keeper != np.arange(n)) if keepers_from is members else np.flatnonzero(keeper >= 0)
+    is_keeper_of_other[keeper[removed]] = True
+    kept_rows = np.flatnonzero(is_keeper_of_other)
+    member_ids = members.column("id").take(pa.array(removed))
+    kept_of_removed = keepers_from.take(pa.array(keeper[removed]))
+    dist = _distances(config, members.take(pa.array(removed)), kept_of_removed)
+    if rep is not None:
+        exact = rep[removed] == rep[keeper[removed]]
+    else:
+        exact = members.column("bytes_hash").take(pa.array(removed)).to_numpy(zero_copy_only=False) == \
+            kept_of_removed.column("bytes_hash").to_numpy(zero_copy_only=False)
+    method = np.where(exact, "exact", config.method)
+    dist = np.where(exact, 0, dist)
+    kept_ids = keepers_from.column("id").take(pa.array(kept_rows))
+    group_of_kept = {k: g for g, k in enumerate(kept_rows.tolist())}
+    return pa.table({
+        "group_id": pa.array([group_of_kept[k] for k in kept_rows.tolist()]
+                             + [group_of_kept[k] for k in keeper[removed].tolist()], pa.int64()),
+        "kept_id": pa.concat_arrays([kept_ids.combine_chunks(),
+                                     kept_of_removed.column("id").combine_chunks()]),
+        "id": pa.concat_arrays([kept_ids.combine_chunks(), member_ids.combine_chunks()]),
+        "method": pa.array(["kept"] * len(kept_rows) + method.tolist(), pa.string()),
+        "distance": pa.array(np.concatenate([np.zeros(len(kept_rows), np.int64), dist]), pa.int64()),
+    })
+
+
+def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int) -> pa.Table:
+    """Every input image within t of any reference image is a duplicate of its nearest one."""
+    best = np.full(table.num_rows, -1, dtype=np.int64)
+    best_dist = np.full(table.num_rows, 65, dtype=np.int64)
+    ref_index = {h: k for k, h in enumerate(ref.column("bytes_hash").to_pylist())}
+    for row, h in enumerate(table.column("bytes_hash").to_pylist()):
+        if h in ref_index:
+            best[row], best_dist[row] = ref_index[h], 0
+    if config.method != "exact":
+        codes = _codes(table, config.method)
+        others = [_codes(ref, config.method)] + ([_codes(ref, f"{config.method}_flip")] if config.flip else [])
+        for other in others:
+            i, j, d = near_pairs(codes, t, other=other)
+            order = np.lexsort((j, d, i))  # per input row, nearest reference first
+            i, j, d = i[order], j[order], d[order]
+            first = np.ones(len(i), dtype=bool)
+            first[1:] = i[1:] != i[:-1]
+            better = d[first] < best_dist[i[first]]
+            best[i[first][better]], best_dist[i[first][better]] = j[first][better], d[first][better]
+    return _groups_table(table, ref, best, None, config)
