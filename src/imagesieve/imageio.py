@@ -24,6 +24,9 @@ def open_image(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Image.I
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{where}: image is over the limit of pixels, a possible decompression bomb "
+                               f"({exc})") from exc
     except Exception as exc:
         raise ImageDecodeError(f"{where}: not a readable image ({exc})") from exc
     width, height = image.size
