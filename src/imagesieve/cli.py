@@ -18,14 +18,16 @@ def make_executor(args: argparse.Namespace) -> BaseExecutor:
     if getattr(args, "executor", "local") == "ray":
         from imagesieve.executors.ray import RayExecutor
 
-        return RayExecutor(address=args.ray_address or os.environ.get("RAY_ADDRESS"))
+        return RayExecutor(address=args.ray_address or os.environ.get("RAY_ADDRESS"), num_cpus=args.workers)
     from imagesieve.executors.local import LocalExecutor
 
     return LocalExecutor(num_workers=args.workers)
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=None, help="processes on this machine (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes on this machine (default: all cores); with --executor ray and no "
+                             "cluster address, the CPUs of the local Ray instance")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="run on this machine (local) or on a Ray cluster (ray)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a "

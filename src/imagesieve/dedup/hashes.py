@@ -23,7 +23,7 @@ PERCEPTUAL = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": image
               "whash": imagehash.whash}
 EXACT = ("bytes_hash", "pixel_hash")
 ALL_KINDS = (*EXACT, *PERCEPTUAL)
-DRAFT_SIZE = 64  # JPEGs are decoded to at least this many pixels a side (2x the pHash input)
+DRAFT_SIZE = 32  # JPEGs are decoded to at least the pHash input size (32x32), by DCT scaling
 
 
 def pack_bits(bits: np.ndarray) -> int:

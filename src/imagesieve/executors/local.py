@@ -20,7 +20,7 @@ from imagesieve.tasks import Task
 _worker_stages: list[ProcessingStage] = []
 # imported once by the fork server, so that each worker starts without importing them again
 PRELOAD = ["imagesieve.executors.local", "imagesieve.stages.io", "imagesieve.stages.deduplication.removal",
-           "pyarrow.parquet", "numpy"]
+           "imagesieve.stages.hashing", "pyarrow.parquet", "numpy", "scipy.fft", "pywt", "imagehash"]
 
 
 def _init_worker(stages: list[ProcessingStage]) -> None:

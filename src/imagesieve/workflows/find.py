@@ -23,15 +23,13 @@ from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.executors.local import LocalExecutor
-from imagesieve.pipeline import Pipeline
-from imagesieve.progress import ShardProgress, phase
+from imagesieve.progress import phase
 from imagesieve.runfolder import write_json_atomic, write_parquet_atomic
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.tasks import FileGroupTask
+from imagesieve.workflows.common import run_on_shards
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -91,16 +89,10 @@ def hash_shards(input_path: str | list[str], hashes_dir: str, config: FindConfig
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     todo = [(p, rel) for p, rel in shards if not _has_columns(hash_table_path(hashes_dir, rel), needed)]
-    tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
-             for p, rel in todo]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
-    with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc=desc) as bar:
-        executor = executor or LocalExecutor()
-        executor.on_task_done = bar.update
-        if tasks:
-            Pipeline("hash", [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir)]).run(
-                executor, initial_tasks=tasks)
+    run_on_shards(desc, [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir)], todo, len(shards),
+                  executor, progress)
     return shards
 
 

@@ -15,9 +15,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.executors.local import LocalExecutor
-from imagesieve.pipeline import Pipeline
-from imagesieve.progress import ShardProgress
 from imagesieve.runfolder import (
     WORK_DIR,
     done_marker,
@@ -31,7 +28,7 @@ from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.tasks import FileGroupTask
+from imagesieve.workflows.common import run_on_shards
 
 
 @dataclass
@@ -79,6 +76,8 @@ def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str
 
 def check_output_dir(output_dir: str) -> None:
     """Create the output folder, or say why it cannot be written."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"output {output_dir} exists and is not a folder")
     os.makedirs(output_dir, exist_ok=True)
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise PermissionError(f"output folder {output_dir} is not writable")
@@ -112,15 +111,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                       os.path.join(output_dir, WORK_DIR, "config.json"))
 
     todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
-    tasks = [FileGroupTask(dataset_name="input", data=[p], task_id=rel, _metadata={"relative_paths": {p: rel}})
-             for p, rel in todo]
     writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
-    pipeline = Pipeline("remove_duplicates", [ImageReaderStage(), removal, writer])
-    with ShardProgress(len(shards), initial=len(shards) - len(todo), enabled=progress, desc="remove") as bar:
-        executor = executor or LocalExecutor()
-        executor.on_task_done = bar.update
-        if tasks:
-            pipeline.run(executor, initial_tasks=tasks)
+    run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
     summary = finish_run(output_dir, shards, len(removal._index), removal._index.notes, started)
     summary.shards_skipped = len(shards) - len(todo)

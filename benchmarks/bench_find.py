@@ -1,0 +1,235 @@
+"""Benchmark `imagesieve find` against imagededup (and imagehash) on the same images and cores, in one run.
+
+  (a) hash encode throughput: imagesieve's hash phase vs imagededup PHash().encode_images
+  (b) search on 1M random 64-bit hashes with planted near pairs vs imagededup find_duplicates
+      (BK-tree, and its default brute-force search) measured on subsamples, extrapolated as n^2
+  (c) search cost growth 10k -> 100k -> 1M
+  (d) precision / recall / F1 on the labelled real-photo set, each tool at its default thresholds
+
+imagededup depends on torch, so it lives in its own virtual environment, made on demand:
+  python3 -m venv /tmp/venv-imagededup && /tmp/venv-imagededup/bin/pip install torch==2.14.1 \
+      torchvision==0.29.1 imagededup
+and passed with --imagededup-python /tmp/venv-imagededup/bin/python. Without it, (a), (b) and (d)
+compare against imagehash (installed here) only.
+
+Usage: python benchmarks/bench_find.py [--images 2000] [--search-n 1000000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from imagesieve.dedup.near_search import near_pairs
+from imagesieve.evaluate import build_labelled_set, hash_set, pair_distances, score
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.sample_data import load_photos, write_shard
+from imagesieve.workflows.find import DEFAULT_THRESHOLDS, FindConfig, hash_shards
+
+IMAGEDEDUP_ENCODE = r"""
+import json, sys, time
+from imagededup.methods import PHash
+folder, repeat, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+times = []
+for _ in range(repeat):
+    start = time.perf_counter()
+    encodings = PHash(verbose=False).encode_images(image_dir=folder, num_enc_workers=workers)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"times": times, "n": len(encodings)}))
+"""
+
+IMAGEDEDUP_SEARCH = r"""
+import json, sys, time
+import numpy as np
+from imagededup.methods import PHash
+codes = np.load(sys.argv[1]); method = sys.argv[2]; threshold = int(sys.argv[3]); workers = int(sys.argv[4])
+encoding_map = {str(i): format(int(c), "016x") for i, c in enumerate(codes)}
+start = time.perf_counter()
+found = PHash(verbose=False).find_duplicates(encoding_map=encoding_map, max_distance_threshold=threshold,
+                                             search_method=method, num_dist_workers=workers)
+elapsed = time.perf_counter() - start
+print(json.dumps({"seconds": elapsed, "pairs": sum(len(v) for v in found.values()) // 2}))
+"""
+
+IMAGEDEDUP_HASH_FILES = r"""
+import json, sys
+from imagededup.methods import AHash, DHash, PHash, WHash
+folder, n = sys.argv[1], int(sys.argv[2])
+out = {}
+for name, klass in (("phash", PHash), ("dhash", DHash), ("ahash", AHash), ("whash", WHash)):
+    hasher = klass(verbose=False)
+    out[name] = [hasher.encode_image(image_file=f"{folder}/{i:06d}.img") for i in range(n)]
+print(json.dumps(out))
+"""
+
+
+def run_json(python: str, script: str, *args: object) -> dict:
+    result = subprocess.run([python, "-c", script, *map(str, args)], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def make_images(root: str, n: int, side: int = 384) -> tuple[str, str]:
+    """n random crops of real photos as JPEG files (for imagededup) and the same bytes in shards."""
+    rng = np.random.default_rng(0)
+    photos = [np.asarray(Image.fromarray(p).resize((p.shape[1] * 2, p.shape[0] * 2))) for _, p in load_photos()]
+    folder, shard_dir = os.path.join(root, "files"), os.path.join(root, "shards")
+    os.makedirs(folder)
+    os.makedirs(shard_dir)
+    samples, keys = [], []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        y, x = int(rng.integers(photo.shape[0] - side)), int(rng.integers(photo.shape[1] - side))
+        buffer = io.BytesIO()
+        Image.fromarray(photo[y:y + side, x:x + side]).save(buffer, format="JPEG", quality=90)
+        with open(os.path.join(folder, f"{i:06d}.jpg"), "wb") as f:
+            f.write(buffer.getvalue())
+        samples.append({"jpg": buffer.getvalue(), "txt": b"caption"})
+        keys.append(f"{i:09d}")
+    for start in range(0, n, 500):
+        write_shard(os.path.join(shard_dir, f"{start // 500:05d}.tar"), samples[start:start + 500],
+                    keys[start:start + 500])
+    return folder, shard_dir
+
+
+def bench_encode(args, root: str) -> None:
+    folder, shard_dir = make_images(root, args.images)
+    ours = []
+    for run in range(args.repeat):
+        out = os.path.join(root, f"hashes-{run}")
+        start = time.perf_counter()
+        hash_shards(shard_dir, out, FindConfig(method="phash"), LocalExecutor(args.workers), False, "hash")
+        ours.append(time.perf_counter() - start)
+    ours_s = statistics.median(ours)
+    print(f"\n(a) hash encode, {args.images} JPEGs of 384x384, {args.workers} workers, median of {args.repeat}")
+    print(f"    imagesieve (pHash + bytes hash)       {args.images / ours_s:8.0f} images/s")
+    # imagehash, one process, full decode: the common hand-written loop
+    import imagehash
+
+    files = sorted(os.listdir(folder))[:500]
+    start = time.perf_counter()
+    for name in files:
+        imagehash.phash(Image.open(os.path.join(folder, name)))
+    per_image = (time.perf_counter() - start) / len(files)
+    print(f"    imagehash loop (1 process)            {1 / per_image:8.0f} images/s   "
+          f"ratio {per_image * args.images / ours_s:.1f}x")
+    if args.imagededup_python:
+        theirs = run_json(args.imagededup_python, IMAGEDEDUP_ENCODE, folder, args.repeat, args.workers)
+        theirs_s = statistics.median(theirs["times"])
+        print(f"    imagededup PHash.encode_images        {theirs['n'] / theirs_s:8.0f} images/s   "
+              f"ratio {theirs_s / ours_s:.1f}x   (target >= 3x)")
+
+
+def planted_codes(n: int, threshold: int, seed: int = 0) -> np.ndarray:
+    """n random 64-bit codes, 1% of them near copies (1..threshold bits flipped) of others."""
+    rng = np.random.default_rng(seed)
+    k = n // 100
+    codes = rng.integers(0, 2**64 - 1, size=n - k, dtype=np.uint64)
+    flips = np.zeros(k, dtype=np.uint64)
+    for bit_count in range(1, threshold + 1):
+        rows = np.flatnonzero(rng.integers(1, threshold + 1, size=k) == bit_count)
+        for row in rows:
+            for bit in rng.choice(64, size=bit_count, replace=False):
+                flips[row] |= np.uint64(1) << np.uint64(int(bit))
+    return np.concatenate([codes, codes[rng.integers(0, n - k, size=k)] ^ flips])
+
+
+def bench_search(args, root: str) -> None:
+    t = DEFAULT_THRESHOLDS["phash"]
+    if args.imagededup_only:
+        return bench_imagededup_search(args, root, {(args.search_n, t): args.ours_seconds})
+    print(f"\n(b, c) search, threshold {t} (pHash default) and 8, random codes with 1% planted near copies")
+    print(f"    {'n':>9} {'t':>3} {'seconds':>9} {'pairs':>8} {'growth per 10x':>15}")
+    ours = {}
+    for threshold in (t, 8):
+        previous = None
+        for n in (10_000, 100_000, args.search_n):
+            codes = planted_codes(n, threshold)
+            start = time.perf_counter()
+            i, _, _ = near_pairs(codes, threshold)
+            seconds = time.perf_counter() - start
+            ours[(n, threshold)] = seconds
+            growth = f"{seconds / previous:.1f}x" if previous else ""
+            print(f"    {n:>9} {threshold:>3} {seconds:>9.2f} {len(i):>8} {growth:>15}")
+            previous = seconds
+    if args.imagededup_python:
+        bench_imagededup_search(args, root, ours)
+
+
+def bench_imagededup_search(args, root: str, ours: dict) -> None:
+    t = DEFAULT_THRESHOLDS["phash"]
+    for method in ("bktree", "brute_force_cython"):
+        sizes, seconds = [2_000, 4_000], []
+        for n in sizes:
+            path = os.path.join(root, f"codes-{n}.npy")
+            np.save(path, planted_codes(n, t))
+            seconds.append(run_json(args.imagededup_python, IMAGEDEDUP_SEARCH, path, method, t,
+                                    args.workers)["seconds"])
+        scale = seconds[-1] / sizes[-1] ** 2
+        extrapolated = scale * args.search_n**2
+        print(f"    imagededup {method:<19} {sizes[0]}: {seconds[0]:.1f} s, {sizes[1]}: {seconds[1]:.1f} s "
+              f"(growth {seconds[1] / seconds[0]:.1f}x per 2x); at {args.search_n:,} ~ {extrapolated:,.0f} s "
+              f"(n^2)  ->  imagesieve is {extrapolated / ours[(args.search_n, t)]:,.0f}x faster  (target >= 100x)")
+
+
+def bench_quality(args, root: str) -> None:
+    labelled = build_labelled_set()
+    print(f"\n(d) quality on {len(labelled.images)} images ({int((np.array(labelled.transform) == 'original').sum())} "
+          "real-photo tiles x 11 transforms), all pairs; hflip excluded unless noted")
+    print(f"    {'tool':<12} {'hash':<6} {'t':>3} {'precision':>10} {'recall':>7} {'F1':>6}")
+    for method, t in DEFAULT_THRESHOLDS.items():
+        s = score(labelled, pair_distances(*hash_set(labelled, method)), method, t, ("hflip",))
+        print(f"    {'imagesieve':<12} {method:<6} {t:>3} {s.precision:>10.3f} {s.recall:>7.3f} {s.f1:>6.3f}")
+    t = DEFAULT_THRESHOLDS["phash"]
+    for flip in (False, True):
+        s = score(labelled, pair_distances(*hash_set(labelled, "phash", flip)), "phash", t)
+        flips = s.recall_by_transform["hflip"]
+        print(f"    {'imagesieve':<12} {'phash':<6} {t:>3} {s.precision:>10.3f} {s.recall:>7.3f} {s.f1:>6.3f}"
+              f"   with hflip pairs, --flip {'on' if flip else 'off'}: hflip recall {flips:.2f}")
+    if not args.imagededup_python:
+        return
+    folder = os.path.join(root, "labelled")
+    os.makedirs(folder)
+    for i, data in enumerate(labelled.images):
+        with open(os.path.join(folder, f"{i:06d}.img"), "wb") as f:
+            f.write(data)
+    theirs = run_json(args.imagededup_python, IMAGEDEDUP_HASH_FILES, folder, len(labelled.images))
+    for method, hexes in theirs.items():
+        codes = np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+        s = score(labelled, pair_distances(codes), method, 10, ("hflip",))
+        print(f"    {'imagededup':<12} {method:<6} {10:>3} {s.precision:>10.3f} {s.recall:>7.3f} {s.f1:>6.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--search-n", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--imagededup-python", default=None, help="python of a venv with imagededup installed")
+    parser.add_argument("--only", choices=["encode", "search", "quality"], default=None)
+    parser.add_argument("--imagededup-only", action="store_true",
+                        help="with --only search: time only imagededup, against --ours-seconds at --search-n")
+    parser.add_argument("--ours-seconds", type=float, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-find-") as root:
+        if args.only in (None, "encode"):
+            bench_encode(args, root)
+        if args.only in (None, "quality"):
+            bench_quality(args, root)
+        if args.only in (None, "search"):
+            bench_search(args, root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The promises of the README's Guarantees section, each with a test that fails if it breaks."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_ids
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imagesieve.dedup.id_index import IdIndex
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
+from imagesieve.runfolder import read_json, write_json_atomic
+from imagesieve.sample_data import write_shard
+from imagesieve.shards import AtomicShardWriter, iter_samples
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.stages.io.writer import AccountingError
+from imagesieve.tasks import ImageBatch
+from imagesieve.workflows.remove import remove_duplicates
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "imagesieve"
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imagesieve.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory):
+    """150 shards of 40 samples: a run long enough (a few seconds) to be killed in the middle."""
+    from conftest import encode, photo_tiles
+
+    root = tmp_path_factory.mktemp("many")
+    tiles = photo_tiles()
+    images = [encode(t) for t in tiles]
+    for s in range(150):
+        keys = [f"{s:03d}-{i:03d}" for i in range(40)]
+        write_shard(str(root / "shards" / f"{s:05d}.tar"),
+                    [{"jpg": images[(s * 40 + i) % len(images)], "txt": f"c{i}".encode()} for i in range(40)], keys)
+    write_ids(root / "dups", [f"{s:03d}-{i:03d}" for s in range(150) for i in range(0, 40, 7)])
+    return root
+
+
+def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_shards, tmp_path):
+    shards, dups = str(many_shards / "shards"), str(many_shards / "dups")
+    reference = tmp_path / "reference"
+    remove_duplicates(shards, str(reference), dups, executor=LocalExecutor(1))
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    partial_kills = 0
+    for _ in range(4):
+        proc = run_cli("remove", "--quiet", "--workers", "2", "--duplicates", dups, shards, str(out))
+        time.sleep(rng.uniform(0.5, 2.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        done = len(list((out / "_imagesieve" / "done").glob("*.json"))) if (out / "_imagesieve").exists() else 0
+        partial_kills += 0 < done < 150
+        for path in out.rglob("*"):  # never a partial file under a final name
+            if path.is_file() and path.name.endswith(".tar") and ".tmp-" not in path.name:
+                with tarfile.open(path) as tar:
+                    tar.getmembers()
+    final = run_cli("remove", "--quiet", "--duplicates", dups, shards, str(out))
+    assert final.wait(timeout=120) == 0, final.stderr.read().decode()
+    assert partial_kills >= 1  # at least one kill landed in the middle of the work
+    assert files_of(out) == files_of(reference)
+    assert pq.read_table(out / "removed.parquet").sort_by("id").equals(
+        pq.read_table(reference / "removed.parquet").sort_by("id"))
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_find_killed_then_rerun_gives_the_same_rows(many_shards, tmp_path):
+    shards = str(many_shards / "shards")
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    assert run_cli("find", "--quiet", "--workers", "1", shards, str(reference)).wait(timeout=300) == 0
+    proc = run_cli("find", "--quiet", "--workers", "2", shards, str(out))
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert run_cli("find", "--quiet", shards, str(out)).wait(timeout=300) == 0
+    for part in ("duplicates", "groups"):
+        assert pq.read_table(out / part).equals(pq.read_table(reference / part))
+
+
+class SilentDropStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """A buggy stage: drops a sample without saying so."""
+
+    name = "silent_drop"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        return task.with_data(task.data[1:])
+
+
+def test_accounting_catches_a_silently_dropped_sample(make_shard, tmp_path):
+    make_shard(n=4)
+    write_ids(tmp_path / "dups", ["x"])
+    pipeline = Pipeline("buggy", [FilePartitioningStage(file_paths=str(tmp_path / "shards")), ImageReaderStage(),
+                                  SilentDropStage(), ImageDuplicatesRemovalStage(str(tmp_path / "dups")),
+                                  ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    with pytest.raises(AccountingError, match="4 samples in but 3 kept \\+ 0 removed"):
+        pipeline.run(LocalExecutor(1))
+    assert not (tmp_path / "out" / "00000.tar").exists()
+
+
+def test_accounting_catches_tampered_shard_counts(make_shard, tmp_path):
+    make_shard(n=4)
+    write_ids(tmp_path / "dups", ["00000001"])
+    out = tmp_path / "out"
+    remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    marker = out / "_imagesieve" / "done" / "00000.json"
+    stats = read_json(str(marker))
+    write_json_atomic({**stats, "kept": stats["kept"] + 1}, str(marker))
+    with pytest.raises(AccountingError, match="whole run"):
+        remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
+
+
+def test_output_path_that_is_a_file_is_a_clear_error(make_shard, tmp_path):
+    make_shard(n=2)
+    write_ids(tmp_path / "dups", ["x"])
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(OSError, match="out"):
+        remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"))
+
+
+def test_key_repeated_across_shards_is_removed_everywhere_when_listed(make_shard, tmp_path):
+    make_shard("00000.tar", keys=["same", "a"], n=2)
+    make_shard("00001.tar", keys=["same", "b"], n=2)
+    write_ids(tmp_path / "dups", ["same"])
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1))
+    assert (summary.removed, summary.kept, summary.ids_not_found) == (2, 2, 0)
+
+
+def test_no_eval_exec_or_pickle_of_input_data():
+    source = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
+    for forbidden in ("eval(", "exec(", "pickle.load", "allow_pickle=True", "extractall("):
+        assert forbidden not in source, forbidden
+
+
+def test_writer_never_leaves_a_partial_file_under_the_final_name(tmp_path):
+    final = tmp_path / "00000.tar"
+    with pytest.raises(RuntimeError), AtomicShardWriter(str(final)) as writer:
+        writer._write(b"x" * 1000)
+        raise RuntimeError("crash mid-write")
+    assert not final.exists() and not list(tmp_path.iterdir())
+
+
+member_names = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/\\.\x00"), min_size=1,
+                       max_size=40)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(samples=st.dictionaries(member_names, st.dictionaries(st.sampled_from(["jpg", "txt", "json", "cls", "seg.png"]),
+                                                             st.binary(max_size=3000), min_size=1), max_size=8),
+       removed=st.sets(st.integers(0, 7)))
+def test_property_shard_round_trip(tmp_path, samples, removed):
+    """Random keys, member sets and bytes: written, read, filtered and rewritten, every kept byte equal."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    src = folder / "in.tar"
+    keys = list(samples)
+    write_shard(str(src), [samples[k] for k in keys], keys)
+    read = list(iter_samples(str(src)))
+    assert [s.key for s in read] == keys
+    assert [{e: r.read() for e, r in s.members.items()} for s in read] == [samples[k] for k in keys]
+    kept = [s for i, s in enumerate(read) if i not in removed]
+    with AtomicShardWriter(str(folder / "out.tar")) as writer:
+        for sample in kept:
+            for ref in sample.members.values():
+                writer.add(ref)
+    with tarfile.open(folder / "out.tar") as tar:
+        got = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    assert got == [(f"{s.key}.{e}", samples[s.key][e]) for s in kept for e in samples[s.key]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(listed=st.sets(st.text(max_size=30), max_size=50), others=st.sets(st.text(max_size=30), max_size=50))
+def test_property_id_index_has_no_false_removals_and_no_misses(listed, others):
+    index = IdIndex.from_ids(sorted(listed))
+    queries = sorted(listed | others)
+    assert index.contains(queries).tolist() == [q in listed for q in queries]
+    assert len(index) == len(listed)
+
+

@@ -1,0 +1,135 @@
+"""RayExecutor on a two-node local Ray cluster: same output as LocalExecutor, per-node setup, caps, faults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import write_ids
+
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
+from imagesieve.stages.base import NodeInfo, WorkerMetadata
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.tasks import ImageBatch
+from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.remove import remove_duplicates
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    two_nodes.add_node(num_cpus=2)
+    ray.init(address=two_nodes.address, log_to_driver=False, include_dashboard=False)
+    yield two_nodes
+    ray.shutdown()
+    two_nodes.shutdown()
+
+
+@pytest.fixture
+def dataset(make_shard, tmp_path):
+    for i in range(6):
+        make_shard(f"{i:05d}.tar", n=6, start=6 * i)
+    write_ids(tmp_path / "dups", ["00000001", "00000007", "00000020", "00000035"])
+    return str(tmp_path / "shards"), str(tmp_path / "dups")
+
+
+def tree_bytes(folder: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.tar"))}
+
+
+@dataclass
+class RecordingRemovalStage(ImageDuplicatesRemovalStage):
+    """The removal stage, logging where its node and worker setup ran, and dying once if asked."""
+
+    log_dir: str = ""
+    die_on_shard: str = ""
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        super().setup_on_node(node_info, worker_metadata)
+        with open(os.path.join(self.log_dir, "node_setup.log"), "a") as f:
+            f.write(f"{node_info.node_id}\n")
+
+    def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
+        super().setup(worker_metadata)
+        with open(os.path.join(self.log_dir, "worker_setup.log"), "a") as f:
+            f.write(f"{worker_metadata.node_id} {worker_metadata.worker_id}\n")
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        marker = os.path.join(self.log_dir, "died")
+        if self.die_on_shard and task._metadata["relative_path"] == self.die_on_shard and not os.path.exists(marker):
+            Path(marker).write_text("once")
+            os._exit(1)  # the worker process dies mid-task
+        return super().process(task)
+
+
+def run_remove(shards, dups, out, executor, **stage_args) -> list:
+    """The removal pipeline, built by hand with the recording stage."""
+    stage = RecordingRemovalStage(removal_parquets_dir=dups, **stage_args)
+    pipeline = Pipeline("remove", [FilePartitioningStage(file_paths=shards), ImageReaderStage(), stage,
+                                   ImageWriterStage(output_dir=out)])
+    return pipeline.run(executor)
+
+
+def test_ray_output_is_byte_identical_to_local(cluster, dataset, tmp_path):
+    from imagesieve.executors.ray import RayExecutor
+
+    shards, dups = dataset
+    local = remove_duplicates(shards, str(tmp_path / "local"), dups, executor=LocalExecutor(2))
+    on_ray = remove_duplicates(shards, str(tmp_path / "ray"), dups, executor=RayExecutor())
+    assert (on_ray.kept, on_ray.removed) == (local.kept, local.removed) == (32, 4)
+    assert tree_bytes(str(tmp_path / "ray")) == tree_bytes(str(tmp_path / "local"))
+
+
+def test_setup_on_node_once_per_node_and_workers_capped(cluster, dataset, tmp_path):
+    from imagesieve.executors.ray import RayExecutor
+
+    shards, dups = dataset
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run_remove(shards, dups, str(tmp_path / "out"), RayExecutor(), log_dir=str(logs), num_workers_per_node=1)
+    nodes = (logs / "node_setup.log").read_text().split()
+    assert len(nodes) == 2 and len(set(nodes)) == 2  # once on each of the two nodes
+    workers = [line.split() for line in (logs / "worker_setup.log").read_text().splitlines()]
+    per_node = {}
+    for node, worker in workers:
+        per_node.setdefault(node, set()).add(worker)
+    assert set(per_node) == set(nodes) and all(len(w) == 1 for w in per_node.values())
+
+
+def test_a_killed_worker_loses_no_samples(cluster, dataset, tmp_path):
+    from imagesieve.executors.ray import RayExecutor
+
+    shards, dups = dataset
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    results = run_remove(shards, dups, str(tmp_path / "out"), RayExecutor(), log_dir=str(logs),
+                         die_on_shard="00003.tar")
+    assert (logs / "died").exists()
+    assert len(results) == 6  # every shard written once
+    assert sum(r._metadata["kept"] for r in results) == 32 and sum(r._metadata["removed"] for r in results) == 4
+    expected = remove_duplicates(shards, str(tmp_path / "local"), dups, executor=LocalExecutor(1))
+    assert expected.kept == 32
+    assert tree_bytes(str(tmp_path / "out")) == tree_bytes(str(tmp_path / "local"))
+
+
+def test_find_on_ray_equals_local(cluster, dataset, tmp_path):
+    from imagesieve.executors.ray import RayExecutor
+
+    shards, _ = dataset
+    import pyarrow.parquet as pq
+
+    find_duplicates(shards, str(tmp_path / "local"), FindConfig(), executor=LocalExecutor(1))
+    find_duplicates(shards, str(tmp_path / "ray"), FindConfig(), executor=RayExecutor())
+    for part in ("duplicates", "groups", "hashes"):
+        assert pq.read_table(str(tmp_path / "ray" / part)).equals(pq.read_table(str(tmp_path / "local" / part)))
