@@ -85,9 +85,9 @@ class RayExecutor(BaseExecutor):
         cpus = max(s.resources.cpus for s in stages)
         gpus = max(s.resources.gpus for s in stages)
         caps = [c for c in (s.num_workers() for s in stages) if c]
-        actor_class = ray.remote(_ChainWorker).options(num_cpus=cpus, num_gpus=gpus or None,
-                                                       max_restarts=self.options.max_restarts,
-                                                       max_task_retries=self.options.max_task_retries)
+        actor_class = ray.remote(_ChainWorker)
+        actor_options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": self.options.max_restarts,
+                         "max_task_retries": self.options.max_task_retries}
         actors = []
         for node in nodes:
             fit = int(node["Resources"].get("CPU", 0) // cpus) if cpus else n_tasks
@@ -95,8 +95,8 @@ class RayExecutor(BaseExecutor):
                 fit = min(fit, int(node["Resources"].get("GPU", 0) // gpus))
             count = min([fit, n_tasks, *caps])
             strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            actors += [actor_class.options(scheduling_strategy=strategy).remote(stages, node["NodeID"], k)
-                       for k in range(count)]
+            actors += [actor_class.options(scheduling_strategy=strategy, **actor_options)
+                       .remote(stages, node["NodeID"], k) for k in range(count)]
         if not actors:
             raise RuntimeError(f"no Ray node has the resources a worker needs (cpus={cpus}, gpus={gpus})")
         return actors
