@@ -64,19 +64,22 @@ def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_s
     remove_duplicates(shards, str(reference), dups, executor=LocalExecutor(1))
     out = tmp_path / "killed"
     rng = random.Random(7)
+    done_dir = out / "_imagesieve" / "done"
     partial_kills = 0
-    for _ in range(4):
+    for target in sorted(rng.sample(range(1, 140), 3)):  # kill once this many shards are done
         proc = run_cli("remove", "--quiet", "--workers", "2", "--duplicates", dups, shards, str(out))
-        time.sleep(rng.uniform(0.5, 2.0))
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= target:
+                break
+            time.sleep(0.005)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        done = len(list((out / "_imagesieve" / "done").glob("*.json"))) if (out / "_imagesieve").exists() else 0
-        partial_kills += 0 < done < 150
-        for path in out.rglob("*"):  # never a partial file under a final name
-            if path.is_file() and path.name.endswith(".tar") and ".tmp-" not in path.name:
-                with tarfile.open(path) as tar:
-                    tar.getmembers()
+        partial_kills += 0 < len(list(done_dir.glob("*.json"))) < 150
+        for path in out.rglob("*.tar"):  # never a partial file under a final name
+            with tarfile.open(path) as tar:
+                tar.getmembers()
     final = run_cli("remove", "--quiet", "--duplicates", dups, shards, str(out))
     assert final.wait(timeout=120) == 0, final.stderr.read().decode()
     assert partial_kills >= 1  # at least one kill landed in the middle of the work
@@ -91,7 +94,12 @@ def test_find_killed_then_rerun_gives_the_same_rows(many_shards, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "killed"
     assert run_cli("find", "--quiet", "--workers", "1", shards, str(reference)).wait(timeout=300) == 0
     proc = run_cli("find", "--quiet", "--workers", "2", shards, str(out))
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if len(list(out.glob("hashes/*.parquet"))) >= 40:  # kill after some shards were hashed
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "find finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert run_cli("find", "--quiet", shards, str(out)).wait(timeout=300) == 0
