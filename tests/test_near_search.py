@@ -45,7 +45,7 @@ def test_cross_join_equals_brute_force(t):
     assert as_set(near_pairs(query, t, other=other)) == brute_force_pairs(query, t, other)
 
 
-@pytest.mark.parametrize("m, t", [(1, 0), (2, 3), (3, 9), (4, 9), (7, 9), (10, 9)])
+@pytest.mark.parametrize("m, t", [(1, 0), (2, 3), (3, 9), (4, 9), (7, 9), (10, 9), (7, 3), (5, 0)])
 def test_every_block_count_is_exact(monkeypatch, m, t):
     monkeypatch.setattr(ns, "choose_blocks", lambda n, t: m)
     codes = planted(np.random.default_rng(m), 600, t, 200)
@@ -67,3 +67,10 @@ def test_property_matches_brute_force(values, t):
     codes = np.array(values, dtype=np.uint64)
     codes = np.concatenate([codes, codes[: len(codes) // 2] ^ np.uint64(3)])  # guarantee near pairs
     assert as_set(near_pairs(codes, t)) == brute_force_pairs(codes, t)
+
+
+def test_parallel_search_equals_serial():
+    codes = planted(np.random.default_rng(5), 4000, 10, 500)
+    assert as_set(near_pairs(codes, 10, workers=2)) == as_set(near_pairs(codes, 10))
+    other = codes[::3] ^ np.uint64(6)
+    assert as_set(near_pairs(codes, 10, other=other, workers=2)) == brute_force_pairs(codes, 10, other)

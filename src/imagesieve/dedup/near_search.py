@@ -1,7 +1,9 @@
 """Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing in NumPy.
 
-Split the 64 bits into m blocks. If two hashes differ in at most t bits, then by the pigeonhole
-principle some block differs in at most r = t // m bits. So for each block we bucket all hashes
+Split the 64 bits into m blocks and give block i a radius r_i, with sum(r_i + 1) = t + 1. If two
+hashes differ in at most t bits, then some block i differs in at most r_i bits (were every block
+to differ in r_i + 1 or more, the total would exceed t): the generalised pigeonhole principle,
+which lets some blocks take a smaller radius than t // m, or none at all (r_i = -1). So for each block we bucket all hashes
 by that block's value, and for each hash probe every bucket whose value is within r bits of its
 own; every candidate found is checked on all 64 bits. This finds every pair within t (no
 approximation) and, with m chosen so that a bucket holds about one hash, costs
@@ -10,6 +12,8 @@ O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at onc
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from itertools import combinations
 from math import comb
 
@@ -29,6 +33,12 @@ def block_widths(m: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(m)]
 
 
+def block_radii(m: int, threshold: int) -> list[int]:
+    """Radii with sum(r + 1) == threshold + 1, as even as possible; -1 means the block is not probed."""
+    base, extra = divmod(threshold + 1, m)
+    return [base + (1 if i < extra else 0) - 1 for i in range(m)]
+
+
 def probe_count(width: int, radius: int) -> int:
     return sum(comb(width, k) for k in range(radius + 1))
 
@@ -37,9 +47,8 @@ def choose_blocks(n: int, threshold: int) -> int:
     """The number of blocks that minimises the estimated work (probes plus candidates)."""
     best_m, best_cost = 1, float("inf")
     for m in range(1, 17):
-        widths = block_widths(m)
-        radius = threshold // m
-        cost = sum(probe_count(w, radius) * (1 + n / 2.0 ** w) for w in widths) * n
+        cost = sum(probe_count(w, r) * (1 + n / 2.0 ** w)
+                   for w, r in zip(block_widths(m), block_radii(m, threshold), strict=True) if r >= 0)
         if cost < best_cost:
             best_m, best_cost = m, cost
     return best_m
@@ -85,61 +94,76 @@ class _Buckets:
                 np.searchsorted(self.sorted_keys, targets, "right"))
 
 
-def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None
+def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None, workers: int = 1
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) of every pair within `threshold` bits, each pair once.
 
     Without `other`: pairs within `codes`, with i < j. With `other`: pairs (i in codes, j in other).
+    `workers` > 1 spreads the probes over that many processes (each block's probes are independent).
     """
     query = np.ascontiguousarray(codes, dtype=np.uint64)
     base = query if other is None else np.ascontiguousarray(other, dtype=np.uint64)
-    self_join = other is None
     if threshold < 0 or threshold > 64:
         raise ValueError(f"threshold must be within 0..64, got {threshold}")
     if len(query) == 0 or len(base) == 0:
         return (np.zeros(0, np.int64),) * 3
     m = choose_blocks(len(base), threshold)
-    radius = threshold // m
-    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    shift = 0
-    for width in block_widths(m):
-        mask = np.uint64((1 << width) - 1)
-        b_keys = (base >> np.uint64(shift)) & mask
-        buckets = _Buckets(b_keys, width)
-        # probe in key order: the targets of neighbouring queries then lie close together in the
-        # bucket table, which keeps the lookups in cache
-        if self_join:
-            q_index, q_keys = buckets.order, buckets.sorted_keys
-        else:
-            q_all = (query >> np.uint64(shift)) & mask
-            q_index = np.argsort(q_all, kind="stable")
-            q_keys = q_all[q_index]
-        for flip in flip_masks(width, radius):
-            targets = q_keys ^ np.uint64(flip)
-            sources = q_index
-            if self_join and flip:
-                # the pair (a, b) is found from a when key_a < key_b and from b otherwise: probe once
-                upward = targets > q_keys
-                targets, sources = targets[upward], sources[upward]
-            starts, ends = buckets.ranges(targets)
-            for pos, j in _expand(starts, ends, buckets.order):
-                i = sources[pos]
-                dist = popcount64(query[i] ^ base[j])
-                keep = dist <= threshold
-                if self_join:
-                    keep &= i != j
-                found_i.append(i[keep])
-                found_j.append(j[keep])
+    jobs, shift = [], 0
+    for width, radius in zip(block_widths(m), block_radii(m, threshold), strict=True):
+        masks = flip_masks(width, radius) if radius >= 0 else []
+        parts = min(workers, len(masks))
+        jobs += [(shift, width, masks[k::parts]) for k in range(parts)]
         shift += width
-    if self_join:
-        found_i, found_j = ([np.minimum(a, b) for a, b in zip(found_i, found_j, strict=True)],
-                            [np.maximum(a, b) for a, b in zip(found_i, found_j, strict=True)])
-    i = np.concatenate(found_i)
-    j = np.concatenate(found_j)
+    self_join = other is None
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            found = list(pool.map(_search_block, *zip(*[(query, None if self_join else base, threshold, *job)
+                                                         for job in jobs], strict=True)))
+    else:
+        found = [_search_block(query, None if self_join else base, threshold, *job) for job in jobs]
+    i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
+    j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
     # a pair close in several blocks is found several times: keep one
     pair_ids = np.unique(i.astype(np.int64) * len(base) + j)
     i, j = np.divmod(pair_ids, len(base))
     return i, j, popcount64(query[i] ^ base[j])
+
+
+def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, shift: int, width: int,
+                  masks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within `threshold` found by probing one block with the given flip masks."""
+    self_join = other is None
+    base = query if self_join else other
+    mask = np.uint64((1 << width) - 1)
+    buckets = _Buckets((base >> np.uint64(shift)) & mask, width)
+    # probe in key order: the targets of neighbouring queries then lie close together in the
+    # bucket table, which keeps the lookups in cache
+    if self_join:
+        q_index, q_keys = buckets.order, buckets.sorted_keys
+    else:
+        q_all = (query >> np.uint64(shift)) & mask
+        q_index = np.argsort(q_all, kind="stable")
+        q_keys = q_all[q_index]
+    found_i, found_j = [], []
+    for flip in masks:
+        targets = q_keys ^ np.uint64(flip)
+        sources = q_index
+        if self_join and flip:
+            # the pair (a, b) is found from a when key_a < key_b and from b otherwise: probe once
+            upward = targets > q_keys
+            targets, sources = targets[upward], sources[upward]
+        starts, ends = buckets.ranges(targets)
+        for pos, j in _expand(starts, ends, buckets.order):
+            i = sources[pos]
+            keep = popcount64(query[i] ^ base[j]) <= threshold
+            if self_join:
+                keep &= i != j
+                i, j = np.minimum(i, j), np.maximum(i, j)
+            found_i.append(i[keep])
+            found_j.append(j[keep])
+    empty = np.zeros(0, np.int64)
+    return np.concatenate([empty, *found_i]), np.concatenate([empty, *found_j])
 
 
 def _expand(starts: np.ndarray, ends: np.ndarray, order: np.ndarray):

@@ -47,6 +47,7 @@ class FindConfig:
     on_error: str = "fail"
     exact_decode: bool = False
     json_fields: tuple[str, ...] = ()
+    search_workers: int | None = None  # processes for the search; None: all cores
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,6 +59,10 @@ class FindConfig:
         if self.method == "exact":
             return 0
         return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
+
+    @property
+    def workers(self) -> int:
+        return self.search_workers or os.cpu_count() or 1
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -190,10 +195,10 @@ def _within_set(table: pa.Table, config: FindConfig, t: int) -> pa.Table:
 
 
 def _near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray):
-    i, j, _ = near_pairs(codes, t)
+    i, j, _ = near_pairs(codes, t, workers=config.workers)
     if config.flip:
         flipped = _codes(table, f"{config.method}_flip")[rows]
-        fi, fj, _ = near_pairs(codes, t, other=flipped)
+        fi, fj, _ = near_pairs(codes, t, other=flipped, workers=config.workers)
         keep = fi != fj
         i = np.concatenate([i, np.minimum(fi, fj)[keep]])
         j = np.concatenate([j, np.maximum(fi, fj)[keep]])
@@ -252,7 +257,7 @@ def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int) -> pa
         codes = _codes(table, config.method)
         others = [_codes(ref, config.method)] + ([_codes(ref, f"{config.method}_flip")] if config.flip else [])
         for other in others:
-            i, j, d = near_pairs(codes, t, other=other)
+            i, j, d = near_pairs(codes, t, other=other, workers=config.workers)
             order = np.lexsort((j, d, i))  # per input row, nearest reference first
             i, j, d = i[order], j[order], d[order]
             first = np.ones(len(i), dtype=bool)
