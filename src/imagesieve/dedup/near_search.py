@@ -3,9 +3,9 @@
 Split the 64 bits into m blocks and give block i a radius r_i, with sum(r_i + 1) = t + 1. If two
 hashes differ in at most t bits, then some block i differs in at most r_i bits (were every block
 to differ in r_i + 1 or more, the total would exceed t): the generalised pigeonhole principle,
-which lets some blocks take a smaller radius than t // m, or none at all (r_i = -1). So for each block we bucket all hashes
-by that block's value, and for each hash probe every bucket whose value is within r bits of its
-own; every candidate found is checked on all 64 bits. This finds every pair within t (no
+which lets some blocks take a smaller radius than t // m, or none at all (r_i = -1). So for each
+block we bucket all hashes by that block's value, and for each hash probe every bucket whose value
+is within r_i bits of its own; every candidate found is checked on all 64 bits. This finds every pair within t (no
 approximation) and, with m chosen so that a bucket holds about one hash, costs
 O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at once.
 """
