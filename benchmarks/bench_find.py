@@ -157,7 +157,7 @@ def bench_search(args, root: str) -> None:
             for n in (10_000, 100_000, args.search_n):
                 codes = planted_codes(n, threshold)
                 start = time.perf_counter()
-                i, _, _ = near_pairs(codes, threshold, workers=workers)
+                i, _, _ = near_pairs(codes, threshold, parts=workers, run_jobs=LocalExecutor(workers).map)
                 seconds = time.perf_counter() - start
                 ours[(n, threshold)] = seconds  # the last (most workers) is compared with imagededup
                 growth = f"{seconds / previous:.1f}x" if previous else ""

@@ -70,7 +70,11 @@ def test_property_matches_brute_force(values, t):
 
 
 def test_parallel_search_equals_serial():
+    from imagesieve.executors.local import LocalExecutor
+
+    pool = LocalExecutor(2)
     codes = planted(np.random.default_rng(5), 4000, 10, 500)
-    assert as_set(near_pairs(codes, 10, workers=2)) == as_set(near_pairs(codes, 10))
+    assert as_set(near_pairs(codes, 10, parts=2, run_jobs=pool.map, min_parallel=0)) == as_set(near_pairs(codes, 10))
     other = codes[::3] ^ np.uint64(6)
-    assert as_set(near_pairs(codes, 10, other=other, workers=2)) == brute_force_pairs(codes, 10, other)
+    assert as_set(near_pairs(codes, 10, other=other, parts=2, run_jobs=pool.map, min_parallel=0)) == brute_force_pairs(
+        codes, 10, other)

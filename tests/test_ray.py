@@ -133,3 +133,16 @@ def test_find_on_ray_equals_local(cluster, dataset, tmp_path):
     find_duplicates(shards, str(tmp_path / "ray"), FindConfig(), executor=RayExecutor())
     for part in ("duplicates", "groups", "hashes"):
         assert pq.read_table(str(tmp_path / "ray" / part)).equals(pq.read_table(str(tmp_path / "local" / part)))
+
+
+def test_search_blocks_run_as_ray_tasks_with_the_local_result(cluster):
+    import numpy as np
+
+    from imagesieve.dedup.near_search import brute_force_pairs, near_pairs
+    from imagesieve.executors.ray import RayExecutor
+
+    codes = np.random.default_rng(3).integers(0, 2**64 - 1, size=3000, dtype=np.uint64)
+    codes = np.concatenate([codes, codes[:300] ^ np.uint64(0b1011)])
+    executor = RayExecutor()
+    i, j, _ = near_pairs(codes, 10, parts=executor.parallelism(), run_jobs=executor.map, min_parallel=0)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_pairs(codes, 10)

@@ -12,7 +12,6 @@ from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig, f
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     config = FindConfig(method=args.method, threshold=args.threshold, keep=args.keep, chaining=args.chaining,
                         flip=args.flip, on_error=args.on_error, exact_decode=args.exact_decode,
-                        search_workers=args.workers,
                         json_fields=tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else []))
     summary = find_duplicates(args.input, args.output, config, reference=args.reference,
                               executor=make_executor(args), progress=not args.quiet)

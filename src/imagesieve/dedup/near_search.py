@@ -12,8 +12,7 @@ O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at onc
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from itertools import combinations
 from math import comb
 
@@ -94,12 +93,15 @@ class _Buckets:
                 np.searchsorted(self.sorted_keys, targets, "right"))
 
 
-def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None, workers: int = 1
+def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None, parts: int = 1,
+               run_jobs: Callable[[Callable, list[tuple]], list] | None = None, min_parallel: int = 50_000
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) of every pair within `threshold` bits, each pair once.
 
     Without `other`: pairs within `codes`, with i < j. With `other`: pairs (i in codes, j in other).
-    `workers` > 1 spreads the probes over that many processes (each block's probes are independent).
+    The probes of each block are independent: they are cut into `parts` jobs per block and run by
+    `run_jobs(fn, jobs)` (an executor's `map`: processes on this machine, or Ray tasks), unless there
+    are fewer than `min_parallel` codes, where starting workers costs more than it saves.
     """
     query = np.ascontiguousarray(codes, dtype=np.uint64)
     base = query if other is None else np.ascontiguousarray(other, dtype=np.uint64)
@@ -108,20 +110,16 @@ def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = Non
     if len(query) == 0 or len(base) == 0:
         return (np.zeros(0, np.int64),) * 3
     m = choose_blocks(len(base), threshold)
+    if len(base) < min_parallel:
+        parts, run_jobs = 1, None
     jobs, shift = [], 0
     for width, radius in zip(block_widths(m), block_radii(m, threshold), strict=True):
         masks = flip_masks(width, radius) if radius >= 0 else []
-        parts = min(workers, len(masks))
-        jobs += [(shift, width, masks[k::parts]) for k in range(parts)]
+        cut = min(parts, len(masks))
+        jobs += [(shift, width, masks[k::cut]) for k in range(cut)]
         shift += width
-    self_join = other is None
-    if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            found = list(pool.map(_search_block, *zip(*[(query, None if self_join else base, threshold, *job)
-                                                         for job in jobs], strict=True)))
-    else:
-        found = [_search_block(query, None if self_join else base, threshold, *job) for job in jobs]
+    jobs = [(query, None if other is None else base, threshold, *job) for job in jobs]
+    found = run_jobs(_search_block, jobs) if run_jobs else [_search_block(*job) for job in jobs]
     i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
     j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
     # a pair close in several blocks is found several times: keep one

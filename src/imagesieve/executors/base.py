@@ -18,6 +18,15 @@ class BaseExecutor(ABC):
     @abstractmethod
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]: ...
 
+    def parallelism(self) -> int:
+        """How many jobs `map` runs at once."""
+        return 1
+
+    def map(self, fn: Callable, jobs: list[tuple]) -> list:
+        """fn(*job) for every job, in job order; executors run them in parallel where they can.
+        For work that is not a pipeline of tasks, such as the blocks of the near-duplicate search."""
+        return [fn(*job) for job in jobs]
+
 
 def split_planning(stages: list[ProcessingStage], tasks: list[Task]) -> tuple[list[Task], list[ProcessingStage]]:
     """Run the leading source stages (those fed an `EmptyTask`, such as file listing) in the driver.

@@ -23,6 +23,12 @@ PRELOAD = ["imagesieve.executors.local", "imagesieve.stages.io", "imagesieve.sta
            "imagesieve.stages.hashing", "pyarrow.parquet", "numpy", "scipy.fft", "pywt", "imagehash"]
 
 
+def _context():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
 def _init_worker(stages: list[ProcessingStage]) -> None:
     global _worker_stages
     _worker_stages = stages
@@ -42,6 +48,16 @@ class LocalExecutor(BaseExecutor):
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
         self.on_task_done = on_task_done
+
+    def parallelism(self) -> int:
+        return self.num_workers or os.cpu_count() or 1
+
+    def map(self, fn, jobs: list[tuple]) -> list:
+        workers = min(self.parallelism(), len(jobs))
+        if workers <= 1:
+            return super().map(fn, jobs)
+        with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+            return list(pool.map(fn, *zip(*jobs, strict=True)))
 
     def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
         wanted = self.num_workers or os.cpu_count() or 1
@@ -75,8 +91,7 @@ class LocalExecutor(BaseExecutor):
 
     def _run_pool(self, stages: list[ProcessingStage], tasks: list[Task], workers: int
                   ) -> Iterator[tuple[int, list[Task]]]:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
+        context = _context()
         pending: dict[Future, int] = {}
         queue = iter(enumerate(tasks))
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,

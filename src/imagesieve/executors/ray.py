@@ -49,6 +49,14 @@ class RayExecutor(BaseExecutor):
             ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
         return ray
 
+    def parallelism(self) -> int:
+        return max(1, int(self._connect().cluster_resources().get("CPU", 1)))
+
+    def map(self, fn, jobs: list[tuple]) -> list:
+        ray = self._connect()
+        remote = ray.remote(fn).options(max_retries=self.options.max_task_retries)
+        return ray.get([remote.remote(*job) for job in jobs])
+
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)
         if not stages or not tasks:

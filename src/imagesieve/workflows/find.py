@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +25,7 @@ from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
 from imagesieve.progress import phase
 from imagesieve.runfolder import write_json_atomic, write_parquet_atomic
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
@@ -47,7 +50,6 @@ class FindConfig:
     on_error: str = "fail"
     exact_decode: bool = False
     json_fields: tuple[str, ...] = ()
-    search_workers: int | None = None  # processes for the search; None: all cores
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,10 +61,6 @@ class FindConfig:
         if self.method == "exact":
             return 0
         return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
-
-    @property
-    def workers(self) -> int:
-        return self.search_workers or os.cpu_count() or 1
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -134,6 +132,8 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
     """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
     started = time.monotonic()
     os.makedirs(output_dir, exist_ok=True)
+    executor = executor or LocalExecutor()
+    search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
     shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")
     table = load_hashes(os.path.join(output_dir, "hashes"), shards)
     check_unique_ids(table, "input")
@@ -143,13 +143,13 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
 
     with phase("search and group", progress):
         if reference is None:
-            groups = _within_set(table, config, t)
+            groups = _within_set(table, config, t, search)
         else:
             ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
                                      progress, "hash reference")
             ref = load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards)
             ref = ref.filter(pc.is_null(ref.column("error")))
-            groups = _cross_set(table, ref, config, t)
+            groups = _cross_set(table, ref, config, t, search)
 
     removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
     if reference is not None:  # reference members are listed in groups but never removed
@@ -180,7 +180,7 @@ def _codes(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).to_numpy().astype(np.uint64)
 
 
-def _within_set(table: pa.Table, config: FindConfig, t: int) -> pa.Table:
+def _within_set(table: pa.Table, config: FindConfig, t: int, search: Callable) -> pa.Table:
     n = table.num_rows
     rank = keep_policy(config.keep).rank(table)
     rep = group_exact(_exact_labels(table, config), rank)
@@ -188,17 +188,18 @@ def _within_set(table: pa.Table, config: FindConfig, t: int) -> pa.Table:
         keeper = rep
     else:
         reps = np.flatnonzero(rep == np.arange(n))
-        i, j = _near_edges(_codes(table, config.method)[reps], t, config, table, reps)
+        i, j = _near_edges(_codes(table, config.method)[reps], t, config, table, reps, search)
         group = best_of_components if config.chaining else group_stars
         keeper = group(n, reps[i], reps[j], rank)[rep]
     return _groups_table(table, table, keeper, rep, config)
 
 
-def _near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray):
-    i, j, _ = near_pairs(codes, t, workers=config.workers)
+def _near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
+                search: Callable) -> tuple[np.ndarray, np.ndarray]:
+    i, j, _ = search(codes, t)
     if config.flip:
         flipped = _codes(table, f"{config.method}_flip")[rows]
-        fi, fj, _ = near_pairs(codes, t, other=flipped, workers=config.workers)
+        fi, fj, _ = search(codes, t, other=flipped)
         keep = fi != fj
         i = np.concatenate([i, np.minimum(fi, fj)[keep]])
         j = np.concatenate([j, np.maximum(fi, fj)[keep]])
@@ -245,7 +246,7 @@ def _groups_table(members: pa.Table, keepers_from: pa.Table, keeper: np.ndarray,
     })
 
 
-def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int) -> pa.Table:
+def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int, search: Callable) -> pa.Table:
     """Every input image within t of any reference image is a duplicate of its nearest one."""
     best = np.full(table.num_rows, -1, dtype=np.int64)
     best_dist = np.full(table.num_rows, 65, dtype=np.int64)
@@ -257,7 +258,7 @@ def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int) -> pa
         codes = _codes(table, config.method)
         others = [_codes(ref, config.method)] + ([_codes(ref, f"{config.method}_flip")] if config.flip else [])
         for other in others:
-            i, j, d = near_pairs(codes, t, other=other, workers=config.workers)
+            i, j, d = search(codes, t, other=other)
             order = np.lexsort((j, d, i))  # per input row, nearest reference first
             i, j, d = i[order], j[order], d[order]
             first = np.ones(len(i), dtype=bool)
