@@ -7,6 +7,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -179,3 +180,16 @@ def test_tar_formats_long_names_global_headers_and_gzip(tmp_path, fmt):
     for rel in ("00000.tar", "00001.tar.gz"):
         with tarfile.open(tmp_path / "out" / rel) as tar:
             assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == members[:3]
+
+
+def test_img2dataset_sidecar_parquet_is_filtered_too(dataset, tmp_path):
+    shards, dups = dataset
+    keys = [f"{i:08d}" for i in range(10)]
+    pq.write_table(pa.table({"key": [*keys, "failed-download"], "url": [f"http://x/{k}" for k in keys] + ["u"],
+                             "status": ["success"] * 10 + ["failed_to_download"]}),
+                   str(tmp_path / "shards" / "00000.parquet"))
+    remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), dups, executor=LocalExecutor(1))
+    table = pq.read_table(str(tmp_path / "out" / "00000.parquet"))
+    assert table.column("key").to_pylist() == [k for k in keys if k not in {"00000002", "00000003"}] + [
+        "failed-download"]
+    assert not (tmp_path / "out" / "sub" / "00001.parquet").exists()  # no sidecar in, none out

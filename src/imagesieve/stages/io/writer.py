@@ -1,7 +1,8 @@
 """ImageWriterStage: write the kept samples of a batch to an output shard, byte-for-byte.
 
 Per shard it writes, each atomically: the tar, a Parquet index of the kept samples, a Parquet
-list of the removed ones (with reasons, from the batch's `removed` metadata), and last a `done`
+list of the removed ones (with reasons, from the batch's `removed` metadata), the shard's
+img2dataset metadata table without the removed keys (when there is one), and last a `done`
 marker with the counts. A rerun skips shards whose marker exists.
 """
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 from imagesieve.runfolder import done_marker, work_path, write_json_atomic, write_parquet_atomic
 from imagesieve.shards import AtomicShardWriter
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.sidecar import filter_sidecar
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
@@ -72,9 +74,10 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         write_parquet_atomic(pa.table([[r["id"] for r in removed], [shard] * len(removed),
                                        [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
+        sidecar = filter_sidecar(shard, relative, self.output_dir, [r["id"] for r in removed])
         stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": os.path.getsize(out_path)}
+                 "output_size": os.path.getsize(out_path), "sidecar": sidecar}
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
                              _metadata=stats)

@@ -1,0 +1,35 @@
+"""img2dataset's per-shard metadata: `00000.parquet` beside `00000.tar`, one row per key.
+
+When samples are removed from a shard, the same keys are removed from its sidecar table, so the
+output folder stays a complete img2dataset-style dataset. Rows for keys that are not in the shard
+(downloads that failed) are kept: they describe no sample.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imagesieve.runfolder import strip_shard_suffix, write_parquet_atomic
+
+
+def sidecar_path(shard: str) -> str:
+    return strip_shard_suffix(shard) + ".parquet"
+
+
+def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str]) -> str:
+    """Write the shard's sidecar table without the removed keys; returns what was done, for the stats."""
+    source = sidecar_path(shard)
+    if not os.path.exists(source):
+        return "none"
+    try:
+        table = pq.read_table(source)
+    except Exception as exc:
+        raise ValueError(f"{source}: the shard's metadata table is not readable Parquet ({exc})") from exc
+    if "key" not in table.column_names:
+        return f"not filtered: {source} has no 'key' column"
+    keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=pc.cast(removed_ids or [], "string")))
+    write_parquet_atomic(table.filter(keep), os.path.join(output_dir, sidecar_path(relative_path)))
+    return "filtered"
