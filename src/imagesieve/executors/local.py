@@ -18,14 +18,12 @@ from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
 _worker_stages: list[ProcessingStage] = []
-# imported once by the fork server, so that each worker starts without importing them again
-PRELOAD = ["imagesieve.executors.local", "imagesieve.stages.io", "imagesieve.stages.deduplication.removal",
-           "imagesieve.stages.hashing", "pyarrow.parquet", "numpy", "scipy.fft", "pywt", "imagehash"]
 
 
-def _context():
+def _context(modules: set[str]):
+    """Worker processes fork from a server that imported `modules` once, so each starts fast."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload(sorted({__name__, *modules}))
     return context
 
 
@@ -56,7 +54,7 @@ class LocalExecutor(BaseExecutor):
         workers = min(self.parallelism(), len(jobs))
         if workers <= 1:
             return super().map(fn, jobs)
-        with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_context({fn.__module__})) as pool:
             return list(pool.map(fn, *zip(*jobs, strict=True)))
 
     def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
@@ -91,7 +89,7 @@ class LocalExecutor(BaseExecutor):
 
     def _run_pool(self, stages: list[ProcessingStage], tasks: list[Task], workers: int
                   ) -> Iterator[tuple[int, list[Task]]]:
-        context = _context()
+        context = _context({type(stage).__module__ for stage in stages})
         pending: dict[Future, int] = {}
         queue = iter(enumerate(tasks))
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
