@@ -193,3 +193,12 @@ def test_img2dataset_sidecar_parquet_is_filtered_too(dataset, tmp_path):
     assert table.column("key").to_pylist() == [k for k in keys if k not in {"00000002", "00000003"}] + [
         "failed-download"]
     assert not (tmp_path / "out" / "sub" / "00001.parquet").exists()  # no sidecar in, none out
+
+
+def test_rerun_with_other_ids_into_a_started_folder_is_refused(dataset, tmp_path):
+    _, dups = dataset
+    out = str(tmp_path / "out")
+    remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
+    write_ids(tmp_path / "other", ["00000004"])
+    with pytest.raises(ValueError, match="holds a run with another ids_fingerprint"):
+        remove_duplicates(str(tmp_path / "shards"), out, str(tmp_path / "other"), executor=LocalExecutor(1))

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from imagesieve.dedup.id_index import directory_fingerprint
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.runfolder import (
     WORK_DIR,
@@ -83,6 +84,19 @@ def check_output_dir(output_dir: str) -> None:
         raise PermissionError(f"output folder {output_dir} is not writable")
 
 
+def check_same_run(output_dir: str, config: dict) -> None:
+    """A rerun resumes only the same job: other IDs or input in a folder with finished shards would
+    mix two runs' outputs. Records the job in OUTPUT/_imagesieve/config.json."""
+    path = os.path.join(output_dir, WORK_DIR, "config.json")
+    if os.path.exists(path):
+        previous = read_json(path)
+        changed = [k for k in ("command", "input", "id_field", "ids_fingerprint") if previous.get(k) != config[k]]
+        if changed and os.path.isdir(os.path.join(output_dir, WORK_DIR, "done")):
+            raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
+                             "use a new output folder, or delete this one to start over")
+    write_json_atomic(config, path)
+
+
 def remove_stale_temp_files(output_dir: str) -> None:
     """Delete temp files a killed run left behind (`*.tmp-<pid>`); final names are never partial."""
     for root, dirs, files in os.walk(output_dir):
@@ -105,16 +119,16 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     remove_stale_temp_files(output_dir)
     removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field)
     removal.setup()  # fail fast on a bad ID folder, before any worker starts
-    write_json_atomic({"command": "remove", "input": input_path, "output": output_dir,
-                       "duplicates": duplicates_dir, "id_field": id_field,
-                       "stages": [s.config() for s in (removal,)]},
-                      os.path.join(output_dir, WORK_DIR, "config.json"))
+    inputs = [os.path.abspath(p) for p in ([input_path] if isinstance(input_path, str) else input_path)]
+    check_same_run(output_dir, {"command": "remove", "input": inputs, "id_field": id_field,
+                                "ids_fingerprint": directory_fingerprint(duplicates_dir, id_field),
+                                "removal_stage": removal.config()})
 
     todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
     writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
     run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
-    summary = finish_run(output_dir, shards, len(removal._index), removal._index.notes, started)
+    summary = finish_run(output_dir, shards, removal.listed_ids, removal.notes, started)
     summary.shards_skipped = len(shards) - len(todo)
     write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary

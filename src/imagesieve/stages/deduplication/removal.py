@@ -63,6 +63,13 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
             self.setup()
         return len(self._index)
 
+    @property
+    def notes(self) -> list[str]:
+        """What was converted while reading the IDs (integer IDs to strings)."""
+        if self._index is None:
+            self.setup()
+        return self._index.notes
+
     def process(self, task: ImageBatch) -> ImageBatch:
         if self._index is None:
             self.setup()
