@@ -59,6 +59,13 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from imagesieve.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, max_groups=args.groups)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagesieve", description="Find and remove duplicate images in "
                                      "WebDataset shards.")
@@ -80,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     from imagesieve.cli_find import add_find_command
 
     add_find_command(sub, add_executor_args, make_executor)
+
+    report = sub.add_parser("report", help="an HTML page of the duplicate groups of a `find` run, with thumbnails")
+    report.add_argument("--groups", type=int, default=200, help="show at most this many groups, largest first")
+    report.add_argument("run_dir", help="the OUT folder of `imagesieve find`")
+    report.set_defaults(func=cmd_report)
 
     sample = sub.add_parser("sample-data", help="write a small dataset of real photos with planted duplicates")
     sample.add_argument("--shard-size", type=int, default=100)

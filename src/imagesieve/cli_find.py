@@ -17,6 +17,7 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
                               executor=make_executor(args), progress=not args.quiet)
     print("\n".join(summary.lines()))
     print(f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)")
+    print(f"to look at them  imagesieve report {args.output}")
     return 0
 
 

@@ -165,9 +165,16 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
     summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
                           by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
-    write_json_atomic({**asdict(summary), "config": asdict(config),
-                       "reference": reference, "input": input_path}, os.path.join(output_dir, "summary.json"))
+    write_json_atomic({**asdict(summary), "config": asdict(config), "reference": absolute(reference),
+                       "input": absolute(input_path)}, os.path.join(output_dir, "summary.json"))
     return summary
+
+
+def absolute(paths: str | list[str] | None) -> str | list[str] | None:
+    """Input paths as absolute paths, so that the run folder can be read from anywhere."""
+    if paths is None:
+        return None
+    return os.path.abspath(paths) if isinstance(paths, str) else [os.path.abspath(p) for p in paths]
 
 
 def _exact_labels(table: pa.Table, config: FindConfig) -> list[np.ndarray]:
