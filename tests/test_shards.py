@@ -65,7 +65,8 @@ def test_member_bytes_are_references_not_copies(make_shard):
         assert f.read(ref.size) == ref.read()
 
 
-@pytest.mark.parametrize("name", ["/etc/evil.jpg", "../evil.jpg", "a/../../evil.jpg"])
+@pytest.mark.parametrize("name", ["/etc/evil.jpg", "../evil.jpg", "a/../../evil.jpg", "C:/evil.jpg",
+                                  "C:\\evil.jpg"])
 def test_refuses_unsafe_member_paths(tmp_path, name):
     path = raw_tar(tmp_path / "bad.tar", [(name, encode(photo_tiles()[0]))])
     with pytest.raises(ShardError, match="bad.tar: member .*(absolute path|'\\.\\.')"):

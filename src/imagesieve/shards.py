@@ -46,7 +46,7 @@ def check_member_name(shard: str, name: str) -> None:
     if ".." not in name and "\\" not in name and "\x00" not in name and ":" not in name[:2] \
             and not name.startswith("/"):
         return  # the common, safe case, without regular expressions
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[/\\]", name):
         raise ShardError(f"{shard}: member {name!r} has an absolute path; refusing the shard")
     if ".." in re.split(r"[/\\]", name):
         raise ShardError(f"{shard}: member {name!r} contains '..'; refusing the shard")
