@@ -164,3 +164,15 @@ def test_cli_find(sample, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["find", "--method", "nope", "x", "y"])
     assert info.value.code == 2
+
+
+def test_cross_set_exact_matches_same_pixels_in_another_format(tmp_path):
+    tiles = photo_tiles()
+    lossless = io.BytesIO()
+    Image.fromarray(tiles[4]).save(lossless, format="WEBP", lossless=True)
+    reference = shard(tmp_path / "test" / "00000.tar", {"t4": lossless.getvalue()}, ext="webp")
+    shard(tmp_path / "train" / "00000.tar", {"png4": encode(tiles[4], "png"), "png5": encode(tiles[5], "png")},
+          ext="png")
+    find_duplicates(str(tmp_path / "train"), str(tmp_path / "f"), FindConfig(method="exact"), reference=reference,
+                    executor=LocalExecutor(1))
+    assert pq.read_table(str(tmp_path / "f" / "duplicates")).column("id").to_pylist() == ["png4"]

@@ -177,9 +177,13 @@ def absolute(paths: str | list[str] | None) -> str | list[str] | None:
     return os.path.abspath(paths) if isinstance(paths, str) else [os.path.abspath(p) for p in paths]
 
 
+def _exact_columns(config: FindConfig) -> list[str]:
+    """The exact hashes that make two images the same: bytes, and for --method exact also pixels."""
+    return ["bytes_hash", "pixel_hash"] if config.method == "exact" else ["bytes_hash"]
+
+
 def _exact_labels(table: pa.Table, config: FindConfig) -> list[np.ndarray]:
-    columns = ["bytes_hash", "pixel_hash"] if config.method == "exact" else ["bytes_hash"]
-    return [pc.dictionary_encode(table.column(c)).combine_chunks().indices.to_numpy() for c in columns
+    return [pc.dictionary_encode(table.column(c)).combine_chunks().indices.to_numpy() for c in _exact_columns(config)
             if c in table.column_names]
 
 
@@ -241,10 +245,10 @@ def _groups_table(members: pa.Table, keepers_from: pa.Table, keeper: np.ndarray,
     method = np.where(exact, "exact", config.method)
     dist = np.where(exact, 0, dist)
     kept_ids = keepers_from.column("id").take(pa.array(kept_rows))
-    group_of_kept = {k: g for g, k in enumerate(kept_rows.tolist())}
+    # groups are numbered by their kept row; kept_rows is sorted, so a search gives the number
+    group_ids = np.concatenate([np.arange(len(kept_rows)), np.searchsorted(kept_rows, keeper[removed])])
     return pa.table({
-        "group_id": pa.array([group_of_kept[k] for k in kept_rows.tolist()]
-                             + [group_of_kept[k] for k in keeper[removed].tolist()], pa.int64()),
+        "group_id": pa.array(group_ids, pa.int64()),
         "kept_id": pa.concat_arrays([kept_ids.combine_chunks(),
                                      kept_of_removed.column("id").combine_chunks()]),
         "id": pa.concat_arrays([kept_ids.combine_chunks(), member_ids.combine_chunks()]),
@@ -257,10 +261,11 @@ def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int, searc
     """Every input image within t of any reference image is a duplicate of its nearest one."""
     best = np.full(table.num_rows, -1, dtype=np.int64)
     best_dist = np.full(table.num_rows, 65, dtype=np.int64)
-    ref_index = {h: k for k, h in enumerate(ref.column("bytes_hash").to_pylist())}
-    for row, h in enumerate(table.column("bytes_hash").to_pylist()):
-        if h in ref_index:
-            best[row], best_dist[row] = ref_index[h], 0
+    for column in _exact_columns(config):
+        ref_index = {h: k for k, h in enumerate(ref.column(column).to_pylist()) if h is not None}
+        for row, h in enumerate(table.column(column).to_pylist()):
+            if h in ref_index and best[row] < 0:
+                best[row], best_dist[row] = ref_index[h], 0
     if config.method != "exact":
         codes = _codes(table, config.method)
         others = [_codes(ref, config.method)] + ([_codes(ref, f"{config.method}_flip")] if config.flip else [])
