@@ -24,7 +24,7 @@ from imagesieve.stages.io.partitioning import list_shards
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 .group{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.5em;display:flex;flex-wrap:wrap;gap:.5em}
-figure{margin:0;width:180px;font-size:12px;word-break:break-all}
+figure{margin:0;max-width:180px;font-size:12px;word-break:break-all}
 figure.kept{outline:3px solid #2a7}figure img{max-width:176px;max-height:176px;display:block}
 .summary td{padding:0 1em 0 0}"""
 
