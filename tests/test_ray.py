@@ -146,3 +146,9 @@ def test_search_blocks_run_as_ray_tasks_with_the_local_result(cluster):
     executor = RayExecutor()
     i, j, _ = near_pairs(codes, 10, parts=executor.parallelism(), run_jobs=executor.map, min_parallel=0)
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == brute_force_pairs(codes, 10)
+    # large enough (1.6 MB) that the codes go to Ray's object store once and are shared by the jobs
+    big = np.random.default_rng(4).integers(0, 2**64 - 1, size=200_000, dtype=np.uint64)
+    big = np.concatenate([big, big[:2000] ^ np.uint64(0b110)])
+    on_ray = near_pairs(big, 8, parts=executor.parallelism(), run_jobs=executor.map)
+    serial = near_pairs(big, 8)
+    assert all((a == b).all() for a, b in zip(on_ray, serial, strict=True)) and len(on_ray[0]) >= 2000

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, run_chain, split_planning
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
@@ -55,7 +57,16 @@ class RayExecutor(BaseExecutor):
     def map(self, fn, jobs: list[tuple]) -> list:
         ray = self._connect()
         remote = ray.remote(fn).options(max_retries=self.options.max_task_retries)
-        return ray.get([remote.remote(*job) for job in jobs])
+        # an array shared by many jobs (the hash codes) goes to the object store once, not once a job
+        stored: dict[int, object] = {}
+
+        def share(arg: object) -> object:
+            if isinstance(arg, np.ndarray) and arg.nbytes > 1 << 20:
+                stored.setdefault(id(arg), ray.put(arg))
+                return stored[id(arg)]
+            return arg
+
+        return ray.get([remote.remote(*map(share, job)) for job in jobs])
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)
