@@ -31,10 +31,13 @@ from imagesieve.sample_data import load_photos, write_shard
 from imagesieve.workflows.remove import remove_duplicates
 
 
-def make_dataset(root: str, samples: int, shard_size: int, listed_fraction: float) -> tuple[str, str]:
-    """Shards of real 256px photo crops (JPEG q85, ~15 KB) with caption and JSON sidecars."""
+def make_dataset(root: str, samples: int, shard_size: int, listed_fraction: float, side: int = 256
+                 ) -> tuple[str, str]:
+    """Shards of real photo crops of side x side pixels (JPEG q85; ~15 KB at 256) with caption and JSON."""
     rng = np.random.default_rng(0)
     photos = [p for _, p in load_photos() if min(p.shape[:2]) >= 256]
+    photos = [np.asarray(Image.fromarray(p).resize((p.shape[1] * side // 256, p.shape[0] * side // 256)))
+              for p in photos] if side > 256 else photos
     shard_dir, ids_dir = os.path.join(root, "shards"), os.path.join(root, "dups")
     os.makedirs(shard_dir, exist_ok=True)
     keys = [f"{i:09d}" for i in range(samples)]
@@ -42,10 +45,10 @@ def make_dataset(root: str, samples: int, shard_size: int, listed_fraction: floa
         batch = []
         for _ in keys[start:start + shard_size]:
             photo = photos[int(rng.integers(len(photos)))]
-            y = int(rng.integers(photo.shape[0] - 255))
-            x = int(rng.integers(photo.shape[1] - 255))
+            y = int(rng.integers(photo.shape[0] - side + 1))
+            x = int(rng.integers(photo.shape[1] - side + 1))
             buffer = io.BytesIO()
-            Image.fromarray(photo[y:y + 256, x:x + 256]).save(buffer, format="JPEG", quality=85)
+            Image.fromarray(photo[y:y + side, x:x + side]).save(buffer, format="JPEG", quality=85)
             batch.append({"jpg": buffer.getvalue(), "txt": b"a caption", "json": b'{"url": "http://x"}'})
         write_shard(os.path.join(shard_dir, f"{shard_no:05d}.tar"), batch, keys[start:start + shard_size])
     listed = rng.choice(samples, size=int(samples * listed_fraction), replace=False)
@@ -138,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--side", type=int, default=256, help="image side in pixels (larger: bigger files)")
     parser.add_argument("--ids", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
@@ -145,10 +149,10 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-remove-")
-    shard_dir, ids_dir = make_dataset(workdir, args.samples, args.shard_size, 0.10)
+    shard_dir, ids_dir = make_dataset(workdir, args.samples, args.shard_size, 0.10, args.side)
     size_mb = sum(os.path.getsize(os.path.join(shard_dir, f)) for f in os.listdir(shard_dir)) / 1e6
-    print(f"data: {args.samples} samples in {len(os.listdir(shard_dir))} shards, {size_mb:.0f} MB, 10% listed; "
-          f"{args.workers} workers; median of {args.repeat} runs, methods interleaved")
+    print(f"data: {args.samples} samples ({args.side}px JPEGs) in {len(os.listdir(shard_dir))} shards, "
+          f"{size_mb:.0f} MB, 10% listed; {args.workers} workers; median of {args.repeat} runs, methods interleaved")
 
     names = ["kernel copy (copyfile)", "raw copy", "naive webdataset loop", "imagesieve (1 worker)",
              f"imagesieve ({args.workers} workers)"]

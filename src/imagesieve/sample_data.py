@@ -72,11 +72,10 @@ def encode(image: Image.Image, fmt: str = "jpeg", quality: int = 90) -> bytes:
 
 @dataclass(frozen=True)
 class Transform:
-    """A known change to an image; `near` says whether a perceptual hash is expected to catch it."""
+    """A known change to an image."""
 
     name: str
     apply: Callable[[Image.Image, bytes], tuple[bytes, str]]  # (image, original jpeg) -> (bytes, ext)
-    near: bool = True
 
 
 def _resized(scale: float) -> Callable[[Image.Image, bytes], tuple[bytes, str]]:
@@ -104,7 +103,7 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in [
     Transform("crop_5pct", _cropped(0.05)),
     Transform("crop_10pct", _cropped(0.10)),
     Transform("brightness_1.2", lambda image, _: (encode(ImageEnhance.Brightness(image).enhance(1.2)), "jpg")),
-    Transform("hflip", lambda image, _: (encode(ImageOps.mirror(image)), "jpg"), near=False),
+    Transform("hflip", lambda image, _: (encode(ImageOps.mirror(image)), "jpg")),
 ]}
 SAMPLE_TRANSFORMS = ("exact_copy", "resize_0.5", "jpeg_q60", "to_png", "to_webp")
 
