@@ -202,3 +202,23 @@ def test_rerun_with_other_ids_into_a_started_folder_is_refused(dataset, tmp_path
     write_ids(tmp_path / "other", ["00000004"])
     with pytest.raises(ValueError, match="holds a run with another ids_fingerprint"):
         remove_duplicates(str(tmp_path / "shards"), out, str(tmp_path / "other"), executor=LocalExecutor(1))
+
+
+def test_members_of_no_sample_are_copied_and_reported(tmp_path):
+    from conftest import encode, photo_tiles
+
+    jpg = encode(photo_tiles()[0])
+    (tmp_path / "in").mkdir()
+    with tarfile.open(tmp_path / "in" / "00000.tar", "w") as tar:
+        for name, data in [("README", b"about"), ("a.jpg", jpg), ("._a.jpg", b"appledouble"), ("b.jpg", jpg)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    write_ids(tmp_path / "dups", ["a"])
+    summary = remove_duplicates(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1))
+    assert (summary.kept, summary.removed, summary.loose_members) == (1, 1, 2)
+    assert any("other members    2" in line for line in summary.lines())
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        assert [m.name for m in tar.getmembers()] == ["README", "._a.jpg", "b.jpg"]
+        assert tar.extractfile("._a.jpg").read() == b"appledouble"

@@ -33,9 +33,15 @@ def raw_tar(path, members: list[tuple[str, bytes]], kind=tarfile.REGTYPE, linkna
     ("dir/sub/KEY.seg.png", ("dir/sub/KEY", "seg.png")),
     ("dir.v2/KEY.json", ("dir.v2/KEY", "json")),
     ("noextension", None),
+    ("dir/.hidden", None),
+    ("a.", ("a", "")),
+    ("dir/", None),
 ])
 def test_key_rule_matches_webdataset(name, expected):
-    assert split_key(name) == expected
+    import re
+
+    webdataset_rule = re.match(r"^((?:.*/|)[^./]+)[.]([^/]*)$", name)
+    assert split_key(name) == expected == (webdataset_rule.groups() if webdataset_rule else None)
 
 
 @pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff"])
@@ -144,3 +150,14 @@ def test_listing_shards_skips_non_tar_files(make_shard, tmp_path):
         list_shards(str(tmp_path / "shards" / "*.json"))
     with pytest.raises(ValueError, match="notes.txt: not a tar shard"):
         list_shards(str(tmp_path / "shards" / "notes.txt"))
+
+
+def test_members_of_no_sample_are_kept_aside_not_dropped(tmp_path):
+    jpg = encode(photo_tiles()[0])
+    path = raw_tar(tmp_path / "mac.tar", [("README", b"about"), ("a.jpg", jpg), ("._a.jpg", b"appledouble"),
+                                           ("b.jpg", jpg)])
+    loose = []
+    assert [s.key for s in iter_samples(path, loose)] == ["a", "b"]
+    assert [ref.name for ref in loose] == ["README", "._a.jpg"]
+    with pytest.raises(ShardError, match="member 'README' has no extension"):
+        list(iter_samples(path))

