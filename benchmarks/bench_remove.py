@@ -160,18 +160,20 @@ def main() -> None:
     names = ["kernel copy (copyfile)", "raw copy", "naive webdataset loop", "imagesieve (1 worker)",
              f"imagesieve ({args.workers} workers)"]
     times: dict[str, list[float]] = {name: [] for name in names}
+    methods = {
+        names[0]: lambda out: run_kernel_copy(shard_dir, out),
+        names[1]: lambda out: run_raw_copy(shard_dir, out),
+        names[2]: lambda out: run_naive_webdataset(shard_dir, ids_dir, out),
+        names[3]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(1)),
+        names[4]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(args.workers)),
+    }
     for run in range(args.repeat):
-        def out(tag: str, run: int = run) -> str:
-            return os.path.join(workdir, f"out-{tag}-{run}")
-        times["kernel copy (copyfile)"].append(timed(run_kernel_copy, shard_dir, out("kcopy")))
-        times["raw copy"].append(timed(run_raw_copy, shard_dir, out("copy")))
-        times["naive webdataset loop"].append(timed(run_naive_webdataset, shard_dir, ids_dir, out("naive")))
-        times["imagesieve (1 worker)"].append(timed(remove_duplicates, shard_dir, out("ours1"), ids_dir, "id",
-                                                    LocalExecutor(1)))
-        times[f"imagesieve ({args.workers} workers)"].append(timed(
-            remove_duplicates, shard_dir, out("oursN"), ids_dir, "id", LocalExecutor(args.workers)))
-        for tag in ("kcopy", "copy", "naive", "ours1", "oursN"):
-            shutil.rmtree(out(tag))
+        # each method starts from the same state: the others' output deleted and flushed, order rotated
+        for k in range(len(names)):
+            name = names[(run + k) % len(names)]
+            out = os.path.join(workdir, f"out-{run}-{k}")
+            times[name].append(timed(methods[name], out))
+            shutil.rmtree(out)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     ours = median[f"imagesieve ({args.workers} workers)"]
