@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesieve.imageio import ImageDecodeError, load, open_image
-from imagesieve.runfolder import read_json
+from imagesieve.runfolder import read_json, write_text_atomic
 from imagesieve.shards import image_extension, iter_samples
 from imagesieve.stages.io.partitioning import list_shards
 
@@ -101,8 +101,5 @@ def write_report(run_dir: str, max_groups: int = 200, size: int = 160) -> str:
     if not os.path.exists(os.path.join(run_dir, "groups")):
         raise FileNotFoundError(f"{run_dir} has no groups/: run `imagesieve find` into it first")
     path = os.path.join(run_dir, "report.html")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render(run_dir, max_groups, size))
-    os.replace(tmp, path)
+    write_text_atomic(render(run_dir, max_groups, size), path)
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import pyarrow as pa
@@ -48,7 +49,22 @@ def is_done(output_dir: str, relative_path: str) -> bool:
 
 
 def temp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
+    """Where `path` is written before it is renamed into place: hidden (Parquet dataset readers and
+    globs skip it) and marked with `.tmp-<pid>` (a rerun deletes what a killed run left)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temp_files(folder: str) -> None:
+    """Delete temp files a killed run left behind; final names are never partial."""
+    for root, dirs, files in os.walk(folder):
+        for name in files + dirs:
+            if ".tmp-" in name:
+                path = os.path.join(root, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> None:
@@ -62,12 +78,16 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
             os.remove(tmp)
 
 
-def write_json_atomic(data: dict[str, Any], path: str) -> None:
+def write_text_atomic(text: str, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = temp_name(path)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict[str, Any], path: str) -> None:
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
 
 
 def read_json(path: str) -> dict[str, Any]:

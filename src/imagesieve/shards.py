@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from imagesieve.runfolder import temp_name
 from imagesieve.tarscan import BLOCK, TarScanError, padded, scan
 from imagesieve.tasks import MemberRef
 
@@ -160,7 +161,7 @@ class AtomicShardWriter:
     def __init__(self, final_path: str, fsync: bool = False) -> None:
         self.final_path = final_path
         self.fsync = fsync
-        self.temp_path = f"{final_path}.tmp-{os.getpid()}"
+        self.temp_path = temp_name(final_path)
         os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
         self._raw = open(self.temp_path, "wb")
         # a .tar.gz/.tgz input is written back gzip-compressed (its members come from memory)

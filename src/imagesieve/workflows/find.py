@@ -27,7 +27,7 @@ from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.progress import phase
-from imagesieve.runfolder import write_json_atomic, write_parquet_atomic
+from imagesieve.runfolder import remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
 from imagesieve.stages.io import ImageReaderStage
@@ -132,6 +132,7 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
     """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
     started = time.monotonic()
     os.makedirs(output_dir, exist_ok=True)
+    remove_stale_temp_files(output_dir)
     executor = executor or LocalExecutor()
     search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
     shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")

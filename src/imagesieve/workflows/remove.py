@@ -6,7 +6,6 @@ list shards -> skip those already done -> read -> drop listed IDs -> write -> ch
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,6 +20,7 @@ from imagesieve.runfolder import (
     done_marker,
     is_done,
     read_json,
+    remove_stale_temp_files,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
@@ -98,18 +98,6 @@ def check_same_run(output_dir: str, config: dict) -> None:
             raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
                              "use a new output folder, or delete this one to start over")
     write_json_atomic(config, path)
-
-
-def remove_stale_temp_files(output_dir: str) -> None:
-    """Delete temp files a killed run left behind (`*.tmp-<pid>`); final names are never partial."""
-    for root, dirs, files in os.walk(output_dir):
-        for name in files + dirs:
-            if ".tmp-" in name:
-                path = os.path.join(root, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.remove(path)
 
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
