@@ -29,6 +29,11 @@ def strip_shard_suffix(relative_path: str) -> str:
     return relative_path
 
 
+def batch_relative_path(metadata: dict[str, Any], task_id: str) -> str:
+    """The input-relative shard path a batch came from, which names its outputs."""
+    return metadata.get("relative_path") or f"{task_id or 'shard'}.tar"
+
+
 def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:
     """OUTPUT/_imagesieve/<kind>/<shard without suffix><ext>."""
     return os.path.join(output_dir, WORK_DIR, kind, strip_shard_suffix(relative_path) + ext)

@@ -58,9 +58,8 @@ class LocalExecutor(BaseExecutor):
             return list(pool.map(fn, *zip(*jobs, strict=True)))
 
     def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
-        wanted = self.num_workers or os.cpu_count() or 1
         caps = [c for c in (s.num_workers() for s in stages) if c]
-        return max(1, min([wanted, n_tasks, *caps]))
+        return max(1, min([self.parallelism(), n_tasks, *caps]))
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import FileGroupTask, Task
+
+
+def absolute_paths(paths: str | list[str]) -> list[str]:
+    """Input paths as absolute paths, so that a run folder can be read (and resumed) from anywhere."""
+    return [os.path.abspath(p) for p in ([paths] if isinstance(paths, str) else paths)]
 
 
 def shard_tasks(shards: list[tuple[str, str]]) -> list[FileGroupTask]:

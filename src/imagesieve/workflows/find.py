@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesieve.dedup.groups import best_of_components, group_exact, group_stars
-from imagesieve.dedup.hashes import PERCEPTUAL
+from imagesieve.dedup.hashes import EXACT, PERCEPTUAL
 from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
@@ -32,7 +32,7 @@ from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.workflows.common import run_on_shards
+from imagesieve.workflows.common import absolute_paths, run_on_shards
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -115,6 +115,12 @@ def load_hashes(hashes_dir: str, shards: list[tuple[str, str]]) -> pa.Table:
     return table.append_column("pixels", pixels)
 
 
+def split_readable(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(images that were hashed, images that could not be read)."""
+    readable = pc.is_null(table.column("error"))
+    return table.filter(readable), table.filter(pc.invert(readable))
+
+
 def check_unique_ids(table: pa.Table, what: str) -> None:
     """Removal works by ID, so an ID in two shards would remove both samples: refuse it."""
     if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
@@ -138,18 +144,17 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
     shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")
     table = load_hashes(os.path.join(output_dir, "hashes"), shards)
     check_unique_ids(table, "input")
-    readable = pc.is_null(table.column("error"))
-    skipped, table = table.filter(pc.invert(readable)), table.filter(readable)
+    table, skipped = split_readable(table)
+    if reference is not None:
+        ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
+                                 progress, "hash reference")
+        ref, _ = split_readable(load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards))
     t = config.max_distance
 
     with phase("search and group", progress):
         if reference is None:
             groups = _within_set(table, config, t, search)
         else:
-            ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
-                                     progress, "hash reference")
-            ref = load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards)
-            ref = ref.filter(pc.is_null(ref.column("error")))
             groups = _cross_set(table, ref, config, t, search)
 
     removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
@@ -166,21 +171,15 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
     summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
                           by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
-    write_json_atomic({**asdict(summary), "config": asdict(config), "reference": absolute(reference),
-                       "input": absolute(input_path)}, os.path.join(output_dir, "summary.json"))
+    run = {"config": asdict(config), "input": absolute_paths(input_path),
+           "reference": absolute_paths(reference) if reference else None}
+    write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
     return summary
-
-
-def absolute(paths: str | list[str] | None) -> str | list[str] | None:
-    """Input paths as absolute paths, so that the run folder can be read from anywhere."""
-    if paths is None:
-        return None
-    return os.path.abspath(paths) if isinstance(paths, str) else [os.path.abspath(p) for p in paths]
 
 
 def _exact_columns(config: FindConfig) -> list[str]:
     """The exact hashes that make two images the same: bytes, and for --method exact also pixels."""
-    return ["bytes_hash", "pixel_hash"] if config.method == "exact" else ["bytes_hash"]
+    return [kind for kind in config.kinds if kind in EXACT]
 
 
 def _exact_labels(table: pa.Table, config: FindConfig) -> list[np.ndarray]:

@@ -29,7 +29,7 @@ from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.workflows.common import run_on_shards
+from imagesieve.workflows.common import absolute_paths, run_on_shards
 
 
 @dataclass
@@ -110,8 +110,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     remove_stale_temp_files(output_dir)
     removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field)
     removal.setup()  # fail fast on a bad ID folder, before any worker starts
-    inputs = [os.path.abspath(p) for p in ([input_path] if isinstance(input_path, str) else input_path)]
-    check_same_run(output_dir, {"command": "remove", "input": inputs, "id_field": id_field,
+    check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                                 "ids_fingerprint": directory_fingerprint(duplicates_dir, id_field),
                                 "removal_stage": removal.config()})
 
@@ -119,14 +118,13 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
     run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
-    summary = finish_run(output_dir, shards, removal.listed_ids, removal.notes, started)
-    summary.shards_skipped = len(shards) - len(todo)
+    summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes, started)
     write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
 
 
-def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, notes: list[str],
-               started: float) -> RemoveSummary:
+def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: int, ids_listed: int,
+               notes: list[str], started: float) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
     samples_in = kept = removed = loose = 0
     for path, rel in shards:
@@ -146,6 +144,7 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], ids_listed: int, 
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
     write_parquet_atomic(removed_table, os.path.join(output_dir, "removed.parquet"))
-    return RemoveSummary(shards=len(shards), shards_skipped=0, samples_in=samples_in, kept=kept, removed=removed,
+    return RemoveSummary(shards=len(shards), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
+                         removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,
                          elapsed_seconds=time.monotonic() - started, notes=notes, loose_members=loose)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from imagesieve.dedup.hashes import PERCEPTUAL
-from imagesieve.runfolder import strip_shard_suffix, write_parquet_atomic
+from imagesieve.runfolder import batch_relative_path, strip_shard_suffix, write_parquet_atomic
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
@@ -40,7 +40,7 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         return ["data"], ["metadata"]
 
     def process(self, task: ImageBatch) -> FileGroupTask:
-        relative = task._metadata.get("relative_path") or f"{task.task_id}.tar"
+        relative = batch_relative_path(task._metadata, task.task_id)
         columns: dict[str, list] = {"id": [], "shard": [], "position": []}
         extra = sorted({k for image in task.data for k in image.metadata} - set(columns))
         for name in extra:

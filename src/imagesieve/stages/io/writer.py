@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from imagesieve.runfolder import done_marker, work_path, write_json_atomic, write_parquet_atomic
+from imagesieve.runfolder import batch_relative_path, done_marker, work_path, write_json_atomic, write_parquet_atomic
 from imagesieve.shards import AtomicShardWriter
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar
@@ -49,9 +49,10 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
             raise ValueError("ImageWriterStage needs output_dir")
-        relative = task._metadata.get("relative_path") or f"{task.task_id or 'shard'}.tar"
+        relative = batch_relative_path(task._metadata, task.task_id)
         shard = task._metadata.get("shard", relative)
         removed = task._metadata.get("removed", [])
+        removed_ids = [r["id"] for r in removed]
         samples_in = task._metadata.get("samples_in", len(task.data) + len(removed))
         check_accounting(shard, samples_in, len(task.data), len(removed))
 
@@ -72,10 +73,10 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                                        "members": pa.array(names, pa.list_(pa.string())),
                                        "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
                              work_path(self.output_dir, "index", relative, ".parquet"))
-        write_parquet_atomic(pa.table([[r["id"] for r in removed], [shard] * len(removed),
+        write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
-        sidecar = filter_sidecar(shard, relative, self.output_dir, [r["id"] for r in removed])
+        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
         stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": os.path.getsize(out_path), "sidecar": sidecar,
