@@ -34,6 +34,14 @@ def batch_relative_path(metadata: dict[str, Any], task_id: str) -> str:
     return metadata.get("relative_path") or f"{task_id or 'shard'}.tar"
 
 
+def shard_fingerprint(path: str) -> str:
+    """Identifies one version of an input file: its size and modification time (ns), as make and
+    rsync do. Per-shard results (hash tables, embeddings, done markers) record it, and a rerun
+    redoes a shard whose file no longer has it."""
+    st = os.stat(path)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:
     """OUTPUT/_imagesieve/<kind>/<shard without suffix><ext>."""
     return os.path.join(output_dir, WORK_DIR, kind, strip_shard_suffix(relative_path) + ext)
