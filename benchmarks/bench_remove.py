@@ -125,7 +125,8 @@ def memory_comparison(n_ids: int, workdir: str) -> dict[str, float]:
     ids = pa.array([f"{i:012d}" for i in range(0, 2 * n_ids, 2)], pa.string())
     started = time.perf_counter()
     index_dir = os.path.join(workdir, "index")
-    IdIndex.from_ids(ids).save(index_dir)
+    os.makedirs(index_dir, exist_ok=True)
+    IdIndex.from_ids(ids).save_files(index_dir)
     build_seconds = time.perf_counter() - started
     del ids
     on_disk = sum(os.path.getsize(os.path.join(index_dir, f)) for f in os.listdir(index_dir))

@@ -86,7 +86,7 @@ def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_s
     assert files_of(out) == files_of(reference)
     assert pq.read_table(out / "removed.parquet").sort_by("id").equals(
         pq.read_table(reference / "removed.parquet").sort_by("id"))
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in out.rglob("*") if "imagesieve-tmp" in p.name]
 
 
 def test_find_killed_then_rerun_gives_the_same_rows(many_shards, tmp_path):
@@ -132,7 +132,7 @@ def test_accounting_catches_tampered_shard_counts(make_shard, tmp_path):
     write_ids(tmp_path / "dups", ["00000001"])
     out = tmp_path / "out"
     remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
-    marker = out / "_imagesieve" / "done" / "00000.json"
+    marker = out / "_imagesieve" / "done" / "00000.tar.json"
     stats = read_json(str(marker))
     write_json_atomic({**stats, "kept": stats["kept"] + 1}, str(marker))
     with pytest.raises(AccountingError, match="whole run"):

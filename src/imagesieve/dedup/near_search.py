@@ -20,6 +20,11 @@ import numpy as np
 
 MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
 _CHUNK = 1 << 22  # candidate pairs checked per step, to bound temporary memory
+MAX_PAIRS = 20_000_000  # pairs one search may return (~0.5 GB); more means the threshold matches noise
+
+
+class TooManyPairsError(ValueError):
+    """The threshold is so loose that the pairs would not fit in memory."""
 
 
 def popcount64(x: np.ndarray) -> np.ndarray:
@@ -94,14 +99,15 @@ class _Buckets:
 
 
 def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None, parts: int = 1,
-               run_jobs: Callable[[Callable, list[tuple]], list] | None = None, min_parallel: int = 50_000
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               run_jobs: Callable[[Callable, list[tuple]], list] | None = None, min_parallel: int = 50_000,
+               max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) of every pair within `threshold` bits, each pair once.
 
     Without `other`: pairs within `codes`, with i < j. With `other`: pairs (i in codes, j in other).
     The probes of each block are independent: they are cut into `parts` jobs per block and run by
     `run_jobs(fn, jobs)` (an executor's `map`: processes on this machine, or Ray tasks), unless there
-    are fewer than `min_parallel` codes, where starting workers costs more than it saves.
+    are fewer than `min_parallel` codes, where starting workers costs more than it saves. More than
+    `max_pairs` pairs raise `TooManyPairsError` rather than exhausting memory.
     """
     query = np.ascontiguousarray(codes, dtype=np.uint64)
     base = query if other is None else np.ascontiguousarray(other, dtype=np.uint64)
@@ -118,18 +124,27 @@ def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = Non
         cut = min(parts, len(masks))
         jobs += [(shift, width, masks[k::cut]) for k in range(cut)]
         shift += width
-    jobs = [(query, None if other is None else base, threshold, *job) for job in jobs]
+    jobs = [(query, None if other is None else base, threshold, *job, max_pairs) for job in jobs]
     found = run_jobs(_search_block, jobs) if run_jobs else [_search_block(*job) for job in jobs]
+    if sum(len(f[0]) for f in found) > max_pairs * max(1, m):  # each pair is found in at most m blocks
+        _too_many(threshold, max_pairs)
     i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
     j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
     # a pair close in several blocks is found several times: keep one
     pair_ids = np.unique(i.astype(np.int64) * len(base) + j)
+    if len(pair_ids) > max_pairs:
+        _too_many(threshold, max_pairs)
     i, j = np.divmod(pair_ids, len(base))
     return i, j, popcount64(query[i] ^ base[j])
 
 
+def _too_many(threshold: int, max_pairs: int) -> None:
+    raise TooManyPairsError(f"more than {max_pairs:,} pairs of images lie within {threshold} bits: the threshold "
+                            "is too loose for this data (unrelated images match); use a lower --threshold")
+
+
 def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, shift: int, width: int,
-                  masks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+                  masks: list[int], max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `threshold` found by probing one block with the given flip masks."""
     self_join = other is None
     base = query if self_join else other
@@ -143,7 +158,7 @@ def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, s
         q_all = (query >> np.uint64(shift)) & mask
         q_index = np.argsort(q_all, kind="stable")
         q_keys = q_all[q_index]
-    found_i, found_j = [], []
+    found_i, found_j, count = [], [], 0
     for flip in masks:
         targets = q_keys ^ np.uint64(flip)
         sources = q_index
@@ -160,6 +175,9 @@ def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, s
                 i, j = np.minimum(i, j), np.maximum(i, j)
             found_i.append(i[keep])
             found_j.append(j[keep])
+            count += int(keep.sum())
+            if count > max_pairs:
+                _too_many(threshold, max_pairs)
     empty = np.zeros(0, np.int64)
     return np.concatenate([empty, *found_i]), np.concatenate([empty, *found_j])
 

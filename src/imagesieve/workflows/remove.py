@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.id_index import directory_fingerprint
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.runfolder import (
     WORK_DIR,
@@ -21,10 +20,12 @@ from imagesieve.runfolder import (
     is_done,
     read_json,
     remove_stale_temp_files,
+    run_lock,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.partitioning import list_shards
@@ -101,26 +102,42 @@ def check_same_run(output_dir: str, config: dict) -> None:
 
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
-                      executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False
-                      ) -> RemoveSummary:
+                      executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
+                      cache_dir: str | None = None, check_id_folder: bool = True) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`."""
     started = time.monotonic()
     shards = input_shards(input_path, output_dir)
     check_output_dir(output_dir)
-    remove_stale_temp_files(output_dir)
-    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field)
-    removal.setup()  # fail fast on a bad ID folder, before any worker starts
-    check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
-                                "ids_fingerprint": directory_fingerprint(duplicates_dir, id_field),
-                                "removal_stage": removal.config()})
+    with run_lock(output_dir, "remove"):
+        remove_stale_temp_files(output_dir)
+        removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
+                                              cache_dir=cache_dir, check_id_folder=check_id_folder)
+        removal.setup()  # fail fast on a bad ID folder, before any worker starts
+        check_integer_ids(removal, shards)
+        check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
+                                    "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()})
 
-    todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
-    writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
-    run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
+        todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel, p)]
+        writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
+        run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
-    summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes, started)
-    write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
+        summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes,
+                             started)
+        write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
+
+
+def check_integer_ids(removal: ImageDuplicatesRemovalStage, shards: list[tuple[str, str]]) -> None:
+    """Integer IDs lose the leading zeros of keys such as 00000123 (img2dataset's): none would match,
+    and the run would remove nothing while looking successful. Refuse that case up front."""
+    if not any("holds integers" in note for note in removal.notes):
+        return
+    for sample in iter_samples(shards[0][0], loose=[]):
+        if len(sample.key) > 1 and sample.key.isdigit() and sample.key.startswith("0"):
+            raise ValueError(f"the ID files under {removal.removal_parquets_dir} store IDs as integers, but keys such "
+                             f"as {sample.key!r} (in {shards[0][0]}) have leading zeros, so no ID could match. "
+                             "Write the IDs as strings, exactly as the keys are spelled")
+        return
 
 
 def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: int, ids_listed: int,
