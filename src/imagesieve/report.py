@@ -43,10 +43,11 @@ def thumbnail(data: bytes, where: str, size: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def load_thumbnails(run_dir: str, ids: set[str], size: int) -> dict[str, str]:
-    """Thumbnails of `ids`, reading only the shards that hold them (input and reference sets)."""
+def load_thumbnails(run_dir: str, ids: set[str], size: int) -> dict[tuple[str, str], str]:
+    """Thumbnails of `ids` by (set, id), set being "hashes" (input) or "reference_hashes": a key may be
+    in both sets for different images. Reads only the shards that hold them."""
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    thumbs: dict[str, str] = {}
+    thumbs: dict[tuple[str, str], str] = {}
     for hashes_dir, source in (("hashes", summary["input"]), ("reference_hashes", summary.get("reference"))):
         if not source or not os.path.isdir(os.path.join(run_dir, hashes_dir)):
             continue
@@ -60,7 +61,7 @@ def load_thumbnails(run_dir: str, ids: set[str], size: int) -> dict[str, str]:
             for sample in iter_samples(paths[rel]) if rel in paths else []:
                 if sample.key in keys:
                     ref = sample.members[image_extension(sample.members)]
-                    thumbs[sample.key] = thumbnail(ref.read(), f"{paths[rel]}: sample {sample.key!r}", size)
+                    thumbs[hashes_dir, sample.key] = thumbnail(ref.read(), f"{paths[rel]}: sample {sample.key!r}", size)
     return thumbs
 
 
@@ -87,7 +88,9 @@ def render(run_dir: str, max_groups: int = 200, size: int = 160) -> str:
         parts.append(f"<section class='group' id='group-{int(group)}'>")
         for m in rows:
             css = "kept" if m["method"] == "kept" else "member"
-            src = thumbs.get(m["id"], "")
+            # in a cross-set run, the kept member of a group is the reference image
+            source = "reference_hashes" if summary.get("reference") and m["method"] == "kept" else "hashes"
+            src = thumbs.get((source, m["id"]), "")
             img = f"<img src='{e(src)}' alt='{e(m['id'])}'>" if src else "<div>(no image)</div>"
             label = "kept" if m["method"] == "kept" else f"{m['method']}, distance {int(m['distance'])}"
             parts.append(f"<figure class='{css}'>{img}<figcaption>{e(m['id'])}<br>{e(label)}</figcaption></figure>")

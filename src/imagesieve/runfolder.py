@@ -17,8 +17,9 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -129,23 +130,36 @@ def run_lock(output_dir: str, command: str) -> Iterator[None]:
         os.close(fd)
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = temp_name(path)
+@contextmanager
+def naming_errors(path: str) -> Iterator[None]:
+    """An OS error while writing `path` (a full disk, a lost mount) names the file: ENOSPC alone does not."""
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_text_atomic(text: str, path: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_atomic(path: str, write: Callable[[str], object]) -> None:
+    """write(temp path), then rename the temp file to `path`; never a partial file under `path`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = temp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with naming_errors(path):
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json_atomic(data: dict[str, Any], path: str) -> None:

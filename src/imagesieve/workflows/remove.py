@@ -21,6 +21,7 @@ from imagesieve.runfolder import (
     read_json,
     remove_stale_temp_files,
     run_lock,
+    strip_shard_suffix,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
@@ -29,6 +30,7 @@ from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.stages.io.sidecar import sidecar_path
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.workflows.common import absolute_paths, run_on_shards
 
@@ -76,7 +78,19 @@ def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str
         shards.append((path, rel))
     if not shards:
         raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
+    check_sidecars_distinct(shards)
     return shards
+
+
+def check_sidecars_distinct(shards: list[tuple[str, str]]) -> None:
+    """x.tar and x.tar.gz would both filter x.parquet into the same output file: refuse that input."""
+    by_stem: dict[str, str] = {}
+    for path, rel in shards:
+        stem = strip_shard_suffix(rel)
+        if stem in by_stem and os.path.exists(sidecar_path(path)):
+            raise ValueError(f"{by_stem[stem]} and {path} share the metadata table {sidecar_path(path)}; "
+                             "keep only one of the two shards in the input")
+        by_stem[stem] = path
 
 
 def check_output_dir(output_dir: str) -> None:

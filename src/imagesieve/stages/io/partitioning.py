@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from imagesieve.runfolder import SHARD_SUFFIXES
+from imagesieve.runfolder import SHARD_SUFFIXES, is_temp_name
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
@@ -25,7 +26,7 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
             matches = [p for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
         elif os.path.isdir(src):
             root = src
-            matches = [os.path.join(d, f) for d, _, files in os.walk(src) for f in files]
+            matches = list(walk_files(src))
         elif os.path.isfile(src):
             root = os.path.dirname(src)
             if not src.endswith(suffixes):
@@ -34,11 +35,25 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
         else:
             raise FileNotFoundError(f"{src}: no such file or folder")
         for path in matches:
-            if path.endswith(suffixes) and ".tmp-" not in os.path.basename(path):
+            if path.endswith(suffixes) and not is_temp_name(os.path.basename(path)):
                 found[os.path.abspath(path)] = os.path.relpath(path, root or ".")
     if not found:
         raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(sources)}")
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def walk_files(folder: str) -> Iterator[str]:
+    """Every file under `folder`, following symlinked folders (a dataset is often assembled from links)
+    but entering each real folder once, so a link loop cannot recurse forever."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (os.path.join(root, name) for name in sorted(files))
 
 
 def _glob_root(pattern: str) -> str:
