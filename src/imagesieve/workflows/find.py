@@ -37,8 +37,7 @@ from imagesieve.runfolder import (
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, table_provenance
 from imagesieve.stages.io import ImageReaderStage
-from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.workflows.common import absolute_paths, run_on_shards
+from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -95,11 +94,11 @@ class FindSummary:
                 f"elapsed          {self.elapsed_seconds:.1f} s"]
 
 
-def hash_shards(input_path: str | list[str], hashes_dir: str, config: FindConfig, executor: BaseExecutor | None,
-                progress: bool, desc: str) -> list[tuple[str, str]]:
+def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, config: FindConfig,
+                executor: BaseExecutor | None, progress: bool, desc: str) -> list[tuple[str, str]]:
     """Hash every shard whose hash table is missing, lacks a needed column, or was made from another
-    version of the shard or with other settings; returns the shards."""
-    shards = list_shards(input_path)
+    version of the shard or with other settings; returns the shards (those under `output_dir` left out)."""
+    shards = input_shards(input_path, output_dir)
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode}
@@ -152,47 +151,55 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
                     reference: str | list[str] | None = None, executor: BaseExecutor | None = None,
                     progress: bool = False) -> FindSummary:
     """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "find"):
+        return find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+
+
+def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: FindConfig,
+                          reference: str | list[str] | None, executor: BaseExecutor | None,
+                          progress: bool) -> FindSummary:
+    """`find_duplicates` for a caller that holds the output folder's lock."""
     started = time.monotonic()
     if config.keep.startswith("column:") and not config.json_fields:
         config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
-    os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "find"):
-        remove_stale_temp_files(output_dir)
-        executor = executor or LocalExecutor()
-        search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
-        shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")
-        table = load_hashes(os.path.join(output_dir, "hashes"), shards)
-        check_unique_ids(table, "input")
-        table, skipped = split_readable(table)
-        if reference is not None:
-            ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
-                                     progress, "hash reference")
-            ref, _ = split_readable(load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards))
-        t = config.max_distance
+    remove_stale_temp_files(output_dir)
+    executor = executor or LocalExecutor()
+    search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
+    shards = hash_shards(input_path, output_dir, os.path.join(output_dir, "hashes"), config, executor, progress,
+                         "hash")
+    table = load_hashes(os.path.join(output_dir, "hashes"), shards)
+    check_unique_ids(table, "input")
+    table, skipped = split_readable(table)
+    if reference is not None:
+        ref_shards = hash_shards(reference, output_dir, os.path.join(output_dir, "reference_hashes"), config,
+                                 executor, progress, "hash reference")
+        ref, _ = split_readable(load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards))
+    t = config.max_distance
 
-        with phase("search and group", progress):
-            if reference is None:
-                groups = _within_set(table, config, t, search)
-            else:
-                groups = _cross_set(table, ref, config, t, search)
+    with phase("search and group", progress):
+        if reference is None:
+            groups = _within_set(table, config, t, search)
+        else:
+            groups = _cross_set(table, ref, config, t, search)
 
-        removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-        if reference is not None:  # reference members are listed in groups but never removed
-            removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
-        ids = pc.unique(removed.column("id"))
-        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                             os.path.join(output_dir, "duplicates", "part-00000.parquet"))
-        write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
-        write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
-                                       "reason": skipped.column("error")}),
-                             os.path.join(output_dir, "skipped.parquet"))
-        by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-        summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
-                              groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                              by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
-        run = {"config": asdict(config), "input": absolute_paths(input_path),
-               "reference": absolute_paths(reference) if reference else None}
-        write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
+    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
+    if reference is not None:  # reference members are listed in groups but never removed
+        removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
+    ids = pc.unique(removed.column("id"))
+    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
+                         os.path.join(output_dir, "duplicates", "part-00000.parquet"))
+    write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
+    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
+                                   "reason": skipped.column("error")}),
+                         os.path.join(output_dir, "skipped.parquet"))
+    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
+    summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
+                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
+                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
+    run = {"config": asdict(config), "input": absolute_paths(input_path),
+           "reference": absolute_paths(reference) if reference else None}
+    write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
     return summary
 
 

@@ -21,7 +21,6 @@ from imagesieve.runfolder import (
     read_json,
     remove_stale_temp_files,
     run_lock,
-    strip_shard_suffix,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
@@ -29,10 +28,8 @@ from imagesieve.runfolder import (
 from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
-from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.stages.io.sidecar import sidecar_path
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.workflows.common import absolute_paths, run_on_shards
+from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
 
 
 @dataclass
@@ -61,38 +58,6 @@ class RemoveSummary:
         ]
 
 
-def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str, str]]:
-    """The shards to read: those of `input_path`, minus any inside `output_dir` (our own earlier output).
-
-    Refuses an output folder that is the input folder, since output shards would replace inputs.
-    """
-    out = os.path.realpath(output_dir)
-    shards = []
-    for path, rel in list_shards(input_path):
-        real = os.path.realpath(path)
-        if real.startswith(out + os.sep):
-            if os.path.realpath(os.path.join(out, rel)) == real:
-                raise ValueError(f"output folder {output_dir} is where the input shard {path} lies; "
-                                 "choose another output folder")
-            continue
-        shards.append((path, rel))
-    if not shards:
-        raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
-    check_sidecars_distinct(shards)
-    return shards
-
-
-def check_sidecars_distinct(shards: list[tuple[str, str]]) -> None:
-    """x.tar and x.tar.gz would both filter x.parquet into the same output file: refuse that input."""
-    by_stem: dict[str, str] = {}
-    for path, rel in shards:
-        stem = strip_shard_suffix(rel)
-        if stem in by_stem and os.path.exists(sidecar_path(path)):
-            raise ValueError(f"{by_stem[stem]} and {path} share the metadata table {sidecar_path(path)}; "
-                             "keep only one of the two shards in the input")
-        by_stem[stem] = path
-
-
 def check_output_dir(output_dir: str) -> None:
     """Create the output folder, or say why it cannot be written."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -117,8 +82,11 @@ def check_same_run(output_dir: str, config: dict) -> None:
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
                       executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
-                      cache_dir: str | None = None, check_id_folder: bool = True) -> RemoveSummary:
-    """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`."""
+                      cache_dir: str | None = None, check_id_folder: bool = True,
+                      removed_path: str | None = None) -> RemoveSummary:
+    """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
+
+    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet)."""
     started = time.monotonic()
     shards = input_shards(input_path, output_dir)
     check_output_dir(output_dir)
@@ -136,7 +104,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
         summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes,
-                             started)
+                             started, removed_path or os.path.join(output_dir, "removed.parquet"))
         write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
 
@@ -155,7 +123,7 @@ def check_integer_ids(removal: ImageDuplicatesRemovalStage, shards: list[tuple[s
 
 
 def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: int, ids_listed: int,
-               notes: list[str], started: float) -> RemoveSummary:
+               notes: list[str], started: float, removed_path: str) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
     samples_in = kept = removed = loose = 0
     for path, rel in shards:
@@ -174,7 +142,7 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: i
     distinct_removed = len(pc.unique(removed_table.column("id")))
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
-    write_parquet_atomic(removed_table, os.path.join(output_dir, "removed.parquet"))
+    write_parquet_atomic(removed_table, removed_path)
     return RemoveSummary(shards=len(shards), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
                          removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,
