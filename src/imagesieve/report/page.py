@@ -111,7 +111,8 @@ def histogram_svg(method: str, bins: list[tuple[float, int]], width: int = 260, 
         parts.append(f"<rect x='{k * bar:.1f}' y='{height - h:.1f}' width='{max(bar - 1, 1):.1f}' height='{h:.1f}'>"
                      f"<title>{e(label)}: {count}</title></rect>")
     first, last = bins[0][0], bins[-1][0]
-    parts.append(f"<text x='0' y='{height + 11}'>{e(f'{first:g}')}</text>"
+    parts.append(f"<text x='{width}' y='9' text-anchor='end'>max {top:,}</text>"
+                 f"<text x='0' y='{height + 11}'>{e(f'{first:g}')}</text>"
                  f"<text x='{width}' y='{height + 11}' text-anchor='end'>{e(f'{last:g}')}</text></svg>")
     parts.append(f"<figcaption>{e(method)}: removed images per distance</figcaption></figure>")
     return "".join(parts)
