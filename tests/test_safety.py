@@ -108,7 +108,8 @@ def test_a_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path):
     write_ids(tmp_path / "ids", ["a", "b"])
     cache = tmp_path / "cache"
     entry = build_shared_index(str(tmp_path / "ids"), "id", str(cache))
-    os.remove(os.path.join(entry, "blob.npy"))  # a build killed half-way, or a damaged disk
+    with open(os.path.join(entry, "ids.bin"), "r+b") as f:  # a damaged disk, or a hand edit
+        f.truncate(1)
     again = build_shared_index(str(tmp_path / "ids"), "id", str(cache))
     stage = ImageDuplicatesRemovalStage(str(tmp_path / "ids"), cache_dir=str(cache))
     stage.setup()

@@ -19,7 +19,8 @@ import shutil
 import stat
 import tempfile
 
-from imagesieve.dedup.id_folder import check_id_folder, content_digest, list_parquet_files, read_id_column
+from imagesieve.dedup.id_build import DEFAULT_BUDGET, build_index
+from imagesieve.dedup.id_folder import check_id_folder, content_digest, list_parquet_files
 from imagesieve.dedup.id_index import IdIndex
 
 MAX_ENTRIES = 8
@@ -53,9 +54,9 @@ def private_folder(path: str) -> str:
 
 
 def build_shared_index(directory: str, id_field: str, cache_dir: str | None = None,
-                       max_entries: int = MAX_ENTRIES, check_folder: bool = True) -> str:
-    """The folder of the index of the IDs under `directory`: built once (under a lock), then reused
-    by every worker and by later runs with the same content."""
+                       max_entries: int = MAX_ENTRIES, check_folder: bool = True, budget: int = DEFAULT_BUDGET) -> str:
+    """The folder of the index of the IDs under `directory`: built once (under a lock, in at most about
+    `budget` bytes of memory), then reused by every worker and by later runs with the same content."""
     files = list_parquet_files(directory)
     if check_folder:
         check_id_folder(directory, files)
@@ -70,7 +71,7 @@ def build_shared_index(directory: str, id_field: str, cache_dir: str | None = No
             for name in os.listdir(root):  # what a killed build of this key left
                 if name.startswith(f"{_BUILD_PREFIX}{key}-"):
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            _build(files, id_field, target, key)
+            _build(files, id_field, target, key, budget)
         os.utime(target)  # recently used: pruned last
     finally:
         os.close(lock_fd)
@@ -78,23 +79,15 @@ def build_shared_index(directory: str, id_field: str, cache_dir: str | None = No
     return target
 
 
-def _build(files: list[str], id_field: str, target: str, key: str) -> None:
-    notes: list[str] = []
-    index = IdIndex.from_ids(_concat([read_id_column(path, id_field, notes) for path in files]), notes)
+def _build(files: list[str], id_field: str, target: str, key: str, budget: int) -> None:
     building = tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{key}-", dir=os.path.dirname(target))
     try:
-        index.save_files(building)
+        build_index(files, id_field, building, budget)
         with open(os.path.join(building, "entry.json"), "w", encoding="utf-8") as f:
-            json.dump({"key": key, "ids": len(index), "files": files, "id_field": id_field}, f)
+            json.dump({"key": key, "files": files, "id_field": id_field}, f)
         os.rename(building, target)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-
-
-def _concat(columns: list):
-    import pyarrow as pa
-
-    return pa.concat_arrays(columns) if columns else pa.array([], pa.string())
 
 
 def _valid_entry(target: str, key: str) -> bool:

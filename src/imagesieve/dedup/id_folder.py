@@ -69,18 +69,29 @@ def _schema(path: str) -> pa.Schema:
         raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
-def read_id_column(path: str, id_field: str, notes: list[str]) -> pa.Array:
-    """The ID column of one Parquet file as strings; ints are converted (and noted), nulls refused."""
+def check_id_column(path: str, id_field: str) -> None:
     schema = _schema(path)
     if id_field not in schema.names:
         raise ValueError(f"{path}: no column {id_field!r}; the file has columns {schema.names}. "
                          "Pass the right column name (--id-field / duplicate_id_field).")
-    column = pq.read_table(path, columns=[id_field]).column(id_field).combine_chunks()
+
+
+def read_id_column(path: str, id_field: str, notes: list[str]) -> pa.Array:
+    """The ID column of one Parquet file as strings; ints are converted (and noted), nulls refused."""
+    check_id_column(path, id_field)
+    return convert_id_batch(pq.read_table(path, columns=[id_field]).column(id_field).combine_chunks(), path,
+                            id_field, notes)
+
+
+def convert_id_batch(column: pa.Array, path: str, id_field: str, notes: list[str]) -> pa.Array:
+    """IDs as strings: integers converted (and noted, once per file), nulls and other types refused."""
     if column.null_count:
         raise ValueError(f"{path}: column {id_field!r} has {column.null_count} null IDs")
     kind = column.type
     if pa.types.is_integer(kind):
-        notes.append(f"{path}: column {id_field!r} holds integers ({kind}); converted to strings")
+        note = f"{path}: column {id_field!r} holds integers ({kind}); converted to strings"
+        if note not in notes:
+            notes.append(note)
         return pc.cast(column, pa.string())
     if pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type):
         return pc.cast(column, pa.string())

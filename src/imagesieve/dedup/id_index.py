@@ -2,14 +2,20 @@
 
 The reference keeps the IDs to remove in a Python `set[str]` per worker (~90 bytes an ID, times
 the number of workers). Here the IDs are stored sorted by their 64-bit xxh3 hash in three flat
-arrays on disk: the hashes, the offsets of each ID's UTF-8 bytes and the bytes themselves. A
-lookup is a binary search on the hashes and then a byte comparison with the stored ID, so a hash
-collision can never remove a sample that is not listed. Workers map the files read-only: the
-page cache holds one copy per node, and no worker holds private memory for the IDs.
+files: the hashes, the offsets of each ID's UTF-8 bytes and the bytes themselves. A lookup is a
+binary search on the hashes and then a byte comparison with the stored ID, so a hash collision
+can never remove a sample that is not listed. Workers map the files read-only: the page cache
+holds one copy per node, and no worker holds private memory for the IDs.
+
+On disk (a folder): hashes.bin (uint64), offsets.bin (uint32 while the IDs' bytes fit in 4 GiB,
+else int64), ids.bin (UTF-8), index.json (count, offset type, notes). Files are appended in
+hash order by `IndexWriter`, so an index larger than memory is written without holding it
+(see `id_build.py`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,13 +25,87 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-_FILES = ("hashes.npy", "offsets.npy", "blob.npy")
+FORMAT = 2
+_FILES = ("hashes.bin", "offsets.bin", "ids.bin", "index.json")
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
     """xxh3-64 of each ID's UTF-8 bytes."""
     digest = xxhash.xxh3_64_intdigest
     return np.fromiter((digest(i.encode("utf-8")) for i in ids), dtype=np.uint64, count=len(ids))
+
+
+def hash_array(ids: pa.Array, step: int = 1 << 16) -> np.ndarray:
+    """hash_ids of an Arrow string array, a slice at a time (few Python strings alive at once)."""
+    parts = [hash_ids(ids.slice(i, step).to_pylist()) for i in range(0, len(ids), step)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def sorted_unique(hashes: np.ndarray, ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(hashes, ids) sorted by hash then ID, each distinct ID once. Equal IDs have equal hashes, so
+    after this sort duplicates are neighbours; distinct IDs that share a hash are all kept."""
+    table = pa.table({"h": pa.array(hashes, pa.uint64()), "id": ids}).sort_by([("h", "ascending"),
+                                                                                 ("id", "ascending")])
+    h, s = table.column("h").to_numpy(), table.column("id").combine_chunks()
+    if len(h) > 1:
+        same = np.zeros(len(h), dtype=bool)
+        same[1:] = (h[1:] == h[:-1]) & pc.equal(s.slice(1), s.slice(0, len(s) - 1)).to_numpy(zero_copy_only=False)
+        if same.any():
+            keep = np.flatnonzero(~same)
+            h, s = h[keep], s.take(pa.array(keep))
+    return h, s
+
+
+class IndexWriter:
+    """Appends (hash-sorted) runs of IDs to an index folder; `finish` writes index.json last."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._hashes = open(os.path.join(directory, "hashes.bin"), "wb")
+        self._offsets = open(os.path.join(directory, "offsets.tmp"), "wb")  # int64 until the size is known
+        self._blob = open(os.path.join(directory, "ids.bin"), "wb")
+        self.count, self.blob_bytes, self._last = 0, 0, -1
+        self._offsets.write(np.zeros(1, np.int64).tobytes())
+
+    def append(self, hashes: np.ndarray, ids: pa.Array) -> None:
+        if not len(hashes):
+            return
+        if int(hashes[0]) < self._last:
+            raise ValueError("IndexWriter.append: runs must come in hash order")
+        large = pc.cast(ids, pa.large_string())
+        _, offsets_buf, data_buf = large.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buf else b""
+        self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
+        self._offsets.write((offsets[1:] - offsets[0] + self.blob_bytes).astype(np.int64).tobytes())
+        self._blob.write(bytes(data))
+        self.count += len(hashes)
+        self.blob_bytes += int(offsets[-1] - offsets[0])
+        self._last = int(hashes[-1])
+
+    def finish(self, notes: list[str]) -> None:
+        for f in (self._hashes, self._offsets, self._blob):
+            f.close()
+        # 4-byte offsets while the IDs' bytes fit in 4 GiB: a third less on disk and in the page cache
+        offset_type = "uint32" if self.blob_bytes < 2**32 else "int64"
+        source = os.path.join(self.directory, "offsets.tmp")
+        with open(source, "rb") as src, open(os.path.join(self.directory, "offsets.bin"), "wb") as dst:
+            while chunk := src.read(1 << 23):
+                dst.write(np.frombuffer(chunk, np.int64).astype(offset_type).tobytes())
+        os.remove(source)
+        with open(os.path.join(self.directory, "index.json"), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "ids": self.count, "blob_bytes": self.blob_bytes,
+                       "offset_type": offset_type, "notes": notes}, f)
+
+
+def _map(path: str, dtype: str, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype)
+    array = np.memmap(path, dtype=dtype, mode="r")
+    if len(array) != count:
+        raise ValueError(f"ID index file {path} holds {len(array)} values, expected {count}; delete the index "
+                         "folder to rebuild it")
+    return array
 
 
 @dataclass
@@ -42,40 +122,51 @@ class IdIndex:
 
     @classmethod
     def from_ids(cls, ids: pa.Array | Sequence[str], notes: list[str] | None = None) -> IdIndex:
-        unique = pc.unique(pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids)
-        step = 1 << 20  # hash in slices so that only a million Python strings exist at a time
-        hashes = np.concatenate([hash_ids(unique.slice(i, step).to_pylist())
-                                 for i in range(0, len(unique), step)] or [np.zeros(0, np.uint64)])
-        order = np.argsort(hashes, kind="stable")
-        ordered = pc.cast(unique.take(pa.array(order)), pa.large_string())
-        _, offsets_buf, data_buf = ordered.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ordered.offset:ordered.offset + len(ordered) + 1]
+        """An index in memory (small sets, tests); large sets are built on disk by `id_build`."""
+        ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
+        hashes, unique = sorted_unique(hash_array(ids), ids)
+        large = pc.cast(unique, pa.large_string())
+        _, offsets_buf, data_buf = large.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
         blob = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        # 4-byte offsets while the IDs' bytes fit in 4 GiB: a third less on disk and in the page cache
-        offsets = offsets.astype(np.uint32 if len(blob) < 2**32 else np.int64)
-        return cls(hashes[order], offsets, blob.copy(), list(notes or []))
+        blob = blob[offsets[0]:offsets[-1]].copy()
+        return cls(hashes, (offsets - offsets[0]).astype(np.uint32 if len(blob) < 2**32 else np.int64), blob,
+                   list(notes or []))
 
     def save_files(self, directory: str) -> None:
-        """Write the arrays into an existing, empty folder (the caller renames it into place)."""
-        for name, array in zip(_FILES, (self.hashes, self.offsets, self.blob), strict=True):
-            np.save(os.path.join(directory, name), array)
-        with open(os.path.join(directory, "notes.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(self.notes))
+        """Write the index into an existing, empty folder (the caller renames it into place)."""
+        writer = IndexWriter(directory)
+        ids = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(np.asarray(self.offsets, np.int64).tobytes()),
+                                               pa.py_buffer(np.asarray(self.blob).tobytes()))
+        writer.append(np.asarray(self.hashes), ids)
+        writer.finish(self.notes)
 
     @staticmethod
     def files_complete(directory: str) -> bool:
-        return all(os.path.isfile(os.path.join(directory, name)) for name in (*_FILES, "notes.txt"))
+        """Whether the folder holds a whole index of this format: every file, each of the size it must have."""
+        try:
+            with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+            count = meta["ids"]
+            sizes = {"hashes.bin": 8 * count, "ids.bin": meta["blob_bytes"],
+                     "offsets.bin": (count + 1 if count else 0) * np.dtype(meta["offset_type"]).itemsize}
+            return meta.get("format") == FORMAT and all(
+                os.path.getsize(os.path.join(directory, name)) == size for name, size in sizes.items())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     @classmethod
     def load(cls, directory: str) -> IdIndex:
-        """Map a saved index read-only, after checking that its arrays fit together."""
-        arrays = [np.load(os.path.join(directory, name), mmap_mode="r") for name in _FILES]
-        hashes, offsets, blob = arrays
-        if len(offsets) != len(hashes) + 1 or (len(hashes) and int(offsets[-1]) != len(blob)):
-            raise ValueError(f"ID index {directory} is damaged (array sizes disagree); delete it to rebuild")
-        with open(os.path.join(directory, "notes.txt"), encoding="utf-8") as f:
-            notes = [line for line in f.read().splitlines() if line]
-        return cls(*arrays, notes=notes)
+        """Map a saved index read-only, after checking that its files fit together."""
+        with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        count = meta["ids"]
+        hashes = _map(os.path.join(directory, "hashes.bin"), "uint64", count)
+        offsets = _map(os.path.join(directory, "offsets.bin"), meta["offset_type"], count + 1 if count else 0)
+        blob = _map(os.path.join(directory, "ids.bin"), "uint8", meta["blob_bytes"])
+        if count and int(offsets[-1]) != len(blob):
+            raise ValueError(f"ID index {directory} is damaged (offsets and bytes disagree); delete it to rebuild")
+        return cls(hashes, offsets if count else np.zeros(1, np.uint32), blob, notes=list(meta.get("notes", [])))
 
     def contains(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean mask: which of `ids` are in the set (exact)."""
