@@ -165,8 +165,11 @@ def main() -> None:
         names[0]: lambda out: run_kernel_copy(shard_dir, out),
         names[1]: lambda out: run_raw_copy(shard_dir, out),
         names[2]: lambda out: run_naive_webdataset(shard_dir, ids_dir, out),
-        names[3]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(1)),
-        names[4]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(args.workers)),
+        # every run builds its own ID index (a fresh cache folder), as a first run on new IDs does
+        names[3]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(1),
+                                                cache_dir=out + ".cache"),
+        names[4]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(args.workers),
+                                                cache_dir=out + ".cache"),
     }
     for run in range(args.repeat):
         # each method starts from the same state: the others' output deleted and flushed, order rotated
@@ -175,6 +178,7 @@ def main() -> None:
             out = os.path.join(workdir, f"out-{run}-{k}")
             times[name].append(timed(methods[name], out))
             shutil.rmtree(out)
+            shutil.rmtree(out + ".cache", ignore_errors=True)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     ours = median[f"imagesieve ({args.workers} workers)"]

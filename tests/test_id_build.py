@@ -78,3 +78,39 @@ def test_lookup_scans_every_id_of_a_colliding_hash():
     index = IdIndex(np.array([wanted, wanted], np.uint64), np.array([0, 5, 11], np.uint32),
                     np.frombuffer(b"otherwanted", np.uint8))
     assert index.contains(["wanted", "other"]).tolist() == [True, False]
+
+
+def test_block_lookup_equals_a_binary_search_over_all_hashes():
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n = int(rng.integers(1, 3000))
+        # few distinct values: long runs of equal hashes that cross block boundaries
+        hashes = np.sort(rng.integers(0, 40 if trial % 2 else 2**63, n, dtype=np.uint64))
+        index = IdIndex(hashes, np.zeros(n + 1, np.uint32), np.zeros(0, np.uint8))
+        queries = np.concatenate([rng.choice(hashes, 64), rng.integers(0, 50, 64, dtype=np.uint64),
+                                  np.array([0, 2**64 - 1], np.uint64)])
+        assert np.array_equal(index._first_at_least(queries)[0], np.searchsorted(hashes, queries))
+
+
+def test_a_large_build_runs_in_a_child_process_with_the_same_result(tmp_path):
+    from imagesieve.dedup.id_build import build_index_isolated
+
+    ids = [f"id-{i}" for i in range(3000)]
+    files = ids_files(tmp_path / "ids", [ids[:2000], ids[1000:], [7]])
+    (tmp_path / "child").mkdir()
+    (tmp_path / "here").mkdir()
+    notes = build_index_isolated(files, "id", str(tmp_path / "child"), child_process_rows=10)
+    assert notes == build_index_isolated(files, "id", str(tmp_path / "here"))
+    child, here = IdIndex.load(str(tmp_path / "child")), IdIndex.load(str(tmp_path / "here"))
+    assert len(child) == 3001 and np.array_equal(child.hashes, here.hashes) and len(notes) == 1
+
+
+def test_a_failing_child_build_reports_the_file(tmp_path):
+    from imagesieve.dedup.id_build import build_index_isolated
+
+    path = tmp_path / "ids" / "bad.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"id": pa.array(["a", None])}), path)
+    (tmp_path / "index").mkdir()
+    with pytest.raises(ValueError, match="bad.parquet: column 'id' has 1 null IDs"):
+        build_index_isolated([str(path)], "id", str(tmp_path / "index"), child_process_rows=0)

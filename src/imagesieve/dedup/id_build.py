@@ -13,9 +13,12 @@ memory budget; peak memory is one batch in pass 1 and one partition in pass 2, n
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -25,10 +28,13 @@ import pyarrow.parquet as pq
 from imagesieve.dedup.id_folder import check_id_column, convert_id_batch
 from imagesieve.dedup.id_index import IndexWriter, hash_array, sorted_unique
 
-DEFAULT_BUDGET = 256 << 20  # bytes of memory one partition may take while it is sorted
+DEFAULT_BUDGET = 64 << 20  # bytes of memory one partition may take while it is sorted
 BATCH_ROWS = 1 << 17
 MAX_PARTITIONS = 512  # open files in pass 1
-_BYTES_PER_ID = 48  # hash, offset, sort indices and copies made while a partition is sorted, beside the ID
+CHILD_PROCESS_ROWS = 1_000_000  # larger builds run in a child process (see build_index_isolated)
+# Memory per ID while a partition is sorted, measured (10M 12-byte IDs: ~140 bytes each): the hash,
+# offsets and sort indices (~64 bytes), and several copies of the ID's bytes (Arrow's sort and take).
+_BYTES_PER_ID, _COPIES_OF_ID = 64, 8
 
 
 def partition_bits(files: list[str], id_field: str, budget: int) -> int:
@@ -41,7 +47,7 @@ def partition_bits(files: list[str], id_field: str, budget: int) -> int:
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
             id_bytes = group.column(column).total_uncompressed_size if column is not None else 0
-            total += 2 * id_bytes + group.num_rows * _BYTES_PER_ID  # x2: dictionary pages understate strings
+            total += _COPIES_OF_ID * id_bytes + group.num_rows * _BYTES_PER_ID
     partitions = min(MAX_PARTITIONS, max(1, math.ceil(total / max(budget, 1))))
     return math.ceil(math.log2(partitions)) if partitions > 1 else 0
 
@@ -96,3 +102,37 @@ def _partition(files: list[str], id_field: str, work: str, bits: int, notes: lis
     finally:
         for writer in writers.values():
             writer.close()
+
+
+def build_index_isolated(files: list[str], id_field: str, target: str, budget: int = DEFAULT_BUDGET,
+                         child_process_rows: int = CHILD_PROCESS_ROWS) -> list[str]:
+    """`build_index`, in a child process when the files hold more than `child_process_rows` IDs.
+
+    Memory freed after a build stays with the process (Python's and Arrow's allocators keep it for
+    reuse), so a large build in the driver would hold its peak for the rest of the run; a child
+    returns all of it when it exits.
+    """
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    if rows <= child_process_rows:
+        return build_index(files, id_field, target, budget)
+    request = json.dumps({"files": files, "id_field": id_field, "target": target, "budget": budget})
+    done = subprocess.run([sys.executable, "-m", "imagesieve.dedup.id_build"], input=request, text=True,
+                          capture_output=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise ValueError(f"building the ID index failed: {lines[-1]}")
+    return json.loads(done.stdout)["notes"]
+
+
+def _child_main() -> None:
+    request = json.loads(sys.stdin.read())
+    try:
+        notes = build_index(request["files"], request["id_field"], request["target"], request["budget"])
+    except Exception as exc:  # the parent shows the last line
+        print(f"{exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({"notes": notes}))
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 
-from imagesieve.dedup.id_build import DEFAULT_BUDGET, build_index
+from imagesieve.dedup.id_build import DEFAULT_BUDGET, build_index_isolated
 from imagesieve.dedup.id_folder import check_id_folder, content_digest, list_parquet_files
 from imagesieve.dedup.id_index import IdIndex
 
@@ -82,7 +82,7 @@ def build_shared_index(directory: str, id_field: str, cache_dir: str | None = No
 def _build(files: list[str], id_field: str, target: str, key: str, budget: int) -> None:
     building = tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{key}-", dir=os.path.dirname(target))
     try:
-        build_index(files, id_field, building, budget)
+        build_index_isolated(files, id_field, building, budget)
         with open(os.path.join(building, "entry.json"), "w", encoding="utf-8") as f:
             json.dump({"key": key, "files": files, "id_field": id_field}, f)
         os.rename(building, target)

@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-FORMAT = 2
-_FILES = ("hashes.bin", "offsets.bin", "ids.bin", "index.json")
+FORMAT = 3
+_FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
+FENCE_STEP = 256  # every 256th hash is kept in memory: a lookup then reads one 2 KB block of the hashes
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
@@ -65,6 +66,7 @@ class IndexWriter:
         self._offsets = open(os.path.join(directory, "offsets.tmp"), "wb")  # int64 until the size is known
         self._blob = open(os.path.join(directory, "ids.bin"), "wb")
         self.count, self.blob_bytes, self._last = 0, 0, -1
+        self._fence: list[np.ndarray] = []
         self._offsets.write(np.zeros(1, np.int64).tobytes())
 
     def append(self, hashes: np.ndarray, ids: pa.Array) -> None:
@@ -76,9 +78,10 @@ class IndexWriter:
         _, offsets_buf, data_buf = large.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
         data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buf else b""
-        self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
-        self._offsets.write((offsets[1:] - offsets[0] + self.blob_bytes).astype(np.int64).tobytes())
-        self._blob.write(bytes(data))
+        self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64))
+        self._fence.append(np.asarray(hashes[(-self.count) % FENCE_STEP::FENCE_STEP], np.uint64))
+        self._offsets.write(offsets[1:] - offsets[0] + self.blob_bytes)
+        self._blob.write(data)
         self.count += len(hashes)
         self.blob_bytes += int(offsets[-1] - offsets[0])
         self._last = int(hashes[-1])
@@ -93,19 +96,53 @@ class IndexWriter:
             while chunk := src.read(1 << 23):
                 dst.write(np.frombuffer(chunk, np.int64).astype(offset_type).tobytes())
         os.remove(source)
+        np.concatenate([np.zeros(0, np.uint64), *self._fence]).tofile(os.path.join(self.directory, "fence.bin"))
         with open(os.path.join(self.directory, "index.json"), "w", encoding="utf-8") as f:
             json.dump({"format": FORMAT, "ids": self.count, "blob_bytes": self.blob_bytes,
                        "offset_type": offset_type, "notes": notes}, f)
 
 
-def _map(path: str, dtype: str, count: int) -> np.ndarray:
-    if count == 0:
-        return np.zeros(0, dtype)
-    array = np.memmap(path, dtype=dtype, mode="r")
-    if len(array) != count:
-        raise ValueError(f"ID index file {path} holds {len(array)} values, expected {count}; delete the index "
-                         "folder to rebuild it")
-    return array
+class FlatFile:
+    """A flat array in a file, read with pread: a lookup reads the few bytes it needs and keeps nothing.
+
+    Memory-mapping the files made every worker map most of them (the kernel maps whole large
+    page-cache folios around each page touched, whatever madvise says), which a skeptic rightly
+    counts against a worker. Reads through the page cache cost the process nothing.
+    """
+
+    def __init__(self, path: str, dtype: str, count: int) -> None:
+        self.path, self.dtype, self.count = path, np.dtype(dtype), count
+        self._fd = os.open(path, os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
+        if size != count * self.dtype.itemsize:
+            os.close(self._fd)
+            self._fd = None
+            raise ValueError(f"ID index file {path} has {size} bytes, expected {count * self.dtype.itemsize}; "
+                             "delete the index folder to rebuild it")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.count)
+            if step != 1:
+                raise IndexError("FlatFile reads contiguous slices only")
+            stop = max(start, stop)
+            data = os.pread(self._fd, (stop - start) * self.dtype.itemsize, start * self.dtype.itemsize)
+            return np.frombuffer(data, self.dtype)
+        index = key + self.count if key < 0 else key
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {key} out of range for {self.count} values")
+        return self[index:index + 1][0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[0:self.count], dtype=dtype)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass
@@ -116,6 +153,11 @@ class IdIndex:
     offsets: np.ndarray
     blob: np.ndarray
     notes: list[str] = field(default_factory=list)
+    fence: np.ndarray | None = None  # hashes[::FENCE_STEP], in memory
+
+    def __post_init__(self) -> None:
+        if self.fence is None:
+            self.fence = np.asarray(self.hashes[::FENCE_STEP], np.uint64)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -149,7 +191,8 @@ class IdIndex:
                 meta = json.load(f)
             count = meta["ids"]
             sizes = {"hashes.bin": 8 * count, "ids.bin": meta["blob_bytes"],
-                     "offsets.bin": (count + 1 if count else 0) * np.dtype(meta["offset_type"]).itemsize}
+                     "offsets.bin": (count + 1) * np.dtype(meta["offset_type"]).itemsize,
+                     "fence.bin": -(-count // FENCE_STEP) * 8}
             return meta.get("format") == FORMAT and all(
                 os.path.getsize(os.path.join(directory, name)) == size for name, size in sizes.items())
         except (OSError, ValueError, KeyError, TypeError):
@@ -161,12 +204,16 @@ class IdIndex:
         with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
             meta = json.load(f)
         count = meta["ids"]
-        hashes = _map(os.path.join(directory, "hashes.bin"), "uint64", count)
-        offsets = _map(os.path.join(directory, "offsets.bin"), meta["offset_type"], count + 1 if count else 0)
-        blob = _map(os.path.join(directory, "ids.bin"), "uint8", meta["blob_bytes"])
+        hashes = FlatFile(os.path.join(directory, "hashes.bin"), "uint64", count)
+        offsets = FlatFile(os.path.join(directory, "offsets.bin"), meta["offset_type"], count + 1)
+        blob = FlatFile(os.path.join(directory, "ids.bin"), "uint8", meta["blob_bytes"])
         if count and int(offsets[-1]) != len(blob):
             raise ValueError(f"ID index {directory} is damaged (offsets and bytes disagree); delete it to rebuild")
-        return cls(hashes, offsets if count else np.zeros(1, np.uint32), blob, notes=list(meta.get("notes", [])))
+        fence = np.fromfile(os.path.join(directory, "fence.bin"), dtype=np.uint64)
+        if len(fence) != -(-count // FENCE_STEP):
+            raise ValueError(f"ID index {directory} is damaged (fence.bin); delete it to rebuild")
+        return cls(hashes, offsets, blob, notes=list(meta.get("notes", [])),
+                   fence=fence)
 
     def contains(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean mask: which of `ids` are in the set (exact)."""
@@ -174,13 +221,30 @@ class IdIndex:
         if not len(ids) or not len(self.hashes):
             return result
         query = hash_ids(ids)
-        positions = np.searchsorted(self.hashes, query)
-        in_range = positions < len(self.hashes)
-        hit = np.zeros(len(ids), dtype=bool)
-        hit[in_range] = self.hashes[positions[in_range]] == query[in_range]
+        positions, found = self._first_at_least(query)
+        hit = found == query
         for i in np.flatnonzero(hit):
             result[i] = self._verify(ids[i].encode("utf-8"), int(positions[i]), query[i])
         return result
+
+    def _first_at_least(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query hash, the first position whose hash is >= it (as np.searchsorted) and the hash
+        there (0 past the end), reading one block of FENCE_STEP hashes per distinct block: the fence
+        (every FENCE_STEP-th hash, in memory) says which block."""
+        n = len(self.hashes)
+        block = np.maximum(np.searchsorted(self.fence, query, side="left") - 1, 0)
+        positions = np.empty(len(query), np.int64)
+        found = np.zeros(len(query), np.uint64)
+        order = np.argsort(block, kind="stable")
+        bounds = np.flatnonzero(np.diff(block[order])) + 1
+        for rows in np.split(order, bounds):
+            start = int(block[rows[0]]) * FENCE_STEP
+            window = np.asarray(self.hashes[start:min(n, start + FENCE_STEP + 1)])
+            at = np.searchsorted(window, query[rows], side="left")
+            positions[rows] = start + at
+            inside = at < len(window)
+            found[rows[inside]] = window[at[inside]]
+        return positions, found
 
     def _verify(self, wanted: bytes, position: int, hash_value: np.uint64) -> bool:
         while position < len(self.hashes) and self.hashes[position] == hash_value:
