@@ -79,7 +79,8 @@ class IndexWriter:
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
         data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buf else b""
         self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64))
-        self._fence.append(np.asarray(hashes[(-self.count) % FENCE_STEP::FENCE_STEP], np.uint64))
+        # a copy: a view would keep the whole partition's hashes alive until the end of the build
+        self._fence.append(np.array(hashes[(-self.count) % FENCE_STEP::FENCE_STEP], np.uint64))
         self._offsets.write(offsets[1:] - offsets[0] + self.blob_bytes)
         self._blob.write(data)
         self.count += len(hashes)

@@ -1,4 +1,4 @@
-"""Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing in NumPy.
+"""Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing.
 
 Split the 64 bits into m blocks and give block i a radius r_i, with sum(r_i + 1) = t + 1. If two
 hashes differ in at most t bits, then some block i differs in at most r_i bits (were every block
@@ -7,7 +7,8 @@ which lets some blocks take a smaller radius than t // m, or none at all (r_i = 
 block we bucket all hashes by that block's value, and for each hash probe every bucket whose value
 is within r_i bits of its own; every candidate found is checked on all 64 bits. This finds every pair within t (no
 approximation) and, with m chosen so that a bucket holds about one hash, costs
-O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at once.
+O(n * probes) instead of O(n^2). Bucketing is vectorised; the probing loop is compiled
+(`near_kernel.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from math import comb
 
 import numpy as np
 
+from imagesieve.dedup.near_kernel import probe
+
 MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
-_CHUNK = 1 << 22  # candidate pairs checked per step, to bound temporary memory
 MAX_PAIRS = 20_000_000  # pairs one search may return (~0.5 GB); more means the threshold matches noise
 
 
@@ -158,46 +160,10 @@ def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, s
         q_all = (query >> np.uint64(shift)) & mask
         q_index = np.argsort(q_all, kind="stable")
         q_keys = q_all[q_index]
-    found_i, found_j, count = [], [], 0
-    for flip in masks:
-        targets = q_keys ^ np.uint64(flip)
-        sources = q_index
-        if self_join and flip:
-            # the pair (a, b) is found from a when key_a < key_b and from b otherwise: probe once
-            upward = targets > q_keys
-            targets, sources = targets[upward], sources[upward]
-        starts, ends = buckets.ranges(targets)
-        for pos, j in _expand(starts, ends, buckets.order):
-            i = sources[pos]
-            keep = popcount64(query[i] ^ base[j]) <= threshold
-            if self_join:
-                keep &= i != j
-                i, j = np.minimum(i, j), np.maximum(i, j)
-            found_i.append(i[keep])
-            found_j.append(j[keep])
-            count += int(keep.sum())
-            if count > max_pairs:
-                _too_many(threshold, max_pairs)
-    empty = np.zeros(0, np.int64)
-    return np.concatenate([empty, *found_i]), np.concatenate([empty, *found_j])
-
-
-def _expand(starts: np.ndarray, ends: np.ndarray, order: np.ndarray):
-    """Yield (query index, base index) arrays for every candidate in the ranges, in bounded chunks."""
-    counts = ends - starts
-    nonzero = np.flatnonzero(counts)
-    if len(nonzero) == 0:
-        return
-    cum = np.cumsum(counts[nonzero])
-    begin = 0
-    while begin < len(nonzero):
-        # take queries until about _CHUNK candidates
-        stop = int(np.searchsorted(cum, (cum[begin - 1] if begin else 0) + _CHUNK, "right"))
-        stop = max(stop, begin + 1)
-        sel = nonzero[begin:stop]
-        c = counts[sel]
-        total = int(c.sum())
-        q = np.repeat(sel, c)
-        offsets = np.repeat(starts[sel] - (np.cumsum(c) - c), c) + np.arange(total)
-        yield q, order[offsets]
-        begin = stop
+    starts = buckets.table if buckets.table is not None else np.zeros(0, np.int64)
+    i, j, overflow = probe(q_keys, q_index, query[q_index], base[buckets.order], starts, buckets.sorted_keys,
+                           buckets.order,
+                           np.asarray(masks, np.uint64), threshold, self_join, max_pairs)
+    if overflow:
+        _too_many(threshold, max_pairs)
+    return i, j
