@@ -54,7 +54,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
     summary = remove_duplicates(args.input, args.output, args.duplicates, id_field=args.id_field,
                                 executor=make_executor(args), progress=not args.quiet, fsync=args.fsync,
-                                cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder)
+                                cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder, link=args.link)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     from imagesieve.cli_find import print_summary
@@ -106,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--any-id-folder", action="store_true",
                         help="accept an ID folder that looks like a find output root, a groups table or a hash "
                              "table (refused by default: those list images that must stay)")
+    remove.add_argument("--link", action="store_true",
+                        help="image folders: hard-link kept files instead of copying them (same file system)")
     remove.add_argument("--fsync", action="store_true", help="force each output shard to disk before it is "
                         "renamed into place (survives power loss; slower)")
     add_executor_args(remove)
-    remove.add_argument("input", help="folder or glob of tar shards")
+    remove.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
     remove.add_argument("output", help="folder for the output shards (created)")
     remove.set_defaults(func=cmd_remove)
 

@@ -62,7 +62,7 @@ def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
 
     summary = dedup(args.input, args.output, find_config(args), reference=args.reference,
                     executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
-                    cache_dir=args.cache_dir)
+                    cache_dir=args.cache_dir, link=args.link)
     print_summary(args, summary, [])
     return 0
 
@@ -96,7 +96,7 @@ def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callabl
                           epilog=FIND_EXAMPLE, formatter_class=raw)
     add_find_options(find)
     add_executor_args(find)
-    find.add_argument("input", help="folder or glob of tar shards")
+    find.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
     find.add_argument("output", help="folder for hashes, duplicates/ and groups/")
     find.set_defaults(func=lambda args: cmd_find(args, make_executor))
 
@@ -105,9 +105,11 @@ def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callabl
     add_find_options(dedup)
     dedup.add_argument("--dry-run", action="store_true",
                        help="write everything but the shards (duplicates, groups, report), to check first")
+    dedup.add_argument("--link", action="store_true",
+                       help="image folders: hard-link kept files instead of copying them (same file system)")
     dedup.add_argument("--cache-dir", default=default_cache_dir, metavar="DIR",
                        help="where built ID indexes are kept for reuse (see `imagesieve remove --help`)")
     add_executor_args(dedup)
-    dedup.add_argument("input", help="folder or glob of tar shards")
+    dedup.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
     dedup.add_argument("output", help="folder for shards/, duplicates/, groups/, report/, removed.parquet")
     dedup.set_defaults(func=lambda args: cmd_dedup(args, make_executor))

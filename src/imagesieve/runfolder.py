@@ -58,17 +58,19 @@ def done_marker(output_dir: str, relative_path: str) -> str:
     return work_path(output_dir, "done", relative_path, ".json")
 
 
-def is_done(output_dir: str, relative_path: str, input_path: str) -> bool:
-    """A shard is done when its marker exists, the input shard is the version the marker records
-    (a shard changed since is redone), and its output still has the recorded size (a file renamed
-    but lost to a power cut before reaching the disk has not)."""
+def is_done(output_dir: str, relative_path: str, fingerprint: str) -> bool:
+    """A shard (or folder chunk) is done when its marker exists, the input is the version the marker
+    records (`fingerprint`; a shard changed since is redone), and its output still has the recorded
+    size (a file renamed but lost to a power cut before reaching the disk has not)."""
     marker = done_marker(output_dir, relative_path)
     if not os.path.exists(marker):
         return False
     stats = read_json(marker)
-    output = os.path.join(output_dir, relative_path)
-    return (stats.get("input_fingerprint") == shard_fingerprint(input_path) and os.path.exists(output)
-            and os.path.getsize(output) == stats.get("output_size"))
+    if stats.get("input_fingerprint") != fingerprint:
+        return False
+    outputs = stats.get("kept_files") or {relative_path: stats.get("output_size")}
+    return all(os.path.isfile(p := os.path.join(output_dir, rel)) and os.path.getsize(p) == size
+               for rel, size in outputs.items())
 
 
 _TEMP_MARK = ".imagesieve-tmp-"

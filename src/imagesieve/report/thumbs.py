@@ -79,19 +79,50 @@ def _shards_by_name(source: str | list[str]) -> dict[str, str]:
         return {}
 
 
+def folder_thumbnails(root: str, source: str, keys: list[str], thumbs_dir: str, size: int) -> dict[str, tuple]:
+    """Thumbnails of images of an image folder (an ID is the path under `root`); no captions."""
+    found = {}
+    for key in keys:
+        name, path = thumb_name(source, key), os.path.join(root, key)
+        if not os.path.exists(os.path.join(thumbs_dir, name)):
+            try:
+                with open(path, "rb") as f:
+                    thumb = make_thumbnail(f.read(), path, size)
+            except OSError:
+                thumb = None
+            if thumb is None:
+                name = ""
+            else:
+                write_atomic(os.path.join(thumbs_dir, name), lambda tmp, data=thumb: _write_bytes(tmp, data))
+        found[key] = (name, "")
+    return found
+
+
 def add_thumbnails(groups: list[list[Member]], summary: dict, thumbs_dir: str, size: int,
                    executor: BaseExecutor) -> None:
-    """Fill in `thumb` and `caption` of every member, one job per shard."""
+    """Fill in `thumb` and `caption` of every member, one job per shard (or 500 images of a folder)."""
     os.makedirs(thumbs_dir, exist_ok=True)
-    inputs = {"hashes": summary.get("input"), "reference_hashes": summary.get("reference")}
-    shard_paths = {source: _shards_by_name(src) for source, src in inputs.items() if src}
+    inputs = {"hashes": (summary.get("input"), summary.get("input_root")),
+              "reference_hashes": (summary.get("reference"), summary.get("reference_root"))}
+    shard_paths = {source: _shards_by_name(src) for source, (src, root) in inputs.items() if src and not root}
     wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
+    jobs: list[tuple] = []
     for member in (m for g in groups for m in g):
-        path = shard_paths.get(member.source, {}).get(member.shard)
+        root = inputs[member.source][1]
+        path = root or shard_paths.get(member.source, {}).get(member.shard)
         if path:
             wanted[member.source, path].append(member.id)
-    jobs = [(path, source, keys, thumbs_dir, size) for (source, path), keys in sorted(wanted.items())]
-    results = executor.map(shard_thumbnails, jobs) if jobs else []
-    made = {(job[1], key): value for job, found in zip(jobs, results, strict=True) for key, value in found.items()}
+    for (source, path), keys in sorted(wanted.items()):
+        if inputs[source][1]:  # an image folder: `path` is its root
+            jobs += [(folder_thumbnails, (path, source, keys[k:k + 500], thumbs_dir, size))
+                     for k in range(0, len(keys), 500)]
+        else:
+            jobs.append((shard_thumbnails, (path, source, keys, thumbs_dir, size)))
+    results = executor.map(_run_job, jobs) if jobs else []
+    made = {(job[1][1], key): value for job, found in zip(jobs, results, strict=True) for key, value in found.items()}
     for member in (m for g in groups for m in g):
         member.thumb, member.caption = made.get((member.source, member.id), ("", ""))
+
+
+def _run_job(fn, args: tuple) -> dict[str, tuple]:
+    return fn(*args)

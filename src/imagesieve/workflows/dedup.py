@@ -1,6 +1,7 @@
 """One run from shards to clean shards: find, then remove, then the report, in one output folder.
 
-OUTPUT/shards/           the input shards without the duplicates (byte-for-byte; resumable)
+OUTPUT/shards/           the input shards without the duplicates (byte-for-byte; resumable); for an
+                         image folder, the same tree of files without the duplicates
 OUTPUT/duplicates/       the IDs removed (NeMo Curator's layout)
 OUTPUT/groups/           every duplicate group: kept member, removed ones, method, distance
 OUTPUT/hashes/           per-shard hashes, reused by reruns
@@ -58,16 +59,16 @@ class DedupSummary:
 
 def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | None = None,
           reference: str | list[str] | None = None, executor: BaseExecutor | None = None, progress: bool = False,
-          dry_run: bool = False, cache_dir: str | None = None) -> DedupSummary:
+          dry_run: bool = False, cache_dir: str | None = None, link: bool = False) -> DedupSummary:
     """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
     os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "dedup"):
         return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
-                      progress, dry_run, cache_dir)
+                      progress, dry_run, cache_dir, link)
 
 
 def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig, reference: str | list[str] | None,
-           executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None) -> DedupSummary:
+           executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
     seconds: dict[str, float] = {}
     started = time.monotonic()
     found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
@@ -77,7 +78,8 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig, ref
         started = time.monotonic()
         removal = remove_duplicates(input_path, os.path.join(output_dir, "shards"),
                                     os.path.join(output_dir, "duplicates"), executor=executor, progress=progress,
-                                    cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"))
+                                    cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"),
+                                    link=link)
         seconds["remove"] = time.monotonic() - started
     summary_path = os.path.join(output_dir, "summary.json")
     record = read_json(summary_path)  # find's: input, config, counts

@@ -26,18 +26,17 @@ from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.inputs import InputUnit, input_units
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,
     run_lock,
-    shard_fingerprint,
     write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, table_provenance
-from imagesieve.stages.io import ImageReaderStage
-from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
+from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -95,34 +94,35 @@ class FindSummary:
 
 
 def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, config: FindConfig,
-                executor: BaseExecutor | None, progress: bool, desc: str) -> list[tuple[str, str]]:
-    """Hash every shard whose hash table is missing, lacks a needed column, or was made from another
-    version of the shard or with other settings; returns the shards (those under `output_dir` left out)."""
-    shards = input_shards(input_path, output_dir)
+                executor: BaseExecutor | None, progress: bool, desc: str) -> list[InputUnit]:
+    """Hash every shard (or folder chunk) whose hash table is missing, lacks a needed column, or was made
+    from another version of the input or with other settings; returns the units (those under
+    `output_dir` left out)."""
+    units = input_units(input_path, output_dir)
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode}
-    todo = [(p, rel) for p, rel in shards if not _table_is_current(hash_table_path(hashes_dir, rel), p, needed,
-                                                                    settings)]
+    todo = [unit for unit in units
+            if not _table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint(), needed, settings)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
-    run_on_shards(desc, [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],
-                  todo, len(shards), executor, progress)
-    return shards
+    run_on_units(desc, [reader_for(units), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],
+                 todo, len(units), executor, progress)
+    return units
 
 
-def _table_is_current(path: str, shard: str, needed: set[str], settings: dict) -> bool:
+def _table_is_current(path: str, fingerprint: str, needed: set[str], settings: dict) -> bool:
     if not os.path.exists(path):
         return False
     provenance = table_provenance(path)
-    return (provenance.get("shard_fingerprint") == shard_fingerprint(shard)
+    return (provenance.get("shard_fingerprint") == fingerprint
             and all(provenance.get(k) == v for k, v in settings.items())
             and needed <= set(pq.read_schema(path).names))
 
 
-def load_hashes(hashes_dir: str, shards: list[tuple[str, str]]) -> pa.Table:
+def load_hashes(hashes_dir: str, units: list[InputUnit]) -> pa.Table:
     """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
-    tables = [pq.read_table(hash_table_path(hashes_dir, rel)) for _, rel in shards]
+    tables = [pq.read_table(hash_table_path(hashes_dir, unit.rel)) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
@@ -198,7 +198,9 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
                           by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
     run = {"config": asdict(config), "input": absolute_paths(input_path),
-           "reference": absolute_paths(reference) if reference else None}
+           "input_root": shards[0].root or None,  # an image folder: IDs are paths under it
+           "reference": absolute_paths(reference) if reference else None,
+           "reference_root": ref_shards[0].root or None if reference is not None else None}
     write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
     return summary
 

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesieve.executors.base import BaseExecutor
+from imagesieve.inputs import InputUnit, input_units, other_files
 from imagesieve.runfolder import (
     WORK_DIR,
     done_marker,
@@ -27,9 +28,10 @@ from imagesieve.runfolder import (
 )
 from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
+from imagesieve.stages.io import ImageWriterStage
+from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
+from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 
 
 @dataclass
@@ -83,58 +85,75 @@ def check_same_run(output_dir: str, config: dict) -> None:
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
                       executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
                       cache_dir: str | None = None, check_id_folder: bool = True,
-                      removed_path: str | None = None) -> RemoveSummary:
+                      removed_path: str | None = None, link: bool = False) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet)."""
     started = time.monotonic()
-    shards = input_shards(input_path, output_dir)
+    units = input_units(input_path, output_dir)
     check_output_dir(output_dir)
     with run_lock(output_dir, "remove"):
         remove_stale_temp_files(output_dir)
         removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
                                               cache_dir=cache_dir, check_id_folder=check_id_folder)
         removal.setup()  # fail fast on a bad ID folder, before any worker starts
-        check_integer_ids(removal, shards)
+        check_integer_ids(removal, units)
         check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                                     "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()})
 
-        todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel, p)]
-        writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
-        run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
+        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint())]
+        folder = units[0].is_folder_chunk
+        writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
+            ImageWriterStage(output_dir=output_dir, fsync=fsync)
+        run_on_units("remove", [reader_for(units), removal, writer], todo, len(units), executor, progress)
+        others = copy_other_files(units[0].root, output_dir) if folder else 0
 
-        summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes,
+        summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
                              started, removed_path or os.path.join(output_dir, "removed.parquet"))
+        summary.loose_members += others
         write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
 
 
-def check_integer_ids(removal: ImageDuplicatesRemovalStage, shards: list[tuple[str, str]]) -> None:
+def copy_other_files(root: str, output_dir: str) -> int:
+    """The files of an image folder that are not images (captions, licences) go to the output unchanged:
+    nothing in the input is dropped silently. Returns how many."""
+    files = other_files(root, output_dir)
+    for rel in files:
+        target = os.path.join(output_dir, rel)
+        source = os.path.join(root, rel)
+        if not (os.path.isfile(target) and os.path.getsize(target) == os.path.getsize(source)):
+            place_file(source, target, link=False)
+    return len(files)
+
+
+def check_integer_ids(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]) -> None:
     """Integer IDs lose the leading zeros of keys such as 00000123 (img2dataset's): none would match,
     and the run would remove nothing while looking successful. Refuse that case up front."""
-    if not any("holds integers" in note for note in removal.notes):
+    if not any("holds integers" in note for note in removal.notes) or units[0].is_folder_chunk:
         return
-    for sample in iter_samples(shards[0][0], loose=[]):
+    shard = units[0].paths[0]
+    for sample in iter_samples(shard, loose=[]):
         if len(sample.key) > 1 and sample.key.isdigit() and sample.key.startswith("0"):
             raise ValueError(f"the ID files under {removal.removal_parquets_dir} store IDs as integers, but keys such "
-                             f"as {sample.key!r} (in {shards[0][0]}) have leading zeros, so no ID could match. "
+                             f"as {sample.key!r} (in {shard}) have leading zeros, so no ID could match. "
                              "Write the IDs as strings, exactly as the keys are spelled")
         return
 
 
-def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: int, ids_listed: int,
+def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids_listed: int,
                notes: list[str], started: float, removed_path: str) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
     samples_in = kept = removed = loose = 0
-    for path, rel in shards:
-        marker = done_marker(output_dir, rel)
+    for unit in units:
+        marker = done_marker(output_dir, unit.rel)
         if not os.path.exists(marker):
-            raise AccountingError(f"{path}: no output was recorded for this shard")
+            raise AccountingError(f"{unit.paths[0]}: no output was recorded for this shard")
         stats = read_json(marker)
         samples_in, kept, removed = (samples_in + stats["samples_in"], kept + stats["kept"],
                                      removed + stats["removed"])
         loose += len(stats.get("loose_members", []))
-    parts = [pq.read_table(work_path(output_dir, "removed", rel, ".parquet")) for _, rel in shards]
+    parts = [pq.read_table(work_path(output_dir, "removed", unit.rel, ".parquet")) for unit in units]
     removed_table = pa.concat_tables(parts) if parts else REMOVED_SCHEMA.empty_table()
     check_accounting("whole run", samples_in, kept, removed)
     if removed_table.num_rows != removed:
@@ -143,7 +162,7 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: i
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
     write_parquet_atomic(removed_table, removed_path)
-    return RemoveSummary(shards=len(shards), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
+    return RemoveSummary(shards=len(units), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
                          removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,
                          elapsed_seconds=time.monotonic() - started, notes=notes, loose_members=loose)

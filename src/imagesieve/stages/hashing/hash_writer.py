@@ -66,7 +66,8 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             for name in extra:
                 columns[name].append(image.metadata.get(name))
         table = pa.table({name: pa.array(values, column_type(name)) for name, values in columns.items()})
-        provenance = {"shard_fingerprint": shard_fingerprint(task._metadata["shard"]), **self.settings}
+        fingerprint = task._metadata.get("input_fingerprint") or shard_fingerprint(task._metadata["shard"])
+        provenance = {"shard_fingerprint": fingerprint, **self.settings}
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
         write_parquet_atomic(table, path)

@@ -1,0 +1,102 @@
+"""Image folders: read a chunk of image files as an `ImageBatch`, write the kept files to a mirror tree.
+
+An image's ID is its path relative to the input folder (`cats/001.jpg`), the same in hash tables,
+duplicate lists, groups and the report. Kept files are copied byte-for-byte (or hard-linked with
+`link=True`) to the same relative path under the output folder, each atomically; the input folder
+is never written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from imagesieve.runfolder import (
+    done_marker,
+    naming_errors,
+    temp_name,
+    work_path,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from imagesieve.shards import ShardError
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
+from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef
+
+
+@dataclass
+class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
+    """One chunk of an image folder (a `FileGroupTask` of image paths) -> one `ImageBatch`."""
+
+    name: str = "image_folder_reader"
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id", "members"]
+
+    def process(self, task: FileGroupTask) -> ImageBatch:
+        root = task._metadata["root"]
+        images = []
+        for path in task.data:
+            rel = os.path.relpath(path, root)
+            size = os.path.getsize(path)
+            if size == 0:
+                raise ShardError(f"{path}: empty (0-byte) image file")
+            ext = rel.rsplit(".", 1)[-1]
+            images.append(ImageObject(image_path=path, image_id=rel, members={ext: MemberRef(rel, path, 0, size)},
+                                      shard=path, image_ext=ext))
+        return ImageBatch(dataset_name=task.dataset_name, data=images, task_id=task.task_id,
+                          _metadata={**task._metadata, "shard": task.task_id, "samples_in": len(images),
+                                     "loose_members": []})
+
+
+def place_file(source: str, target: str, link: bool) -> None:
+    """Copy (or hard-link) `source` to `target`, atomically: a temp name, then a rename."""
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    tmp = temp_name(target)
+    try:
+        with naming_errors(target):
+            if link:
+                os.link(source, tmp)
+            else:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
+    """Writes the kept images of a chunk to `output_dir/<ID>`, then the chunk's removed list and marker."""
+
+    output_dir: str = ""
+    link: bool = False  # hard-link instead of copying (same file system; the output then shares the inode)
+    name: str = "image_folder_writer"
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id"]
+
+    def process(self, task: ImageBatch) -> FileGroupTask:
+        relative = task.task_id
+        removed = task._metadata.get("removed", [])
+        samples_in = task._metadata.get("samples_in", len(task.data) + len(removed))
+        check_accounting(relative, samples_in, len(task.data), len(removed))
+        kept_files = {}
+        for image in task.data:
+            target = os.path.join(self.output_dir, image.image_id)
+            place_file(image.image_path, target, self.link)
+            kept_files[image.image_id] = os.path.getsize(target)
+        write_parquet_atomic(pa.table([[r["id"] for r in removed], [relative] * len(removed),
+                                       [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
+                             work_path(self.output_dir, "removed", relative, ".parquet"))
+        stats = {"shard": relative, "relative_path": relative,
+                 "input_fingerprint": task._metadata["input_fingerprint"], "samples_in": samples_in,
+                 "kept": len(task.data), "removed": len(removed), "bytes_out": sum(kept_files.values()),
+                 "kept_files": kept_files}
+        write_json_atomic(stats, done_marker(self.output_dir, relative))
+        return FileGroupTask(dataset_name=task.dataset_name, data=list(kept_files), task_id=task.task_id,
+                             _metadata=stats)

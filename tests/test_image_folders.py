@@ -1,0 +1,91 @@
+"""A folder tree of image files as input: IDs are relative paths, the output mirrors the tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import encode, photo_tiles
+
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.inputs import input_units
+from imagesieve.workflows.dedup import dedup
+from imagesieve.workflows.find import FindConfig
+
+ONE = LocalExecutor(1)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """8 distinct photos in two subfolders (mixed formats and case), 3 copies elsewhere, a caption file."""
+    tiles = photo_tiles()
+    root = tmp_path / "photos"
+    for k in range(8):
+        folder = root / ("cats" if k % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        ext, fmt = [("jpg", "jpeg"), ("PNG", "png"), ("webp", "webp"), ("JPEG", "jpeg")][k % 4]
+        (folder / f"img-{k}.{ext}").write_bytes(encode(tiles[k], fmt))
+    copies = root / "inbox" / "copies"
+    copies.mkdir(parents=True)
+    (copies / "again-0.jpg").write_bytes((root / "dogs" / "img-0.jpg").read_bytes())  # exact copy
+    (copies / "again-1.png").write_bytes(encode(tiles[1], "png"))  # same pixels as cats/img-1.PNG
+    (copies / "again-2.jpg").write_bytes(encode(tiles[2], "jpeg", quality=60))  # recompressed
+    (root / "dogs" / "img-0.txt").write_text("a caption beside the image")
+    return root
+
+
+def test_dedup_of_an_image_folder_mirrors_the_tree_without_the_copies(photos, tmp_path):
+    before = tree_digest(photos)
+    out = tmp_path / "out"
+    summary = dedup(str(photos), str(out), FindConfig(), executor=ONE)
+    assert tree_digest(photos) == before  # the input is never written
+    removed = set(pq.read_table(out / "removed.parquet").column("id").to_pylist())
+    assert removed == {"inbox/copies/again-0.jpg", "inbox/copies/again-1.png", "inbox/copies/again-2.jpg"}
+    kept = {rel: digest for rel, digest in tree_digest(out / "shards").items()
+            if not rel.startswith("_imagesieve/") and rel != "summary.json"}  # the run's own records
+    assert set(kept) == set(before) - removed
+    assert all(kept[rel] == before[rel] for rel in kept)  # byte for byte, the caption file included
+    assert summary.samples_in == 11 and summary.kept == 8 and summary.removed == 3
+    groups = pq.read_table(out / "groups").to_pylist()
+    assert {g["kept_id"] for g in groups} == {"dogs/img-0.jpg", "cats/img-1.PNG", "dogs/img-2.webp"}
+    index = (out / "report" / "index.html").read_text()
+    assert "11" in index and len(os.listdir(out / "report" / "thumbs")) == 6  # every group member has one
+
+
+def test_hard_links_on_request(photos, tmp_path):
+    out = tmp_path / "out"
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    assert os.path.samefile(out / "shards" / "cats" / "img-1.PNG", photos / "cats" / "img-1.PNG")
+
+
+def test_rerun_redoes_only_a_changed_chunk(photos, tmp_path):
+    from imagesieve.inputs import folder_units
+
+    units = folder_units(str(photos), str(tmp_path / "out"), chunk=4)
+    assert [len(u.paths) for u in units] == [4, 4, 3]
+    before = [u.fingerprint() for u in units]
+    (photos / "dogs" / "img-6.webp").write_bytes(encode(photo_tiles()[20], "webp"))
+    after = [u.fingerprint() for u in folder_units(str(photos), str(tmp_path / "out"), chunk=4)]
+    assert [b == a for b, a in zip(before, after, strict=True)].count(False) == 1
+
+
+def test_an_output_folder_inside_the_input_is_left_out_and_the_input_itself_refused(photos):
+    units = input_units(str(photos), str(photos / "clean"))
+    assert all(not p.startswith(str(photos / "clean")) for u in units for p in u.paths)
+    with pytest.raises(ValueError, match="is the input folder"):
+        input_units(str(photos), str(photos))
+
+
+def test_a_folder_without_images_or_shards_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("x")
+    with pytest.raises(FileNotFoundError, match="no tar shards and no image files"):
+        input_units(str(tmp_path / "empty"), str(tmp_path / "out"))
