@@ -79,10 +79,12 @@ def score(labelled: LabelledSet, dist: np.ndarray, method: str, threshold: int,
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     originals = np.flatnonzero(names == "original")
+    original_of = np.full(int(labelled.source.max()) + 1, -1)  # source tile -> row of its original
+    original_of[labelled.source[originals]] = originals
     by_transform = {}
     for name in sorted(set(labelled.transform) - {"original"}):
         rows = np.flatnonzero(names == name)
-        by_transform[name] = float((dist[rows, originals[labelled.source[rows]]] <= threshold).mean())
+        by_transform[name] = float((dist[rows, original_of[labelled.source[rows]]] <= threshold).mean())
     return Score(method, threshold, precision, recall, f1, by_transform)
 
 
@@ -93,3 +95,23 @@ def sweep(labelled: LabelledSet, methods: tuple[str, ...] = tuple(PERCEPTUAL), t
         dist = pair_distances(*hash_set(labelled, method, flip))
         scores.extend(score(labelled, dist, method, t, exclude) for t in thresholds)
     return scores
+
+
+def split(labelled: LabelledSet, half: int) -> np.ndarray:
+    """Rows of one half of the set, split by source tile (every copy of a tile lands in the same half),
+    so that a threshold chosen on one half can be scored on images it has never seen."""
+    return np.flatnonzero(labelled.source % 2 == half)
+
+
+def subset(labelled: LabelledSet, rows: np.ndarray) -> LabelledSet:
+    return LabelledSet([labelled.images[i] for i in rows], labelled.source[rows],
+                       [labelled.transform[i] for i in rows])
+
+
+def held_out(labelled: LabelledSet, dist: np.ndarray, method: str, thresholds: range = range(0, 17),
+             exclude: tuple[str, ...] = ("hflip",)) -> tuple[int, Score]:
+    """The threshold with the best F1 on the tuning half (even tiles), and its score on the other half."""
+    tune, test = split(labelled, 0), split(labelled, 1)
+    tuned = [score(subset(labelled, tune), dist[np.ix_(tune, tune)], method, t, exclude) for t in thresholds]
+    best = max(tuned, key=lambda s: (s.f1, -s.threshold)).threshold
+    return best, score(subset(labelled, test), dist[np.ix_(test, test)], method, best, exclude)
