@@ -23,7 +23,7 @@ from imagesieve.runfolder import (
 )
 from imagesieve.shards import AtomicShardWriter
 from imagesieve.stages.base import ProcessingStage
-from imagesieve.stages.io.sidecar import filter_sidecar
+from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.tasks import FileGroupTask, ImageBatch, MemberRef
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
@@ -92,10 +92,12 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                                        [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
+        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed))
         stats = {"shard": shard, "relative_path": relative, "input_fingerprint": shard_fingerprint(shard),
                  "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": os.path.getsize(out_path), "sidecar": sidecar,
+                 "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
