@@ -31,4 +31,4 @@ def run_on_shards(name: str, stages: list[ProcessingStage], todo: list[tuple[str
         executor.on_task_done = bar.update
         if not todo:
             return []
-        return Pipeline(name, stages).run(executor, initial_tasks=shard_tasks(todo))
+        return Pipeline(name, stages=stages).run(executor, initial_tasks=shard_tasks(todo))
