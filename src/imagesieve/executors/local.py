@@ -66,7 +66,7 @@ class LocalExecutor(BaseExecutor):
             raise RuntimeError(f"stage {group.name!r} needs {group.resources.cpus} CPUs per worker but this "
                                f"executor has {self.parallelism()}; lower its resources or raise num_workers")
         fit = group.workers_on_node(cpus, float("inf"), self.parallelism())
-        return max(1, min(fit, *(c for c in (total, n_tasks) if c)))
+        return max(1, min([fit, *(c for c in (total, n_tasks) if c)]))
 
     def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
         """The largest pool this pipeline would start (for callers that size other work by it)."""

@@ -62,6 +62,7 @@ class _Worker:
     tickets: dict[int, list[Task]] = field(default_factory=dict)
     stopping: bool = False
     exited: bool = False
+    eof: bool = False  # its result pipe is closed: the process is gone
 
 
 class ProcessPool:
@@ -106,7 +107,7 @@ class ProcessPool:
                 continue
             if worker.outbox in ready or worker.process.sentinel in ready:
                 done += self._read(worker)
-            if not worker.exited and worker.process.sentinel in ready and not worker.outbox.poll():
+            if not worker.exited and (worker.eof or worker.process.sentinel in ready and not worker.outbox.poll()):
                 self._died(worker)
         return done
 
@@ -116,6 +117,7 @@ class ProcessPool:
             try:
                 kind, ticket, payload = worker.outbox.recv()
             except (EOFError, OSError):
+                worker.eof = True
                 break
             if kind == "done":
                 worker.tickets.pop(ticket, None)
@@ -159,7 +161,7 @@ class ProcessPool:
                 if not worker.exited and (worker.outbox in ready or worker.process.sentinel in ready):
                     with contextlib.suppress(Exception):  # a late task error while stopping: the run ended
                         self._read(worker)
-                    if worker.process.sentinel in ready and not worker.outbox.poll():
+                    if worker.eof or worker.process.sentinel in ready and not worker.outbox.poll():
                         worker.exited = True
         for worker in self.workers:
             if worker.process.is_alive():
