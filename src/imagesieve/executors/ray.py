@@ -168,11 +168,12 @@ class _ActorPool:
         self.load[index] -= 1
         try:
             return ticket, self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:
-            where = ", ".join(dict.fromkeys(shard_of(t) for t in tasks))
+        except self.ray.exceptions.RayActorError as exc:  # its queued tasks fail too: name every shard it held
+            held = [*tasks, *(t for _, i, queued in self.pending.values() if i == index for t in queued)]
+            where = ", ".join(dict.fromkeys(shard_of(t) for t in held))
             raise WorkerDied(f"a worker of stage {self.group.name!r} died (killed, or out of memory) and Ray's "
                              f"{self.options.max_restarts} restarts / {self.options.max_task_retries} retries "
-                             f"are used up, running shard {where!r}; finished shards are kept, "
+                             f"are used up; it held shard(s) {where!r}; finished shards are kept, "
                              "rerun to resume") from exc
 
     def shutdown(self, graceful: bool) -> BaseException | None:
