@@ -17,9 +17,9 @@ class PipelineError(ValueError):
     """The stages of a pipeline do not fit together."""
 
 
-def stage_task_types(stage: ProcessingStage) -> tuple[type, type]:
-    """The (input, output) task classes a stage declares through `ProcessingStage[In, Out]`."""
-    for klass in type(stage).__mro__:
+def stage_task_types(stage: ProcessingStage | type) -> tuple[type, type]:
+    """The (input, output) task classes a stage (or stage class) declares through `ProcessingStage[In, Out]`."""
+    for klass in (stage if isinstance(stage, type) else type(stage)).__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
             if typing.get_origin(base) is ProcessingStage:
                 args = typing.get_args(base)

@@ -8,6 +8,7 @@ an exception leaving it records the stage and shard it happened in.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from imagesieve.executors.accounting import settle, snapshot
@@ -19,7 +20,7 @@ from imagesieve.tasks import ImageBatch, Task
 def call_stage(stage: ProcessingStage, tasks: list[Task]) -> list[list[Task]]:
     """Run one stage on `tasks` (one call: `process` for a single task, else `process_batch`);
     returns the outputs of each input, in input order."""
-    before = snapshot(tasks)
+    before = snapshot(tasks) if _may_return_images(type(stage)) else None
     began = time.perf_counter()
     try:
         if len(tasks) == 1 and not stage.supports_batch_processing():
@@ -38,6 +39,15 @@ def call_stage(stage: ProcessingStage, tasks: list[Task]) -> list[list[Task]]:
                 out.task_id = task.task_id if len(outs) == 1 else f"{task.task_id}_{k}"
             out._stage_perf = [*out._stage_perf, perf]
     return per_input
+
+
+@functools.cache
+def _may_return_images(stage_class: type) -> bool:
+    """False for stages declared to make other tasks (writers): their calls need no accounting."""
+    from imagesieve.pipeline import stage_task_types
+
+    out_type = stage_task_types(stage_class)[1]
+    return issubclass(out_type, ImageBatch) or issubclass(ImageBatch, out_type)
 
 
 def _per_input(tasks: list[Task], results: list) -> list[list[Task]]:
