@@ -66,3 +66,15 @@ class FailingStage(ProcessingStage[ImageBatch, ImageBatch]):
                 os._exit(self.exit_code)
             raise ValueError(f"cannot handle {len(task.data)} images")
         return task
+
+
+class BrokenSetupStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Its setup fails, as loading a missing model does."""
+
+    name = "broken_setup"
+
+    def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
+        raise FileNotFoundError(2, "No such file or directory", "model.bin")
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        return task

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import stages_for_tests
 from conftest import write_ids
-from stages_for_tests import BrightnessFilterStage, FailingStage, lines
+from stages_for_tests import BrightnessFilterStage, BrokenSetupStage, FailingStage, lines
 
 from imagesieve import Resources, WorkerDied
 from imagesieve.executors.local import LocalExecutor
@@ -197,6 +197,14 @@ def test_exception_in_a_ray_actor_keeps_type_message_stage_and_shard(cluster, da
     first_line = str(caught.value).splitlines()[0]
     assert first_line.startswith("cannot handle 6 images (stage 'fails_on_a_shard', shard '")
     assert first_line.endswith("00001.tar')") and "ray::" not in first_line
+
+
+def test_a_failing_setup_in_a_ray_actor_keeps_its_type(cluster, dataset, tmp_path):
+    from imagesieve.executors.ray import RayExecutor
+
+    shards, dups = dataset
+    with pytest.raises(FileNotFoundError, match=r"model.bin'.*\(stage 'broken_setup', setup on worker"):
+        curator_pipeline(shards, dups, str(tmp_path / "out"), BrokenSetupStage()).run(RayExecutor())
 
 
 def test_ray_restarts_exhausted_is_a_clear_error(cluster, dataset, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_ids
-from stages_for_tests import BrightnessFilterStage, FailingStage, lines
+from stages_for_tests import BrightnessFilterStage, BrokenSetupStage, FailingStage, lines
 
 from imagesieve import (
     FilePartitioningStage,
@@ -175,3 +175,11 @@ def test_drop_records_removals_on_the_batch():
     batch.drop([batch.data[1]], "too dark")
     assert [i.image_id for i in batch.data] == ["a", "c"] and batch.samples_in == 3
     assert [(r.image_id, r.shard, r.reason) for r in batch.removed] == [("b", "s.tar", "too dark")]
+
+
+
+def test_a_failing_setup_keeps_its_type_and_names_the_stage(dataset, tmp_path):
+    shards, dups, _ = dataset
+    pipeline = curator_pipeline(shards, dups, str(tmp_path / "out"), BrokenSetupStage())
+    with pytest.raises(FileNotFoundError, match=r"model.bin'.*\(stage 'broken_setup', setup on worker"):
+        pipeline.run(LocalExecutor(2))

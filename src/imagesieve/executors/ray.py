@@ -212,9 +212,15 @@ class _GroupWorker:
     def __init__(self, group: StageGroup, node_id: str, slot: int) -> None:
         self.runner = GroupRunner(group.stages, WorkerMetadata(worker_id=f"{node_id[:8]}-{group.index}-{slot}-"
                                                                          f"{os.getpid()}", node_id=node_id))
-        self.runner.setup()
+        self.setup_error: Exception | None = None
+        try:
+            self.runner.setup()
+        except Exception as exc:  # raised by `run`, so that it reaches the driver as itself, not as a dead actor
+            self.setup_error = exc
 
     def run(self, tasks: list[Task]) -> list[list[Task]]:
+        if self.setup_error is not None:
+            raise self.setup_error
         return self.runner.run(tasks)
 
     def teardown(self) -> BaseException | None:
