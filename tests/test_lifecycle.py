@@ -150,3 +150,17 @@ def test_readme_library_example_runs_as_a_script(make_shard, tmp_path, guarded):
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in (tmp_path / "clean").glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     assert "kept" in run.stdout
+
+
+def test_cli_shows_a_worker_error_with_its_type_stage_and_shard(make_shard, tmp_path):
+    for i in range(3):
+        make_shard(f"{i:05d}.tar", n=3, start=3 * i)
+    (tmp_path / "shards" / "00001.parquet").write_bytes(b"not parquet")  # the shard's img2dataset table
+    write_ids(tmp_path / "dups", ["00000002"])
+    run = subprocess.run([sys.executable, "-m", "imagesieve.cli", "remove", "--quiet", "--workers", "2",
+                          "--duplicates", str(tmp_path / "dups"), str(tmp_path / "shards"), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith("imagesieve: error: ValueError: ") and "is not readable Parquet" in line
+    assert line.endswith(f"(stage 'image_writer', shard '{tmp_path / 'shards' / '00001.tar'}')")

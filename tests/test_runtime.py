@@ -183,3 +183,36 @@ def test_a_failing_setup_keeps_its_type_and_names_the_stage(dataset, tmp_path):
     pipeline = curator_pipeline(shards, dups, str(tmp_path / "out"), BrokenSetupStage())
     with pytest.raises(FileNotFoundError, match=r"model.bin'.*\(stage 'broken_setup', setup on worker"):
         pipeline.run(LocalExecutor(2))
+
+
+class SplitStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Fan-out: each batch becomes two fresh ones, minus the first image (dropped silently)."""
+
+    name = "split"
+
+    def process(self, task: ImageBatch) -> list[ImageBatch]:
+        half = len(task.data) // 2
+        return [ImageBatch(data=part, dataset_name=task.dataset_name, _metadata=task._metadata)
+                for part in (task.data[1:half], task.data[half:])]
+
+
+class DropAllStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Filters whole tasks out, as a Curator stage does by returning None."""
+
+    name = "drop_all"
+
+    def process(self, task: ImageBatch) -> None:
+        return None
+
+
+def test_fan_out_and_filtered_tasks_are_accounted(make_shard):
+    from imagesieve.executors.runner import call_stage
+
+    batch = ImageReaderStage().read_shard(make_shard(n=6), "00000.tar")
+    [[first, second]] = call_stage(SplitStage(), [batch])
+    assert (len(first.data), len(second.data)) == (2, 3)
+    assert first.samples_in + second.samples_in == 6 and first.task_id != second.task_id
+    assert [(r.image_id, r.reason) for r in first.removed + second.removed] == [("00000000", "dropped by split")]
+    [[carrier]] = call_stage(DropAllStage(), [first])
+    assert carrier.data == [] and carrier.samples_in == 3 and len(carrier.removed) == 3
+    assert {r.reason for r in carrier.removed} == {"dropped by split", "dropped by drop_all"}
