@@ -216,3 +216,22 @@ def test_fan_out_and_filtered_tasks_are_accounted(make_shard):
     [[carrier]] = call_stage(DropAllStage(), [first])
     assert carrier.data == [] and carrier.samples_in == 3 and len(carrier.removed) == 3
     assert {r.reason for r in carrier.removed} == {"dropped by split", "dropped by drop_all"}
+
+
+class FreshDropStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Builds a fresh batch and says why it drops an image, through the typed API."""
+
+    name = "fresh_drop"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        fresh = ImageBatch(data=list(task.data), dataset_name=task.dataset_name, _metadata=task._metadata)
+        return fresh.drop(fresh.data[:1], "blurry")
+
+
+def test_drop_on_a_fresh_batch_keeps_its_reason(make_shard):
+    from imagesieve.executors.runner import call_stage
+
+    batch = ImageReaderStage().read_shard(make_shard(n=4), "00000.tar")
+    [[out]] = call_stage(FreshDropStage(), [batch])
+    assert out.samples_in == 4 and len(out.data) == 3
+    assert [(r.image_id, r.reason) for r in out.removed] == [("00000000", "blurry")]

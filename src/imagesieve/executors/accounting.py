@@ -68,6 +68,16 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
         claimed[i] = carrier
         plan.append((carrier, [i], []))
     gone = seen | {(r.shard, r.image_id) for out, _, _ in plan for r in out.ledger.removed}
+    # images that left the output holding their input's ledger (fan-out) count in where they went
+    moved_in: dict[int, int] = {}
+    moved_out: dict[int, int] = {}
+    for out, _, _ in plan:
+        for image in out.data:
+            holder = claimed.get(owner.get(_key(image), -1))
+            if holder is not out:
+                moved_in[id(out)] = moved_in.get(id(out), 0) + 1
+                if holder is not None:
+                    moved_out[id(holder)] = moved_out.get(id(holder), 0) + 1
     for out, mine, own in plan:
         ledger = Ledger(samples_in=0, removed=list(own))
         for i in mine:
@@ -75,12 +85,8 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
             ledger.removed.extend(before.ledgers[i].removed)
             ledger.removed.extend(Removal(image_id, shard, f"dropped by {stage_name}") for shard, image_id
                                   in before.keys[i] if (shard, image_id) not in gone)
-        # images this output holds that came from an input whose ledger went elsewhere (fan-out)
-        ledger.samples_in += sum(1 for image in out.data if claimed.get(owner.get(_key(image), -1)) is not out)
-        # images of inputs claimed here that went to other outputs
-        ledger.samples_in -= sum(1 for other, _, _ in plan if other is not out for image in other.data
-                                 if claimed.get(owner.get(_key(image), -1)) is out)
-        ledger.samples_in += len(own)
+        ledger.samples_in += moved_in.get(id(out), 0) - moved_out.get(id(out), 0)
+        ledger.samples_in += sum(1 for r in own if (r.shard, r.image_id) not in owner)  # images the stage made
         out.ledger = ledger
         check(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, len(out.data), len(ledger.removed))
 
