@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from imagesieve.executors.runner import GroupRunner
-from imagesieve.stages.base import ProcessingStage, WorkerMetadata
+from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import EmptyTask, Task
 
 ProgressCallback = Callable[[Task, list[Task]], None]
@@ -35,7 +35,9 @@ def split_planning(stages: list[ProcessingStage], tasks: list[Task]) -> tuple[li
     """
     rest = list(stages)
     while rest and tasks and all(isinstance(t, EmptyTask) for t in tasks):
-        runner = GroupRunner([rest.pop(0)], WorkerMetadata(worker_id="driver"))
+        stage = rest.pop(0)
+        stage.setup_on_node(NodeInfo(), WorkerMetadata(worker_id="driver"))
+        runner = GroupRunner([stage], WorkerMetadata(worker_id="driver"))
         runner.setup()
         try:
             tasks = [out for task in tasks for out in runner.run([task])[0]]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from imagesieve.tasks import ImageBatch, Task
 
@@ -81,3 +85,20 @@ def _speaking(cls: type[BaseException]) -> type[BaseException]:
 
     return type(cls.__name__, (cls,), {"__str__": __str__, "__module__": cls.__module__,
                                        "__qualname__": cls.__qualname__})
+
+
+@contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """While a run is on, SIGTERM stops it as Ctrl-C does: workers are shut down, finished shards kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
-from imagesieve.executors.errors import Terminated, with_context
+from imagesieve.executors.errors import terminate_cleanly, with_context
 from imagesieve.executors.lifeline import die_with
 from imagesieve.executors.plan import StageGroup, fuse
 from imagesieve.executors.processes import InlinePool, ProcessPool, wait_all
@@ -53,7 +49,7 @@ class LocalExecutor(BaseExecutor):
         workers = min(self.parallelism(), len(jobs))
         if workers <= 1:
             return super().map(fn, jobs)
-        with _terminate_cleanly(), ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=die_with,
+        with terminate_cleanly(), ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=die_with,
                                                        initargs=(os.getpid(),)) as pool:
             return list(pool.map(fn, *zip(*jobs, strict=True)))
 
@@ -83,7 +79,7 @@ class LocalExecutor(BaseExecutor):
         pools: list[InlinePool | ProcessPool] = []
         failed = True
         try:
-            with _terminate_cleanly():
+            with terminate_cleanly():
                 for group in groups:
                     workers = self.group_workers(group, len(tasks) if group.index == 0 else None)
                     pools.append(InlinePool(group) if workers == 1 or self.parallelism() == 1 else
@@ -99,20 +95,3 @@ class LocalExecutor(BaseExecutor):
         if teardown_error is not None:
             raise with_context(teardown_error)
         return results
-
-
-@contextmanager
-def _terminate_cleanly() -> Iterator[None]:
-    """While a run is on, SIGTERM stops it as Ctrl-C does: workers are shut down, finished shards kept."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -94,7 +94,8 @@ class ProcessPool:
     def submit(self, ticket: int, tasks: list[Task]) -> None:
         worker = min((w for w in self.workers if not w.stopping), key=lambda w: len(w.tickets))
         worker.tickets[ticket] = tasks
-        worker.inbox.send((ticket, tasks))
+        with contextlib.suppress(OSError):  # a worker that just died: its sentinel says so, and the task is retried
+            worker.inbox.send((ticket, tasks))
 
     def waitables(self) -> list:
         return [obj for w in self.workers if not w.exited for obj in (w.outbox, w.process.sentinel)]
@@ -146,7 +147,8 @@ class ProcessPool:
         self.workers.append(replacement)
         for ticket, tasks in worker.tickets.items():
             replacement.tickets[ticket] = tasks
-            replacement.inbox.send((ticket, tasks))
+            with contextlib.suppress(OSError):
+                replacement.inbox.send((ticket, tasks))
 
     def shutdown(self, graceful: bool = True) -> BaseException | None:
         """Stop every worker (each tears its stages down); kill those that do not stop in time."""

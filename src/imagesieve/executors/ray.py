@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
-from imagesieve.executors.errors import WorkerDied, shard_of, with_context
+from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
 from imagesieve.executors.plan import StageGroup, fuse
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
@@ -81,9 +81,10 @@ class RayExecutor(BaseExecutor):
         counts = self._plan_actors(groups, nodes, len(tasks))
         pools: list[_ActorPool] = []
         try:
-            self._setup_nodes(ray, stages, nodes)
-            pools = [_ActorPool(ray, g, nodes, c, self.options) for g, c in zip(groups, counts, strict=True)]
-            results = Scheduler(groups, pools, lambda: _wait(ray, pools), self.on_task_done).run(tasks)
+            with terminate_cleanly():
+                self._setup_nodes(ray, stages, nodes)
+                pools = [_ActorPool(ray, g, nodes, c, self.options) for g, c in zip(groups, counts, strict=True)]
+                results = Scheduler(groups, pools, lambda: _wait(ray, pools), self.on_task_done).run(tasks)
         except BaseException as exc:
             for pool in pools:
                 pool.shutdown(graceful=False)
