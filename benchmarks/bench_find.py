@@ -108,7 +108,8 @@ def bench_encode(args, root: str) -> None:
     for run in range(args.repeat):
         out = os.path.join(root, f"hashes-{run}")
         start = time.perf_counter()
-        hash_shards(shard_dir, out, FindConfig(method="phash"), LocalExecutor(args.workers), False, "hash")
+        hash_shards(shard_dir, out, out, FindConfig(method="phash"), LocalExecutor(args.workers), False,
+                    "hash")
         ours.append(time.perf_counter() - start)
     ours_s = statistics.median(ours)
     print(f"\n(a) hash encode, {args.images} JPEGs of 384x384, {args.workers} workers, median of {args.repeat}")

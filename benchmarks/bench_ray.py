@@ -38,7 +38,7 @@ def main() -> None:
     shards, dups = make_dataset(root, args.samples, 1000, 0.10)
     jobs = {
         "remove": lambda ex, out: remove_duplicates(shards, out, dups, executor=ex),
-        "find: hash phase": lambda ex, out: hash_shards(shards, out, FindConfig(), ex, False, "hash"),
+        "find: hash phase": lambda ex, out: hash_shards(shards, out, out, FindConfig(), ex, False, "hash"),
     }
     executors = {"local": lambda: LocalExecutor(args.workers), "ray": lambda: RayExecutor()}
     print(f"{args.samples} samples in {args.samples // 1000} shards, {args.workers} workers, "

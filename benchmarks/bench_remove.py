@@ -125,7 +125,8 @@ def memory_comparison(n_ids: int, workdir: str) -> dict[str, float]:
     ids = pa.array([f"{i:012d}" for i in range(0, 2 * n_ids, 2)], pa.string())
     started = time.perf_counter()
     index_dir = os.path.join(workdir, "index")
-    IdIndex.from_ids(ids).save(index_dir)
+    os.makedirs(index_dir, exist_ok=True)
+    IdIndex.from_ids(ids).save_files(index_dir)
     build_seconds = time.perf_counter() - started
     del ids
     on_disk = sum(os.path.getsize(os.path.join(index_dir, f)) for f in os.listdir(index_dir))
@@ -164,8 +165,11 @@ def main() -> None:
         names[0]: lambda out: run_kernel_copy(shard_dir, out),
         names[1]: lambda out: run_raw_copy(shard_dir, out),
         names[2]: lambda out: run_naive_webdataset(shard_dir, ids_dir, out),
-        names[3]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(1)),
-        names[4]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(args.workers)),
+        # every run builds its own ID index (a fresh cache folder), as a first run on new IDs does
+        names[3]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(1),
+                                                cache_dir=out + ".cache"),
+        names[4]: lambda out: remove_duplicates(shard_dir, out, ids_dir, "id", LocalExecutor(args.workers),
+                                                cache_dir=out + ".cache"),
     }
     for run in range(args.repeat):
         # each method starts from the same state: the others' output deleted and flushed, order rotated
@@ -174,6 +178,7 @@ def main() -> None:
             out = os.path.join(workdir, f"out-{run}-{k}")
             times[name].append(timed(methods[name], out))
             shutil.rmtree(out)
+            shutil.rmtree(out + ".cache", ignore_errors=True)
 
     median = {k: statistics.median(v) for k, v in times.items()}
     ours = median[f"imagesieve ({args.workers} workers)"]

@@ -70,3 +70,11 @@ def write_ids(folder, ids, column: str = "id", name: str = "ids.parquet", type_=
     path = os.path.join(folder, name)
     pq.write_table(pa.table({column: pa.array(ids, type_)}), path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own home folder, so the ID index cache (~/.cache/imagesieve) is its own."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    return home

@@ -85,7 +85,7 @@ def test_rerun_reuses_hashes(sample, tmp_path):
     assert again.threshold == 4
     assert stamp == {f: os.stat(os.path.join(out, "hashes", f)).st_mtime_ns for f in stamp}
     find_duplicates(os.path.join(root, "shards"), out, FindConfig(method="dhash"), executor=LocalExecutor(1))
-    assert "dhash" in pq.read_schema(os.path.join(out, "hashes", "00000.parquet")).names
+    assert "dhash" in pq.read_schema(os.path.join(out, "hashes", "00000.tar.parquet")).names
 
 
 def shard(path, samples: dict[str, bytes], ext="jpg") -> str:

@@ -41,5 +41,5 @@ def test_keep_policies_rank_by_column_then_first_seen():
 def test_unknown_keep_policy():
     with pytest.raises(ValueError, match="unknown keep policy 'largest'"):
         keep_policy("largest")
-    with pytest.raises(ValueError, match="needs column 'json.nope'"):
+    with pytest.raises(ValueError, match="no sample has a value for 'nope' in its .json"):
         keep_policy("column:nope").rank(pa.table({"x": [1]}))

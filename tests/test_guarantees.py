@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from imagesieve.dedup.id_index import IdIndex
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline
-from imagesieve.runfolder import read_json, write_json_atomic
+from imagesieve.runfolder import read_json, work_path, write_json_atomic
 from imagesieve.sample_data import write_shard
 from imagesieve.shards import AtomicShardWriter, iter_samples
 from imagesieve.stages.base import ProcessingStage
@@ -86,7 +86,7 @@ def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_s
     assert files_of(out) == files_of(reference)
     assert pq.read_table(out / "removed.parquet").sort_by("id").equals(
         pq.read_table(reference / "removed.parquet").sort_by("id"))
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in out.rglob("*") if "imagesieve-tmp" in p.name]
 
 
 def test_find_killed_then_rerun_gives_the_same_rows(many_shards, tmp_path):
@@ -125,7 +125,7 @@ def test_accounting_records_a_silently_dropped_sample_with_the_stage_name(make_s
                                          ImageWriterStage(output_dir=str(tmp_path / "out"))])
     [result] = pipeline.run(LocalExecutor(1))
     assert (result._metadata["samples_in"], result._metadata["kept"], result._metadata["removed"]) == (4, 2, 2)
-    removed = pq.read_table(tmp_path / "out" / "_imagesieve" / "removed" / "00000.parquet").to_pylist()
+    removed = pq.read_table(work_path(str(tmp_path / "out"), "removed", "00000.tar", ".parquet")).to_pylist()
     assert sorted((r["id"], r["reason"]) for r in removed) == [("00000000", "dropped by silent_drop"),
                                                                 ("00000002", "listed as duplicate")]
 
@@ -162,7 +162,7 @@ def test_accounting_catches_tampered_shard_counts(make_shard, tmp_path):
     write_ids(tmp_path / "dups", ["00000001"])
     out = tmp_path / "out"
     remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
-    marker = out / "_imagesieve" / "done" / "00000.json"
+    marker = out / "_imagesieve" / "done" / "00000.tar.json"
     stats = read_json(str(marker))
     write_json_atomic({**stats, "kept": stats["kept"] + 1}, str(marker))
     with pytest.raises(AccountingError, match="whole run"):

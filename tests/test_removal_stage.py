@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import write_ids
 
-from imagesieve.dedup.id_index import IdIndex, hash_ids
+from imagesieve.dedup.id_index import FlatFile, IdIndex, hash_ids
 from imagesieve.executors.plan import worker_caps
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.tasks import ImageBatch, ImageObject
@@ -111,7 +110,7 @@ def test_hash_collision_never_removes_an_unlisted_id():
     assert listed.contains(["listed-id", "other-id"]).tolist() == [True, False]
 
 
-def test_index_is_shared_on_disk_and_memory_mapped(tmp_path):
+def test_index_is_shared_on_disk_and_read_from_there(tmp_path):
     write_ids(tmp_path / "ids", [f"id{i}" for i in range(1000)])
     first = ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path / "ids"))
     first.setup_on_node()
@@ -119,7 +118,7 @@ def test_index_is_shared_on_disk_and_memory_mapped(tmp_path):
     second.setup_on_node()
     assert first._index_dir == second._index_dir  # built once, found by the second
     first.setup()
-    assert isinstance(first._index.hashes, np.memmap)
+    assert isinstance(first._index.hashes, FlatFile)  # on disk, read by pread: no worker holds the IDs
     assert first._index.contains(["id999", "id1000"]).tolist() == [True, False]
 
 

@@ -54,7 +54,7 @@ def test_remove_keeps_bytes_and_order_and_lists_removed(dataset, tmp_path, worke
     assert sorted(r["id"] for r in removed) == ["00000002", "00000003", "00000011", "00000019"]
     assert {r["reason"] for r in removed} == {"listed as duplicate"}
     assert {os.path.basename(r["shard"]) for r in removed} == {"00000.tar", "00001.tar"}
-    index = pq.read_table(os.path.join(out, "_imagesieve", "index", "sub", "00001.parquet")).to_pylist()
+    index = pq.read_table(os.path.join(out, "_imagesieve", "index", "sub", "00001.tar.parquet")).to_pylist()
     assert index[0]["key"] == "00000010"
     assert index[0]["members"] == ["00000010.json", "00000010.png", "00000010.txt"]
 
@@ -87,12 +87,12 @@ def test_rerun_skips_finished_shards_and_gives_identical_output(dataset, tmp_pat
     remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
     first = {rel: Path(out, rel).read_bytes() for rel in ("00000.tar", "sub/00001.tar")}
     # simulate a crash: one shard's marker and output gone, a temp file left behind
-    os.remove(os.path.join(out, "_imagesieve", "done", "sub", "00001.json"))
+    os.remove(os.path.join(out, "_imagesieve", "done", "sub", "00001.tar.json"))
     os.remove(os.path.join(out, "sub", "00001.tar"))
-    Path(out, "sub", "00001.tar.tmp-999").write_bytes(b"partial")
+    Path(out, "sub", ".00001.tar.imagesieve-tmp-999").write_bytes(b"partial")
     summary = remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
     assert summary.shards_skipped == 1 and summary.kept == 16
-    assert not os.path.exists(os.path.join(out, "sub", "00001.tar.tmp-999"))
+    assert not os.path.exists(os.path.join(out, "sub", ".00001.tar.imagesieve-tmp-999"))
     for rel, data in first.items():
         assert Path(out, rel).read_bytes() == data
 
@@ -148,7 +148,7 @@ def test_corrupt_shard_fails_the_run_naming_it_and_writes_no_output_for_it(datas
     with pytest.raises(Exception, match="00002.tar"):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), dups, executor=LocalExecutor(1))
     assert not os.path.exists(tmp_path / "out" / "00002.tar")
-    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp-" in f]
+    assert not [f for f in os.listdir(tmp_path / "out") if "imagesieve-tmp" in f]
 
 
 def test_shard_with_nothing_removed_is_copied_byte_for_byte(make_shard, tmp_path):

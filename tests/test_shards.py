@@ -144,13 +144,34 @@ def test_listing_shards_skips_non_tar_files(make_shard, tmp_path):
     make_shard("00000.tar")
     make_shard("nested/00001.tar")
     (tmp_path / "shards" / "00000.parquet").write_bytes(b"img2dataset metadata")
-    (tmp_path / "shards" / "notes.txt").write_text("x")
+    (tmp_path / "shards" / "notes.json").write_text("x")
     assert [rel for _, rel in list_shards(str(tmp_path / "shards"))] == ["00000.tar", "nested/00001.tar"]
     assert [rel for _, rel in list_shards(str(tmp_path / "shards" / "*.tar"))] == ["00000.tar"]
     with pytest.raises(FileNotFoundError, match="no tar shards"):
-        list_shards(str(tmp_path / "shards" / "*.json"))
-    with pytest.raises(ValueError, match="notes.txt: not a tar shard"):
-        list_shards(str(tmp_path / "shards" / "notes.txt"))
+        list_shards(str(tmp_path / "shards" / "*.parquet"))
+    with pytest.raises(ValueError, match="notes.json: not a tar shard"):
+        list_shards(str(tmp_path / "shards" / "notes.json"))
+
+
+def test_shard_specs_as_webdataset_users_write_them(make_shard, tmp_path):
+    for k in range(4):
+        make_shard(f"{k:05d}.tar", n=2, start=2 * k)
+    make_shard("other/00000.tar", n=2, folder="more")
+    shards = tmp_path / "shards"
+    assert [rel for _, rel in list_shards(str(shards / "{00001..00003}.tar"))] == ["00001.tar", "00002.tar",
+                                                                                   "00003.tar"]
+    assert [rel for _, rel in list_shards(str(shards / "{00000,00002}.tar"))] == ["00000.tar", "00002.tar"]
+    listing = tmp_path / "shards.txt"  # one spec per line, relative to the list, comments and blanks skipped
+    listing.write_text("# train\nshards/00000.tar\n\nshards/{00002..00003}.tar\nmore/other/00000.tar\n")
+    assert [rel for _, rel in list_shards(str(listing))] == ["more/other/00000.tar", "shards/00000.tar",
+                                                             "shards/00002.tar", "shards/00003.tar"]
+    # several sources: relative names from their common folder, so two 00000.tar never collide
+    assert [rel for _, rel in list_shards([str(shards / "00000.tar"), str(tmp_path / "more")])] == [
+        "more/other/00000.tar", "shards/00000.tar"]
+    with pytest.raises(FileNotFoundError, match="00008.tar: no such file"):
+        list_shards(str(shards / "{00008..00009}.tar"))
+    with pytest.raises(ValueError, match="object storage"):
+        list_shards("s3://bucket/{00000..00003}.tar")
 
 
 def test_members_of_no_sample_are_kept_aside_not_dropped(tmp_path):

@@ -24,8 +24,23 @@ def make_executor(args: argparse.Namespace) -> BaseExecutor:
     return LocalExecutor(num_workers=args.workers)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def default_cache_dir() -> str:
+    """$IMAGESIEVE_CACHE_DIR, else $XDG_CACHE_HOME/imagesieve, else ~/.cache/imagesieve."""
+    if os.environ.get("IMAGESIEVE_CACHE_DIR"):
+        return os.environ["IMAGESIEVE_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imagesieve")
+
+
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes on this machine (default: all cores); with --executor ray and no "
                              "cluster address, the CPUs of the local Ray instance")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -38,11 +53,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from imagesieve.workflows.remove import remove_duplicates
 
     summary = remove_duplicates(args.input, args.output, args.duplicates, id_field=args.id_field,
-                                executor=make_executor(args), progress=not args.quiet, fsync=args.fsync)
+                                executor=make_executor(args), progress=not args.quiet, fsync=args.fsync,
+                                cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
-    print("\n".join(summary.lines()))
-    print(f"output           {args.output} (removed list: {os.path.join(args.output, 'removed.parquet')})")
+    from imagesieve.cli_find import print_summary
+
+    print_summary(args, summary, [f"output           {args.output} (removed list: "
+                                  f"{os.path.join(args.output, 'removed.parquet')})"])
     return 0
 
 
@@ -62,7 +80,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from imagesieve.report import write_report
 
-    print(f"wrote {write_report(args.run_dir, max_groups=args.groups)}")
+    print(f"wrote {write_report(args.run_dir, max_groups=args.groups, executor=make_executor(args))}")
     return 0
 
 
@@ -70,13 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagesieve", description="Find and remove duplicate images in "
                                      "WebDataset shards.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"imagesieve {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    remove = sub.add_parser("remove", help="copy shards without the samples whose IDs are listed in Parquet files")
+    remove = sub.add_parser("remove", help="copy shards without the samples whose IDs are listed in Parquet files",
+                            epilog="example:\n  imagesieve remove --duplicates found/duplicates shards/ clean/",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     remove.add_argument("--duplicates", required=True, metavar="DIR",
                         help="folder of Parquet files listing the IDs to remove (searched recursively)")
     remove.add_argument("--id-field", default="id", help="column holding the IDs (default: id)")
-    remove.add_argument("--quiet", action="store_true", help="no progress bar")
+    remove.add_argument("--quiet", action="store_true", help="no progress output")
+    remove.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    remove.add_argument("--cache-dir", default=default_cache_dir(), metavar="DIR",
+                        help="where built ID indexes are kept for reuse (private to you; the 8 most recently used "
+                             "are kept; safe to delete). Default: $IMAGESIEVE_CACHE_DIR, $XDG_CACHE_HOME/imagesieve "
+                             "or ~/.cache/imagesieve")
+    remove.add_argument("--any-id-folder", action="store_true",
+                        help="accept an ID folder that looks like a find output root, a groups table or a hash "
+                             "table (refused by default: those list images that must stay)")
     remove.add_argument("--fsync", action="store_true", help="force each output shard to disk before it is "
                         "renamed into place (survives power loss; slower)")
     add_executor_args(remove)
@@ -86,19 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     from imagesieve.cli_find import add_find_command
 
-    add_find_command(sub, add_executor_args, make_executor)
+    add_find_command(sub, add_executor_args, make_executor, default_cache_dir())
 
-    report = sub.add_parser("report", help="an HTML page of the duplicate groups of a `find` run, with thumbnails")
-    report.add_argument("--groups", type=int, default=200, help="show at most this many groups, largest first")
-    report.add_argument("run_dir", help="the OUT folder of `imagesieve find`")
+    report = sub.add_parser("report", help="a static HTML report of the duplicate groups of a `find` or `dedup` "
+                            "run, with thumbnails", epilog="example:\n  imagesieve report found/   "
+                            "# writes found/report/index.html", formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("--groups", type=positive_int, default=None,
+                        help="show only this many groups, largest first (default: all)")
+    add_executor_args(report)
+    report.add_argument("run_dir", help="the OUT folder of `imagesieve find` or `imagesieve dedup`")
     report.set_defaults(func=cmd_report)
 
-    sample = sub.add_parser("sample-data", help="write a small dataset of real photos with planted duplicates")
-    sample.add_argument("--shard-size", type=int, default=100)
+    sample = sub.add_parser("sample-data", help="write a small dataset of real photos with planted duplicates",
+                            epilog="example:\n  imagesieve sample-data demo && imagesieve dedup demo/shards demo/out",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    sample.add_argument("--shard-size", type=positive_int, default=100, help="samples per shard")
     sample.add_argument("output")
     sample.set_defaults(func=cmd_sample_data)
 
     return parser
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagesieve")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagesieve: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imagesieve ... | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 0
     except Exception as exc:  # one line for the user; -v shows the traceback
         if args.verbose:
             raise

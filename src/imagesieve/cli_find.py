@@ -1,46 +1,113 @@
-"""The `find` command: list duplicates (and their groups) for `remove`."""
+"""The `find` and `dedup` commands: list duplicates (and their groups), and the one-shot run."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 
-from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig, find_duplicates
+from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
+
+FIND_EXAMPLE = """example:
+  imagesieve find --method phash --threshold 10 shards/ found/
+  imagesieve remove --duplicates found/duplicates shards/ clean/"""
+
+DEDUP_EXAMPLE = """examples:
+  imagesieve dedup shards/ out/                      # exact + pHash, then out/shards, out/report/index.html
+  imagesieve dedup --dry-run shards/ out/            # everything but the shards: look at the report first
+  imagesieve dedup --reference test-set/ train/ out/ # drop training images that copy test images"""
+
+
+def parse_method(text: str) -> str:
+    """`exact`, one perceptual hash, or `exact,<hash>` (exact copies are always grouped first)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(METHODS)}")
+    perceptual = [m for m in methods if m != "exact"]
+    if len(perceptual) > 1:
+        raise argparse.ArgumentTypeError(f"one perceptual hash at a time, got {', '.join(perceptual)}")
+    return perceptual[0] if perceptual else "exact"
+
+
+def find_config(args: argparse.Namespace) -> FindConfig:
+    return FindConfig(method=args.method, threshold=args.threshold, keep=args.keep, chaining=args.chaining,
+                      flip=args.flip, on_error=args.on_error, exact_decode=args.exact_decode)
+
+
+def print_summary(args: argparse.Namespace, summary: object, extra_lines: list[str]) -> None:
+    """The summary table, or with --json one JSON object on stdout (and nothing else there)."""
+    if args.json:
+        print(json.dumps(asdict(summary), sort_keys=True))
+    else:
+        print("\n".join([*summary.lines(), *extra_lines]))
 
 
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
-    config = FindConfig(method=args.method, threshold=args.threshold, keep=args.keep, chaining=args.chaining,
-                        flip=args.flip, on_error=args.on_error, exact_decode=args.exact_decode,
-                        json_fields=tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else []))
-    summary = find_duplicates(args.input, args.output, config, reference=args.reference,
+    from imagesieve.workflows.find import find_duplicates
+
+    summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
                               executor=make_executor(args), progress=not args.quiet)
-    print("\n".join(summary.lines()))
-    print(f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)")
-    print(f"to look at them  imagesieve report {args.output}")
+    print_summary(args, summary, [
+        f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
+        f"to look at them  imagesieve report {args.output}"])
     return 0
 
 
-def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callable, make_executor: Callable) -> None:
-    find = sub.add_parser("find", help="find exact and near-duplicate images; write their IDs for `remove`")
-    find.add_argument("--method", choices=METHODS, default="phash",
-                      help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual (default phash)")
-    find.add_argument("--threshold", type=int, default=None,
-                      help=f"max Hamming distance of 64 bits (defaults: {DEFAULT_THRESHOLDS})")
-    find.add_argument("--keep", default="first",
-                      help="which member of a group stays: first, resolution, file-size, or column:NAME "
-                           "(a number in the sample's .json, larger kept)")
-    find.add_argument("--chaining", action="store_true",
-                      help="group by connected components (a~b~c is one group even if a and c differ more)")
-    find.add_argument("--flip", action="store_true", help="also match horizontally mirrored copies")
-    find.add_argument("--reference", default=None, metavar="SHARDS",
-                      help="only mark INPUT images that match an image of these shards (never removed)")
-    find.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                      help="an unreadable image stops the run (fail) or is listed in skipped.parquet (skip)")
-    find.add_argument("--exact-decode", action="store_true",
-                      help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
-    find.add_argument("--quiet", action="store_true", help="no progress output")
+def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
+    from imagesieve.workflows.dedup import dedup
+
+    summary = dedup(args.input, args.output, find_config(args), reference=args.reference,
+                    executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
+                    cache_dir=args.cache_dir)
+    print_summary(args, summary, [])
+    return 0
+
+
+def add_find_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", type=parse_method, default="phash",
+                        help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual, exact copies "
+                             "included (default phash; 'exact,phash' means the same)")
+    parser.add_argument("--threshold", type=int, default=None,
+                        help=f"max Hamming distance of 64 bits, 0..32 (defaults: {DEFAULT_THRESHOLDS})")
+    parser.add_argument("--keep", default="first",
+                        help="which member of a group stays: first, resolution, file-size, or column:NAME "
+                             "(a number in the sample's .json, larger kept)")
+    parser.add_argument("--chaining", action="store_true",
+                        help="group by connected components (a~b~c is one group even if a and c differ more)")
+    parser.add_argument("--flip", action="store_true", help="also match horizontally mirrored copies")
+    parser.add_argument("--reference", default=None, metavar="SHARDS",
+                        help="only mark INPUT images that match an image of these shards (never removed)")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="an unreadable image stops the run (fail) or is listed in skipped.parquet (skip)")
+    parser.add_argument("--exact-decode", action="store_true",
+                        help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+
+
+def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callable, make_executor: Callable,
+                     default_cache_dir: str) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    find = sub.add_parser("find", help="find exact and near-duplicate images; write their IDs for `remove`",
+                          epilog=FIND_EXAMPLE, formatter_class=raw)
+    add_find_options(find)
     add_executor_args(find)
     find.add_argument("input", help="folder or glob of tar shards")
     find.add_argument("output", help="folder for hashes, duplicates/ and groups/")
     find.set_defaults(func=lambda args: cmd_find(args, make_executor))
+
+    dedup = sub.add_parser("dedup", help="find, remove and report in one run: shards in, clean shards out",
+                           epilog=DEDUP_EXAMPLE, formatter_class=raw)
+    add_find_options(dedup)
+    dedup.add_argument("--dry-run", action="store_true",
+                       help="write everything but the shards (duplicates, groups, report), to check first")
+    dedup.add_argument("--cache-dir", default=default_cache_dir, metavar="DIR",
+                       help="where built ID indexes are kept for reuse (see `imagesieve remove --help`)")
+    add_executor_args(dedup)
+    dedup.add_argument("input", help="folder or glob of tar shards")
+    dedup.add_argument("output", help="folder for shards/, duplicates/, groups/, report/, removed.parquet")
+    dedup.set_defaults(func=lambda args: cmd_dedup(args, make_executor))

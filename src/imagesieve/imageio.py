@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
 from PIL import Image
 
-# Refuse images above this many pixels (decompression bombs). 16k x 16k is far beyond any training image.
-MAX_PIXELS = 256 * 1024 * 1024
+# Refuse images above this many pixels (decompression bombs): Pillow's own hard limit (2 x its warning
+# limit, 178,956,970 pixels, about 13k x 13k), so that one limit holds whichever check sees the image first.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 
 class ImageDecodeError(ValueError):
     """Image bytes that cannot be decoded; the message names the shard and sample."""
+
+
+def _reason(exc: Exception) -> str:
+    """The library's message without object addresses (`<_io.BytesIO object at 0x7f..>`), which
+    differ from run to run and would make error lists differ between identical runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))
 
 
 def open_image(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -25,10 +33,10 @@ def open_image(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> Image.I
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{where}: image is over the limit of pixels, a possible decompression bomb "
-                               f"({exc})") from exc
+        raise ImageDecodeError(f"{where}: image is over the limit of {max_pixels} pixels, a possible "
+                               f"decompression bomb ({_reason(exc)})") from exc
     except Exception as exc:
-        raise ImageDecodeError(f"{where}: not a readable image ({exc})") from exc
+        raise ImageDecodeError(f"{where}: not a readable image ({_reason(exc)})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(f"{where}: image is {width}x{height} pixels, over the limit of {max_pixels} "
@@ -43,7 +51,7 @@ def load(image: Image.Image, where: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
     except Exception as exc:
-        raise ImageDecodeError(f"{where}: corrupt image data ({exc})") from exc
+        raise ImageDecodeError(f"{where}: corrupt image data ({_reason(exc)})") from exc
     return image
 
 

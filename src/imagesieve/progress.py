@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -13,17 +14,36 @@ from imagesieve.tasks import Task
 
 
 class ShardProgress:
-    """tqdm over shards; `update` is an executor's per-task callback."""
+    """Progress over shards, as an executor's per-task callback (`update`).
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "") -> None:
-        self.samples = 0
-        self._bar = tqdm(total=total, initial=initial, unit="shard", desc=desc, disable=not enabled,
-                         file=sys.stderr, dynamic_ncols=True)
+    On a terminal, a tqdm bar; in a log file or a pipe, a plain line every `every` seconds and at
+    the end, since a redrawn bar there is one endless line of carriage returns.
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "",
+                 every: float = 10.0, stream: TextIO | None = None) -> None:
+        self.samples, self.done, self.total, self.desc = 0, initial, total, desc
+        self._stream = stream or sys.stderr
+        self._lines = enabled and not self._stream.isatty()
+        self._every, self._started = every, time.monotonic()
+        self._last = self._started
+        self._bar = tqdm(total=total, initial=initial, unit="shard", desc=desc, disable=not enabled or self._lines,
+                         file=self._stream, dynamic_ncols=True)
+        if self._lines:
+            self._line(f"{total} shards ({initial} already done)")
 
     def update(self, task: Task, outputs: list[Task]) -> None:
         self.samples += sum(int(t._metadata.get("samples_in", t.num_items)) for t in outputs)
+        self.done += 1
         self._bar.set_postfix(samples=self.samples, refresh=False)
         self._bar.update(1)
+        now = time.monotonic()
+        if self._lines and (now - self._last >= self._every or self.done == self.total):
+            self._last = now
+            self._line(f"{self.done}/{self.total} shards, {self.samples} samples, {now - self._started:.0f} s")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=self._stream, flush=True)
 
     def __enter__(self) -> ShardProgress:
         return self

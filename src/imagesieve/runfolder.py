@@ -6,13 +6,20 @@ OUTPUT/summary.json                       counts of the whole run
 OUTPUT/_imagesieve/index/<shard>.parquet  per kept sample: key, member names, sizes
 OUTPUT/_imagesieve/removed/<shard>.parquet  removed samples of one shard
 OUTPUT/_imagesieve/done/<shard>.json      written last for a shard: its counts; a rerun skips it
+OUTPUT/_imagesieve/lock                   held by the run writing the folder
+(<shard> is the shard's whole path relative to the input root, e.g. sub/00000.tar)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import shutil
+import re
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -43,60 +50,116 @@ def shard_fingerprint(path: str) -> str:
 
 
 def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:
-    """OUTPUT/_imagesieve/<kind>/<shard without suffix><ext>."""
-    return os.path.join(output_dir, WORK_DIR, kind, strip_shard_suffix(relative_path) + ext)
+    """OUTPUT/_imagesieve/<kind>/<shard path><ext>: the whole name, so that x.tar and x.tar.gz differ."""
+    return os.path.join(output_dir, WORK_DIR, kind, relative_path + ext)
 
 
 def done_marker(output_dir: str, relative_path: str) -> str:
     return work_path(output_dir, "done", relative_path, ".json")
 
 
-def is_done(output_dir: str, relative_path: str) -> bool:
-    """A shard is done when its marker exists and its output still has the recorded size
-    (a file renamed but lost to a power cut before reaching the disk has not)."""
+def is_done(output_dir: str, relative_path: str, input_path: str) -> bool:
+    """A shard is done when its marker exists, the input shard is the version the marker records
+    (a shard changed since is redone), and its output still has the recorded size (a file renamed
+    but lost to a power cut before reaching the disk has not)."""
     marker = done_marker(output_dir, relative_path)
     if not os.path.exists(marker):
         return False
+    stats = read_json(marker)
     output = os.path.join(output_dir, relative_path)
-    return os.path.exists(output) and os.path.getsize(output) == read_json(marker).get("output_size")
+    return (stats.get("input_fingerprint") == shard_fingerprint(input_path) and os.path.exists(output)
+            and os.path.getsize(output) == stats.get("output_size"))
+
+
+_TEMP_MARK = ".imagesieve-tmp-"
+_TEMP_NAME = re.compile(r"^\..+" + re.escape(_TEMP_MARK) + r"\d+$")
 
 
 def temp_name(path: str) -> str:
     """Where `path` is written before it is renamed into place: hidden (Parquet dataset readers and
-    globs skip it) and marked with `.tmp-<pid>` (a rerun deletes what a killed run left)."""
+    globs skip it) and named `.NAME.imagesieve-tmp-PID`, a name no other program uses, so that a
+    rerun can delete what a killed run left without ever touching a file it did not write."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    return os.path.join(folder, f".{name}{_TEMP_MARK}{os.getpid()}")
 
 
-def remove_stale_temp_files(folder: str) -> None:
-    """Delete temp files a killed run left behind; final names are never partial."""
-    for root, dirs, files in os.walk(folder):
-        for name in files + dirs:
-            if ".tmp-" in name:
-                path = os.path.join(root, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.remove(path)
+def is_temp_name(name: str) -> bool:
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete the temp files a killed run left under `folder`; returns their paths.
+
+    Only regular files named by `temp_name` are removed (never folders, never through a symlink),
+    and only by a run that holds the folder's lock, so no live writer owns them.
+    """
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if is_temp_name(name) and stat.S_ISREG(os.lstat(path).st_mode):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+class OutputInUseError(RuntimeError):
+    """Another run is writing to the same output folder."""
+
+
+@contextmanager
+def run_lock(output_dir: str, command: str) -> Iterator[None]:
+    """Hold OUTPUT/_imagesieve/lock for a whole run: a second run into the same folder fails at once
+    (two runs would overwrite each other's shards and lists). The kernel releases the lock when the
+    process dies, however it dies, so a killed run never leaves the folder locked."""
+    work = os.path.join(output_dir, WORK_DIR)
+    os.makedirs(work, exist_ok=True)
+    fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise OutputInUseError(f"{output_dir} is being written by another imagesieve run ({holder}); wait for "
+                               "it to finish, or choose another output folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"imagesieve {command}, pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def naming_errors(path: str) -> Iterator[None]:
+    """An OS error while writing `path` (a full disk, a lost mount) names the file: ENOSPC alone does not."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_text_atomic(text: str, path: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_atomic(path: str, write: Callable[[str], object]) -> None:
+    """write(temp path), then rename the temp file to `path`; never a partial file under `path`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = temp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with naming_errors(path):
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json_atomic(data: dict[str, Any], path: str) -> None:

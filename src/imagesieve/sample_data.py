@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance, ImageOps
 
-from imagesieve.runfolder import temp_name, write_parquet_atomic
+from imagesieve.runfolder import write_atomic, write_parquet_atomic
 
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
                   "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "clock", "cell")
@@ -110,15 +110,15 @@ SAMPLE_TRANSFORMS = ("exact_copy", "resize_0.5", "jpeg_q60", "to_png", "to_webp"
 
 def write_shard(path: str, samples: list[dict[str, bytes]], keys: list[str]) -> None:
     """A WebDataset tar: KEY.<ext> members in order, fixed mtime so the bytes are reproducible."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = temp_name(path)
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for key, members in zip(keys, samples, strict=True):
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-                tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for key, members in zip(keys, samples, strict=True):
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+
+    write_atomic(path, write)
 
 
 def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction: float = 0.2,

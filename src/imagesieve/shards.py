@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from imagesieve.runfolder import temp_name
+from imagesieve.runfolder import naming_errors, temp_name
 from imagesieve.tarscan import BLOCK, TarScanError, padded, scan
 from imagesieve.tasks import MemberRef
 
@@ -172,6 +172,10 @@ class AtomicShardWriter:
         self.bytes_written = 0
 
     def add(self, ref: MemberRef) -> None:
+        with naming_errors(self.final_path):
+            self._add(ref)
+
+    def _add(self, ref: MemberRef) -> None:
         if ref.data is None and ref.header_offset >= 0:
             start, end = ref.header_offset, ref.offset + padded(ref.size)
             if self._pending and self._pending[0] == ref.shard and self._pending[2] == start:
@@ -205,6 +209,10 @@ class AtomicShardWriter:
         self.bytes_written += end - start
 
     def commit(self) -> None:
+        with naming_errors(self.final_path):
+            self._commit()
+
+    def _commit(self) -> None:
         self._flush()
         end = self.bytes_written + 2 * BLOCK
         self._write(bytes(2 * BLOCK + (-end) % _RECORD))

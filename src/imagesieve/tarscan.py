@@ -88,6 +88,13 @@ def _pax_records(data: bytes, at: int) -> dict[str, str]:
     return records
 
 
+def _pax_size(value: str, name: str, at: int) -> int:
+    """A PAX `size` record: a non-negative decimal integer (a negative one would send the scan backwards)."""
+    if not value.isascii() or not value.isdigit():
+        raise TarScanError(f"member {name!r} at byte {at} has a bad PAX size {value!r}")
+    return int(value)
+
+
 def scan(path: str) -> list[TarEntry]:
     """Every entry of an uncompressed tar, in order; raises `TarScanError` on any damage."""
     with open(path, "rb") as f:
@@ -145,7 +152,9 @@ def _scan(mm: mmap.mmap, size: int, headers: list[int]) -> Iterator[TarEntry]:
         headers.append(pos)  # checksums are verified for all headers at once, after the scan
         entry_size = _number(header[124:136], "size", pos)
         data_offset = pos + BLOCK
-        if entry_size < 0 or data_offset + entry_size > size:
+        if entry_size < 0:
+            raise TarScanError(f"the header at byte {pos} has a negative size")
+        if data_offset + entry_size > size:
             raise TarScanError(f"truncated: the member at byte {pos} ends past the end of the file")
         kind_flag = header[156:157]
         next_pos = data_offset + padded(entry_size)
@@ -162,7 +171,7 @@ def _scan(mm: mmap.mmap, size: int, headers: list[int]) -> Iterator[TarEntry]:
             name = f"{_text(header[345:500], pos)}/{name}"
         name = pax.get("path", long_name or name)
         if "size" in pax:
-            entry_size = int(pax["size"])
+            entry_size = _pax_size(pax["size"], name, pos)
             next_pos = data_offset + padded(entry_size)
             if data_offset + entry_size > size:
                 raise TarScanError(f"truncated: the member {name!r} ends past the end of the file")

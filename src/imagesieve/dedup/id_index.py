@@ -2,29 +2,32 @@
 
 The reference keeps the IDs to remove in a Python `set[str]` per worker (~90 bytes an ID, times
 the number of workers). Here the IDs are stored sorted by their 64-bit xxh3 hash in three flat
-arrays on disk: the hashes, the offsets of each ID's UTF-8 bytes and the bytes themselves. A
-lookup is a binary search on the hashes and then a byte comparison with the stored ID, so a hash
-collision can never remove a sample that is not listed. Workers map the files read-only: the
-page cache holds one copy per node, and no worker holds private memory for the IDs.
+files: the hashes, the offsets of each ID's UTF-8 bytes and the bytes themselves. A lookup is a
+binary search on the hashes and then a byte comparison with the stored ID, so a hash collision
+can never remove a sample that is not listed. Workers map the files read-only: the page cache
+holds one copy per node, and no worker holds private memory for the IDs.
+
+On disk (a folder): hashes.bin (uint64), offsets.bin (uint32 while the IDs' bytes fit in 4 GiB,
+else int64), ids.bin (UTF-8), index.json (count, offset type, notes). Files are appended in
+hash order by `IndexWriter`, so an index larger than memory is written without holding it
+(see `id_build.py`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
+import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 
-_FILES = ("hashes.npy", "offsets.npy", "blob.npy")
+FORMAT = 3
+_FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
+FENCE_STEP = 256  # every 256th hash is kept in memory: a lookup then reads one 2 KB block of the hashes
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
@@ -33,38 +36,114 @@ def hash_ids(ids: Sequence[str]) -> np.ndarray:
     return np.fromiter((digest(i.encode("utf-8")) for i in ids), dtype=np.uint64, count=len(ids))
 
 
-def list_parquet_files(directory: str) -> list[str]:
-    """Every `*.parquet` under `directory`, recursively, sorted; `FileNotFoundError` when none."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"duplicate ID folder {directory!r} does not exist")
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
-                   for name in names if name.endswith(".parquet") and ".tmp-" not in name)
-    if not files:
-        raise FileNotFoundError(f"No parquet files found in {directory}")
-    return files
+def hash_array(ids: pa.Array, step: int = 1 << 16) -> np.ndarray:
+    """hash_ids of an Arrow string array, a slice at a time (few Python strings alive at once)."""
+    parts = [hash_ids(ids.slice(i, step).to_pylist()) for i in range(0, len(ids), step)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
 
-def read_id_column(path: str, id_field: str, notes: list[str]) -> pa.Array:
-    """The ID column of one Parquet file as strings; ints are converted (and noted), nulls refused."""
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
-    if id_field not in schema.names:
-        raise ValueError(f"{path}: no column {id_field!r}; the file has columns {schema.names}. "
-                         "Pass the right column name (--id-field / duplicate_id_field).")
-    column = pq.read_table(path, columns=[id_field]).column(id_field).combine_chunks()
-    if column.null_count:
-        raise ValueError(f"{path}: column {id_field!r} has {column.null_count} null IDs")
-    kind = column.type
-    if pa.types.is_integer(kind):
-        notes.append(f"{path}: column {id_field!r} holds integers ({kind}); converted to strings")
-        return pc.cast(column, pa.string())
-    if pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type):
-        return pc.cast(column, pa.string())
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
-        return pc.cast(column, pa.string())
-    raise ValueError(f"{path}: column {id_field!r} has type {kind}; expected strings (or integers)")
+def sorted_unique(hashes: np.ndarray, ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(hashes, ids) sorted by hash then ID, each distinct ID once. Equal IDs have equal hashes, so
+    after this sort duplicates are neighbours; distinct IDs that share a hash are all kept."""
+    table = pa.table({"h": pa.array(hashes, pa.uint64()), "id": ids}).sort_by([("h", "ascending"),
+                                                                                 ("id", "ascending")])
+    h, s = table.column("h").to_numpy(), table.column("id").combine_chunks()
+    if len(h) > 1:
+        same = np.zeros(len(h), dtype=bool)
+        same[1:] = (h[1:] == h[:-1]) & pc.equal(s.slice(1), s.slice(0, len(s) - 1)).to_numpy(zero_copy_only=False)
+        if same.any():
+            keep = np.flatnonzero(~same)
+            h, s = h[keep], s.take(pa.array(keep))
+    return h, s
+
+
+class IndexWriter:
+    """Appends (hash-sorted) runs of IDs to an index folder; `finish` writes index.json last."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._hashes = open(os.path.join(directory, "hashes.bin"), "wb")
+        self._offsets = open(os.path.join(directory, "offsets.tmp"), "wb")  # int64 until the size is known
+        self._blob = open(os.path.join(directory, "ids.bin"), "wb")
+        self.count, self.blob_bytes, self._last = 0, 0, -1
+        self._fence: list[np.ndarray] = []
+        self._offsets.write(np.zeros(1, np.int64).tobytes())
+
+    def append(self, hashes: np.ndarray, ids: pa.Array) -> None:
+        if not len(hashes):
+            return
+        if int(hashes[0]) < self._last:
+            raise ValueError("IndexWriter.append: runs must come in hash order")
+        large = pc.cast(ids, pa.large_string())
+        _, offsets_buf, data_buf = large.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buf else b""
+        self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64))
+        # a copy: a view would keep the whole partition's hashes alive until the end of the build
+        self._fence.append(np.array(hashes[(-self.count) % FENCE_STEP::FENCE_STEP], np.uint64))
+        self._offsets.write(offsets[1:] - offsets[0] + self.blob_bytes)
+        self._blob.write(data)
+        self.count += len(hashes)
+        self.blob_bytes += int(offsets[-1] - offsets[0])
+        self._last = int(hashes[-1])
+
+    def finish(self, notes: list[str]) -> None:
+        for f in (self._hashes, self._offsets, self._blob):
+            f.close()
+        # 4-byte offsets while the IDs' bytes fit in 4 GiB: a third less on disk and in the page cache
+        offset_type = "uint32" if self.blob_bytes < 2**32 else "int64"
+        source = os.path.join(self.directory, "offsets.tmp")
+        with open(source, "rb") as src, open(os.path.join(self.directory, "offsets.bin"), "wb") as dst:
+            while chunk := src.read(1 << 23):
+                dst.write(np.frombuffer(chunk, np.int64).astype(offset_type).tobytes())
+        os.remove(source)
+        np.concatenate([np.zeros(0, np.uint64), *self._fence]).tofile(os.path.join(self.directory, "fence.bin"))
+        with open(os.path.join(self.directory, "index.json"), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "ids": self.count, "blob_bytes": self.blob_bytes,
+                       "offset_type": offset_type, "notes": notes}, f)
+
+
+class FlatFile:
+    """A flat array in a file, read with pread: a lookup reads the few bytes it needs and keeps nothing.
+
+    Memory-mapping the files made every worker map most of them (the kernel maps whole large
+    page-cache folios around each page touched, whatever madvise says), which a skeptic rightly
+    counts against a worker. Reads through the page cache cost the process nothing.
+    """
+
+    def __init__(self, path: str, dtype: str, count: int) -> None:
+        self.path, self.dtype, self.count = path, np.dtype(dtype), count
+        self._fd = os.open(path, os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
+        if size != count * self.dtype.itemsize:
+            os.close(self._fd)
+            self._fd = None
+            raise ValueError(f"ID index file {path} has {size} bytes, expected {count * self.dtype.itemsize}; "
+                             "delete the index folder to rebuild it")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.count)
+            if step != 1:
+                raise IndexError("FlatFile reads contiguous slices only")
+            stop = max(start, stop)
+            data = os.pread(self._fd, (stop - start) * self.dtype.itemsize, start * self.dtype.itemsize)
+            return np.frombuffer(data, self.dtype)
+        index = key + self.count if key < 0 else key
+        if not 0 <= index < self.count:
+            raise IndexError(f"index {key} out of range for {self.count} values")
+        return self[index:index + 1][0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[0:self.count], dtype=dtype)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass
@@ -75,52 +154,67 @@ class IdIndex:
     offsets: np.ndarray
     blob: np.ndarray
     notes: list[str] = field(default_factory=list)
+    fence: np.ndarray | None = None  # hashes[::FENCE_STEP], in memory
+
+    def __post_init__(self) -> None:
+        if self.fence is None:
+            self.fence = np.asarray(self.hashes[::FENCE_STEP], np.uint64)
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     @classmethod
     def from_ids(cls, ids: pa.Array | Sequence[str], notes: list[str] | None = None) -> IdIndex:
-        unique = pc.unique(pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids)
-        step = 1 << 20  # hash in slices so that only a million Python strings exist at a time
-        hashes = np.concatenate([hash_ids(unique.slice(i, step).to_pylist())
-                                 for i in range(0, len(unique), step)] or [np.zeros(0, np.uint64)])
-        order = np.argsort(hashes, kind="stable")
-        ordered = pc.cast(unique.take(pa.array(order)), pa.large_string())
-        _, offsets_buf, data_buf = ordered.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ordered.offset:ordered.offset + len(ordered) + 1]
+        """An index in memory (small sets, tests); large sets are built on disk by `id_build`."""
+        ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
+        hashes, unique = sorted_unique(hash_array(ids), ids)
+        large = pc.cast(unique, pa.large_string())
+        _, offsets_buf, data_buf = large.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
         blob = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        # 4-byte offsets while the IDs' bytes fit in 4 GiB: a third less on disk and in the page cache
-        offsets = offsets.astype(np.uint32 if len(blob) < 2**32 else np.int64)
-        return cls(hashes[order], offsets, blob.copy(), list(notes or []))
+        blob = blob[offsets[0]:offsets[-1]].copy()
+        return cls(hashes, (offsets - offsets[0]).astype(np.uint32 if len(blob) < 2**32 else np.int64), blob,
+                   list(notes or []))
 
-    @classmethod
-    def from_parquet_dir(cls, directory: str, id_field: str = "id") -> IdIndex:
-        notes: list[str] = []
-        columns = [read_id_column(path, id_field, notes) for path in list_parquet_files(directory)]
-        ids = pa.concat_arrays(columns) if columns else pa.array([], pa.string())
-        return cls.from_ids(ids, notes)
+    def save_files(self, directory: str) -> None:
+        """Write the index into an existing, empty folder (the caller renames it into place)."""
+        writer = IndexWriter(directory)
+        ids = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(np.asarray(self.offsets, np.int64).tobytes()),
+                                               pa.py_buffer(np.asarray(self.blob).tobytes()))
+        writer.append(np.asarray(self.hashes), ids)
+        writer.finish(self.notes)
 
-    def save(self, directory: str) -> None:
-        """Write the three arrays to `directory` atomically (a temp folder renamed into place)."""
-        parent = os.path.dirname(os.path.abspath(directory))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-index-", dir=parent)
-        for name, array in zip(_FILES, (self.hashes, self.offsets, self.blob), strict=True):
-            np.save(os.path.join(tmp, name), array)
-        with open(os.path.join(tmp, "notes.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(self.notes))
+    @staticmethod
+    def files_complete(directory: str) -> bool:
+        """Whether the folder holds a whole index of this format: every file, each of the size it must have."""
         try:
-            os.rename(tmp, directory)
-        except OSError:  # another process finished first; theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+            with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+            count = meta["ids"]
+            sizes = {"hashes.bin": 8 * count, "ids.bin": meta["blob_bytes"],
+                     "offsets.bin": (count + 1) * np.dtype(meta["offset_type"]).itemsize,
+                     "fence.bin": -(-count // FENCE_STEP) * 8}
+            return meta.get("format") == FORMAT and all(
+                os.path.getsize(os.path.join(directory, name)) == size for name, size in sizes.items())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     @classmethod
     def load(cls, directory: str) -> IdIndex:
-        arrays = [np.load(os.path.join(directory, name), mmap_mode="r") for name in _FILES]
-        with open(os.path.join(directory, "notes.txt"), encoding="utf-8") as f:
-            notes = [line for line in f.read().splitlines() if line]
-        return cls(*arrays, notes=notes)
+        """Map a saved index read-only, after checking that its files fit together."""
+        with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        count = meta["ids"]
+        hashes = FlatFile(os.path.join(directory, "hashes.bin"), "uint64", count)
+        offsets = FlatFile(os.path.join(directory, "offsets.bin"), meta["offset_type"], count + 1)
+        blob = FlatFile(os.path.join(directory, "ids.bin"), "uint8", meta["blob_bytes"])
+        if count and int(offsets[-1]) != len(blob):
+            raise ValueError(f"ID index {directory} is damaged (offsets and bytes disagree); delete it to rebuild")
+        fence = np.fromfile(os.path.join(directory, "fence.bin"), dtype=np.uint64)
+        if len(fence) != -(-count // FENCE_STEP):
+            raise ValueError(f"ID index {directory} is damaged (fence.bin); delete it to rebuild")
+        return cls(hashes, offsets, blob, notes=list(meta.get("notes", [])),
+                   fence=fence)
 
     def contains(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean mask: which of `ids` are in the set (exact)."""
@@ -128,13 +222,30 @@ class IdIndex:
         if not len(ids) or not len(self.hashes):
             return result
         query = hash_ids(ids)
-        positions = np.searchsorted(self.hashes, query)
-        in_range = positions < len(self.hashes)
-        hit = np.zeros(len(ids), dtype=bool)
-        hit[in_range] = self.hashes[positions[in_range]] == query[in_range]
+        positions, found = self._first_at_least(query)
+        hit = found == query
         for i in np.flatnonzero(hit):
             result[i] = self._verify(ids[i].encode("utf-8"), int(positions[i]), query[i])
         return result
+
+    def _first_at_least(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each query hash, the first position whose hash is >= it (as np.searchsorted) and the hash
+        there (0 past the end), reading one block of FENCE_STEP hashes per distinct block: the fence
+        (every FENCE_STEP-th hash, in memory) says which block."""
+        n = len(self.hashes)
+        block = np.maximum(np.searchsorted(self.fence, query, side="left") - 1, 0)
+        positions = np.empty(len(query), np.int64)
+        found = np.zeros(len(query), np.uint64)
+        order = np.argsort(block, kind="stable")
+        bounds = np.flatnonzero(np.diff(block[order])) + 1
+        for rows in np.split(order, bounds):
+            start = int(block[rows[0]]) * FENCE_STEP
+            window = np.asarray(self.hashes[start:min(n, start + FENCE_STEP + 1)])
+            at = np.searchsorted(window, query[rows], side="left")
+            positions[rows] = start + at
+            inside = at < len(window)
+            found[rows[inside]] = window[at[inside]]
+        return positions, found
 
     def _verify(self, wanted: bytes, position: int, hash_value: np.uint64) -> bool:
         while position < len(self.hashes) and self.hashes[position] == hash_value:
@@ -143,24 +254,3 @@ class IdIndex:
                 return True
             position += 1
         return False
-
-
-def directory_fingerprint(directory: str, id_field: str) -> str:
-    """Changes whenever a Parquet file under `directory` is added, removed or modified."""
-    digest = hashlib.sha256(id_field.encode())
-    for path in list_parquet_files(directory):
-        st = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return digest.hexdigest()[:32]
-
-
-def build_shared_index(directory: str, id_field: str, cache_root: str | None = None) -> str:
-    """Build the index of `directory` once per machine (under a file lock) and return its folder."""
-    cache_root = cache_root or os.path.join(tempfile.gettempdir(), "imagesieve-id-index")
-    os.makedirs(cache_root, exist_ok=True)
-    target = os.path.join(cache_root, directory_fingerprint(directory, id_field))
-    with open(target + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isdir(target):
-            IdIndex.from_parquet_dir(directory, id_field).save(target)
-    return target

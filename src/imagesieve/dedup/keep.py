@@ -24,14 +24,27 @@ class KeepPolicy:
         seen = np.arange(table.num_rows)
         if self.column is None:
             return seen
-        if self.column not in table.column_names:
-            raise ValueError(f"keep policy {self.name!r} needs column {self.column!r}, which the hashes do not have")
-        values = table.column(self.column).to_numpy(zero_copy_only=False)
-        values = np.where(np.isnan(values.astype(float)), -np.inf, values.astype(float))  # missing ranks last
+        values = self._values(table)
+        values = np.where(np.isnan(values), -np.inf, values)  # missing ranks last
         order = np.lexsort((seen, -values))
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = seen
         return rank
+
+
+    def _values(self, table: pa.Table) -> np.ndarray:
+        """The ranking column as floats, refusing a column that is absent, empty or not numeric."""
+        field = self.column.removeprefix("json.")
+        if self.column not in table.column_names or table.column(self.column).null_count == table.num_rows:
+            raise ValueError(f"keep policy {self.name!r}: no sample has a value for {field!r}"
+                             + (" in its .json" if self.column.startswith("json.") else ""))
+        column = table.column(self.column)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+            example = next(v for v in column.to_pylist() if v is not None)
+            raise ValueError(f"keep policy {self.name!r}: {field!r} must be a number, but holds {example!r} "
+                             f"({column.type})")
+        return column.to_numpy(zero_copy_only=False).astype(float)
 
 
 def keep_policy(spec: str) -> KeepPolicy:

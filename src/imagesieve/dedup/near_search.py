@@ -1,4 +1,4 @@
-"""Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing in NumPy.
+"""Every pair of 64-bit hashes within Hamming distance t: exact multi-index hashing.
 
 Split the 64 bits into m blocks and give block i a radius r_i, with sum(r_i + 1) = t + 1. If two
 hashes differ in at most t bits, then some block i differs in at most r_i bits (were every block
@@ -7,7 +7,8 @@ which lets some blocks take a smaller radius than t // m, or none at all (r_i = 
 block we bucket all hashes by that block's value, and for each hash probe every bucket whose value
 is within r_i bits of its own; every candidate found is checked on all 64 bits. This finds every pair within t (no
 approximation) and, with m chosen so that a bucket holds about one hash, costs
-O(n * probes) instead of O(n^2). Everything is vectorised over all hashes at once.
+O(n * probes) instead of O(n^2). Bucketing is vectorised; the probing loop is compiled
+(`near_kernel.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from math import comb
 
 import numpy as np
 
+from imagesieve.dedup.near_kernel import probe
+
 MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
-_CHUNK = 1 << 22  # candidate pairs checked per step, to bound temporary memory
+MAX_PAIRS = 20_000_000  # pairs one search may return (~0.5 GB); more means the threshold matches noise
+
+
+class TooManyPairsError(ValueError):
+    """The threshold is so loose that the pairs would not fit in memory."""
 
 
 def popcount64(x: np.ndarray) -> np.ndarray:
@@ -94,14 +101,15 @@ class _Buckets:
 
 
 def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None, parts: int = 1,
-               run_jobs: Callable[[Callable, list[tuple]], list] | None = None, min_parallel: int = 50_000
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               run_jobs: Callable[[Callable, list[tuple]], list] | None = None, min_parallel: int = 50_000,
+               max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) of every pair within `threshold` bits, each pair once.
 
     Without `other`: pairs within `codes`, with i < j. With `other`: pairs (i in codes, j in other).
     The probes of each block are independent: they are cut into `parts` jobs per block and run by
     `run_jobs(fn, jobs)` (an executor's `map`: processes on this machine, or Ray tasks), unless there
-    are fewer than `min_parallel` codes, where starting workers costs more than it saves.
+    are fewer than `min_parallel` codes, where starting workers costs more than it saves. More than
+    `max_pairs` pairs raise `TooManyPairsError` rather than exhausting memory.
     """
     query = np.ascontiguousarray(codes, dtype=np.uint64)
     base = query if other is None else np.ascontiguousarray(other, dtype=np.uint64)
@@ -118,18 +126,27 @@ def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = Non
         cut = min(parts, len(masks))
         jobs += [(shift, width, masks[k::cut]) for k in range(cut)]
         shift += width
-    jobs = [(query, None if other is None else base, threshold, *job) for job in jobs]
+    jobs = [(query, None if other is None else base, threshold, *job, max_pairs) for job in jobs]
     found = run_jobs(_search_block, jobs) if run_jobs else [_search_block(*job) for job in jobs]
+    if sum(len(f[0]) for f in found) > max_pairs * max(1, m):  # each pair is found in at most m blocks
+        _too_many(threshold, max_pairs)
     i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
     j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
     # a pair close in several blocks is found several times: keep one
     pair_ids = np.unique(i.astype(np.int64) * len(base) + j)
+    if len(pair_ids) > max_pairs:
+        _too_many(threshold, max_pairs)
     i, j = np.divmod(pair_ids, len(base))
     return i, j, popcount64(query[i] ^ base[j])
 
 
+def _too_many(threshold: int, max_pairs: int) -> None:
+    raise TooManyPairsError(f"more than {max_pairs:,} pairs of images lie within {threshold} bits: the threshold "
+                            "is too loose for this data (unrelated images match); use a lower --threshold")
+
+
 def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, shift: int, width: int,
-                  masks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+                  masks: list[int], max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `threshold` found by probing one block with the given flip masks."""
     self_join = other is None
     base = query if self_join else other
@@ -143,43 +160,10 @@ def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, s
         q_all = (query >> np.uint64(shift)) & mask
         q_index = np.argsort(q_all, kind="stable")
         q_keys = q_all[q_index]
-    found_i, found_j = [], []
-    for flip in masks:
-        targets = q_keys ^ np.uint64(flip)
-        sources = q_index
-        if self_join and flip:
-            # the pair (a, b) is found from a when key_a < key_b and from b otherwise: probe once
-            upward = targets > q_keys
-            targets, sources = targets[upward], sources[upward]
-        starts, ends = buckets.ranges(targets)
-        for pos, j in _expand(starts, ends, buckets.order):
-            i = sources[pos]
-            keep = popcount64(query[i] ^ base[j]) <= threshold
-            if self_join:
-                keep &= i != j
-                i, j = np.minimum(i, j), np.maximum(i, j)
-            found_i.append(i[keep])
-            found_j.append(j[keep])
-    empty = np.zeros(0, np.int64)
-    return np.concatenate([empty, *found_i]), np.concatenate([empty, *found_j])
-
-
-def _expand(starts: np.ndarray, ends: np.ndarray, order: np.ndarray):
-    """Yield (query index, base index) arrays for every candidate in the ranges, in bounded chunks."""
-    counts = ends - starts
-    nonzero = np.flatnonzero(counts)
-    if len(nonzero) == 0:
-        return
-    cum = np.cumsum(counts[nonzero])
-    begin = 0
-    while begin < len(nonzero):
-        # take queries until about _CHUNK candidates
-        stop = int(np.searchsorted(cum, (cum[begin - 1] if begin else 0) + _CHUNK, "right"))
-        stop = max(stop, begin + 1)
-        sel = nonzero[begin:stop]
-        c = counts[sel]
-        total = int(c.sum())
-        q = np.repeat(sel, c)
-        offsets = np.repeat(starts[sel] - (np.cumsum(c) - c), c) + np.arange(total)
-        yield q, order[offsets]
-        begin = stop
+    starts = buckets.table if buckets.table is not None else np.zeros(0, np.int64)
+    i, j, overflow = probe(q_keys, q_index, query[q_index], base[buckets.order], starts, buckets.sorted_keys,
+                           buckets.order,
+                           np.asarray(masks, np.uint64), threshold, self_join, max_pairs)
+    if overflow:
+        _too_many(threshold, max_pairs)
+    return i, j

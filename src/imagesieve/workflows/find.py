@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -27,17 +27,23 @@ from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.progress import phase
-from imagesieve.runfolder import remove_stale_temp_files, write_json_atomic, write_parquet_atomic
+from imagesieve.runfolder import (
+    remove_stale_temp_files,
+    run_lock,
+    shard_fingerprint,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
-from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.stages.hashing.hash_writer import hash_table_path, table_provenance
 from imagesieve.stages.io import ImageReaderStage
-from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.workflows.common import absolute_paths, run_on_shards
+from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
 # each hash, except pHash, where 10 keeps precision at 0.996 for an F1 within 0.01 of the best (12).
 DEFAULT_THRESHOLDS = {"phash": 10, "dhash": 7, "ahash": 3, "whash": 3}
+MAX_THRESHOLD = 32
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class FindConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.threshold is not None and not 0 <= self.threshold <= MAX_THRESHOLD:
+            raise ValueError(f"threshold must be within 0..{MAX_THRESHOLD} bits of 64, got {self.threshold} "
+                             "(beyond half the bits, unrelated images match)")
         keep_policy(self.keep)  # validates
 
     @property
@@ -85,24 +94,30 @@ class FindSummary:
                 f"elapsed          {self.elapsed_seconds:.1f} s"]
 
 
-def hash_shards(input_path: str | list[str], hashes_dir: str, config: FindConfig, executor: BaseExecutor | None,
-                progress: bool, desc: str) -> list[tuple[str, str]]:
-    """Hash every shard whose hash table is missing or lacks a needed column; returns the shards."""
-    shards = list_shards(input_path)
+def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, config: FindConfig,
+                executor: BaseExecutor | None, progress: bool, desc: str) -> list[tuple[str, str]]:
+    """Hash every shard whose hash table is missing, lacks a needed column, or was made from another
+    version of the shard or with other settings; returns the shards (those under `output_dir` left out)."""
+    shards = input_shards(input_path, output_dir)
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
-    todo = [(p, rel) for p, rel in shards if not _has_columns(hash_table_path(hashes_dir, rel), needed)]
+    settings = {"exact_decode": config.exact_decode}
+    todo = [(p, rel) for p, rel in shards if not _table_is_current(hash_table_path(hashes_dir, rel), p, needed,
+                                                                    settings)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
-    run_on_shards(desc, [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir)], todo, len(shards),
-                  executor, progress)
+    run_on_shards(desc, [ImageReaderStage(), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],
+                  todo, len(shards), executor, progress)
     return shards
 
 
-def _has_columns(path: str, needed: set[str]) -> bool:
+def _table_is_current(path: str, shard: str, needed: set[str], settings: dict) -> bool:
     if not os.path.exists(path):
         return False
-    return needed <= set(pq.read_schema(path).names)
+    provenance = table_provenance(path)
+    return (provenance.get("shard_fingerprint") == shard_fingerprint(shard)
+            and all(provenance.get(k) == v for k, v in settings.items())
+            and needed <= set(pq.read_schema(path).names))
 
 
 def load_hashes(hashes_dir: str, shards: list[tuple[str, str]]) -> pa.Table:
@@ -136,18 +151,29 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
                     reference: str | list[str] | None = None, executor: BaseExecutor | None = None,
                     progress: bool = False) -> FindSummary:
     """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
-    started = time.monotonic()
     os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "find"):
+        return find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+
+
+def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: FindConfig,
+                          reference: str | list[str] | None, executor: BaseExecutor | None,
+                          progress: bool) -> FindSummary:
+    """`find_duplicates` for a caller that holds the output folder's lock."""
+    started = time.monotonic()
+    if config.keep.startswith("column:") and not config.json_fields:
+        config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
     remove_stale_temp_files(output_dir)
     executor = executor or LocalExecutor()
     search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
-    shards = hash_shards(input_path, os.path.join(output_dir, "hashes"), config, executor, progress, "hash")
+    shards = hash_shards(input_path, output_dir, os.path.join(output_dir, "hashes"), config, executor, progress,
+                         "hash")
     table = load_hashes(os.path.join(output_dir, "hashes"), shards)
     check_unique_ids(table, "input")
     table, skipped = split_readable(table)
     if reference is not None:
-        ref_shards = hash_shards(reference, os.path.join(output_dir, "reference_hashes"), config, executor,
-                                 progress, "hash reference")
+        ref_shards = hash_shards(reference, output_dir, os.path.join(output_dir, "reference_hashes"), config,
+                                 executor, progress, "hash reference")
         ref, _ = split_readable(load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards))
     t = config.max_distance
 

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.id_index import directory_fingerprint
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.runfolder import (
     WORK_DIR,
@@ -21,15 +20,16 @@ from imagesieve.runfolder import (
     is_done,
     read_json,
     remove_stale_temp_files,
+    run_lock,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage, ImageWriterStage
-from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.workflows.common import absolute_paths, run_on_shards
+from imagesieve.workflows.common import absolute_paths, input_shards, run_on_shards
 
 
 @dataclass
@@ -58,26 +58,6 @@ class RemoveSummary:
         ]
 
 
-def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str, str]]:
-    """The shards to read: those of `input_path`, minus any inside `output_dir` (our own earlier output).
-
-    Refuses an output folder that is the input folder, since output shards would replace inputs.
-    """
-    out = os.path.realpath(output_dir)
-    shards = []
-    for path, rel in list_shards(input_path):
-        real = os.path.realpath(path)
-        if real.startswith(out + os.sep):
-            if os.path.realpath(os.path.join(out, rel)) == real:
-                raise ValueError(f"output folder {output_dir} is where the input shard {path} lies; "
-                                 "choose another output folder")
-            continue
-        shards.append((path, rel))
-    if not shards:
-        raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
-    return shards
-
-
 def check_output_dir(output_dir: str) -> None:
     """Create the output folder, or say why it cannot be written."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -101,30 +81,49 @@ def check_same_run(output_dir: str, config: dict) -> None:
 
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
-                      executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False
-                      ) -> RemoveSummary:
-    """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`."""
+                      executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
+                      cache_dir: str | None = None, check_id_folder: bool = True,
+                      removed_path: str | None = None) -> RemoveSummary:
+    """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
+
+    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet)."""
     started = time.monotonic()
     shards = input_shards(input_path, output_dir)
     check_output_dir(output_dir)
-    remove_stale_temp_files(output_dir)
-    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field)
-    removal.setup()  # fail fast on a bad ID folder, before any worker starts
-    check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
-                                "ids_fingerprint": directory_fingerprint(duplicates_dir, id_field),
-                                "removal_stage": removal.config()})
+    with run_lock(output_dir, "remove"):
+        remove_stale_temp_files(output_dir)
+        removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
+                                              cache_dir=cache_dir, check_id_folder=check_id_folder)
+        removal.setup()  # fail fast on a bad ID folder, before any worker starts
+        check_integer_ids(removal, shards)
+        check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
+                                    "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()})
 
-    todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel)]
-    writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
-    run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
+        todo = [(p, rel) for p, rel in shards if not is_done(output_dir, rel, p)]
+        writer = ImageWriterStage(output_dir=output_dir, fsync=fsync)
+        run_on_shards("remove", [ImageReaderStage(), removal, writer], todo, len(shards), executor, progress)
 
-    summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes, started)
-    write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
+        summary = finish_run(output_dir, shards, len(shards) - len(todo), removal.listed_ids, removal.notes,
+                             started, removed_path or os.path.join(output_dir, "removed.parquet"))
+        write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
 
 
+def check_integer_ids(removal: ImageDuplicatesRemovalStage, shards: list[tuple[str, str]]) -> None:
+    """Integer IDs lose the leading zeros of keys such as 00000123 (img2dataset's): none would match,
+    and the run would remove nothing while looking successful. Refuse that case up front."""
+    if not any("holds integers" in note for note in removal.notes):
+        return
+    for sample in iter_samples(shards[0][0], loose=[]):
+        if len(sample.key) > 1 and sample.key.isdigit() and sample.key.startswith("0"):
+            raise ValueError(f"the ID files under {removal.removal_parquets_dir} store IDs as integers, but keys such "
+                             f"as {sample.key!r} (in {shards[0][0]}) have leading zeros, so no ID could match. "
+                             "Write the IDs as strings, exactly as the keys are spelled")
+        return
+
+
 def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: int, ids_listed: int,
-               notes: list[str], started: float) -> RemoveSummary:
+               notes: list[str], started: float, removed_path: str) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
     samples_in = kept = removed = loose = 0
     for path, rel in shards:
@@ -143,7 +142,7 @@ def finish_run(output_dir: str, shards: list[tuple[str, str]], shards_skipped: i
     distinct_removed = len(pc.unique(removed_table.column("id")))
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
-    write_parquet_atomic(removed_table, os.path.join(output_dir, "removed.parquet"))
+    write_parquet_atomic(removed_table, removed_path)
     return RemoveSummary(shards=len(shards), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
                          removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,

@@ -8,9 +8,11 @@ worker that needs it), not in a Python set per worker. Removed images are never 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
-from imagesieve.dedup.id_index import IdIndex, build_shared_index
+from imagesieve.dedup.id_cache import build_shared_index
+from imagesieve.dedup.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import ImageBatch
 
@@ -22,13 +24,21 @@ REMOVAL_REASON = "listed as duplicate"
 @dataclass
 class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     """Removes images whose `image_id` appears in the `duplicate_id_field` column of any
-    `*.parquet` file under `removal_parquets_dir` (searched recursively)."""
+    `*.parquet` file under `removal_parquets_dir` (searched recursively).
+
+    Beyond the reference's fields: `cache_dir` holds the built ID index between runs (default
+    `~/.cache/imagesieve`, private to the user); `check_id_folder=False` accepts a folder that looks
+    like a `find` output root, a groups table or a hash table (refused by default: those list images
+    that must stay).
+    """
 
     removal_parquets_dir: str
     duplicate_id_field: str = "id"
     verbose: bool = False
     num_workers_per_node: int | None = None
     name: str = "image_dedup_filter"
+    cache_dir: str | None = None
+    check_id_folder: bool = True
     _index: IdIndex | None = field(default=None, init=False, repr=False)
     _index_dir: str | None = field(default=None, init=False, repr=False)
 
@@ -39,10 +49,16 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         return ["data"], []
 
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
-        self._index_dir = build_shared_index(self.removal_parquets_dir, self.duplicate_id_field)
+        self._index_dir = self._build_index()
+
+    def _build_index(self) -> str:
+        return build_shared_index(self.removal_parquets_dir, self.duplicate_id_field, self.cache_dir,
+                                  check_folder=self.check_id_folder)
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
-        index_dir = self._index_dir or build_shared_index(self.removal_parquets_dir, self.duplicate_id_field)
+        if self._index_dir is None or not os.path.isdir(self._index_dir):  # e.g. another node's cache path
+            self._index_dir = self._build_index()
+        index_dir = self._index_dir
         self._index = IdIndex.load(index_dir)
         for note in self._index.notes:
             logger.warning(note)
@@ -59,6 +75,11 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         if self._index is None:
             self.setup()
         return len(self._index)
+
+    @property
+    def ids_digest(self) -> str:
+        """A digest of the ID files' content: equal for equal IDs, whatever their names or mtimes."""
+        return os.path.basename(self._index_dir or self._build_index())
 
     @property
     def notes(self) -> list[str]:

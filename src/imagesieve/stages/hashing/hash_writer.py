@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from imagesieve.dedup.hashes import PERCEPTUAL
-from imagesieve.runfolder import batch_relative_path, strip_shard_suffix, write_parquet_atomic
+from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
+PROVENANCE_KEY = b"imagesieve.provenance"
 BASE_COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(), "width": pa.int64(),
                 "height": pa.int64(), "format": pa.string(), "file_size": pa.int64(), "error": pa.string(),
                 "bytes_hash": pa.string(), "pixel_hash": pa.string()}
 
 
 def hash_table_path(hashes_dir: str, relative_path: str) -> str:
-    return os.path.join(hashes_dir, strip_shard_suffix(relative_path) + ".parquet")
+    """hashes/<shard path>.parquet: the whole shard name, so that x.tar and x.tar.gz differ."""
+    return os.path.join(hashes_dir, relative_path + ".parquet")
+
+
+def table_provenance(path: str) -> dict:
+    """What a hash table was made from (the shard's fingerprint, the settings), {} if unknown."""
+    metadata = pq.read_schema(path).metadata or {}
+    try:
+        return json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
+    except ValueError:
+        return {}
 
 
 def column_type(name: str) -> pa.DataType:
@@ -34,7 +47,8 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     """Writes `hashes_dir/<shard>.parquet` (atomically): id, shard, position, size, format, hashes."""
 
     hashes_dir: str = ""
-    name: str = "hash_writer"
+    settings: dict = field(default_factory=dict)  # recorded with the shard's fingerprint: a rerun reuses
+    name: str = "hash_writer"                     # a table only when both still match
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["metadata"]
@@ -52,6 +66,8 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             for name in extra:
                 columns[name].append(image.metadata.get(name))
         table = pa.table({name: pa.array(values, column_type(name)) for name, values in columns.items()})
+        provenance = {"shard_fingerprint": shard_fingerprint(task._metadata["shard"]), **self.settings}
+        table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
         write_parquet_atomic(table, path)
         errors = sum(1 for image in task.data if "error" in image.metadata)

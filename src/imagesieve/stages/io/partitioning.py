@@ -4,41 +4,84 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from imagesieve.runfolder import SHARD_SUFFIXES
+from braceexpand import braceexpand
+
+from imagesieve.runfolder import SHARD_SUFFIXES, is_temp_name
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES) -> list[tuple[str, str]]:
-    """(path, path relative to the input root) of every shard, sorted.
+    """(path, path relative to the input root) of every shard, sorted by the relative path.
 
-    `source` is a folder (searched recursively), a glob, a single file or a list of these. Files
-    that are not shards (img2dataset's `.parquet` and `_stats.json` beside them) are skipped.
+    `source` is, as webdataset users write it: a folder (searched recursively, symlinked folders
+    followed), a glob (`data/**/*.tar`), a brace pattern (`data/{00000..00999}.tar`), a single
+    shard, a text file (`.txt`) listing any of these one per line, or a list of these. Files that
+    are not shards (img2dataset's `.parquet` and `_stats.json` beside them) are skipped. Relative
+    paths (which name the outputs) are taken from the common folder of all sources.
     """
     sources = [source] if isinstance(source, str) else list(source)
-    found: dict[str, str] = {}
-    for src in sources:
-        if glob.has_magic(src):
-            root = _glob_root(src)
-            matches = [p for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
-        elif os.path.isdir(src):
-            root = src
-            matches = [os.path.join(d, f) for d, _, files in os.walk(src) for f in files]
-        elif os.path.isfile(src):
-            root = os.path.dirname(src)
-            if not src.endswith(suffixes):
-                raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
-            matches = [src]
-        else:
-            raise FileNotFoundError(f"{src}: no such file or folder")
-        for path in matches:
-            if path.endswith(suffixes) and ".tmp-" not in os.path.basename(path):
-                found[os.path.abspath(path)] = os.path.relpath(path, root or ".")
-    if not found:
-        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(sources)}")
+    matched: dict[str, str] = {}  # absolute path -> the root it was found under
+    for spec in sources:
+        for src in _expand(spec):
+            for path, root in _match(src, suffixes):
+                matched.setdefault(os.path.abspath(path), os.path.abspath(root or "."))
+    if not matched:
+        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}")
+    roots = set(matched.values())
+    common = roots.pop() if len(roots) == 1 else os.path.commonpath([*roots, *matched.values()])
+    found = {path: os.path.relpath(path, common) for path in matched}
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def _expand(spec: str) -> list[str]:
+    """A brace pattern's paths, a list file's lines (each expanded again), or the spec itself."""
+    if "://" in spec:
+        raise ValueError(f"{spec}: object storage and URLs are not supported yet; copy the shards to a local or "
+                         "mounted folder")
+    if "{" in spec and "}" in spec and not os.path.exists(spec):
+        return list(braceexpand(spec))
+    if spec.endswith((".txt", ".lst")) and os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        folder = os.path.dirname(spec)
+        return [p for line in lines for p in _expand(os.path.join(folder, os.path.expanduser(line)))]
+    return [spec]
+
+
+def _match(src: str, suffixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """(shard path, root) for one expanded source."""
+    if glob.has_magic(src):
+        root = _glob_root(src)
+        paths = [p for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
+    elif os.path.isdir(src):
+        root, paths = src, list(walk_files(src))
+    elif os.path.isfile(src):
+        if not src.endswith(suffixes):
+            raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
+        root, paths = os.path.dirname(src), [src]
+    else:
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    for path in paths:
+        if path.endswith(suffixes) and not is_temp_name(os.path.basename(path)):
+            yield path, root
+
+
+def walk_files(folder: str) -> Iterator[str]:
+    """Every file under `folder`, following symlinked folders (a dataset is often assembled from links)
+    but entering each real folder once, so a link loop cannot recurse forever."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (os.path.join(root, name) for name in sorted(files))
 
 
 def _glob_root(pattern: str) -> str:

@@ -15,11 +15,18 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from imagesieve.executors.accounting import AccountingError, check
-from imagesieve.runfolder import batch_relative_path, done_marker, work_path, write_json_atomic, write_parquet_atomic
+from imagesieve.runfolder import (
+    batch_relative_path,
+    done_marker,
+    shard_fingerprint,
+    work_path,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from imagesieve.shards import AtomicShardWriter
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar
-from imagesieve.tasks import FileGroupTask, ImageBatch
+from imagesieve.tasks import FileGroupTask, ImageBatch, MemberRef
 
 logger = logging.getLogger(__name__)
 check_accounting = check
@@ -28,6 +35,13 @@ REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reaso
 
 
 __all__ = ["AccountingError", "ImageWriterStage", "REMOVED_SCHEMA", "check_accounting"]
+
+
+def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[MemberRef]:
+    """Kept members and members of no sample, merged in the order they had in the input shard."""
+    if not loose:
+        return kept
+    return sorted([*kept, *loose], key=lambda ref: ref.header_offset if ref.header_offset >= 0 else ref.offset)
 
 
 @dataclass
@@ -69,17 +83,18 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
         out_path = os.path.join(self.output_dir, relative)
         keys, names, sizes, bytes_out = [], [], [], 0
+        loose = task._metadata.get("loose_members", [])
+        kept_refs = []
+        for image in task.data:
+            kept_refs.extend(image.members.values())
+            bytes_out += sum(ref.size for ref in image.members.values())
+            keys.append(image.image_id)
+            names.append([ref.name for ref in image.members.values()])
+            sizes.append([ref.size for ref in image.members.values()])
         with AtomicShardWriter(out_path, self.fsync) as writer:
-            loose = task._metadata.get("loose_members", [])
-            for ref in loose:  # members of no sample (global headers, README, ._x.jpg): copied first
+            # members of no sample (global headers, README, ._x.jpg) keep their place among the others
+            for ref in in_shard_order(kept_refs, loose):
                 writer.add(ref)
-            for image in task.data:
-                for ref in image.members.values():
-                    writer.add(ref)
-                    bytes_out += ref.size
-                keys.append(image.image_id)
-                names.append([ref.name for ref in image.members.values()])
-                sizes.append([ref.size for ref in image.members.values()])
         write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()),
                                        "members": pa.array(names, pa.list_(pa.string())),
                                        "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
@@ -88,7 +103,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
-        stats = {"shard": shard, "relative_path": relative, "output": out_path, "samples_in": samples_in,
+        stats = {"shard": shard, "relative_path": relative, "input_fingerprint": shard_fingerprint(shard),
+                 "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": os.path.getsize(out_path), "sidecar": sidecar,
                  "loose_members": [ref.name for ref in loose if ref.name]}

@@ -1,0 +1,95 @@
+"""One run from shards to clean shards: find, then remove, then the report, in one output folder.
+
+OUTPUT/shards/           the input shards without the duplicates (byte-for-byte; resumable)
+OUTPUT/duplicates/       the IDs removed (NeMo Curator's layout)
+OUTPUT/groups/           every duplicate group: kept member, removed ones, method, distance
+OUTPUT/hashes/           per-shard hashes, reused by reruns
+OUTPUT/removed.parquet   id, shard, reason of every removed sample
+OUTPUT/report/index.html the report
+OUTPUT/summary.json      counts and time per phase
+
+Each phase resumes on a rerun (hash tables and finished shards are reused), so a killed run, run
+again with the same arguments, ends with the same output as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.progress import phase
+from imagesieve.report import write_report
+from imagesieve.runfolder import read_json, run_lock, write_json_atomic
+from imagesieve.workflows.find import FindConfig, find_in_locked_folder
+from imagesieve.workflows.remove import remove_duplicates
+
+
+@dataclass
+class DedupSummary:
+    images: int
+    groups: int
+    duplicates: int
+    by_method: dict[str, int]
+    samples_in: int | None  # None on a dry run: nothing was copied
+    kept: int | None
+    removed: int | None
+    output: str
+    dry_run: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+    def lines(self) -> list[str]:
+        methods = ", ".join(f"{k} {v:,}" for k, v in sorted(self.by_method.items())) or "none"
+        rows = [("images", f"{self.images:,}"), ("duplicate groups", f"{self.groups:,}"),
+                ("duplicates", f"{self.duplicates:,} ({methods})")]
+        if self.dry_run:
+            rows.append(("removed", "nothing (dry run): the shards were not written"))
+        else:
+            rows += [("kept", f"{self.kept:,}"), ("removed", f"{self.removed:,}")]
+        rows += [(f"time: {name}", f"{seconds:.1f} s") for name, seconds in self.seconds.items()]
+        rows += [("report", os.path.join(self.output, "report", "index.html"))]
+        if not self.dry_run:
+            rows += [("clean shards", os.path.join(self.output, "shards")),
+                     ("removed list", os.path.join(self.output, "removed.parquet"))]
+        return [f"{label:<18}{value}" for label, value in rows]
+
+
+def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | None = None,
+          reference: str | list[str] | None = None, executor: BaseExecutor | None = None, progress: bool = False,
+          dry_run: bool = False, cache_dir: str | None = None) -> DedupSummary:
+    """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
+    os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "dedup"):
+        return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
+                      progress, dry_run, cache_dir)
+
+
+def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig, reference: str | list[str] | None,
+           executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None) -> DedupSummary:
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+    seconds["find"] = time.monotonic() - started
+    removal = None
+    if not dry_run:
+        started = time.monotonic()
+        removal = remove_duplicates(input_path, os.path.join(output_dir, "shards"),
+                                    os.path.join(output_dir, "duplicates"), executor=executor, progress=progress,
+                                    cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"))
+        seconds["remove"] = time.monotonic() - started
+    summary_path = os.path.join(output_dir, "summary.json")
+    record = read_json(summary_path)  # find's: input, config, counts
+    record.update(dry_run=dry_run, removal=asdict(removal) if removal else None,
+                  removed_list=None if dry_run else os.path.join(output_dir, "removed.parquet"))
+    write_json_atomic(record, summary_path)
+    started = time.monotonic()
+    with phase("report", progress):
+        write_report(output_dir, executor=executor)
+    seconds["report"] = time.monotonic() - started
+    write_json_atomic({**record, "seconds": seconds}, summary_path)
+    return DedupSummary(images=found.images, groups=found.groups, duplicates=found.duplicates,
+                        by_method=found.by_method, samples_in=removal.samples_in if removal else None,
+                        kept=removal.kept if removal else None, removed=removal.removed if removal else None,
+                        output=output_dir, dry_run=dry_run, seconds=seconds)

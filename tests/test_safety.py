@@ -1,0 +1,402 @@
+"""Ordinary mistakes and hostile files never make imagesieve delete the wrong thing (issue 8).
+
+Each test is a case a careless or hostile user hit: a poisonable cache, user files that looked like
+temp files, the wrong ID folder, stale per-shard results, two runs into one folder, skipped input.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from conftest import write_ids
+
+from imagesieve.dedup.id_cache import CacheError, build_shared_index, prune
+from imagesieve.dedup.id_folder import WrongIdFolderError
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.runfolder import OutputInUseError, naming_errors, run_lock
+from imagesieve.shards import ShardError, iter_samples
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.remove import remove_duplicates
+
+ONE = LocalExecutor(1)
+
+
+def keys_of(folder: Path) -> set[str]:
+    return {s["__key__"] for tar in sorted(folder.rglob("*.tar")) if "_imagesieve" not in tar.parts
+            for s in wds.WebDataset(str(tar), shardshuffle=False)}
+
+
+@pytest.fixture
+def dataset(make_shard, tmp_path):
+    """Two shards: 6 distinct photos, then exact copies of the first 3 under other keys."""
+    make_shard("00000.tar", n=6)
+    make_shard("00001.tar", n=3, keys=["copy-0", "copy-1", "copy-2"])
+    return tmp_path / "shards"
+
+
+# 1. the ID index cache is private to the user and keyed by content
+
+
+def test_cache_folder_of_another_user_is_refused(tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a folder owned by another user")
+    cache = tmp_path / "cache"
+    (cache / "id-index").mkdir(parents=True)
+    os.chown(cache / "id-index", 65534, 65534)
+    write_ids(tmp_path / "ids", ["a"])
+    with pytest.raises(CacheError, match="belongs to another user"):
+        build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+
+
+def test_cache_folder_that_is_a_symlink_is_refused(tmp_path):
+    elsewhere = tmp_path / "planted"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    os.symlink(elsewhere, tmp_path / "cache" / "id-index")
+    write_ids(tmp_path / "ids", ["a"])
+    with pytest.raises(CacheError, match="symlink"):
+        build_shared_index(str(tmp_path / "ids"), "id", str(tmp_path / "cache"))
+    assert not os.listdir(elsewhere)
+
+
+def test_cache_is_created_private_and_an_open_one_is_made_private(tmp_path):
+    write_ids(tmp_path / "ids", ["a"])
+    cache = tmp_path / "cache"
+    build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    assert (cache / "id-index").stat().st_mode & 0o777 == 0o700
+    os.chmod(cache / "id-index", 0o777)
+    build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    assert (cache / "id-index").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_symlinked_lock_file_is_not_followed(tmp_path):
+    write_ids(tmp_path / "ids", ["a"])
+    cache = tmp_path / "cache"
+    entry = build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.remove(entry + ".lock")
+    os.symlink(victim, entry + ".lock")
+    with pytest.raises(OSError):
+        build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    assert victim.read_text() == "precious"
+
+
+def test_index_is_keyed_by_content_not_by_file_names_or_times(tmp_path):
+    write_ids(tmp_path / "a", ["x", "y"])
+    write_ids(tmp_path / "b", ["x", "y"], name="other-name.parquet")  # same bytes? same IDs, other name
+    os.utime(tmp_path / "b" / "other-name.parquet", (1, 1))
+    first = ImageDuplicatesRemovalStage(str(tmp_path / "a"))
+    second = ImageDuplicatesRemovalStage(str(tmp_path / "b"))
+    assert first.ids_digest == second.ids_digest
+    write_ids(tmp_path / "b", ["x", "z"], name="other-name.parquet")
+    assert ImageDuplicatesRemovalStage(str(tmp_path / "b")).ids_digest != first.ids_digest
+
+
+def test_a_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path):
+    write_ids(tmp_path / "ids", ["a", "b"])
+    cache = tmp_path / "cache"
+    entry = build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    with open(os.path.join(entry, "ids.bin"), "r+b") as f:  # a damaged disk, or a hand edit
+        f.truncate(1)
+    again = build_shared_index(str(tmp_path / "ids"), "id", str(cache))
+    stage = ImageDuplicatesRemovalStage(str(tmp_path / "ids"), cache_dir=str(cache))
+    stage.setup()
+    assert again == entry and list(stage._index.contains(["a", "b", "c"])) == [True, True, False]
+
+
+def test_cache_keeps_only_the_most_recently_used_entries(tmp_path):
+    cache = tmp_path / "cache"
+    for k in range(5):
+        write_ids(tmp_path / f"ids{k}", [f"id-{k}"])
+        build_shared_index(str(tmp_path / f"ids{k}"), "id", str(cache), max_entries=3)
+        time.sleep(0.01)  # distinct mtimes
+    entries = [n for n in os.listdir(cache / "id-index") if not n.endswith(".lock")]
+    assert len(entries) == 3
+    assert prune(str(cache / "id-index"), 3, keep="") == []
+
+
+def test_find_remove_find_remove_with_the_same_result_resumes(dataset, tmp_path):
+    found, out = tmp_path / "found", tmp_path / "out"
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    remove_duplicates(str(dataset), str(out), str(found / "duplicates"), executor=ONE)
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)  # rewrites the ID file
+    summary = remove_duplicates(str(dataset), str(out), str(found / "duplicates"), executor=ONE)
+    assert summary.shards_skipped == 2 and summary.removed == 3
+
+
+# 2. files of the user are never deleted
+
+
+def test_files_named_like_temp_files_in_an_existing_output_folder_survive(dataset, tmp_path):
+    out = tmp_path / "out"
+    (out / "drafts").mkdir(parents=True)
+    (out / "drafts" / "thesis.tmp-final.docx").write_text("mine")
+    (out / "runs" / "exp.tmp-3").mkdir(parents=True)
+    (out / "runs" / "exp.tmp-3" / "log.txt").write_text("mine too")
+    (out / ".notes.txt.tmp-12").write_text("and this")
+    find_duplicates(str(dataset), str(out / "found"), FindConfig(method="exact"), executor=ONE)
+    find_duplicates(str(dataset), str(out), FindConfig(method="exact"), executor=ONE)
+    remove_duplicates(str(dataset), str(out), str(out / "found" / "duplicates"), executor=ONE)
+    assert (out / "drafts" / "thesis.tmp-final.docx").read_text() == "mine"
+    assert (out / "runs" / "exp.tmp-3" / "log.txt").read_text() == "mine too"
+    assert (out / ".notes.txt.tmp-12").read_text() == "and this"
+
+
+# 3. the wrong ID folder is refused
+
+
+def test_a_find_output_root_as_id_folder_is_refused_naming_the_right_one(dataset, tmp_path):
+    found = tmp_path / "found"
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    with pytest.raises(WrongIdFolderError, match=f"Pass {found / 'duplicates'}"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(found), executor=ONE)
+    with pytest.raises(WrongIdFolderError, match="table of duplicate groups"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(found / "groups"), executor=ONE)
+    with pytest.raises(WrongIdFolderError, match="hash table"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(found / "hashes"), executor=ONE)
+    assert not list((tmp_path / "out").rglob("*.tar"))
+
+
+def test_refused_id_folder_can_be_forced(dataset, tmp_path):
+    found = tmp_path / "found"
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    summary = remove_duplicates(str(dataset), str(tmp_path / "out"), str(found / "groups"), executor=ONE,
+                                check_id_folder=False)
+    assert summary.removed == 6  # every member of the 3 groups, kept ones included: what was asked
+
+
+def test_cli_reports_a_wrong_id_folder_in_one_line(dataset, tmp_path):
+    found = tmp_path / "found"
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    proc = subprocess.run([sys.executable, "-m", "imagesieve.cli", "remove", "--quiet", "--workers", "1",
+                           "--duplicates", str(found), str(dataset), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "is the output folder of `imagesieve find`" in proc.stderr
+
+
+# 4. per-shard results of another version of the input are never reused
+
+
+def replace_shard(path: Path, keys: list[str], start: int) -> None:
+    """Rewrite a shard with other images under the same keys (as a re-download would)."""
+    from conftest import encode, photo_tiles
+
+    tiles = photo_tiles()
+    time.sleep(0.01)
+    with wds.TarWriter(str(path), encoder=False) as sink:
+        for i, key in enumerate(keys):
+            sink.write({"__key__": key, "jpg": encode(tiles[(start + i) % len(tiles)]), "txt": b"new"})
+
+
+def test_find_rerun_after_a_shard_changed_rehashes_it(dataset, tmp_path):
+    found = tmp_path / "found"
+    first = find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    assert first.duplicates == 3
+    replace_shard(dataset / "00001.tar", ["copy-0", "copy-1", "copy-2"], start=20)  # no longer copies
+    again = find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    assert again.duplicates == 0
+    assert pq.read_table(found / "duplicates").num_rows == 0
+
+
+def test_remove_rerun_after_a_shard_changed_redoes_it(dataset, tmp_path):
+    write_ids(tmp_path / "ids", ["copy-1"])
+    out = tmp_path / "out"
+    remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    replace_shard(dataset / "00001.tar", ["copy-0", "copy-1", "copy-2", "copy-3"], start=20)
+    summary = remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    assert summary.shards_skipped == 1 and summary.samples_in == 10
+    assert keys_of(out) == {f"{i:08d}" for i in range(6)} | {"copy-0", "copy-2", "copy-3"}
+
+
+# 5. two runs into one output folder
+
+
+def test_a_second_run_into_a_busy_output_folder_fails_at_once(dataset, tmp_path):
+    write_ids(tmp_path / "ids", ["copy-1"])
+    out = tmp_path / "out"
+    out.mkdir()
+    with run_lock(str(out), "remove"):
+        with pytest.raises(OutputInUseError, match="being written by another imagesieve run"):
+            remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+        with pytest.raises(OutputInUseError):
+            find_duplicates(str(dataset), str(out), FindConfig(method="exact"), executor=ONE)
+    assert remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE).removed == 1
+
+
+def test_the_lock_of_a_killed_run_does_not_block_the_next(dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from imagesieve.runfolder import run_lock\n"
+                               f"with run_lock({str(out)!r}, 'remove'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    write_ids(tmp_path / "ids", ["copy-1"])
+    with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):
+        remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    holder.kill()
+    holder.wait()
+    assert remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE).removed == 1
+
+
+# 6. no input is skipped silently, and distinct shards never share work files
+
+
+def test_shards_under_a_symlinked_folder_are_read_and_a_link_loop_ends(make_shard, tmp_path):
+    make_shard("00000.tar", n=4)
+    make_shard("00001.tar", n=4, start=4, folder="elsewhere")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "shards" / "linked")
+    os.symlink(tmp_path / "shards", tmp_path / "shards" / "loop")
+    write_ids(tmp_path / "ids", ["00000005"])
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert summary.shards == 2 and summary.samples_in == 8 and summary.removed == 1
+    assert (tmp_path / "out" / "linked" / "00001.tar").exists()
+
+
+def test_x_tar_and_x_tar_gz_keep_separate_results(make_shard, tmp_path):
+    plain = make_shard("x.tar", n=3)
+    with tarfile.open(tmp_path / "shards" / "x.tar.gz", "w:gz") as gz, tarfile.open(plain) as src:
+        for member in src.getmembers():
+            member.name = "gz-" + member.name
+            gz.addfile(member, src.extractfile(member))
+    write_ids(tmp_path / "ids", ["00000001", "gz-00000002"])
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert (summary.shards, summary.samples_in, summary.removed, summary.ids_not_found) == (2, 6, 2, 0)
+    removed = pq.read_table(tmp_path / "out" / "removed.parquet")
+    assert sorted(removed.column("id").to_pylist()) == ["00000001", "gz-00000002"]
+
+
+# 7. hostile tar headers fail fast and name the file
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n"
+    length = len(body) + 2
+    length = len(body) + len(str(length))
+    return f"{length}{body}".encode()
+
+
+def block(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+@pytest.mark.parametrize("value", ["-1536", "abc"])
+def test_a_bad_pax_size_is_refused_without_hanging(tmp_path, value):
+    record = pax_record("size", value)
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    member = tarfile.TarInfo("k.jpg")
+    member.size = 3
+    path = tmp_path / "bad.tar"
+    path.write_bytes(pax.tobuf(tarfile.USTAR_FORMAT) + block(record) + member.tobuf(tarfile.USTAR_FORMAT)
+                     + block(b"abc") + bytes(1024))
+    started = time.monotonic()
+    with pytest.raises(ShardError, match=r"bad\.tar.*bad PAX size"):
+        list(iter_samples(str(path)))
+    assert time.monotonic() - started < 5
+
+
+# 10. smaller cases
+
+
+def test_a_threshold_past_the_limit_is_refused_up_front():
+    with pytest.raises(ValueError, match="threshold must be within 0..32"):
+        FindConfig(threshold=33)
+
+
+def test_too_many_pairs_is_a_clear_error_not_memory_exhaustion():
+    import numpy as np
+
+    from imagesieve.dedup.near_search import TooManyPairsError, near_pairs
+
+    codes = np.random.default_rng(0).integers(0, 2**63, 2000, dtype=np.uint64)
+    with pytest.raises(TooManyPairsError, match="threshold is too loose"):
+        near_pairs(codes, 32, max_pairs=10_000)
+
+
+def test_keep_column_that_no_sample_has_is_an_error(dataset, tmp_path):
+    with pytest.raises(ValueError, match="no sample has a value for 'nosuch'"):
+        find_duplicates(str(dataset), str(tmp_path / "f"), FindConfig(keep="column:nosuch"), executor=ONE)
+
+
+def test_keep_column_that_is_not_a_number_is_an_error_naming_it(dataset, tmp_path):
+    with pytest.raises(ValueError, match="'key' must be a number, but holds '00000000'"):
+        find_duplicates(str(dataset), str(tmp_path / "f"), FindConfig(keep="column:key"), executor=ONE)
+
+
+def test_integer_ids_for_zero_padded_keys_are_refused(dataset, tmp_path):
+    write_ids(tmp_path / "ids", [1, 2], type_=pa.int64())
+    with pytest.raises(ValueError, match="leading zeros"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+
+
+def test_skipped_reasons_are_the_same_in_every_run(make_shard, tmp_path):
+    path = make_shard("00000.tar", n=2)
+    with wds.TarWriter(str(tmp_path / "shards" / "00001.tar"), encoder=False) as sink:
+        sink.write({"__key__": "bad", "jpg": b"not an image at all"})
+    reasons = []
+    for run in range(2):
+        find_duplicates(os.path.dirname(path), str(tmp_path / f"f{run}"), FindConfig(on_error="skip"), executor=ONE)
+        reasons.append(pq.read_table(tmp_path / f"f{run}" / "skipped.parquet").column("reason").to_pylist())
+    assert reasons[0] == reasons[1] and "0x" not in reasons[0][0]
+
+
+def test_members_of_no_sample_keep_their_place_so_an_untouched_shard_is_identical(tmp_path):
+    shard = tmp_path / "shards" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [("a.jpg", b"\xff\xd8a"), ("README", b"hello"), ("b.jpg", b"\xff\xd8b")]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    write_ids(tmp_path / "ids", ["zzz"])
+    remove_duplicates(str(shard.parent), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert (tmp_path / "out" / "00000.tar").read_bytes() == shard.read_bytes()
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    import errno
+
+    with pytest.raises(OSError, match=r"No space left on device while writing .*out\.tar"), \
+            naming_errors(str(tmp_path / "out.tar")):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_sample_data_refuses_a_shard_size_below_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "imagesieve.cli", "sample-data", "--shard-size", "0",
+                           str(tmp_path / "s")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "must be 1 or more" in proc.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(dataset, tmp_path):
+    write_ids(tmp_path / "ids", ["copy-1"])
+    proc = subprocess.Popen([sys.executable, "-m", "imagesieve.cli", "remove", "--quiet", "--workers", "1",
+                             "--duplicates", str(tmp_path / "ids"), str(dataset), str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before anything is printed, as `| head -0` would
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in stderr and "Broken pipe" not in stderr
+
+
+def test_progress_in_a_log_file_is_lines_not_carriage_returns():
+    from imagesieve.progress import ShardProgress
+    from imagesieve.tasks import FileGroupTask
+
+    log = io.StringIO()
+    with ShardProgress(3, enabled=True, desc="remove", every=0, stream=log) as bar:
+        for _ in range(3):
+            bar.update(None, [FileGroupTask(dataset_name="d", data=[], _metadata={"samples_in": 5})])
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and lines[0] == "remove: 3 shards (0 already done)"
+    assert lines[-1].startswith("remove: 3/3 shards, 15 samples")
