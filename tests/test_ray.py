@@ -196,7 +196,7 @@ def test_exception_in_a_ray_actor_keeps_type_message_stage_and_shard(cluster, da
         pipeline.run(RayExecutor())
     first_line = str(caught.value).splitlines()[0]
     assert first_line.startswith("cannot handle 6 images (stage 'fails_on_a_shard', shard '")
-    assert first_line.endswith("00001.tar')") and "ray::" not in first_line
+    assert first_line.endswith("00001.tar', key '00000008')") and "ray::" not in first_line
 
 
 def test_a_failing_setup_in_a_ray_actor_keeps_its_type(cluster, dataset, tmp_path):

@@ -108,7 +108,7 @@ def test_exception_in_a_worker_keeps_type_message_stage_and_shard(dataset, tmp_p
         pipeline.run(LocalExecutor(workers))
     first_line = str(caught.value).splitlines()[0]
     assert first_line.startswith("cannot handle 6 images (stage 'fails_on_a_shard', shard '")
-    assert first_line.endswith("00001.tar')")
+    assert first_line.endswith("00001.tar', key '00000008')")
     assert len(lines(logs, "teardown")) == workers  # torn down on error too
 
 

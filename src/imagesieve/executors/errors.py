@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from imagesieve.tasks import ImageBatch, Task
+from imagesieve.tasks import ImageBatch, ImageObject, Task
 
 CONTEXT_ATTR = "imagesieve_context"
 
@@ -27,15 +27,28 @@ class Terminated(KeyboardInterrupt):
     """The driver got SIGTERM; it stops its workers and keeps finished shards."""
 
 
-def task_context(stage_name: str, tasks: list[Task]) -> str:
-    """"stage 'x', shard 'y'" (and the key, when the batch holds a single image)."""
+def task_context(stage_name: str, tasks: list[Task], exc: BaseException | None = None) -> str:
+    """"stage 'x', shard 'y'", and "key 'z'" when the image being handled is known."""
     parts = [f"stage {stage_name!r}"]
     shards = list(dict.fromkeys(shard_of(t) for t in tasks))
     if shards:
         parts.append(f"shard {', '.join(shards)!r}" if len(shards) == 1 else f"shards {shards!r}")
-    if len(tasks) == 1 and isinstance(tasks[0], ImageBatch) and len(tasks[0].data) == 1:
-        parts.append(f"key {tasks[0].data[0].image_id!r}")
+    image = _image_at_fault(exc)
+    if image is None and len(tasks) == 1 and isinstance(tasks[0], ImageBatch) and len(tasks[0].data) == 1:
+        image = tasks[0].data[0]
+    if image is not None:
+        parts.append(f"key {image.image_id!r}")
     return ", ".join(parts)
+
+
+def _image_at_fault(exc: BaseException | None) -> ImageObject | None:
+    """The image a stage was handling when it raised: the one `ImageObject` local (a loop variable,
+    as in `for image in task.data: ... raise`) of the frame that raised, if it has exactly one."""
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    found = [v for v in tb.tb_frame.f_locals.values() if isinstance(v, ImageObject)] if tb is not None else []
+    return found[0] if len(found) == 1 else None
 
 
 def shard_of(task: Task) -> str:

@@ -30,7 +30,7 @@ def call_stage(stage: ProcessingStage, tasks: list[Task]) -> list[list[Task]]:
             per_input = _per_input(tasks, results)
         settle(stage.name, before, per_input)
     except Exception as exc:
-        note_context(exc, task_context(stage.name, tasks))
+        note_context(exc, task_context(stage.name, tasks, exc))
         raise
     perf = {"stage": stage.name, "seconds": time.perf_counter() - began, "items": sum(t.num_items for t in tasks)}
     for task, outs in zip(tasks, per_input, strict=True):
