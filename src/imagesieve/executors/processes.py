@@ -156,7 +156,7 @@ class ProcessPool:
             worker.stopping = True
             with contextlib.suppress(OSError):
                 worker.inbox.send(None)
-        deadline = time.monotonic() + (SHUTDOWN_GRACE_SECONDS if graceful else 5.0)
+        deadline = time.monotonic() + (SHUTDOWN_GRACE_SECONDS if graceful else 3.0)
         while any(not w.exited for w in self.workers) and time.monotonic() < deadline:
             ready = set(wait(self.waitables(), timeout=max(0.0, deadline - time.monotonic())))
             for worker in self.workers:
