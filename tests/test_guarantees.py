@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from imagesieve.dedup.id_index import IdIndex
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline
-from imagesieve.runfolder import read_json, write_json_atomic
+from imagesieve.runfolder import read_json, work_path, write_json_atomic
 from imagesieve.sample_data import write_shard
 from imagesieve.shards import AtomicShardWriter, iter_samples
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.writer import AccountingError
-from imagesieve.tasks import ImageBatch
+from imagesieve.tasks import ImageBatch, Removal
 from imagesieve.workflows.remove import remove_duplicates
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "imagesieve"
@@ -116,15 +116,45 @@ class SilentDropStage(ProcessingStage[ImageBatch, ImageBatch]):
         return task.with_data(task.data[1:])
 
 
-def test_accounting_catches_a_silently_dropped_sample(make_shard, tmp_path):
+def test_accounting_records_a_silently_dropped_sample_with_the_stage_name(make_shard, tmp_path):
     make_shard(n=4)
-    write_ids(tmp_path / "dups", ["x"])
-    pipeline = Pipeline("buggy", [FilePartitioningStage(file_paths=str(tmp_path / "shards")), ImageReaderStage(),
-                                  SilentDropStage(), ImageDuplicatesRemovalStage(str(tmp_path / "dups")),
-                                  ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    write_ids(tmp_path / "dups", ["00000002"])
+    pipeline = Pipeline("buggy", stages=[FilePartitioningStage(file_paths=str(tmp_path / "shards")),
+                                         ImageReaderStage(), SilentDropStage(),
+                                         ImageDuplicatesRemovalStage(str(tmp_path / "dups")),
+                                         ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    [result] = pipeline.run(LocalExecutor(1))
+    assert (result._metadata["samples_in"], result._metadata["kept"], result._metadata["removed"]) == (4, 2, 2)
+    removed = pq.read_table(work_path(str(tmp_path / "out"), "removed", "00000.tar", ".parquet")).to_pylist()
+    assert sorted((r["id"], r["reason"]) for r in removed) == [("00000000", "dropped by silent_drop"),
+                                                                ("00000002", "listed as duplicate")]
+
+
+def test_accounting_catches_a_sample_lost_outside_the_executor(make_shard, tmp_path):
+    """Stages called by hand, without an executor to record the drop: the writer refuses."""
+    batch = ImageReaderStage().read_shard(make_shard(n=4), "00000.tar")
     with pytest.raises(AccountingError, match="4 samples in but 3 kept \\+ 0 removed"):
-        pipeline.run(LocalExecutor(1))
+        ImageWriterStage(output_dir=str(tmp_path / "out")).process(SilentDropStage().process(batch))
     assert not (tmp_path / "out" / "00000.tar").exists()
+
+
+class KeepAndDropStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """A buggy stage: records a removal of a sample it also keeps."""
+
+    name = "keep_and_drop"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        task.removed.append(Removal(task.data[0].image_id, task.data[0].shard, "both"))
+        return task
+
+
+def test_accounting_catches_a_sample_counted_twice(make_shard, tmp_path):
+    make_shard(n=4)
+    pipeline = Pipeline("buggy", stages=[FilePartitioningStage(file_paths=str(tmp_path / "shards")),
+                                         ImageReaderStage(), KeepAndDropStage(),
+                                         ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    with pytest.raises(AccountingError, match="stage 'keep_and_drop'.*4 samples in but 4 kept \\+ 1 removed"):
+        pipeline.run(LocalExecutor(1))
 
 
 def test_accounting_catches_tampered_shard_counts(make_shard, tmp_path):

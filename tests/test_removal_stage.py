@@ -7,6 +7,7 @@ import pytest
 from conftest import write_ids
 
 from imagesieve.dedup.id_index import FlatFile, IdIndex, hash_ids
+from imagesieve.executors.plan import worker_caps
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.tasks import ImageBatch, ImageObject
 
@@ -24,7 +25,9 @@ def test_fields_and_defaults_match_the_reference(tmp_path):
     stage = ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path))
     assert (stage.duplicate_id_field, stage.verbose, stage.num_workers_per_node, stage.name) == (
         "id", False, None, "image_dedup_filter")
-    assert ImageDuplicatesRemovalStage(str(tmp_path), "image_id", True, 3, "x").num_workers() == 3
+    stage = ImageDuplicatesRemovalStage(str(tmp_path), "image_id", True, 3, "x")
+    assert worker_caps(stage) == (None, 3)  # a per-node cap, as the reference's field means
+    assert worker_caps(stage.with_(num_workers_per_node=2)) == (None, 2)
 
 
 def test_setup_raises_when_no_parquet(tmp_path):
@@ -45,8 +48,9 @@ def test_filters_with_default_id_column_keeping_order(tmp_path):
     out = stage.process(batch(["img1", "img2", "img3", "img4"]))
     assert [i.image_id for i in out.data] == ["img1", "img3"]
     assert out.dataset_name == "ds"
-    assert out._metadata["removed"] == [{"id": "img2", "reason": "listed as duplicate"},
-                                        {"id": "img4", "reason": "listed as duplicate"}]
+    assert [(r.image_id, r.reason) for r in out.removed] == [("img2", "listed as duplicate"),
+                                                             ("img4", "listed as duplicate")]
+    assert out.samples_in == 4
 
 
 def test_filters_with_custom_id_column(tmp_path):

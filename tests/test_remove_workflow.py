@@ -113,9 +113,9 @@ def test_output_inside_input_is_not_read_back_as_input(dataset, tmp_path):
 
 def test_pipeline_built_by_hand_with_partitioning(dataset, tmp_path):
     _, dups = dataset
-    pipeline = Pipeline("by_hand", [FilePartitioningStage(file_paths=str(tmp_path / "shards")), ImageReaderStage(),
-                                    ImageDuplicatesRemovalStage(removal_parquets_dir=dups),
-                                    ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    pipeline = Pipeline("by_hand", stages=[FilePartitioningStage(file_paths=str(tmp_path / "shards")),
+                                           ImageReaderStage(), ImageDuplicatesRemovalStage(removal_parquets_dir=dups),
+                                           ImageWriterStage(output_dir=str(tmp_path / "out"))])
     results = pipeline.run(LocalExecutor(2))
     assert sorted(t._metadata["kept"] for t in results) == [8, 8]
 
@@ -123,7 +123,7 @@ def test_pipeline_built_by_hand_with_partitioning(dataset, tmp_path):
 def test_pipeline_refuses_stages_that_do_not_fit(tmp_path):
     writer = ImageWriterStage(output_dir=str(tmp_path))
     with pytest.raises(PipelineError, match="takes ImageBatch but 'file_partitioning' makes FileGroupTask"):
-        Pipeline("bad", [FilePartitioningStage(file_paths=str(tmp_path)), writer]).validate()
+        Pipeline("bad", stages=[FilePartitioningStage(file_paths=str(tmp_path)), writer]).validate()
     with pytest.raises(PipelineError, match="no stages"):
         Pipeline("empty").validate()
 

@@ -52,9 +52,10 @@ def test_reads_every_image_format_with_sidecars(make_shard, ext):
     assert list(first.members) == sorted([ext, "txt", "json"])  # tar order (TarWriter sorts)
     assert first.image_ext == ext
     assert first.read_bytes("txt") == b"caption 00000005"
-    assert first.decode().shape[2] == 3
-    assert first.image_data is not None  # decoded lazily, once, on request
-    assert batch.data[1].image_data is None
+    assert not first.is_decoded
+    assert first.image_data.shape[2] == 3  # decoded lazily, once, on first access
+    assert first.is_decoded and first.decode() is first.image_data
+    assert not batch.data[1].is_decoded
 
 
 def test_ids_are_keys_not_positions(make_shard):

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if getattr(exc, "imagesieve_context", None):  # raised in a stage: say what it was, and where
+            message = f"{type(exc).__name__}: {message}"
         print(f"imagesieve: error: {message}", file=sys.stderr)
         return 1
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import typing
+import warnings
+from typing import Any
 
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import EmptyTask, Task
@@ -15,9 +17,9 @@ class PipelineError(ValueError):
     """The stages of a pipeline do not fit together."""
 
 
-def stage_task_types(stage: ProcessingStage) -> tuple[type, type]:
-    """The (input, output) task classes a stage declares through `ProcessingStage[In, Out]`."""
-    for klass in type(stage).__mro__:
+def stage_task_types(stage: ProcessingStage | type) -> tuple[type, type]:
+    """The (input, output) task classes a stage (or stage class) declares through `ProcessingStage[In, Out]`."""
+    for klass in (stage if isinstance(stage, type) else type(stage)).__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
             if typing.get_origin(base) is ProcessingStage:
                 args = typing.get_args(base)
@@ -27,15 +29,33 @@ def stage_task_types(stage: ProcessingStage) -> tuple[type, type]:
 
 
 class Pipeline:
-    """`Pipeline(name, stages).add_stage(...).run(executor)`."""
+    """`Pipeline(name, description=None, stages=None, config=None)`, as in NeMo Curator 1.x:
+    `.add_stage(...)` (chainable), `.build()`, `.describe()`, `.run(executor)`."""
 
-    def __init__(self, name: str, stages: list[ProcessingStage] | None = None, description: str = "") -> None:
+    def __init__(self, name: str, description: str | list[ProcessingStage] | None = None,
+                 stages: list[ProcessingStage] | None = None, config: dict[str, Any] | None = None) -> None:
+        if isinstance(description, list):  # Pipeline(name, stages): this project's earlier order
+            if stages is not None:
+                raise TypeError("Pipeline(name, description=None, stages=None, config=None): stages given twice")
+            warnings.warn("Pipeline(name, stages) is deprecated; use Pipeline(name, stages=stages) as in NeMo "
+                          "Curator", DeprecationWarning, stacklevel=2)
+            description, stages = None, description
         self.name = name
         self.description = description
         self.stages: list[ProcessingStage] = list(stages or [])
+        self.config: dict[str, Any] = dict(config or {})
+        self._built = False
 
     def add_stage(self, stage: ProcessingStage) -> Pipeline:
         self.stages.append(stage)
+        self._built = False
+        return self
+
+    def build(self) -> Pipeline:
+        """Check the pipeline (see `validate`) once; `run` calls it."""
+        if not self._built:
+            self.validate()
+            self._built = True
         return self
 
     def validate(self) -> None:
@@ -47,6 +67,10 @@ class Pipeline:
         for stage in self.stages:
             if not isinstance(stage, ProcessingStage):
                 raise PipelineError(f"{stage!r} is not a ProcessingStage")
+            if type(stage).process is ProcessingStage.process and not stage.supports_batch_processing():
+                raise PipelineError(f"stage {stage.name!r} overrides neither process nor process_batch")
+            if stage.batch_size < 1:
+                raise PipelineError(f"stage {stage.name!r}: batch_size must be >= 1, got {stage.batch_size}")
             in_type, out_type = stage_task_types(stage)
             if previous is not None:
                 prev_out = stage_task_types(previous)[1]
@@ -61,11 +85,23 @@ class Pipeline:
             produced.update(stage.outputs()[1])
             previous = stage
 
+    def describe(self) -> str:
+        """A readable summary: each stage with its resources, batch size and what it reads and writes."""
+        lines = [f"Pipeline: {self.name}", *([f"Description: {self.description}"] if self.description else []),
+                 f"Stages: {len(self.stages)}"]
+        for i, stage in enumerate(self.stages, 1):
+            res = stage.resources
+            lines += [f"  {i}. {stage.name} ({type(stage).__name__})",
+                      f"     resources: cpus={res.cpus}, gpu_memory_gb={res.gpu_memory_gb}, gpus={res.gpus}; "
+                      f"batch_size={stage.batch_size}",
+                      f"     inputs: {stage.inputs()}  outputs: {stage.outputs()}"]
+        return "\n".join(lines)
+
     def run(self, executor=None, initial_tasks: list[Task] | None = None) -> list[Task]:
-        """Validate, then run on `executor` (default: a `LocalExecutor`); returns the last stage's tasks."""
+        """Build, then run on `executor` (default: a `LocalExecutor`); returns the last stage's tasks."""
         from imagesieve.executors.local import LocalExecutor
 
-        self.validate()
+        self.build()
         executor = executor or LocalExecutor()
         return executor.execute(self.stages, initial_tasks or [EmptyTask()])
 

@@ -9,6 +9,7 @@ processes or Ray workers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -69,12 +70,17 @@ class Task(ABC, Generic[T]):
 
 @dataclass
 class ImageObject:
-    """One image sample. The first seven fields are the reference's; the rest carry pass-through."""
+    """One image sample. The first seven fields are the reference's; the rest carry pass-through.
+
+    `image_data` is decoded from the image member on first access and cached, so stages written
+    for the reference read it directly while stages that never touch it (removal) never decode.
+    It stays settable; a decoded-on-demand array is not sent between processes (it is re-decoded).
+    """
 
     image_path: str = ""
     image_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
-    image_data: np.ndarray | None = None
+    image_data: np.ndarray | None = field(default=None, repr=False, compare=False)
     embedding: np.ndarray | None = None
     aesthetic_score: float | None = None
     nsfw_score: float | None = None
@@ -89,11 +95,61 @@ class ImageObject:
 
     def decode(self) -> np.ndarray:
         """Decode the image to an RGB array (cached in `image_data`)."""
-        if self.image_data is None:
-            from imagesieve.imageio import decode_rgb
+        data = self.image_data
+        if data is None:
+            raise ValueError(f"{self.shard}: sample {self.image_id!r} has no image member to decode")
+        return data
 
-            self.image_data = decode_rgb(self.read_bytes(), where=f"{self.shard}: sample {self.image_id!r}")
-        return self.image_data
+    @property
+    def is_decoded(self) -> bool:
+        """Whether `image_data` holds an array now (without decoding)."""
+        return self.__dict__.get("_image_data") is not None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if state.pop("_lazy", False):
+            state["_image_data"] = None  # re-decoded on demand where it is needed
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def _get_image_data(self: ImageObject) -> np.ndarray | None:
+    data = self.__dict__.get("_image_data")
+    if data is None and self.image_ext in self.members:
+        from imagesieve.imageio import decode_rgb
+
+        data = decode_rgb(self.read_bytes(), where=f"{self.shard}: sample {self.image_id!r}")
+        self.__dict__.update(_image_data=data, _lazy=True)
+    return data
+
+
+def _set_image_data(self: ImageObject, value: np.ndarray | None) -> None:
+    self.__dict__.update(_image_data=value, _lazy=False)
+
+
+ImageObject.image_data = property(_get_image_data, _set_image_data)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One sample taken out of a batch, and why."""
+
+    image_id: str
+    shard: str
+    reason: str
+
+
+@dataclass
+class Ledger:
+    """A batch's accounting: samples that entered the pipeline for it, and those removed since.
+
+    Executors keep `samples_in == len(batch.data) + len(removed)` true after every stage.
+    """
+
+    samples_in: int
+    removed: list[Removal] = field(default_factory=list)
 
 
 @dataclass
@@ -101,10 +157,34 @@ class ImageBatch(Task[list[ImageObject]]):
     """A list of images, usually the samples of one shard, in shard order."""
 
     data: list[ImageObject] = field(default_factory=list)
+    ledger: Ledger | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ledger is None:
+            self.ledger = Ledger(samples_in=len(self.data))
+        super().__post_init__()
 
     @property
     def num_items(self) -> int:
         return len(self.data)
+
+    @property
+    def removed(self) -> list[Removal]:
+        """Every sample removed from this batch so far, with its reason."""
+        return self.ledger.removed
+
+    @property
+    def samples_in(self) -> int:
+        return self.ledger.samples_in
+
+    def drop(self, images: Iterable[ImageObject], reason: str) -> ImageBatch:
+        """Take `images` out of `data` and record why; returns this batch. The typed way to remove."""
+        gone = {id(image): image for image in images}
+        if not gone:
+            return self
+        self.data = [image for image in self.data if id(image) not in gone]
+        self.ledger.removed.extend(Removal(image.image_id, image.shard, reason) for image in gone.values())
+        return self
 
 
 @dataclass

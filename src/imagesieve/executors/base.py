@@ -1,12 +1,12 @@
-"""The executor interface and the code every executor shares: running a chain of stages on a task."""
+"""The executor interface, and running the leading source stages in the driver."""
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from imagesieve.stages.base import ProcessingStage, as_task_list
+from imagesieve.executors.runner import GroupRunner
+from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import EmptyTask, Task
 
 ProgressCallback = Callable[[Task, list[Task]], None]
@@ -36,33 +36,13 @@ def split_planning(stages: list[ProcessingStage], tasks: list[Task]) -> tuple[li
     rest = list(stages)
     while rest and tasks and all(isinstance(t, EmptyTask) for t in tasks):
         stage = rest.pop(0)
-        stage.setup()
-        tasks = run_stage(stage, tasks)
-        stage.teardown()
+        stage.setup_on_node(NodeInfo(), WorkerMetadata(worker_id="driver"))
+        runner = GroupRunner([stage], WorkerMetadata(worker_id="driver"))
+        runner.setup()
+        try:
+            tasks = [out for task in tasks for out in runner.run([task])[0]]
+        finally:
+            error = runner.teardown()
+        if error is not None:
+            raise error
     return tasks, rest
-
-
-def run_stage(stage: ProcessingStage, tasks: list[Task]) -> list[Task]:
-    """Feed `tasks` through one stage in groups of `batch_size`, timing it into each output's perf list."""
-    out: list[Task] = []
-    size = max(1, stage.batch_size)
-    for start in range(0, len(tasks), size):
-        group = tasks[start:start + size]
-        began = time.perf_counter()
-        results = stage.process_batch(group) if size > 1 else as_task_list(stage.process(group[0]))
-        elapsed = time.perf_counter() - began
-        for result in results:
-            result._stage_perf = [*result._stage_perf, {"stage": stage.name, "seconds": elapsed,
-                                                         "items": sum(t.num_items for t in group)}]
-        out.extend(results)
-    return out
-
-
-def run_chain(stages: list[ProcessingStage], task: Task) -> list[Task]:
-    """Run one task through every stage in turn (stages already set up)."""
-    tasks = [task]
-    for stage in stages:
-        tasks = run_stage(stage, tasks)
-        if not tasks:
-            break
-    return tasks

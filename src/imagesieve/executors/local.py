@@ -1,51 +1,46 @@
-"""LocalExecutor: a pool of processes on one machine, one task (shard) at a time per worker.
+"""LocalExecutor: a pool of processes per fused stage group, on one machine.
 
-Memory stays bounded: at most `2 * workers` tasks are in flight, and each worker runs a task
-through every stage before it takes the next one. With one worker everything runs in this
-process, which is the easy way to debug a stage.
+Each group of stages (see `plan.fuse`) gets its own workers, sized by its resources and worker
+caps; `setup` runs once in each worker, `teardown` in each worker at the end, also when the run
+fails. At most two batches are in flight per worker and queues between groups are bounded, so
+memory stays bounded. A group with one worker runs in this process, which is the easy way to
+debug a stage. Workers are forked from the driver and die with it (`lifeline`), and a worker
+that dies mid-task is replaced and its task retried, `max_retries` times.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 
-from imagesieve.executors.base import BaseExecutor, ProgressCallback, run_chain, split_planning
+from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
+from imagesieve.executors.errors import terminate_cleanly, with_context
+from imagesieve.executors.lifeline import die_with
+from imagesieve.executors.plan import StageGroup, fuse
+from imagesieve.executors.processes import InlinePool, ProcessPool, wait_all
+from imagesieve.executors.scheduler import Scheduler
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
-_worker_stages: list[ProcessingStage] = []
 
-
-def _context(modules: set[str]):
-    """Worker processes fork from a server that imported `modules` once, so each starts fast."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(sorted({__name__, *modules}))
-    return context
-
-
-def _init_worker(stages: list[ProcessingStage]) -> None:
-    global _worker_stages
-    _worker_stages = stages
-    for stage in stages:
-        stage.setup(WorkerMetadata(worker_id=str(os.getpid())))
-
-
-def _run_in_worker(task: Task) -> list[Task]:
-    return run_chain(_worker_stages, task)
+def mp_context():
+    """Fork on Linux: workers start at once, inherit the stages (no pickling, no re-import of the
+    caller's script, so a script without a `__main__` guard works) and can die with the driver."""
+    return multiprocessing.get_context("fork" if os.name == "posix" and hasattr(os, "fork") else "spawn")
 
 
 class LocalExecutor(BaseExecutor):
-    """Runs a pipeline on this machine with `num_workers` processes (default: all cores)."""
+    """Runs a pipeline on this machine with up to `num_workers` processes per stage group
+    (default: all cores)."""
 
-    def __init__(self, num_workers: int | None = None, on_task_done: ProgressCallback | None = None) -> None:
+    def __init__(self, num_workers: int | None = None, on_task_done: ProgressCallback | None = None,
+                 max_retries: int = 2) -> None:
         if num_workers is not None and num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.num_workers = num_workers
         self.on_task_done = on_task_done
+        self.max_retries = max_retries
 
     def parallelism(self) -> int:
         return self.num_workers or os.cpu_count() or 1
@@ -54,12 +49,25 @@ class LocalExecutor(BaseExecutor):
         workers = min(self.parallelism(), len(jobs))
         if workers <= 1:
             return super().map(fn, jobs)
-        with ProcessPoolExecutor(workers, mp_context=_context({fn.__module__})) as pool:
+        with terminate_cleanly(), ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=die_with,
+                                                       initargs=(os.getpid(),)) as pool:
             return list(pool.map(fn, *zip(*jobs, strict=True)))
 
+    def group_workers(self, group: StageGroup, n_tasks: int | None = None) -> int:
+        """Workers of one group: the cores its resources fit in, capped by its worker caps and,
+        for the first group, by the number of tasks."""
+        total, _ = group.caps
+        cpus = float(self.parallelism())
+        if group.resources.cpus > cpus:
+            raise RuntimeError(f"stage {group.name!r} needs {group.resources.cpus} CPUs per worker but this "
+                               f"executor has {self.parallelism()}; lower its resources or raise num_workers")
+        fit = group.workers_on_node(cpus, float("inf"), self.parallelism())
+        return max(1, min([fit, *(c for c in (total, n_tasks) if c)]))
+
     def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
-        caps = [c for c in (s.num_workers() for s in stages) if c]
-        return max(1, min([self.parallelism(), n_tasks, *caps]))
+        """The largest pool this pipeline would start (for callers that size other work by it)."""
+        groups = fuse(stages)
+        return max(self.group_workers(g, n_tasks if g.index == 0 else None) for g in groups)
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)
@@ -67,47 +75,23 @@ class LocalExecutor(BaseExecutor):
             return tasks
         for stage in stages:
             stage.setup_on_node(NodeInfo(), WorkerMetadata())
-        workers = self.worker_count(stages, len(tasks))
-        results: list[list[Task]] = [[] for _ in tasks]
-        runner = self._run_inline if workers == 1 else self._run_pool
-        for index, outputs in runner(stages, tasks, workers):
-            results[index] = outputs
-            if self.on_task_done:
-                self.on_task_done(tasks[index], outputs)
-        return [t for outputs in results for t in outputs]
-
-    def _run_inline(self, stages: list[ProcessingStage], tasks: list[Task], _: int) -> Iterator[tuple[int, list[Task]]]:
-        for stage in stages:
-            stage.setup(WorkerMetadata())
+        groups = fuse(stages)
+        pools: list[InlinePool | ProcessPool] = []
+        failed = True
         try:
-            for index, task in enumerate(tasks):
-                yield index, run_chain(stages, task)
+            with terminate_cleanly():
+                for group in groups:
+                    workers = self.group_workers(group, len(tasks) if group.index == 0 else None)
+                    pools.append(InlinePool(group) if workers == 1 or self.parallelism() == 1 else
+                                 ProcessPool(group, workers, mp_context(), self.max_retries))
+                scheduler = Scheduler(groups, pools, lambda: wait_all(pools), self.on_task_done)
+                results = scheduler.run(tasks)
+                failed = False
+        except BaseException as exc:
+            raise with_context(exc)  # noqa: B904 - the same exception, its context in its message
         finally:
-            for stage in stages:
-                stage.teardown()
-
-    def _run_pool(self, stages: list[ProcessingStage], tasks: list[Task], workers: int
-                  ) -> Iterator[tuple[int, list[Task]]]:
-        context = _context({type(stage).__module__ for stage in stages})
-        pending: dict[Future, int] = {}
-        queue = iter(enumerate(tasks))
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(stages,)) as pool:
-            try:
-                while True:
-                    while len(pending) < 2 * workers:
-                        nxt = next(queue, None)
-                        if nxt is None:
-                            break
-                        pending[pool.submit(_run_in_worker, nxt[1])] = nxt[0]
-                    if not pending:
-                        return
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield pending.pop(future), future.result()
-            except BrokenProcessPool as exc:
-                raise RuntimeError("a worker process died (killed, or out of memory); "
-                                   "finished shards are kept, rerun to resume") from exc
-            finally:
-                for future in pending:
-                    future.cancel()
+            errors = [pool.shutdown(graceful=not failed) for pool in pools]
+        teardown_error = next((e for e in errors if e is not None), None)
+        if teardown_error is not None:
+            raise with_context(teardown_error)
+        return results

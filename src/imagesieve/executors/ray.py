@@ -1,24 +1,27 @@
 """RayExecutor: the same pipelines on a Ray cluster (or a local Ray instance), unchanged.
 
-Why actors rather than Ray Data: our stages keep state from `setup()` (an ID index, a model) and
-work on whole shards, one task at a time; an actor per worker slot holds that state for its
-lifetime, and each task (one shard) runs through every stage inside one actor, so no sample data
-crosses the network between stages. Actors are placed per node, which is what makes the
-per-node settings exact: `setup_on_node()` runs once on every node before its actors start, and
-`num_workers()` (e.g. `ImageDuplicatesRemovalStage.num_workers_per_node`) caps the actors of
-each node. A worker that dies is restarted by Ray and its task retried; stages write their
-outputs atomically, so a retried shard is written once, identically.
+As Curator's actor-pool backend does, each fused stage group (see `plan.fuse`) gets its own pool
+of actors, each sized by the group's `Resources`, and placed per node, which makes the per-node
+settings exact: `setup_on_node()` runs once on every node before its actors start, and
+`num_workers_per_node()` caps the actors of each node (`num_workers()` caps them in all). Tasks
+stream between pools through the driver; they hold references to member bytes, never the bytes.
+A worker that dies is restarted by Ray and its task retried, `RayOptions` times, then the run
+stops with a plain error. An exception in an actor reaches the caller with its own type and
+message, plus the stage and shard (Ray's `RayTaskError` wrapper is removed).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from imagesieve.executors.base import BaseExecutor, ProgressCallback, run_chain, split_planning
+from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
+from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
+from imagesieve.executors.plan import StageGroup, fuse
+from imagesieve.executors.runner import GroupRunner
+from imagesieve.executors.scheduler import Scheduler
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
@@ -74,18 +77,52 @@ class RayExecutor(BaseExecutor):
             return tasks
         ray = self._connect()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        self._setup_nodes(ray, stages, nodes)
-        actors = self._start_actors(ray, stages, nodes, len(tasks))
-        results: list[list[Task]] = [[] for _ in tasks]
+        groups = fuse(stages)
+        counts = self._plan_actors(groups, nodes, len(tasks))
+        pools: list[_ActorPool] = []
         try:
-            for index, outputs in self._dispatch(ray, actors, tasks):
-                results[index] = outputs
-                if self.on_task_done:
-                    self.on_task_done(tasks[index], outputs)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
-        return [t for outputs in results for t in outputs]
+            with terminate_cleanly():
+                self._setup_nodes(ray, stages, nodes)
+                pools = [_ActorPool(ray, g, nodes, c, self.options) for g, c in zip(groups, counts, strict=True)]
+                results = Scheduler(groups, pools, lambda: _wait(ray, pools), self.on_task_done).run(tasks)
+        except BaseException as exc:
+            for pool in pools:
+                pool.shutdown(graceful=False)
+            raise _unwrap(ray, exc)  # noqa: B904 - the worker's own exception, with its context
+        errors = [pool.shutdown(graceful=True) for pool in pools]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise _unwrap(ray, first)
+        return results
+
+    def _plan_actors(self, groups: list[StageGroup], nodes: list[dict], n_tasks: int) -> list[list[int]]:
+        """Actors of each group on each node, all running at once: first one actor per group (on the
+        node with most CPUs free), then more, group by group and node by node, while they fit."""
+        free = [[n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)] for n in nodes]
+        counts = [[0] * len(nodes) for _ in groups]
+        wanted = [min(c for c in (g.caps[0], n_tasks if g.index == 0 else None, 1 << 30) if c) for g in groups]
+
+        def place(g: int, k: int) -> bool:
+            group, per_node = groups[g], groups[g].caps[1]
+            if (sum(counts[g]) >= wanted[g] or (per_node and counts[g][k] >= per_node)
+                    or group.workers_on_node(*free[k], 1) < 1):
+                return False
+            counts[g][k] += 1
+            free[k][0] -= group.resources.cpus
+            free[k][1] -= group.resources.gpus or (1.0 if group.resources.gpu_memory_gb else 0.0)
+            return True
+
+        for g, group in enumerate(groups):
+            if not any(place(g, k) for k in sorted(range(len(nodes)), key=lambda k: -free[k][0])):
+                res = group.resources
+                raise RuntimeError(
+                    f"no Ray node has the resources a worker of stage {group.name!r} needs (cpus={res.cpus}, "
+                    f"gpus={res.gpus}, gpu_memory_gb={res.gpu_memory_gb}) besides one worker of each stage "
+                    "before it; nodes have " + "; ".join(f"CPU={n['Resources'].get('CPU', 0)} "
+                                                         f"GPU={n['Resources'].get('GPU', 0)}" for n in nodes))
+        while any([place(g, k) for g in range(len(groups)) for k in range(len(nodes))]):
+            pass
+        return counts
 
     def _setup_nodes(self, ray, stages: list[ProcessingStage], nodes: list[dict]) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -98,50 +135,94 @@ class RayExecutor(BaseExecutor):
         ray.get([setup_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                  .remote(stages, n["NodeID"]) for n in nodes])
 
-    def _start_actors(self, ray, stages: list[ProcessingStage], nodes: list[dict], n_tasks: int) -> list:
+
+class _ActorPool:
+    """The actors of one group; free slots are `in_flight_per_worker` per actor."""
+
+    def __init__(self, ray, group: StageGroup, nodes: list[dict], counts: list[int], options: RayOptions) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        cpus = max(s.resources.cpus for s in stages)
-        gpus = max(s.resources.gpus for s in stages)
-        caps = [c for c in (s.num_workers() for s in stages) if c]
-        actor_class = ray.remote(_ChainWorker)
-        actor_options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": self.options.max_restarts,
-                         "max_task_retries": self.options.max_task_retries}
-        actors = []
-        for node in nodes:
-            fit = int(node["Resources"].get("CPU", 0) // cpus) if cpus else n_tasks
-            if gpus:
-                fit = min(fit, int(node["Resources"].get("GPU", 0) // gpus))
-            count = min([fit, n_tasks, *caps])
-            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            actors += [actor_class.options(scheduling_strategy=strategy, **actor_options)
-                       .remote(stages, node["NodeID"], k) for k in range(count)]
-        if not actors:
-            raise RuntimeError(f"no Ray node has the resources a worker needs (cpus={cpus}, gpus={gpus})")
-        return actors
+        self.ray, self.group, self.options = ray, group, options
+        res = group.resources
+        gpus = res.gpus or (1.0 if res.gpu_memory_gb else 0.0)
+        actor_class = ray.remote(_GroupWorker)
+        settings = {"num_cpus": res.cpus, "num_gpus": gpus, "max_restarts": options.max_restarts,
+                    "max_task_retries": options.max_task_retries}
+        self.actors = [actor_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
+                                                                                            soft=False), **settings)
+                       .remote(group, node["NodeID"], slot)
+                       for node, count in zip(nodes, counts, strict=True) for slot in range(count)]
+        self.slots = len(self.actors) * options.in_flight_per_worker
+        self.load = {i: 0 for i in range(len(self.actors))}
+        self.pending: dict = {}  # object ref -> (ticket, actor index, tasks)
 
-    def _dispatch(self, ray, actors: list, tasks: list[Task]) -> Iterator[tuple[int, list[Task]]]:
-        queue = list(enumerate(tasks))[::-1]
-        pending: dict = {}
-        idle = [a for a in actors for _ in range(self.options.in_flight_per_worker)]
-        while queue or pending:
-            while queue and idle:
-                actor = idle.pop()
-                index, task = queue.pop()
-                pending[actor.run.remote(task)] = (index, actor)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index, actor = pending.pop(done[0])
-            idle.append(actor)
-            yield index, ray.get(done[0])
+    def free_slots(self) -> int:
+        return self.slots - len(self.pending)
+
+    def submit(self, ticket: int, tasks: list[Task]) -> None:
+        index = min(self.load, key=self.load.get)
+        self.load[index] += 1
+        self.pending[self.actors[index].run.remote(tasks)] = (ticket, index, tasks)
+
+    def complete(self, ref) -> tuple[int, list[list[Task]]]:
+        ticket, index, tasks = self.pending.pop(ref)
+        self.load[index] -= 1
+        try:
+            return ticket, self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:  # its queued tasks fail too: name every shard it held
+            held = [*tasks, *(t for _, i, queued in self.pending.values() if i == index for t in queued)]
+            where = ", ".join(dict.fromkeys(shard_of(t) for t in held))
+            raise WorkerDied(f"a worker of stage {self.group.name!r} died (killed, or out of memory) and Ray's "
+                             f"{self.options.max_restarts} restarts / {self.options.max_task_retries} retries "
+                             f"are used up; it held shard(s) {where!r}; finished shards are kept, "
+                             "rerun to resume") from exc
+
+    def shutdown(self, graceful: bool) -> BaseException | None:
+        """Tear down every actor (also after a failure, briefly), then end them."""
+        error = None
+        try:
+            refs = [actor.teardown.remote() for actor in self.actors]
+            done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=60 if graceful else 10)
+            for ref in done:
+                error = error or self.ray.get(ref)
+        except Exception as exc:  # an actor that died cannot tear down
+            error = error or (exc if graceful else None)
+        for actor in self.actors:
+            self.ray.kill(actor)
+        return error
 
 
-class _ChainWorker:
-    """One worker slot: sets the stages up once, then runs tasks through all of them."""
+def _wait(ray, pools: list[_ActorPool]) -> list[tuple[int, list[list[Task]]]]:
+    owner = {ref: pool for pool in pools for ref in pool.pending}
+    done, _ = ray.wait(list(owner), num_returns=1)
+    return [owner[ref].complete(ref) for ref in done]
 
-    def __init__(self, stages: list[ProcessingStage], node_id: str, slot: int) -> None:
-        self.stages = stages
-        for stage in stages:
-            stage.setup(WorkerMetadata(worker_id=f"{node_id[:8]}-{slot}-{os.getpid()}", node_id=node_id))
 
-    def run(self, task: Task) -> list[Task]:
-        return run_chain(self.stages, task)
+def _unwrap(ray, exc: BaseException) -> BaseException:
+    """The exception raised in the actor (not Ray's wrapper), with the stage and shard it ran."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            exc = cause
+    return with_context(exc)
+
+
+class _GroupWorker:
+    """One actor: a fused group of stages, set up once, torn down when the driver asks."""
+
+    def __init__(self, group: StageGroup, node_id: str, slot: int) -> None:
+        self.runner = GroupRunner(group.stages, WorkerMetadata(worker_id=f"{node_id[:8]}-{group.index}-{slot}-"
+                                                                         f"{os.getpid()}", node_id=node_id))
+        self.setup_error: Exception | None = None
+        try:
+            self.runner.setup()
+        except Exception as exc:  # raised by `run`, so that it reaches the driver as itself, not as a dead actor
+            self.setup_error = exc
+
+    def run(self, tasks: list[Task]) -> list[list[Task]]:
+        if self.setup_error is not None:
+            raise self.setup_error
+        return self.runner.run(tasks)
+
+    def teardown(self) -> BaseException | None:
+        return self.runner.teardown()

@@ -1,13 +1,14 @@
 """The stage API: same names and meaning as NeMo Curator's `ProcessingStage`, without executor code.
 
-A stage turns one task into zero, one or many tasks. Executors decide where stages run; stages do
-not know which executor runs them, and any stage can be called directly (`setup()`, `process()`).
+A stage turns one task into zero, one or many tasks (`process`), or a list of up to `batch_size`
+tasks into a list (`process_batch`). Executors decide where stages run; stages do not know which
+executor runs them, and any stage can be called directly (`setup()`, `process()`).
 """
 
 from __future__ import annotations
 
 import copy
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -16,21 +17,27 @@ from imagesieve.tasks import Task
 X = TypeVar("X", bound=Task)
 Y = TypeVar("Y", bound=Task)
 
+_UNSET: Any = object()
+
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage needs."""
+    """What one worker of a stage needs. `gpu_memory_gb` (one GPU's share) or `gpus` (whole GPUs)."""
 
     cpus: float = 1.0
+    gpu_memory_gb: float = 0.0
     gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.cpus < 0 or self.gpus < 0:
-            raise ValueError(f"Resources must be non-negative, got cpus={self.cpus}, gpus={self.gpus}")
+        if min(self.cpus, self.gpu_memory_gb, self.gpus) < 0:
+            raise ValueError(f"Resources must be non-negative, got {self}")
+        if self.gpus > 0 and self.gpu_memory_gb > 0:
+            raise ValueError("Resources: give gpus (multi-GPU stages) or gpu_memory_gb (single-GPU stages), "
+                             "not both")
 
     @property
     def requires_gpu(self) -> bool:
-        return self.gpus > 0
+        return self.gpus > 0 or self.gpu_memory_gb > 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class ProcessingStage(ABC, Generic[X, Y]):
 
     Subclasses are dataclasses; `name`, `resources` and `batch_size` are class attributes or
     fields. `inputs()`/`outputs()` name the task attributes and `ImageObject` fields a stage needs
-    and produces, so that `Pipeline` can check a chain of stages before anything runs.
+    and produces, so that `Pipeline` can check a chain of stages before anything runs. A stage
+    overrides `process`, or `process_batch`, or both.
     """
 
     name: str = "processing_stage"
@@ -69,8 +77,12 @@ class ProcessingStage(ABC, Generic[X, Y]):
         return [], []
 
     def num_workers(self) -> int | None:
-        """A cap on this stage's workers per node, or None for no cap."""
-        return None
+        """How many workers this stage gets in all, or None to let the executor decide."""
+        return self.__dict__.get("_num_workers")
+
+    def num_workers_per_node(self) -> int | None:
+        """A cap on this stage's workers on each node, or None for no cap."""
+        return self.__dict__.get("_num_workers_per_node")
 
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         """Once per node before any worker starts: shared, node-local preparation (build an index)."""
@@ -79,23 +91,27 @@ class ProcessingStage(ABC, Generic[X, Y]):
         """Once per worker: load what `process` needs (a model, an ID index)."""
 
     def teardown(self) -> None:
-        """Once per worker, after its last task."""
+        """Once per worker, after its last task, and also when the run fails."""
 
-    @abstractmethod
     def process(self, task: X) -> Y | list[Y] | None:
         """Process one task; None drops it, a list fans out."""
+        if self.supports_batch_processing():
+            return self.process_batch([task])
+        raise NotImplementedError(f"stage {self.name!r} ({type(self).__name__}) overrides neither process "
+                                  "nor process_batch")
 
-    def process_batch(self, tasks: list[X]) -> list[Y]:
-        """Process `batch_size` tasks at once; the default calls `process` on each."""
-        results: list[Y] = []
-        for task in tasks:
-            results.extend(as_task_list(self.process(task)))
-        return results
+    def process_batch(self, tasks: list[X]) -> list[Y | list[Y] | None]:
+        """Process up to `batch_size` tasks at once; the default calls `process` on each."""
+        return [self.process(task) for task in tasks]
 
-    def with_(self, name: str | None = None, resources: Resources | None = None,
-              batch_size: int | None = None) -> ProcessingStage[X, Y]:
-        """A copy of this stage with other name, resources or batch size; the original is unchanged."""
-        clone = copy.copy(self)
+    def supports_batch_processing(self) -> bool:
+        """True when the stage overrides `process_batch` (executors then always call it)."""
+        return type(self).process_batch is not ProcessingStage.process_batch
+
+    def with_(self, name: str | None = None, resources: Resources | None = None, batch_size: int | None = None,
+              num_workers: int | None = _UNSET, num_workers_per_node: int | None = _UNSET) -> ProcessingStage[X, Y]:
+        """A copy of this stage with other settings; the original is unchanged."""
+        clone = copy.deepcopy(self)
         if name is not None:
             clone.name = name
         if resources is not None:
@@ -104,24 +120,34 @@ class ProcessingStage(ABC, Generic[X, Y]):
             if batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1, got {batch_size}")
             clone.batch_size = batch_size
+        for key, value in (("_num_workers", num_workers), ("_num_workers_per_node", num_workers_per_node)):
+            if value is not _UNSET:
+                if value is not None and value < 1:
+                    raise ValueError(f"{key[1:]} must be >= 1 or None, got {value}")
+                clone.__dict__[key] = value
+        if num_workers_per_node is not _UNSET and not callable(clone.num_workers_per_node):
+            clone.num_workers_per_node = num_workers_per_node  # a stage with a field of that name (removal)
         return clone
 
-    def config(self) -> dict[str, Any]:
-        """The stage's settings, for the run folder's config.json."""
+    def get_config(self) -> dict[str, Any]:
+        """The stage's settings (Curator's keys plus every dataclass field), for the run folder's config.json."""
         fields = getattr(self, "__dataclass_fields__", {})
-        return {"class": type(self).__name__, "name": self.name,
+        return {"class": type(self).__name__, "name": self.name, "resources": _jsonable(self.resources),
+                "batch_size": self.batch_size, "supports_batch_processing": self.supports_batch_processing(),
                 **{k: _jsonable(getattr(self, k)) for k in fields if not k.startswith("_")}}
+
+    config = get_config  # the name earlier imagesieve releases used
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def as_task_list(result: Task | list[Task] | None) -> list[Task]:
-    """Normalise what `process` returns to a list."""
+def as_task_list(result: Task | list | None) -> list[Task]:
+    """Normalise what `process` (or one element of `process_batch`'s list) returns to a flat list."""
     if result is None:
         return []
     if isinstance(result, list):
-        return result
+        return [task for item in result for task in as_task_list(item)]
     return [result]
 
 
@@ -132,4 +158,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Resources):
+        return {"cpus": value.cpus, "gpu_memory_gb": value.gpu_memory_gb, "gpus": value.gpus}
     return repr(value)

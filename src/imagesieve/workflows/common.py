@@ -28,7 +28,7 @@ def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit]
         executor.on_task_done = bar.update
         if not todo:
             return []
-        return Pipeline(name, stages).run(executor, initial_tasks=[unit.task() for unit in todo])
+        return Pipeline(name, stages=stages).run(executor, initial_tasks=[unit.task() for unit in todo])
 
 
 def reader_for(units: list[InputUnit]) -> ProcessingStage:

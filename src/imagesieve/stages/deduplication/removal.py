@@ -48,9 +48,6 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
-    def num_workers(self) -> int | None:
-        return self.num_workers_per_node
-
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         self._index_dir = self._build_index()
 
@@ -95,10 +92,8 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         if self._index is None:
             self.setup()
         listed = self._index.contains([image.image_id for image in task.data])
-        kept = [image for image, drop in zip(task.data, listed, strict=True) if not drop]
-        removed = [{"id": image.image_id, "reason": REMOVAL_REASON}
-                   for image, drop in zip(task.data, listed, strict=True) if drop]
+        task.drop([image for image, drop in zip(task.data, listed, strict=True) if drop], REMOVAL_REASON)
         if self.verbose:
             logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",
-                        len(kept), len(task.data), len(removed))
-        return task.with_data(kept, removed=[*task._metadata.get("removed", []), *removed])
+                        len(task.data), len(listed), len(listed) - len(task.data))
+        return task

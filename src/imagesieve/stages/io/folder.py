@@ -49,8 +49,7 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
             images.append(ImageObject(image_path=path, image_id=rel, members={ext: MemberRef(rel, path, 0, size)},
                                       shard=path, image_ext=ext))
         return ImageBatch(dataset_name=task.dataset_name, data=images, task_id=task.task_id,
-                          _metadata={**task._metadata, "shard": task.task_id, "samples_in": len(images),
-                                     "loose_members": []})
+                          _metadata={**task._metadata, "shard": task.task_id, "loose_members": []})
 
 
 def place_file(source: str, target: str, link: bool) -> None:
@@ -82,16 +81,15 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         relative = task.task_id
-        removed = task._metadata.get("removed", [])
-        samples_in = task._metadata.get("samples_in", len(task.data) + len(removed))
+        removed, samples_in = task.removed, task.samples_in
         check_accounting(relative, samples_in, len(task.data), len(removed))
         kept_files = {}
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
             place_file(image.image_path, target, self.link)
             kept_files[image.image_id] = os.path.getsize(target)
-        write_parquet_atomic(pa.table([[r["id"] for r in removed], [relative] * len(removed),
-                                       [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
+        write_parquet_atomic(pa.table([[r.image_id for r in removed], [relative] * len(removed),
+                                       [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         stats = {"shard": relative, "relative_path": relative,
                  "input_fingerprint": task._metadata["input_fingerprint"], "samples_in": samples_in,

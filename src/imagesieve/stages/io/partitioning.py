@@ -98,21 +98,33 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
     """Lists shards and groups them, `files_per_partition` to a task (default one shard per task)."""
 
     file_paths: str | list[str] = field(default_factory=list)
-    files_per_partition: int = 1
-    file_extensions: tuple[str, ...] = SHARD_SUFFIXES
+    files_per_partition: int | None = 1  # None: 1, as in the reference
+    file_extensions: tuple[str, ...] | list[str] | None = SHARD_SUFFIXES
     dataset_name: str = "dataset"
+    blocksize: int | str | None = None  # the reference's; refused: a shard is never split or merged by size
+    storage_options: dict | None = None  # the reference's; refused unless empty: paths here are local
+    limit: int | None = None  # at most this many tasks
     name: str = "file_partitioning"
+
+    def __post_init__(self) -> None:
+        if self.blocksize is not None:
+            raise ValueError("FilePartitioningStage: blocksize cannot apply here (tasks are whole shards); "
+                             "use files_per_partition")
+        if self.storage_options:
+            raise ValueError("FilePartitioningStage: storage_options cannot apply here: imagesieve reads local "
+                             "(or mounted) paths only")
 
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
     def process(self, task: EmptyTask) -> list[FileGroupTask]:
-        shards = list_shards(self.file_paths, tuple(self.file_extensions))
-        size = max(1, self.files_per_partition)
-        return [
+        shards = list_shards(self.file_paths, tuple(self.file_extensions or SHARD_SUFFIXES))
+        size = max(1, self.files_per_partition or 1)
+        tasks = [
             FileGroupTask(dataset_name=self.dataset_name, task_id=f"files_{i // size:06d}",
                           data=[p for p, _ in group],
                           _metadata={"relative_paths": {p: rel for p, rel in group}})
             for i in range(0, len(shards), size)
             for group in [shards[i:i + size]]
         ]
+        return tasks[:self.limit] if self.limit is not None else tasks

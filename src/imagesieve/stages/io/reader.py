@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -9,15 +10,23 @@ from imagesieve.shards import ShardError, image_extension, iter_samples
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     """Reads the samples of each shard. `image_id` is the WebDataset key, never a position.
 
     Every member of a sample (image, `.txt`, `.json`, ...) is carried as a reference to its bytes;
-    pixels are decoded only by stages that ask for them (`ImageObject.decode`).
+    pixels are decoded only by stages that ask for them (`ImageObject.image_data`, decoded on first
+    access). Each batch's ledger starts at its sample count (`ImageBatch.samples_in`).
     """
 
+    # the reference's DALI settings: accepted so its pipelines run unchanged; nothing is decoded here
+    dali_batch_size: int = 100
+    verbose: bool = False
+    num_threads: int = 8
+    num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
 
     def inputs(self) -> tuple[list[str], list[str]]:
@@ -28,6 +37,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
     def process(self, task: FileGroupTask) -> list[ImageBatch]:
         relative = task._metadata.get("relative_paths", {})
+        if self.verbose:
+            logger.info("Reading %d shard(s): %s", len(task.data), ", ".join(task.data))
         return [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name)
                 for path in task.data]
 
@@ -43,5 +54,4 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
             images.append(ImageObject(image_path=f"{shard}/{sample.members[ext].name}", image_id=sample.key,
                                       members=sample.members, shard=shard, image_ext=ext))
         return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
-                          _metadata={"shard": shard, "relative_path": relative_path, "samples_in": len(images),
-                                     "loose_members": loose})
+                          _metadata={"shard": shard, "relative_path": relative_path, "loose_members": loose})

@@ -1,18 +1,20 @@
 """ImageWriterStage: write the kept samples of a batch to an output shard, byte-for-byte.
 
 Per shard it writes, each atomically: the tar, a Parquet index of the kept samples, a Parquet
-list of the removed ones (with reasons, from the batch's `removed` metadata), the shard's
+list of the removed ones (with reasons, from the batch's typed ledger, `ImageBatch.removed`), the shard's
 img2dataset metadata table without the removed keys (when there is one), and last a `done`
 marker with the counts. A rerun skips shards whose marker exists.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from imagesieve.executors.accounting import AccountingError, check
 from imagesieve.runfolder import (
     batch_relative_path,
     done_marker,
@@ -26,17 +28,13 @@ from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.tasks import FileGroupTask, ImageBatch, MemberRef
 
+logger = logging.getLogger(__name__)
+check_accounting = check
+
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
 
 
-class AccountingError(RuntimeError):
-    """Samples in != kept + removed: something was lost or counted twice."""
-
-
-def check_accounting(where: str, samples_in: int, kept: int, removed: int) -> None:
-    if samples_in != kept + removed:
-        raise AccountingError(f"{where}: {samples_in} samples in but {kept} kept + {removed} removed "
-                              f"= {kept + removed}; refusing to finish")
+__all__ = ["AccountingError", "ImageWriterStage", "REMOVED_SCHEMA", "check_accounting"]
 
 
 def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[MemberRef]:
@@ -52,7 +50,20 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
     output_dir: str = ""
     fsync: bool = False  # force each shard to disk before renaming it into place
+    # the reference's settings; output shards mirror input shards, so only these values apply
+    images_per_tar: int | None = None
+    verbose: bool = False
+    deterministic_name: bool = True
+    remove_image_data: bool = False
     name: str = "image_writer"
+
+    def __post_init__(self) -> None:
+        if self.images_per_tar is not None:
+            raise ValueError("ImageWriterStage: images_per_tar cannot apply here: each output shard holds the kept "
+                             "samples of one input shard, under the same name; leave it unset")
+        if not self.deterministic_name:
+            raise ValueError("ImageWriterStage: deterministic_name=False cannot apply here: output shards always "
+                             "carry their input shard's name (that is what makes reruns resume)")
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id", "members"]
@@ -65,9 +76,9 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             raise ValueError("ImageWriterStage needs output_dir")
         relative = batch_relative_path(task._metadata, task.task_id)
         shard = task._metadata.get("shard", relative)
-        removed = task._metadata.get("removed", [])
-        removed_ids = [r["id"] for r in removed]
-        samples_in = task._metadata.get("samples_in", len(task.data) + len(removed))
+        removed = task.removed
+        removed_ids = [r.image_id for r in removed]
+        samples_in = task.samples_in
         check_accounting(shard, samples_in, len(task.data), len(removed))
 
         out_path = os.path.join(self.output_dir, relative)
@@ -89,7 +100,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                                        "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
                              work_path(self.output_dir, "index", relative, ".parquet"))
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
-                                       [r["reason"] for r in removed]], schema=REMOVED_SCHEMA),
+                                       [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
         img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed))
@@ -100,5 +111,10 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative))
+        if self.verbose:
+            logger.info("Wrote %s: %d kept, %d removed", out_path, len(task.data), len(removed))
+        if self.remove_image_data:
+            for image in task.data:
+                image.image_data = None
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
                              _metadata=stats)

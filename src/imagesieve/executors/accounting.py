@@ -1,0 +1,102 @@
+"""Accounting around each stage call: what a stage silently dropped is recorded, never lost.
+
+Before a stage runs, the executor notes the images of every input `ImageBatch` (by shard and
+ID) and its ledger. After it, each input's ledger moves to the first output holding its images
+(or the batch the stage returned with that ledger); images missing from every output and not
+recorded through `ImageBatch.drop` are recorded as "dropped by <stage>". A stage that builds fresh
+batches (as the reference's filters do) or returns None for a whole batch loses nothing: an input
+with no output left gets an empty batch that carries its ledger to the writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from imagesieve.tasks import ImageBatch, ImageObject, Ledger, Removal, Task
+
+
+class AccountingError(RuntimeError):
+    """Samples in != kept + removed: something was lost or counted twice."""
+
+
+def _key(image: ImageObject) -> tuple[str, str]:
+    return image.shard, image.image_id
+
+
+@dataclass
+class Snapshot:
+    """The image batches a stage was given, as they were before it ran."""
+
+    positions: list[int]  # of each batch among the stage's input tasks
+    batches: list[ImageBatch]
+    ledgers: list[Ledger]
+    keys: list[list[tuple[str, str]]]
+
+
+def snapshot(tasks: list[Task]) -> Snapshot | None:
+    positions = [i for i, t in enumerate(tasks) if isinstance(t, ImageBatch)]
+    if not positions:
+        return None
+    batches = [tasks[i] for i in positions]
+    return Snapshot(positions, batches, [b.ledger for b in batches], [[_key(i) for i in b.data] for b in batches])
+
+
+def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]) -> None:
+    """Give every output batch its ledger, recording silent drops; an input that left no output
+    gets a carrier in its list. Only for stages whose outputs are all image batches."""
+    outputs = [t for outs in per_input for t in outs]
+    if before is None or not all(isinstance(o, ImageBatch) for o in outputs):
+        return
+    owner = {key: i for i, keys in enumerate(before.keys) for key in keys}
+    known = {id(ledger): i for i, ledger in enumerate(before.ledgers)}
+    claimed: dict[int, ImageBatch] = {}
+    seen: set[tuple[str, str]] = set()
+    plan: list[tuple[ImageBatch, list[int], list[Removal]]] = []
+    for out in outputs:
+        keys = [_key(image) for image in out.data]
+        seen.update(keys)
+        sources = [known[id(out.ledger)]] if id(out.ledger) in known else []
+        sources += [owner[k] for k in keys if k in owner]
+        mine = [i for i in dict.fromkeys(sources) if i not in claimed]
+        for i in mine:
+            claimed[i] = out
+        own_removals = [] if id(out.ledger) in known else list(out.ledger.removed)  # drop() on a fresh batch
+        plan.append((out, mine, own_removals))
+    for i in [i for i in range(len(before.batches)) if i not in claimed]:
+        carrier = replace(before.batches[i], data=[])
+        per_input[before.positions[i]].append(carrier)
+        claimed[i] = carrier
+        plan.append((carrier, [i], []))
+    gone = seen | {(r.shard, r.image_id) for out, _, _ in plan for r in out.ledger.removed}
+    # images that left the output holding their input's ledger (fan-out) count in where they went
+    moved_in: dict[int, int] = {}
+    moved_out: dict[int, int] = {}
+    for out, _, _ in plan:
+        for image in out.data:
+            holder = claimed.get(owner.get(_key(image), -1))
+            if holder is not out:
+                moved_in[id(out)] = moved_in.get(id(out), 0) + 1
+                if holder is not None:
+                    moved_out[id(holder)] = moved_out.get(id(holder), 0) + 1
+    for out, mine, own in plan:
+        ledger = Ledger(samples_in=0, removed=list(own))
+        for i in mine:
+            ledger.samples_in += before.ledgers[i].samples_in
+            ledger.removed.extend(before.ledgers[i].removed)
+            ledger.removed.extend(Removal(image_id, shard, f"dropped by {stage_name}") for shard, image_id
+                                  in before.keys[i] if (shard, image_id) not in gone)
+        ledger.samples_in += moved_in.get(id(out), 0) - moved_out.get(id(out), 0)
+        ledger.samples_in += sum(1 for r in own if (r.shard, r.image_id) not in owner)  # images the stage made
+        out.ledger = ledger
+        check(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, len(out.data), len(ledger.removed))
+
+
+def _where(batch: ImageBatch) -> str:
+    return batch._metadata.get("shard") or batch.task_id or batch.dataset_name
+
+
+def check(where: str, samples_in: int, kept: int, removed: int) -> None:
+    """Raise `AccountingError` unless samples in == kept + removed."""
+    if samples_in != kept + removed:
+        raise AccountingError(f"{where}: {samples_in} samples in but {kept} kept + {removed} removed "
+                              f"= {kept + removed}; refusing to finish")
