@@ -6,10 +6,13 @@ import argparse
 import os
 from collections.abc import Callable
 
+from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig, find_duplicates
 
 
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
+    if args.method == "semantic":
+        return cmd_find_semantic(args, make_executor)
     config = FindConfig(method=args.method, threshold=args.threshold, keep=args.keep, chaining=args.chaining,
                         flip=args.flip, on_error=args.on_error, exact_decode=args.exact_decode,
                         json_fields=tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else []))
@@ -23,8 +26,9 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
 
 def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callable, make_executor: Callable) -> None:
     find = sub.add_parser("find", help="find exact and near-duplicate images; write their IDs for `remove`")
-    find.add_argument("--method", choices=METHODS, default="phash",
-                      help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual (default phash)")
+    find.add_argument("--method", choices=[*METHODS, "semantic"], default="phash",
+                      help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual (default phash); "
+                           "semantic: image embeddings, k-means and cosine similarity")
     find.add_argument("--threshold", type=int, default=None,
                       help=f"max Hamming distance of 64 bits (defaults: {DEFAULT_THRESHOLDS})")
     find.add_argument("--keep", default="first",
@@ -39,6 +43,7 @@ def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callabl
                       help="an unreadable image stops the run (fail) or is listed in skipped.parquet (skip)")
     find.add_argument("--exact-decode", action="store_true",
                       help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
+    add_semantic_args(find)
     find.add_argument("--quiet", action="store_true", help="no progress output")
     add_executor_args(find)
     find.add_argument("input", help="folder or glob of tar shards")
