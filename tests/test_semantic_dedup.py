@@ -20,7 +20,10 @@ def unit(rows) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_embeddings(path, ids, vectors, id_field="id", embedding_field="embeddings", value_type=pa.float32(),
+FLOAT32 = pa.float32()
+
+
+def write_embeddings(path, ids, vectors, id_field="id", embedding_field="embeddings", value_type=FLOAT32,
                      **columns) -> str:
     vectors = [None if v is None else list(map(float, v)) for v in vectors]
     table = pa.table({id_field: pa.array(ids, pa.string()), embedding_field: pa.array(vectors, pa.list_(value_type)),

@@ -23,6 +23,7 @@ from imagesieve.workflows.remove import remove_duplicates
 from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
 
 MIRRORED = [f"m{k:03d}" for k in range(6)]
+FLIP = SemanticConfig(flip=True)  # mirror-invariant embeddings
 
 
 @cache
@@ -43,7 +44,7 @@ def tiles() -> tuple[Image.Image, ...]:
 
 @pytest.fixture
 def photos(tmp_path) -> str:
-    """Two shards: 24 distinct photo tiles, and mirrored copies of six of them (with .txt siblings)."""
+    """Two shards: 23 distinct photo tiles, and mirrored copies of six of them (with .txt siblings)."""
     images = tiles()
     samples = [{"jpg": encode(im), "txt": b"original"} for im in images]
     keys = [f"o{k:03d}" for k in range(len(images))]
@@ -61,11 +62,11 @@ def removed_ids(out) -> list[str]:
 
 def test_find_semantic_then_remove_takes_out_copies_phash_misses(photos, tmp_path):
     out = str(tmp_path / "semantic")
-    assert main(["find", "--quiet", "--method", "semantic", "--workers", "2", photos, out]) == 0
+    assert main(["find", "--quiet", "--method", "semantic", "--flip", "--workers", "2", photos, out]) == 0
     assert removed_ids(out) == MIRRORED
     groups = pq.read_table(os.path.join(out, "groups")).to_pylist()
     assert {row["kept_id"] for row in groups if row["method"] == "semantic"} == {f"o{k:03d}" for k in range(6)}
-    assert all(row["similarity"] >= 1 - 0.06 for row in groups)
+    assert all(row["similarity"] >= 1 - 0.04 for row in groups)
 
     phash = find_duplicates(photos, str(tmp_path / "phash"), FindConfig(method="phash"))
     assert phash.duplicates == 0  # the perceptual hash does not see mirrored copies
@@ -74,26 +75,29 @@ def test_find_semantic_then_remove_takes_out_copies_phash_misses(photos, tmp_pat
     assert result.removed == len(MIRRORED)
     kept = [image.image_id for shard in sorted(os.listdir(tmp_path / "clean")) if shard.endswith(".tar")
             for image in ImageReaderStage().read_shard(str(tmp_path / "clean" / shard), shard).data]
-    assert kept == [f"o{k:03d}" for k in range(24)]
+    assert kept == [f"o{k:03d}" for k in range(len(tiles()))]
 
 
 def test_removal_stage_reads_the_semantic_output(photos, tmp_path):
     out = str(tmp_path / "out")
-    find_semantic(photos, out, executor=LocalExecutor(num_workers=1))
+    find_semantic(photos, out, FLIP, executor=LocalExecutor(num_workers=1))
     stage = ImageDuplicatesRemovalStage(removal_parquets_dir=os.path.join(out, "duplicates"))
     stage.setup()
     batch = ImageReaderStage().read_shard(os.path.join(photos, "00001.tar"), "00001.tar")
-    assert [image.image_id for image in stage.process(batch).data] == [f"o{k:03d}" for k in range(15, 24)]
+    assert [image.image_id for image in stage.process(batch).data] == [f"o{k:03d}" for k in range(15, len(tiles()))]
 
 
 def test_rerun_reuses_embeddings_until_the_shard_changes(photos, tmp_path):
     out = str(tmp_path / "out")
     executor = LocalExecutor(num_workers=1)
-    find_semantic(photos, out, executor=executor)
+    find_semantic(photos, out, FLIP, executor=executor)
     table = os.path.join(out, "embeddings", "00000.parquet")
     written = os.stat(table).st_mtime_ns
-    find_semantic(photos, out, executor=executor)
+    find_semantic(photos, out, FLIP, executor=executor)
     assert os.stat(table).st_mtime_ns == written
+    find_semantic(photos, out, executor=executor)  # without flip: other embeddings
+    assert os.stat(table).st_mtime_ns != written
+    written = os.stat(table).st_mtime_ns
     os.utime(os.path.join(photos, "00000.tar"), ns=(1, 1))
     find_semantic(photos, out, executor=executor)
     assert os.stat(table).st_mtime_ns != written
@@ -101,22 +105,22 @@ def test_rerun_reuses_embeddings_until_the_shard_changes(photos, tmp_path):
 
 def test_precomputed_embeddings_give_the_same_result(photos, tmp_path):
     first = str(tmp_path / "first")
-    find_semantic(photos, first, executor=LocalExecutor(num_workers=1))
+    find_semantic(photos, first, FLIP, executor=LocalExecutor(num_workers=1))
     # Curator's column names, one file
     table = pa.concat_tables([pq.read_table(os.path.join(first, "embeddings", f"0000{k}.parquet"))
                               for k in range(2)]).select(["id", "embeddings"]).rename_columns(["image_id", "embedding"])
     pq.write_table(table, tmp_path / "curator.parquet")
     again = str(tmp_path / "again")
-    find_semantic(photos, again, SemanticConfig(embeddings=str(tmp_path / "curator.parquet")),
+    find_semantic(photos, again, SemanticConfig(embeddings=str(tmp_path / "curator.parquet"), eps=0.04),
                   executor=LocalExecutor(num_workers=1))
     assert removed_ids(again) == removed_ids(first) == MIRRORED
 
 
 def test_embedding_ids_must_match_the_input(photos, tmp_path):
-    vectors = pa.array([[1.0, 0.0]] * 30, pa.list_(pa.float32()))
-    ids = [f"o{k:03d}" for k in range(24)] + MIRRORED
+    ids = [f"o{k:03d}" for k in range(len(tiles()))] + MIRRORED
+    vectors = pa.array([[1.0, 0.0]] * len(ids), pa.list_(pa.float32()))
     pq.write_table(pa.table({"id": ids[:-1] + ["stranger"], "embeddings": vectors}), tmp_path / "extra.parquet")
-    with pytest.raises(EmbeddingsError, match="extra.parquet row 29: ID 'stranger' is not a sample of the input"):
+    with pytest.raises(EmbeddingsError, match="extra.parquet row 28: ID 'stranger' is not a sample of the input"):
         find_semantic(photos, str(tmp_path / "o1"), SemanticConfig(embeddings=str(tmp_path / "extra.parquet")))
     pq.write_table(pa.table({"id": ids[:-1], "embeddings": vectors[:-1]}), tmp_path / "short.parquet")
     with pytest.raises(EmbeddingsError, match="00001.tar: sample 'm005' has no embedding"):
@@ -129,11 +133,12 @@ def test_ray_executor_gives_the_same_result(photos, tmp_path):
     from imagesieve.executors.ray import RayExecutor
 
     local = str(tmp_path / "local")
-    find_semantic(photos, local, executor=LocalExecutor(num_workers=2))
+    find_semantic(photos, local, FLIP, executor=LocalExecutor(num_workers=2))
     on_ray = str(tmp_path / "ray")
+    four = SemanticConfig(flip=True, n_clusters=4)
     try:
-        find_semantic(photos, on_ray, SemanticConfig(n_clusters=4), executor=RayExecutor(num_cpus=2))
-        find_semantic(photos, local + "4", SemanticConfig(n_clusters=4), executor=LocalExecutor(num_workers=2))
+        find_semantic(photos, on_ray, four, executor=RayExecutor(num_cpus=2))
+        find_semantic(photos, local + "4", four, executor=LocalExecutor(num_workers=2))
     finally:
         ray.shutdown()
     assert removed_ids(on_ray) == removed_ids(local + "4") == removed_ids(local) == MIRRORED

