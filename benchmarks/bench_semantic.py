@@ -171,21 +171,26 @@ def embed(args: argparse.Namespace) -> dict:
 
 
 def quality(args: argparse.Namespace) -> dict:
-    """Precision and recall per transform on the labelled set, default model at `--eps`, beside pHash."""
+    """Precision and recall per transform on the labelled set, default model at its default eps (plain
+    and --flip), beside pHash at its default threshold (plain and --flip)."""
     from PIL import Image
 
     from imagesieve.evaluate import build_labelled_set, hash_set, pair_distances, score
     from imagesieve.stages.embedding.onnx_model import OnnxEmbedder
+    from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP
 
     labelled = build_labelled_set()
     model = OnnxEmbedder()
-    vectors = np.concatenate([model([Image.open(io.BytesIO(b)) for b in labelled.images[s:s + 64]])
-                              for s in range(0, len(labelled.images), 64)])
+    images = [Image.open(io.BytesIO(b)) for b in labelled.images]
     out = {}
-    # score() counts distance <= threshold: use distance = 1 - similarity
-    semantic_dist = 1 - vectors @ vectors.T
-    phash_dist = pair_distances(*hash_set(labelled, "phash"))
-    for name, dist, threshold in (("semantic", semantic_dist, args.eps), ("phash", phash_dist, 10)):
+    runs = []
+    for flip, eps in ((False, args.eps or DEFAULT_EPS), (True, args.eps or DEFAULT_EPS_FLIP)):
+        vectors = np.concatenate([model(images[s:s + 64], flip=flip) for s in range(0, len(images), 64)])
+        # score() counts distance <= threshold: distance = 1 - similarity
+        runs.append((f"semantic{' --flip' if flip else ''}", 1 - vectors @ vectors.T, eps))
+    runs.append(("phash", pair_distances(*hash_set(labelled, "phash")), 10))
+    runs.append(("phash --flip", pair_distances(*hash_set(labelled, "phash", flip=True)), 10))
+    for name, dist, threshold in runs:
         for flips in (False, True):
             s = score(labelled, dist, name, threshold, exclude=() if flips else ("hflip",))
             out[f"{name}{' with flips' if flips else ''}"] = {
@@ -209,12 +214,8 @@ def main() -> None:
     e = sub.add_parser("embed")
     e.add_argument("--images", type=int, default=1000)
     q = sub.add_parser("quality")
-    q.add_argument("--eps", type=float, default=None)
+    q.add_argument("--eps", type=float, default=None, help="default: the CLI's default (with and without --flip)")
     args = parser.parse_args()
-    if args.what == "quality" and args.eps is None:
-        from imagesieve.workflows.semantic_find import DEFAULT_EPS
-
-        args.eps = DEFAULT_EPS
     result = {"search": search, "embed": embed, "quality": quality}[args.what](args)
     print(json.dumps(result, indent=2))
 
