@@ -143,3 +143,14 @@ def test_ray_executor_gives_the_same_result(photos, tmp_path):
         ray.shutdown()
     assert removed_ids(on_ray) == removed_ids(local + "4") == removed_ids(local) == MIRRORED
     assert pq.read_table(os.path.join(on_ray, "groups")).equals(pq.read_table(os.path.join(local + "4", "groups")))
+
+
+def test_unreadable_image_is_listed_as_skipped(photos, tmp_path):
+    write_shard(os.path.join(photos, "00002.tar"), [{"jpg": b"not an image"}], ["broken"])
+    with pytest.raises(ValueError, match="00002.tar: sample 'broken'"):
+        find_semantic(photos, str(tmp_path / "fail"), FLIP, executor=LocalExecutor(num_workers=1))
+    out = str(tmp_path / "skip")
+    summary = find_semantic(photos, out, SemanticConfig(flip=True, on_error="skip"),
+                            executor=LocalExecutor(num_workers=1))
+    assert summary.skipped == 1 and removed_ids(out) == MIRRORED
+    assert pq.read_table(os.path.join(out, "skipped.parquet")).column("id").to_pylist() == ["broken"]
