@@ -90,24 +90,27 @@ def search(args: argparse.Namespace) -> dict:
         print(f"made {args.n} x {args.dim} embeddings in {time.monotonic() - started:.0f} s", flush=True)
     executor = LocalExecutor(num_workers=args.workers)
     k = args.clusters or auto_clusters(args.n)
-    result = {"n": args.n, "dim": args.dim, "eps": args.eps, "clusters": k, "workers": executor.parallelism()}
+    result = {"n": args.n, "dim": args.dim, "eps": args.eps, "clusters": k, "workers": executor.parallelism(),
+              "n_probe": args.n_probe, "probe_margin": args.probe_margin}
 
     # the whole workflow, Parquet in, duplicates and groups out
     started = time.monotonic()
-    summary = SemanticDeduplicationWorkflow(folder, os.path.join(work, f"out_{args.n}"), n_clusters=k,
-                                            eps=args.eps, which_to_keep="first").run(executor)
+    options = {"n_clusters": k, "eps": args.eps, "n_probe": args.n_probe, "probe_margin": args.probe_margin}
+    summary = SemanticDeduplicationWorkflow(folder, os.path.join(work, f"out_{args.n}"), which_to_keep="first",
+                                            **options).run(executor)
     result["workflow_s"] = time.monotonic() - started
     result["duplicates"] = summary.duplicates
 
     # our search alone, on the loaded embeddings, keeping the pairs
     memmap = os.path.join(work, "bench.f32")
     data = load_embeddings(list_parquet(folder), memmap)
-    workflow = SemanticDeduplicationWorkflow(folder, work, n_clusters=k, eps=args.eps)
+    workflow = SemanticDeduplicationWorkflow(folder, work, **options)
     started = time.monotonic()
     labels, sims = workflow._cluster(data, k)
     jobs = cluster_jobs(labels, sims, workflow.probe_margin, 4 * executor.parallelism())
     parts = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, 1 - args.eps) for job in jobs])
     result["search_s"] = time.monotonic() - started
+    result["guests"] = int(sum(len(g) for job in jobs for _, g in job))
     i = np.concatenate([p[0] for p in parts])
     j = np.concatenate([p[1] for p in parts])
     ours = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), strict=True))
@@ -210,6 +213,8 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=None,
                    help="brute force over this many random rows only (its time scaled by N / queries)")
     s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--n-probe", type=int, default=5)
+    s.add_argument("--probe-margin", type=float, default=None, help="default: eps")
     s.add_argument("--work", default=None, help="folder for the generated embeddings (reused across runs)")
     e = sub.add_parser("embed")
     e.add_argument("--images", type=int, default=1000)

@@ -2,8 +2,8 @@
 
 Embeddings are unit vectors in a memory-mapped float32 file (rows in input order), so no step needs
 them all in memory. K-means is trained on a sample; assignment streams over the file. A point is a
-member of its nearest cluster and, when its second-nearest centroid is almost as near (`probe_margin`),
-a guest there too, so that pairs split by a cluster boundary are still compared. Each cluster is one
+member of its nearest cluster and a guest in the next nearest ones whose centroids are almost as near
+(`probe_margin`), so that pairs split by a cluster boundary are still compared. Each cluster is one
 job: blocked products of its members (and guests against members) give every pair with similarity
 >= 1 - eps. The pairs are then resolved in one global pass in keep order, without chaining: an image
 is removed only when it is within eps of an image that is kept.

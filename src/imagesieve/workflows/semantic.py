@@ -29,7 +29,10 @@ from imagesieve.progress import phase
 from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 
 CENTROID_POLICIES = ("hard", "easy", "random")
-SAMPLE_PER_CLUSTER = 256  # k-means trains on at most this many points per cluster (faiss's own default)
+# k-means trains on at most this many points per cluster: its centroids only have to spread the data
+# into balanced parts (every pair within a part is then compared exactly), so a small sample does;
+# faiss itself warns below 39
+SAMPLE_PER_CLUSTER = 64
 
 
 @dataclass
@@ -61,15 +64,17 @@ class SemanticDeduplicationWorkflow:
     apply; `which_to_keep` takes Curator's "hard" (keep the member farthest from its centroid),
     "easy" (nearest) and "random", and the other finders' "first", "resolution", "file-size" and
     "column:NAME". Unlike Curator, duplicates do not chain (see `dedup.semantic`). `n_clusters=None`
-    picks about sqrt(n). `n_probe` and `probe_margin` make a point a guest in its second-nearest
-    cluster when that is nearly as near, so boundary pairs are found. The constructor does no I/O.
+    picks about sqrt(n). `n_probe` and `probe_margin` (default: eps) make a point a guest in up to
+    `n_probe - 1` more clusters whose centroids are nearly as near (within the margin of cosine
+    similarity), so that pairs split by a boundary are found (recall in BENCHMARKS.md). `max_iter` defaults to 10, not
+    Curator's 300: k-means here only splits the work. The constructor does no I/O.
     """
 
     def __init__(self, input_path: str | list[str], output_path: str, n_clusters: int | None = None,
                  cache_path: str | None = None, id_field: str = "id", embedding_field: str = "embeddings",
-                 metadata_fields: list[str] | None = None, max_iter: int = 20, random_state: int = 42,
+                 metadata_fields: list[str] | None = None, max_iter: int = 10, random_state: int = 42,
                  fit_data_fraction: float | None = None, which_to_keep: str = "hard", pairwise_batch_size: int = 1024,
-                 eps: float = 0.06, n_probe: int = 2, probe_margin: float = 0.05, verbose: bool = False) -> None:
+                 eps: float = 0.06, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False) -> None:
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {eps}")
         if n_clusters is not None and n_clusters < 1:
@@ -84,7 +89,8 @@ class SemanticDeduplicationWorkflow:
         self.metadata_fields = list(metadata_fields or [])
         self.max_iter, self.random_state, self.fit_data_fraction = max_iter, random_state, fit_data_fraction
         self.which_to_keep, self.pairwise_batch_size, self.eps = which_to_keep, pairwise_batch_size, eps
-        self.n_probe, self.probe_margin, self.verbose = n_probe, probe_margin, verbose
+        self.n_probe, self.verbose = n_probe, verbose
+        self.probe_margin = eps if probe_margin is None else probe_margin
 
     def run(self, executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
         started = time.monotonic()

@@ -46,7 +46,7 @@ class SemanticConfig:
     json_fields: tuple[str, ...] = ()
     flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
     random_state: int = 42
-    max_iter: int = 20
+    max_iter: int = 10
 
     @property
     def threshold(self) -> float:
