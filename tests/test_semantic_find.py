@@ -154,3 +154,22 @@ def test_unreadable_image_is_listed_as_skipped(photos, tmp_path):
                             executor=LocalExecutor(num_workers=1))
     assert summary.skipped == 1 and removed_ids(out) == MIRRORED
     assert pq.read_table(os.path.join(out, "skipped.parquet")).column("id").to_pylist() == ["broken"]
+
+
+def test_cli_semantic_options(photos, tmp_path, capsys):
+    embeddings = str(tmp_path / "emb.parquet")
+    ids = [f"o{k:03d}" for k in range(len(tiles()))] + MIRRORED
+    vectors = [[1.0, float(k)] for k in range(len(ids) - 1)] + [[0.0, 1.0]]
+    pq.write_table(pa.table({"id": ids, "embeddings": pa.array(vectors, pa.list_(pa.float32()))}), embeddings)
+    out = str(tmp_path / "out")
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--clusters", "3",
+                 "--eps", "0.001", "--keep", "easy", photos, out]) == 0
+    assert "3 clusters" in capsys.readouterr().out
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--eps", "1.5", photos,
+                 out]) == 1
+    assert "error: eps must be in (0, 1)" in capsys.readouterr().err
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--clusters", "99", photos,
+                 out]) == 1
+    assert "n_clusters is 99, more than the 29 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["find", "--method", "semantic", "--embeddings", embeddings, "--model", "m.onnx", photos, out])
