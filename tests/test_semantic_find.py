@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from imagesieve.cli import main
 from imagesieve.dedup.embeddings_io import EmbeddingsError
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.report import write_report
 from imagesieve.sample_data import encode, write_shard
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage
@@ -67,6 +68,9 @@ def test_find_semantic_then_remove_takes_out_copies_phash_misses(photos, tmp_pat
     groups = pq.read_table(os.path.join(out, "groups")).to_pylist()
     assert {row["kept_id"] for row in groups if row["method"] == "semantic"} == {f"o{k:03d}" for k in range(6)}
     assert all(row["similarity"] >= 1 - 0.04 for row in groups)
+
+    page = open(write_report(out), encoding="utf-8").read()
+    assert page.count("data:image/jpeg") == 2 * len(MIRRORED) and "semantic, similarity 0.9" in page
 
     phash = find_duplicates(photos, str(tmp_path / "phash"), FindConfig(method="phash"))
     assert phash.duplicates == 0  # the perceptual hash does not see mirrored copies

@@ -1,6 +1,6 @@
 """An HTML page of the duplicate groups a `find` run wrote, with thumbnails, for a person to check.
 
-It reads only the run folder (summary.json, groups/, hashes/) and the shards the hashes name.
+It reads only the run folder (summary.json, groups/, hashes/ or embeddings/) and the shards they name.
 The page is self-contained (thumbnails are embedded as data: URIs), so it can be mailed or opened
 offline. Every piece of data that reaches the page is escaped.
 """
@@ -47,7 +47,8 @@ def load_thumbnails(run_dir: str, ids: set[str], size: int) -> dict[str, str]:
     """Thumbnails of `ids`, reading only the shards that hold them (input and reference sets)."""
     summary = read_json(os.path.join(run_dir, "summary.json"))
     thumbs: dict[str, str] = {}
-    for hashes_dir, source in (("hashes", summary["input"]), ("reference_hashes", summary.get("reference"))):
+    for hashes_dir, source in (("hashes", summary["input"]), ("embeddings", summary["input"]),  # semantic: id, shard
+                               ("reference_hashes", summary.get("reference"))):
         if not source or not os.path.isdir(os.path.join(run_dir, hashes_dir)):
             continue
         table = pq.read_table(os.path.join(run_dir, hashes_dir), columns=["id", "shard"])
@@ -90,6 +91,8 @@ def render(run_dir: str, max_groups: int = 200, size: int = 160) -> str:
             src = thumbs.get(m["id"], "")
             img = f"<img src='{e(src)}' alt='{e(m['id'])}'>" if src else "<div>(no image)</div>"
             label = "kept" if m["method"] == "kept" else f"{m['method']}, distance {int(m['distance'])}"
+            if m["method"] != "kept" and m.get("similarity") is not None:  # semantic groups
+                label = f"{m['method']}, similarity {m['similarity']:.3f}"
             parts.append(f"<figure class='{css}'>{img}<figcaption>{e(m['id'])}<br>{e(label)}</figcaption></figure>")
         parts.append("</section>")
     parts.append("</body></html>")
