@@ -54,6 +54,18 @@ def test_default_model_gives_unit_1024d_embeddings_in_minibatches(make_shard):
     assert all(image.metadata["width"] == 64 and image.metadata["file_size"] > 0 for image in batch.data)
 
 
+def test_decoded_image_data_is_used_and_can_be_dropped(make_shard, tmp_path):
+    model = tiny_model(tmp_path / "tiny.onnx")
+    from_bytes = ImageEmbeddingStage(model=model).process(read(make_shard(n=2)))
+    batch = read(make_shard(n=2))
+    for image in batch.data:
+        image.decode()
+    decoded = ImageEmbeddingStage(model=model, remove_image_data=True).process(batch)
+    for a, b in zip(from_bytes.data, decoded.data, strict=True):
+        assert float(a.embedding @ b.embedding) > 0.99  # bytes are decoded at reduced size (JPEG draft)
+        assert b.image_data is None
+
+
 def test_teardown_releases_the_model(make_shard):
     stage = ImageEmbeddingStage()
     assert not stage.loaded  # the constructor loads nothing

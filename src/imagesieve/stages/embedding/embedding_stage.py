@@ -85,6 +85,9 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def _open(self, image: ImageObject, size: int) -> Image.Image | None:
         where = f"{image.shard}: sample {image.image_id!r}"
+        if image.image_data is not None:  # decoded by an earlier stage, as Curator's pipelines do
+            image.metadata.update(height=image.image_data.shape[0], width=image.image_data.shape[1])
+            return Image.fromarray(image.image_data)
         data = image.read_bytes()
         image.metadata["file_size"] = len(data)
         try:
