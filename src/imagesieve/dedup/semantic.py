@@ -16,9 +16,17 @@ import numpy as np
 ASSIGN_CHUNK = 1 << 16
 
 
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError("semantic deduplication needs faiss: pip install 'imagesieve[semantic]'") from exc
+    return faiss
+
+
 def train_kmeans(sample: np.ndarray, n_clusters: int, max_iter: int, random_state: int) -> np.ndarray:
     """Unit-length centroids of spherical k-means on `sample` (rows are unit vectors)."""
-    import faiss
+    faiss = _faiss()
 
     kmeans = faiss.Kmeans(sample.shape[1], n_clusters, niter=max_iter, seed=random_state, spherical=True,
                           min_points_per_centroid=1, max_points_per_centroid=max(1, -(-len(sample) // n_clusters)))
@@ -29,7 +37,7 @@ def train_kmeans(sample: np.ndarray, n_clusters: int, max_iter: int, random_stat
 def assign(embeddings: np.ndarray, centroids: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
     """(labels, similarities), each (n, probes): each row's nearest centroids, nearest first, streamed
     in chunks over a memory-mapped `embeddings`."""
-    import faiss
+    faiss = _faiss()
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -80,8 +88,8 @@ def similar_pairs(path: str, shape: tuple[int, int], clusters: list[tuple[np.nda
     embeddings = np.memmap(path, dtype=np.float32, mode="r", shape=shape)
     found_i, found_j, found_s = [], [], []
     for members, guests in clusters:
-        home = np.asarray(embeddings[np.sort(members)])
         rows = np.sort(members)
+        home = np.asarray(embeddings[rows])
         for start in range(0, len(rows), block):
             sim = home[start:start + block] @ home.T
             a, b = np.nonzero(sim >= threshold)

@@ -94,7 +94,10 @@ class OnnxEmbedder:
     """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows."""
 
     def __init__(self, model: str = DEFAULT_MODEL, threads: int = 1, preprocess: Preprocess | None = None) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("image embeddings need onnxruntime: pip install 'imagesieve[semantic]'") from exc
 
         path = default_model_path() if model == DEFAULT_MODEL else model
         if not os.path.isfile(path):
