@@ -129,9 +129,9 @@ def resolve_no_chaining(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray, r
     ends = np.r_[starts[1:], len(v)]
     kept = np.ones(n, dtype=bool)
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        for k in range(a, b):  # most similar first: the first kept candidate is the keeper
-            if kept[u[k]]:
-                kept[v[a]] = False
-                keeper[v[a]], best[v[a]] = u[k], s[k]
-                break
+        alive = kept[u[a:b]]  # candidates most similar first: the first kept one is the keeper
+        if alive.any():
+            k = a + int(alive.argmax())
+            kept[v[a]] = False
+            keeper[v[a]], best[v[a]] = u[k], s[k]
     return keeper, best
