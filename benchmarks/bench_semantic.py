@@ -200,6 +200,17 @@ def quality(args: argparse.Namespace) -> dict:
         runs.append((f"semantic{' --flip' if flip else ''}", 1 - vectors @ vectors.T, eps))
     runs.append(("phash", pair_distances(*hash_set(labelled, "phash")), 10))
     runs.append(("phash --flip", pair_distances(*hash_set(labelled, "phash", flip=True)), 10))
+    for name, dist, _ in runs[:2]:  # how eps was chosen: best F1 (flip pairs excluded without --flip)
+        flips = "--flip" in name
+        sweep = {}
+        for eps in np.round(np.arange(0.02, 0.105, 0.005), 3):
+            s = score(labelled, dist, name, float(eps), exclude=() if flips else ("hflip",))
+            sweep[float(eps)] = round(s.f1, 3)
+        out[f"{name} eps sweep (F1)"] = sweep
+        best = max(sweep, key=sweep.get)
+        s = score(labelled, dist, name, best, exclude=() if flips else ("hflip",))
+        out[f"{name} at its best eps"] = {"threshold": best, "precision": s.precision, "recall": s.recall,
+                                          "f1": s.f1, "recall_by_transform": s.recall_by_transform}
     for name, dist, threshold in runs:
         for flips in (False, True):
             s = score(labelled, dist, name, threshold, exclude=() if flips else ("hflip",))

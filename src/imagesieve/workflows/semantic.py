@@ -74,7 +74,7 @@ class SemanticDeduplicationWorkflow:
                  cache_path: str | None = None, id_field: str = "id", embedding_field: str = "embeddings",
                  metadata_fields: list[str] | None = None, max_iter: int = 10, random_state: int = 42,
                  fit_data_fraction: float | None = None, which_to_keep: str = "hard", pairwise_batch_size: int = 1024,
-                 eps: float = 0.06, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False) -> None:
+                 eps: float = 0.05, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False) -> None:
         if not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {eps}")
         if n_clusters is not None and n_clusters < 1:

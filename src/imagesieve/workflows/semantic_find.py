@@ -29,7 +29,7 @@ from imagesieve.workflows.common import absolute_paths, run_on_shards
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
 
 # The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
-DEFAULT_EPS = 0.06
+DEFAULT_EPS = 0.05
 DEFAULT_EPS_FLIP = 0.04
 CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
 

@@ -66,7 +66,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def process(self, task: ImageBatch) -> ImageBatch:
         self.setup()  # today's pool workers call setup once; a direct call may not have
-        size = self._embedder.preprocess.size
+        size = self._embedder.preprocess.decode_size
         step = self.model_inference_batch_size
         for start in range(0, len(task.data), step):
             chunk = task.data[start:start + step]
@@ -94,7 +94,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             pil = open_image(data, where)
             image.metadata.update(width=pil.width, height=pil.height)
             if pil.format == "JPEG":
-                pil.draft("RGB", (size, size))  # decode at a fraction of full size: the model sees 224 pixels
+                pil.draft("RGB", (size, size))  # decode at a fraction of full size: the model needs no more
             pil = load(pil, where)
         except ImageDecodeError as exc:
             if self.on_error == "fail":

