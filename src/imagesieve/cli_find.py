@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 
+from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
 
 FIND_EXAMPLE = """example:
@@ -21,12 +22,16 @@ DEDUP_EXAMPLE = """examples:
 
 
 def parse_method(text: str) -> str:
-    """`exact`, one perceptual hash, or `exact,<hash>` (exact copies are always grouped first)."""
+    """`exact`, one perceptual hash, `exact,<hash>` (exact copies are always grouped first), or `semantic`."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in (*METHODS, "semantic")]
     if unknown or not methods:
         raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from "
-                                         f"{', '.join(METHODS)}")
+                                         f"{', '.join(METHODS)}, semantic")
+    if "semantic" in methods:
+        if len(methods) > 1:
+            raise argparse.ArgumentTypeError("semantic runs alone (combining it with hashes is not supported yet)")
+        return "semantic"
     perceptual = [m for m in methods if m != "exact"]
     if len(perceptual) > 1:
         raise argparse.ArgumentTypeError(f"one perceptual hash at a time, got {', '.join(perceptual)}")
@@ -49,6 +54,8 @@ def print_summary(args: argparse.Namespace, summary: object, extra_lines: list[s
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.find import find_duplicates
 
+    if args.method == "semantic":
+        return cmd_find_semantic(args, make_executor)
     summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
                               executor=make_executor(args), progress=not args.quiet)
     print_summary(args, summary, [
@@ -60,7 +67,8 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
 def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.dedup import dedup
 
-    summary = dedup(args.input, args.output, find_config(args), reference=args.reference,
+    config = semantic_config(args) if args.method == "semantic" else find_config(args)
+    summary = dedup(args.input, args.output, config, reference=args.reference,
                     executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
                     cache_dir=args.cache_dir, link=args.link)
     print_summary(args, summary, [])
@@ -70,7 +78,7 @@ def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
 def add_find_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=parse_method, default="phash",
                         help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual, exact copies "
-                             "included (default phash; 'exact,phash' means the same)")
+                             "included (default phash; 'exact,phash' means the same); semantic: image embeddings")
     parser.add_argument("--threshold", type=int, default=None,
                         help=f"max Hamming distance of 64 bits, 0..32 (defaults: {DEFAULT_THRESHOLDS})")
     parser.add_argument("--keep", default="first",
@@ -85,6 +93,7 @@ def add_find_options(parser: argparse.ArgumentParser) -> None:
                         help="an unreadable image stops the run (fail) or is listed in skipped.parquet (skip)")
     parser.add_argument("--exact-decode", action="store_true",
                         help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
+    add_semantic_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
 

