@@ -115,7 +115,8 @@ def build_index_isolated(files: list[str], id_field: str, target: str, budget: i
     rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
     if rows <= child_process_rows:
         return build_index(files, id_field, target, budget)
-    request = json.dumps({"files": files, "id_field": id_field, "target": target, "budget": budget})
+    request = json.dumps({"files": files, "id_field": id_field, "target": target, "budget": budget,
+                          "parent": os.getpid()})
     done = subprocess.run([sys.executable, "-m", "imagesieve.dedup.id_build"], input=request, text=True,
                           capture_output=True)
     if done.returncode != 0:
@@ -125,7 +126,10 @@ def build_index_isolated(files: list[str], id_field: str, target: str, budget: i
 
 
 def _child_main() -> None:
+    from imagesieve.executors.lifeline import die_with
+
     request = json.loads(sys.stdin.read())
+    die_with(request["parent"])  # a killed driver leaves no build running
     try:
         notes = build_index(request["files"], request["id_field"], request["target"], request["budget"])
     except Exception as exc:  # the parent shows the last line
