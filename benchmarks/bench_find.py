@@ -131,32 +131,65 @@ def bench_encode(args, root: str) -> None:
               f"ratio {theirs_s / ours_s:.1f}x   (target >= 3x)")
 
 
-def planted_codes(n: int, threshold: int, seed: int = 0) -> np.ndarray:
-    """n random 64-bit codes, 1% of them near copies (1..threshold bits flipped) of others."""
-    rng = np.random.default_rng(seed)
-    k = n // 100
-    codes = rng.integers(0, 2**64 - 1, size=n - k, dtype=np.uint64)
+def near_flips(k: int, threshold: int, rng: np.random.Generator) -> np.ndarray:
+    """k masks of 1..threshold random bits: what turns a code into a planted near copy."""
     flips = np.zeros(k, dtype=np.uint64)
     for bit_count in range(1, threshold + 1):
         rows = np.flatnonzero(rng.integers(1, threshold + 1, size=k) == bit_count)
         for row in rows:
             for bit in rng.choice(64, size=bit_count, replace=False):
                 flips[row] |= np.uint64(1) << np.uint64(int(bit))
-    return np.concatenate([codes, codes[rng.integers(0, n - k, size=k)] ^ flips])
+    return flips
+
+
+def planted_codes(n: int, threshold: int, seed: int = 0) -> np.ndarray:
+    """n random 64-bit codes, 1% of them near copies (1..threshold bits flipped) of others."""
+    rng = np.random.default_rng(seed)
+    k = n // 100
+    codes = rng.integers(0, 2**64 - 1, size=n - k, dtype=np.uint64)
+    return np.concatenate([codes, codes[rng.integers(0, n - k, size=k)] ^ near_flips(k, threshold, rng)])
+
+
+def photo_like_codes(n: int, threshold: int, seed: int = 0) -> np.ndarray:
+    """n codes that keep the clustering of real pHash codes: 4,000 pHashes of random crops of the
+    bundled photos, each generated code one of them with 12..28 random bits flipped, plus 1% planted
+    near copies as in `planted_codes`."""
+    import imagehash
+
+    rng = np.random.default_rng(seed)
+    photos = [p for _, p in load_photos() if min(p.shape[:2]) >= 160]
+    real = []
+    for _ in range(4000):
+        photo = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(64, min(photo.shape[:2]) + 1))
+        y, x = (int(rng.integers(photo.shape[k] - side + 1)) for k in (0, 1))
+        real.append(int(str(imagehash.phash(Image.fromarray(photo[y:y + side, x:x + side]))), 16))
+    real = np.array(real, dtype=np.uint64)
+    k = n // 100
+    flips = np.zeros(n - k, dtype=np.uint64)
+    counts = rng.integers(12, 29, size=n - k)
+    for bit in range(64):  # each code gets `counts` distinct random bits, drawn bit by bit
+        take = rng.random(n - k) < counts / (64 - bit)
+        flips[take] |= np.uint64(1) << np.uint64(bit)
+        counts = counts - take
+    codes = real[rng.integers(0, len(real), size=n - k)] ^ flips
+    return np.concatenate([codes, codes[rng.integers(0, n - k, size=k)] ^ near_flips(k, threshold, rng)])
 
 
 def bench_search(args, root: str) -> None:
     t = DEFAULT_THRESHOLDS["phash"]
     if args.imagededup_only:
         return bench_imagededup_search(args, root, {(args.search_n, t): args.ours_seconds})
-    print(f"\n(b, c) search, threshold {t} (pHash default) and 8, random codes with 1% planted near copies")
+    sizes = [int(n) for n in args.search_sizes.split(",")]
+    make = planted_codes if args.codes == "uniform" else photo_like_codes
+    print(f"\n(b, c) search, threshold {t} (pHash default) and 8, {args.codes} codes with 1% planted near copies")
     print(f"    {'n':>9} {'t':>3} {'workers':>8} {'seconds':>9} {'pairs':>8} {'growth per 10x':>15}")
     ours = {}
     for threshold in (t, 8):
         for workers in sorted({1, args.workers}):
             previous = None
-            for n in (10_000, 100_000, args.search_n):
-                codes = planted_codes(n, threshold)
+            for n in sizes:
+                codes = make(n, threshold)
                 start = time.perf_counter()
                 i, _, _ = near_pairs(codes, threshold, parts=workers, run_jobs=LocalExecutor(workers).map)
                 seconds = time.perf_counter() - start
@@ -221,7 +254,9 @@ def bench_quality(args, root: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--search-n", type=int, default=1_000_000)
+    parser.add_argument("--search-n", type=int, default=1_000_000, help="the size compared with imagededup")
+    parser.add_argument("--search-sizes", default="10000,100000,1000000", help="sizes of the growth table")
+    parser.add_argument("--codes", choices=["uniform", "photo-like"], default="uniform")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--imagededup-python", default=None, help="python of a venv with imagededup installed")
