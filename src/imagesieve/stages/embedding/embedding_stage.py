@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from PIL import Image
 
 from imagesieve.imageio import ImageDecodeError, load, open_image
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OnnxEmbedder
+from imagesieve.stages.sample_fields import check_on_error, json_values
 from imagesieve.tasks import ImageBatch, ImageObject
-
-ON_ERROR = ("fail", "skip")
 
 
 @dataclass
@@ -44,8 +41,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     def __post_init__(self) -> None:
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be >= 1, got {self.model_inference_batch_size}")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        check_on_error(self.on_error)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id", "members"]
@@ -102,15 +98,5 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             image.metadata.update(width=None, height=None, error=str(exc))
             return None
         if self.json_fields:
-            image.metadata.update(_json_values(image, self.json_fields, where))
+            image.metadata.update(json_values(image, self.json_fields, where))
         return pil
-
-
-def _json_values(image: ImageObject, fields: tuple[str, ...], where: str) -> dict[str, Any]:
-    if "json" not in image.members:
-        raise ValueError(f"{where}: has no .json member to read {list(fields)} from")
-    try:
-        record = json.loads(image.read_bytes("json"))
-    except ValueError as exc:
-        raise ValueError(f"{where}: .json member is not valid JSON ({exc})") from exc
-    return {f"json.{name}": record.get(name) for name in fields}

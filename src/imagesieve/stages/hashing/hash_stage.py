@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from imagesieve.dedup.hashes import ALL_KINDS, PERCEPTUAL, hash_image
 from imagesieve.imageio import ImageDecodeError
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.sample_fields import check_on_error, json_values
 from imagesieve.tasks import ImageBatch
-
-ON_ERROR = ("fail", "skip")
 
 
 @dataclass
@@ -32,8 +30,7 @@ class ImageHashStage(ProcessingStage[ImageBatch, ImageBatch]):
         unknown = [k for k in self.kinds if k not in ALL_KINDS]
         if unknown:
             raise ValueError(f"unknown hash kinds {unknown}; choose from {list(ALL_KINDS)}")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        check_on_error(self.on_error)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id", "members"]
@@ -57,18 +54,9 @@ class ImageHashStage(ProcessingStage[ImageBatch, ImageBatch]):
             image.metadata.update(width=result.width, height=result.height, format=result.format,
                                   **result.values)
             if self.json_fields:
-                image.metadata.update(self._json_values(image, where))
+                image.metadata.update(json_values(image, self.json_fields, where))
         return task
 
     def _columns(self) -> list[str]:
         flips = [f"{k}_flip" for k in self.kinds if self.flip and k in PERCEPTUAL]
         return ["width", "height", "format", *self.kinds, *flips, *(f"json.{f}" for f in self.json_fields)]
-
-    def _json_values(self, image, where: str) -> dict:
-        if "json" not in image.members:
-            raise ValueError(f"{where}: has no .json member to read {list(self.json_fields)} from")
-        try:
-            record = json.loads(image.read_bytes("json"))
-        except ValueError as exc:
-            raise ValueError(f"{where}: .json member is not valid JSON ({exc})") from exc
-        return {f"json.{name}": record.get(name) for name in self.json_fields}
