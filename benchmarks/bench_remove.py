@@ -2,22 +2,19 @@
 
   (a) throughput vs a raw copy of the same tar files (the ceiling: pure I/O)
   (b) throughput vs a naive loop: webdataset read -> Python set filter -> webdataset TarWriter
-  (c) memory of the ID index vs a Python set[str] of the same IDs (10M IDs by default)
+(memory of the ID index against a Python set: benchmarks/bench_id_index.py)
 
 Prints a table of medians and ratios. Usage:
-  python benchmarks/bench_remove.py [--samples 20000] [--ids 10000000] [--repeat 3] [--workdir DIR]
+  python benchmarks/bench_remove.py [--samples 20000] [--side 256] [--repeat 5] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -93,60 +90,11 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-MEMORY_PROBE = r"""
-import json, os, sys, time
-import numpy as np
-def anon_and_rss():
-    fields = {}
-    for line in open("/proc/self/smaps_rollup"):
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return fields["Anonymous"], fields["Rss"]
-n, kind, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-queries = [f"{i:012d}" for i in range(0, 2 * n, 2 * n // 1_000_000)]  # 1M lookups, half of them listed
-anon0, rss0 = anon_and_rss()
-if kind == "set":
-    ids = set(f"{i:012d}" for i in range(0, 2 * n, 2))
-    hits = sum(q in ids for q in queries)
-else:
-    from imagesieve.dedup.id_index import IdIndex
-    index = IdIndex.load(path)
-    hits = int(index.contains(queries).sum())
-anon1, rss1 = anon_and_rss()
-print(json.dumps({"anon": anon1 - anon0, "rss": rss1 - rss0, "hits": hits}))
-"""
-
-
-def memory_comparison(n_ids: int, workdir: str) -> dict[str, float]:
-    """Build the index of n_ids IDs, then measure a fresh process doing 1M lookups with each structure."""
-    from imagesieve.dedup.id_index import IdIndex
-
-    ids = pa.array([f"{i:012d}" for i in range(0, 2 * n_ids, 2)], pa.string())
-    started = time.perf_counter()
-    index_dir = os.path.join(workdir, "index")
-    os.makedirs(index_dir, exist_ok=True)
-    IdIndex.from_ids(ids).save_files(index_dir)
-    build_seconds = time.perf_counter() - started
-    del ids
-    on_disk = sum(os.path.getsize(os.path.join(index_dir, f)) for f in os.listdir(index_dir))
-    results = {}
-    for kind in ("set", "index"):
-        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(n_ids), kind, index_dir],
-                             capture_output=True, text=True, check=True).stdout
-        results[kind] = json.loads(out)
-    assert results["set"]["hits"] == results["index"]["hits"], results
-    return {"build_s": build_seconds, "disk": on_disk, "set_rss": results["set"]["rss"],
-            "set_anon": results["set"]["anon"], "index_rss": results["index"]["rss"],
-            "index_anon": results["index"]["anon"]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--side", type=int, default=256, help="image side in pixels (larger: bigger files)")
-    parser.add_argument("--ids", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", default=None)
@@ -191,15 +139,6 @@ def main() -> None:
     print(f"    same, both on 1 core                  "
           f"{median['naive webdataset loop'] / median['imagesieve (1 worker)']:.2f}x")
 
-    if args.ids:
-        mem = memory_comparison(args.ids, workdir)
-        print(f"\n(c) {args.ids:,} IDs, 1M lookups in a fresh process (index built in {mem['build_s']:.1f} s, "
-              f"{mem['disk'] / 1e6:.0f} MB on disk)")
-        print(f"    Python set[str]: {mem['set_rss'] / 1e6:8.0f} MB resident, {mem['set_anon'] / 1e6:8.0f} MB private")
-        print(f"    imagesieve index: {mem['index_rss'] / 1e6:7.0f} MB resident (page cache, shared by a node's "
-              f"workers), {mem['index_anon'] / 1e6:.0f} MB private")
-        print(f"    ratio, resident, 1 worker           {mem['index_rss'] / mem['set_rss']:.3f}   (target <= 0.125)")
-        print(f"    ratio, private memory per worker    {mem['index_anon'] / mem['set_anon']:.3f}")
     if not args.workdir:
         shutil.rmtree(workdir)
 
