@@ -37,7 +37,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="bench-ray-")
     shards, dups = make_dataset(root, args.samples, 1000, 0.10)
     jobs = {
-        "remove": lambda ex, out: remove_duplicates(shards, out, dups, executor=ex),
+        # a fresh cache folder per run: every run builds its own ID index
+        "remove": lambda ex, out: remove_duplicates(shards, out, dups, executor=ex, cache_dir=out + ".cache"),
         "find: hash phase": lambda ex, out: hash_shards(shards, out, out, FindConfig(), ex, False, "hash"),
     }
     executors = {"local": lambda: LocalExecutor(args.workers), "ray": lambda: RayExecutor()}
@@ -49,10 +50,12 @@ def main() -> None:
         for rep in range(args.repeat):
             for name, make in executors.items():
                 out = os.path.join(root, f"{job[:4]}-{name}-{rep}")
+                os.sync()  # each run starts from the same state: no other run's writes still pending
                 start = time.perf_counter()
                 run(make(), out)
                 times[name].append(time.perf_counter() - start)
                 shutil.rmtree(out)
+                shutil.rmtree(out + ".cache", ignore_errors=True)
         local, on_ray = statistics.median(times["local"]), statistics.median(times["ray"])
         print(f"{job:<18}{local:>9.2f}{on_ray:>9.2f}{local / on_ray:>24.2f}x")
     ray.shutdown()
