@@ -169,6 +169,15 @@ def test_a_find_output_root_as_id_folder_is_refused_naming_the_right_one(dataset
     assert not list((tmp_path / "out").rglob("*.tar"))
 
 
+def test_a_table_of_embeddings_as_id_folder_is_refused(dataset, tmp_path):
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": ["copy-0", "00000001"], "embeddings": [[1.0, 0.0], [0.0, 1.0]]}),
+                   folder / "00000.tar.parquet")
+    with pytest.raises(WrongIdFolderError, match="table of embeddings"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(folder), executor=ONE)
+
+
 def test_refused_id_folder_can_be_forced(dataset, tmp_path):
     found = tmp_path / "found"
     find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)

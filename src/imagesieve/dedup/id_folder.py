@@ -60,6 +60,9 @@ def check_id_folder(directory: str, files: list[str]) -> None:
         if names >= _HASH_COLUMNS:
             raise WrongIdFolderError(f"{path} is a hash table of `imagesieve find`: it lists every image. Pass the "
                                      "duplicates/ folder of the find output instead")
+        if "embeddings" in names or "embedding" in names:
+            raise WrongIdFolderError(f"{path} is a table of embeddings: it lists every image. Pass the duplicates/ "
+                                     "folder of the find output instead")
 
 
 def _schema(path: str) -> pa.Schema:
