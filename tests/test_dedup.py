@@ -104,3 +104,12 @@ def test_help_of_every_command_has_an_example():
     for command in ("find", "remove", "dedup", "report", "sample-data"):
         assert "example" in run(command, "--help").stdout
     assert run("--version").stdout.startswith("imagesieve ")
+
+
+def test_a_rerun_with_other_settings_is_refused_before_anything_is_written(sample, tmp_path):
+    out = tmp_path / "out"
+    assert run("dedup", "--quiet", "--workers", "1", str(sample / "shards"), str(out)).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    proc = run("dedup", "--quiet", "--workers", "1", "--method", "exact", str(sample / "shards"), str(out))
+    assert proc.returncode == 1 and "made with other settings (method)" in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before

@@ -80,7 +80,7 @@ def test_rerun_redoes_only_a_changed_chunk(photos, tmp_path):
 def test_an_output_folder_inside_the_input_is_left_out_and_the_input_itself_refused(photos):
     units = input_units(str(photos), str(photos / "clean"))
     assert all(not p.startswith(str(photos / "clean")) for u in units for p in u.paths)
-    with pytest.raises(ValueError, match="is the input folder"):
+    with pytest.raises(ValueError, match="lies inside the output folder"):
         input_units(str(photos), str(photos))
 
 
@@ -89,3 +89,24 @@ def test_a_folder_without_images_or_shards_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "notes.md").write_text("x")
     with pytest.raises(FileNotFoundError, match="no tar shards and no image files"):
         input_units(str(tmp_path / "empty"), str(tmp_path / "out"))
+
+
+def test_an_output_inside_the_input_is_never_read_back_on_a_rerun(photos):
+    first = dedup(str(photos), str(photos / "out"), FindConfig(), executor=ONE)
+    again = dedup(str(photos), str(photos / "out"), FindConfig(), executor=ONE)  # report/ thumbs now exist
+    assert (again.samples_in, again.kept, again.removed) == (first.samples_in, first.kept, first.removed) == (11, 8, 3)
+    assert not (photos / "out" / "shards" / "out").exists()
+
+
+def test_an_input_inside_the_output_is_refused_before_anything_is_touched(photos, tmp_path):
+    planted = photos / ".notes.imagesieve-tmp-42"  # a user's file that looks like one of our temp files
+    planted.write_text("precious")
+    with pytest.raises(ValueError, match="lies inside the output folder"):
+        dedup(str(photos), str(tmp_path), FindConfig(), executor=ONE)
+    assert planted.read_text() == "precious"
+
+
+def test_input_files_named_like_the_runs_own_records_are_refused(photos, tmp_path):
+    (photos / "summary.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match="summary.json: the output keeps its own"):
+        dedup(str(photos), str(tmp_path / "out"), FindConfig(), executor=ONE)

@@ -99,7 +99,7 @@ def test_rerun_skips_finished_shards_and_gives_identical_output(dataset, tmp_pat
 
 def test_output_folder_that_holds_the_input_is_refused(dataset, tmp_path):
     _, dups = dataset
-    with pytest.raises(ValueError, match="choose another output folder"):
+    with pytest.raises(ValueError, match="choose an output folder outside the input"):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "shards"), dups)
 
 

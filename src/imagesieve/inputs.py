@@ -51,12 +51,29 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def input_units(input_path: str | list[str], output_dir: str) -> list[InputUnit]:
+RESERVED = ("summary.json", "removed.parquet", "_imagesieve")  # the run's own names at the top of an output
+
+
+def input_units(input_path: str | list[str], output_dir: str, exclude: str | None = None) -> list[InputUnit]:
     """The units of work of INPUT: its tar shards, or the chunks of an image folder. Anything under
-    `output_dir` (our own earlier output) is left out; an output folder that is the input is refused."""
+    `output_dir` (our own earlier output) or `exclude` is left out; an input inside the output folder
+    is refused before anything is read or written."""
+    check_input_outside(input_path, output_dir)
     if isinstance(input_path, str) and os.path.isdir(input_path) and not _has_shards(input_path):
-        return folder_units(input_path, output_dir)
-    return [InputUnit(rel, (path,)) for path, rel in input_shards(input_path, output_dir)]
+        return folder_units(input_path, exclude or output_dir)
+    return [InputUnit(rel, (path,)) for path, rel in input_shards(input_path, exclude or output_dir)]
+
+
+def check_input_outside(input_path: str | list[str], output_dir: str) -> None:
+    """An output folder that holds the input would have the run clean up, write and list inside the
+    input: refuse it (an output folder inside the input is fine, and left out of it)."""
+    out = os.path.realpath(output_dir)
+    for source in [input_path] if isinstance(input_path, str) else input_path:
+        if os.path.exists(source):
+            real = os.path.realpath(source)
+            if real == out or real.startswith(out + os.sep):
+                raise ValueError(f"the input {source} lies inside the output folder {output_dir}; choose an output "
+                                 "folder outside the input")
 
 
 def _has_shards(folder: str) -> bool:
@@ -72,6 +89,10 @@ def folder_units(root: str, output_dir: str, chunk: int = FOLDER_CHUNK) -> list[
     if os.path.realpath(root) == out:
         raise ValueError(f"output folder {output_dir} is the input folder; choose another output folder")
     files = [p for p in walk_files(root) if not os.path.realpath(p).startswith(out + os.sep)]
+    clashes = [p for p in files if os.path.relpath(p, root).split(os.sep)[0] in RESERVED]
+    if clashes:
+        raise ValueError(f"{clashes[0]}: the output keeps its own {', '.join(RESERVED)} at the top of the tree, so "
+                         "this input file would be overwritten there; rename or move it")
     images = sorted((p for p in files if is_image(p)), key=lambda p: os.path.relpath(p, root))
     if not images:
         raise FileNotFoundError(f"no tar shards and no image files ({', '.join(IMAGE_SUFFIXES)}) in {root}")

@@ -15,6 +15,7 @@ again with the same arguments, ends with the same output as one that was never i
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.progress import phase
 from imagesieve.report import write_report
-from imagesieve.runfolder import read_json, run_lock, write_json_atomic
+from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.remove import remove_duplicates
 from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic_in_locked_folder
@@ -68,9 +69,25 @@ def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Sem
                       progress, dry_run, cache_dir, link)
 
 
+def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig) -> None:
+    """A rerun into a folder whose shards were written with other find settings would overwrite the
+    duplicate lists and then be refused by `remove`, leaving lists and shards that disagree: refuse
+    it before anything is written."""
+    summary = os.path.join(output_dir, "summary.json")
+    if not (os.path.exists(summary) and os.path.isdir(os.path.join(output_dir, "shards", WORK_DIR, "done"))):
+        return
+    previous = read_json(summary).get("config") or {}
+    current = json.loads(json.dumps(asdict(config)))
+    changed = sorted(k for k in current if k != "json_fields" and k in previous and previous[k] != current[k])
+    if changed or (previous.get("method") == "semantic") != isinstance(config, SemanticConfig):
+        raise ValueError(f"{output_dir} holds a dedup run made with other settings ({', '.join(changed) or 'method'});"
+                         " use a new output folder, or delete this one to start over")
+
+
 def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig,
            reference: str | list[str] | None,
            executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
+    check_same_settings(output_dir, config)
     seconds: dict[str, float] = {}
     started = time.monotonic()
     if isinstance(config, SemanticConfig):
@@ -86,7 +103,7 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
         removal = remove_duplicates(input_path, os.path.join(output_dir, "shards"),
                                     os.path.join(output_dir, "duplicates"), executor=executor, progress=progress,
                                     cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"),
-                                    link=link)
+                                    link=link, exclude=output_dir)
         seconds["remove"] = time.monotonic() - started
     summary_path = os.path.join(output_dir, "summary.json")
     record = read_json(summary_path)  # find's: input, config, counts

@@ -26,7 +26,7 @@ from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, input_units
+from imagesieve.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,
@@ -161,6 +161,7 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
                           progress: bool) -> FindSummary:
     """`find_duplicates` for a caller that holds the output folder's lock."""
     started = time.monotonic()
+    check_input_outside(input_path, output_dir)  # before the cleanup below walks the output folder
     if config.keep.startswith("column:") and not config.json_fields:
         config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
     remove_stale_temp_files(output_dir)

@@ -85,12 +85,14 @@ def check_same_run(output_dir: str, config: dict) -> None:
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
                       executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
                       cache_dir: str | None = None, check_id_folder: bool = True,
-                      removed_path: str | None = None, link: bool = False) -> RemoveSummary:
+                      removed_path: str | None = None, link: bool = False,
+                      exclude: str | None = None) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
 
-    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet)."""
+    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). Input under
+    `exclude` (default `output_dir`) is left out: `dedup` passes its whole output folder."""
     started = time.monotonic()
-    units = input_units(input_path, output_dir)
+    units = input_units(input_path, output_dir, exclude)
     check_output_dir(output_dir)
     with run_lock(output_dir, "remove"):
         remove_stale_temp_files(output_dir)
@@ -106,7 +108,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
             ImageWriterStage(output_dir=output_dir, fsync=fsync)
         run_on_units("remove", [reader_for(units), removal, writer], todo, len(units), executor, progress)
-        others = copy_other_files(units[0].root, output_dir) if folder else 0
+        others = copy_other_files(units[0].root, output_dir, exclude or output_dir) if folder else 0
 
         summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
                              started, removed_path or os.path.join(output_dir, "removed.parquet"))
@@ -115,10 +117,11 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     return summary
 
 
-def copy_other_files(root: str, output_dir: str) -> int:
+def copy_other_files(root: str, output_dir: str, exclude: str) -> int:
     """The files of an image folder that are not images (captions, licences) go to the output unchanged:
-    nothing in the input is dropped silently. Returns how many."""
-    files = other_files(root, output_dir)
+    nothing in the input is dropped silently (files under `exclude`, our own output, are not input).
+    Returns how many."""
+    files = other_files(root, exclude)
     for rel in files:
         target = os.path.join(output_dir, rel)
         source = os.path.join(root, rel)

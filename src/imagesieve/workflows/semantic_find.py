@@ -66,8 +66,8 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
                                    executor: BaseExecutor | None, progress: bool) -> SemanticSummary:
     """`find_semantic` for a caller that holds the output folder's lock."""
     executor = executor or LocalExecutor()
+    shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
     remove_stale_temp_files(output_dir)
-    shards = input_units(input_path, output_dir)
     if config.embeddings is None:
         files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress)
         id_field, embedding_field = "id", "embeddings"
