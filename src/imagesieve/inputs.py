@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import xxhash
 
@@ -32,7 +33,10 @@ class InputUnit:
     def is_folder_chunk(self) -> bool:
         return bool(self.root)
 
+    @cached_property
     def fingerprint(self) -> str:
+        """The input version this unit covers, taken once: the listing decides what is done and what is
+        redone, and the task records the same value (a folder chunk costs a stat per file)."""
         if not self.is_folder_chunk:
             return shard_fingerprint(self.paths[0])
         digest = xxhash.xxh3_128()
@@ -41,7 +45,7 @@ class InputUnit:
         return digest.hexdigest()
 
     def task(self) -> FileGroupTask:
-        metadata = {"relative_paths": {p: self.rel for p in self.paths}, "input_fingerprint": self.fingerprint()}
+        metadata = {"relative_paths": {p: self.rel for p in self.paths}, "input_fingerprint": self.fingerprint}
         if self.is_folder_chunk:
             metadata.update(root=self.root, relative_path=self.rel)
         return FileGroupTask(dataset_name="input", data=list(self.paths), task_id=self.rel, _metadata=metadata)

@@ -151,6 +151,10 @@ def write_text_atomic(text: str, path: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_bytes_atomic(data: bytes, path: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def write_atomic(path: str, write: Callable[[str], object]) -> None:
     """write(temp path), then rename the temp file to `path`; never a partial file under `path`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

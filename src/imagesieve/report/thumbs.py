@@ -16,7 +16,7 @@ import xxhash
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.imageio import ImageDecodeError, load, open_image
 from imagesieve.report.data import Member
-from imagesieve.runfolder import write_atomic
+from imagesieve.runfolder import write_bytes_atomic
 from imagesieve.shards import ShardError, image_extension, iter_samples
 from imagesieve.stages.io.partitioning import list_shards
 
@@ -56,7 +56,7 @@ def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, 
                 if thumb is None:
                     name = ""
                 else:
-                    write_atomic(path, lambda tmp, data=thumb: _write_bytes(tmp, data))
+                    write_bytes_atomic(thumb, path)
             caption = ""
             if "txt" in sample.members:
                 caption = sample.members["txt"].read()[:CAPTION_CHARS * 4].decode("utf-8", "replace")
@@ -64,11 +64,6 @@ def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, 
     except (ShardError, OSError):
         pass  # the shard moved or changed since the run: those images show as missing
     return found
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _shards_by_name(source: str | list[str]) -> dict[str, str]:
@@ -93,7 +88,7 @@ def folder_thumbnails(root: str, source: str, keys: list[str], thumbs_dir: str, 
             if thumb is None:
                 name = ""
             else:
-                write_atomic(os.path.join(thumbs_dir, name), lambda tmp, data=thumb: _write_bytes(tmp, data))
+                write_bytes_atomic(thumb, os.path.join(thumbs_dir, name))
         found[key] = (name, "")
     return found
 

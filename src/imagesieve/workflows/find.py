@@ -103,7 +103,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode}
     todo = [unit for unit in units
-            if not _table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint(), needed, settings)]
+            if not _table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint, needed, settings)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
     run_on_units(desc, [reader_for(units), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],

@@ -103,7 +103,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                                     "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()})
 
-        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint())]
+        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint)]
         folder = units[0].is_folder_chunk
         writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
             ImageWriterStage(output_dir=output_dir, fsync=fsync)

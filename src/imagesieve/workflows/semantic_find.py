@@ -94,7 +94,7 @@ def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticC
     model_id = model_identity(config.model, config.flip)
     needed = {f"json.{f}" for f in config.json_fields}
     todo = [unit for unit in shards
-            if not is_current(embedding_table_path(embeddings_dir, unit.rel), unit.fingerprint(), model_id, needed)]
+            if not is_current(embedding_table_path(embeddings_dir, unit.rel), unit.fingerprint, model_id, needed)]
     embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
                                    on_error=config.on_error, json_fields=config.json_fields, flip=config.flip)
     run_on_units("embed", [reader_for(shards), embedder,
