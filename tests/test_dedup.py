@@ -113,3 +113,59 @@ def test_a_rerun_with_other_settings_is_refused_before_anything_is_written(sampl
     proc = run("dedup", "--quiet", "--workers", "1", "--method", "exact", str(sample / "shards"), str(out))
     assert proc.returncode == 1 and "made with other settings (method)" in proc.stderr
     assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
+
+
+def _keys_in(folder: Path) -> dict[str, list[str]]:
+    return {tar.name: [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False)]
+            for tar in sorted(folder.glob("*.tar"))}
+
+
+def test_a_rerun_after_the_input_changed_redoes_the_removal_and_drops_stale_outputs(make_shard, tmp_path):
+    """Same settings, changed input: the new duplicate lists are applied to every shard, and a shard
+    that left the input leaves the output; the lists, the removed list and the shards agree."""
+    from imagesieve.workflows.dedup import dedup
+
+    make_shard("a.tar", n=6, start=0)
+    make_shard("b.tar", n=6, start=100)
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    first = dedup(str(shards), str(out))
+    assert first.removed == 0 and _keys_in(out / "shards") == {"a.tar": [f"{i:08d}" for i in range(6)],
+                                                              "b.tar": [f"{i:08d}" for i in range(100, 106)]}
+
+    make_shard("b.tar", keys=[f"{i:08d}" for i in range(100, 106)], start=0)  # now copies of a's images
+    second = dedup(str(shards), str(out))
+    removed = set(pq.read_table(out / "removed.parquet").column("id").to_pylist())
+    assert second.removed == 6 and removed == {f"{i:08d}" for i in range(100, 106)}
+    assert removed == set(pq.read_table(out / "duplicates").column("id").to_pylist())
+    assert _keys_in(out / "shards") == {"a.tar": [f"{i:08d}" for i in range(6)], "b.tar": []}
+
+    (shards / "b.tar").unlink()
+    third = dedup(str(shards), str(out))
+    assert third.samples_in == 6 and _keys_in(out / "shards") == {"a.tar": [f"{i:08d}" for i in range(6)]}
+    assert not (out / "shards" / "_imagesieve" / "done" / "b.tar.json").exists()
+
+
+def test_a_dry_run_after_the_lists_changed_leaves_no_stale_shards(make_shard, tmp_path):
+    from imagesieve.workflows.dedup import dedup
+
+    make_shard("a.tar", n=4, start=0)
+    make_shard("b.tar", keys=[f"{i:08d}" for i in range(100, 104)], start=0)  # copies of a's images
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    assert dedup(str(shards), str(out)).removed == 4
+    make_shard("b.tar", keys=[f"{i:08d}" for i in range(100, 104)], start=50)  # distinct now
+    summary = dedup(str(shards), str(out), dry_run=True)
+    assert summary.duplicates == 0
+    assert not list((out / "shards").glob("*.tar")) and not (out / "removed.parquet").exists()
+
+
+def test_a_file_the_user_replaced_in_the_output_is_never_deleted(make_shard, tmp_path):
+    from imagesieve.workflows.dedup import dedup
+
+    make_shard("a.tar", n=4, start=0)
+    make_shard("b.tar", n=4, start=100)
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    dedup(str(shards), str(out))
+    (out / "shards" / "b.tar").write_bytes(b"the user's own file, not ours")
+    (shards / "b.tar").unlink()
+    dedup(str(shards), str(out))
+    assert (out / "shards" / "b.tar").read_bytes() == b"the user's own file, not ours"

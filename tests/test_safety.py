@@ -409,3 +409,54 @@ def test_progress_in_a_log_file_is_lines_not_carriage_returns():
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and lines[0] == "remove: 3 shards (0 already done)"
     assert lines[-1].startswith("remove: 3/3 shards, 15 samples")
+
+
+def _append_member(shard: str, name: str, data: bytes) -> None:
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_an_empty_image_member_is_skipped_with_on_error_skip_and_copied_by_remove(make_shard, tmp_path):
+    shard = make_shard("00000.tar", n=3)
+    _append_member(shard, "00000099.jpg", b"")
+    _append_member(shard, "00000099.txt", b"caption of an empty image")
+    with pytest.raises(Exception, match="empty"):
+        find_duplicates(shard, str(tmp_path / "strict"), FindConfig())
+    found = find_duplicates(shard, str(tmp_path / "found"), FindConfig(on_error="skip"))
+    skipped = pq.read_table(tmp_path / "found" / "skipped.parquet").to_pylist()
+    assert found.images == 4 and [row["id"] for row in skipped] == ["00000099"] and "empty" in skipped[0]["reason"]
+    write_ids(tmp_path / "ids", ["00000001"])
+    summary = remove_duplicates(shard, str(tmp_path / "out"), str(tmp_path / "ids"))
+    assert summary.kept == 3 and summary.removed == 1
+    members = {m.name: m.size for m in tarfile.open(tmp_path / "out" / "00000.tar")}
+    assert members["00000099.jpg"] == 0 and "00000001.jpg" not in members
+
+
+def test_fifos_and_broken_symlinks_in_an_image_folder_are_left_out_and_named(tmp_path, caplog):
+    from conftest import encode, photo_tiles
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, tile in enumerate(photo_tiles()[:3]):
+        (folder / f"{i}.jpg").write_bytes(encode(tile))
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    write_ids(tmp_path / "ids", ["1.jpg"])
+    summary = remove_duplicates(str(folder), str(tmp_path / "out"), str(tmp_path / "ids"))  # a FIFO read would hang
+    assert (summary.samples_in, summary.kept, summary.removed) == (3, 2, 1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(("_", "summary"))) == \
+        ["0.jpg", "2.jpg", "removed.parquet"]
+    assert "pipe.jpg: left out, not a regular file (a FIFO)" in caplog.text
+    assert "gone.png: left out, not a regular file (a broken symlink)" in caplog.text
+
+
+def test_link_with_tar_shards_is_refused_and_a_file_for_the_id_folder_is_named(make_shard, tmp_path):
+    shard = make_shard("00000.tar", n=3)
+    ids = write_ids(tmp_path / "ids", ["00000001"])
+    with pytest.raises(ValueError, match="link"):
+        remove_duplicates(shard, str(tmp_path / "out"), str(tmp_path / "ids"), link=True)
+    with pytest.raises(NotADirectoryError, match="is a file; pass the folder"):
+        remove_duplicates(shard, str(tmp_path / "out2"), ids)

@@ -4,16 +4,45 @@ Every public name of the library API is importable from here, so that a NeMo Cur
 needs only its import lines changed.
 """
 
-from imagesieve.executors.accounting import AccountingError
-from imagesieve.executors.base import BaseExecutor
-from imagesieve.executors.errors import WorkerDied
-from imagesieve.executors.local import LocalExecutor
-from imagesieve.pipeline import Pipeline, PipelineError
-from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
-from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
-from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
-from imagesieve.tasks import EmptyTask, FileGroupTask, ImageBatch, ImageObject, Ledger, Removal, Task
+from typing import TYPE_CHECKING
+
+# name -> module. Imported on first use, so that the command line starts fast and a Ctrl-C while it
+# starts is handled by the command line, not shown as a traceback from some import.
+_EXPORTS = {
+    "AccountingError": "imagesieve.executors.accounting",
+    "BaseExecutor": "imagesieve.executors.base",
+    "WorkerDied": "imagesieve.executors.errors",
+    "LocalExecutor": "imagesieve.executors.local",
+    "RayExecutor": "imagesieve.executors.ray",  # Ray is optional
+    "RayOptions": "imagesieve.executors.ray",
+    "Pipeline": "imagesieve.pipeline",
+    "PipelineError": "imagesieve.pipeline",
+    "NodeInfo": "imagesieve.stages.base",
+    "ProcessingStage": "imagesieve.stages.base",
+    "Resources": "imagesieve.stages.base",
+    "WorkerMetadata": "imagesieve.stages.base",
+    "ImageDuplicatesRemovalStage": "imagesieve.stages.deduplication.removal",
+    "HashWriterStage": "imagesieve.stages.hashing",
+    "ImageHashStage": "imagesieve.stages.hashing",
+    "FilePartitioningStage": "imagesieve.stages.io",
+    "ImageReaderStage": "imagesieve.stages.io",
+    "ImageWriterStage": "imagesieve.stages.io",
+    **{name: "imagesieve.tasks" for name in ("EmptyTask", "FileGroupTask", "ImageBatch", "ImageObject", "Ledger",
+                                              "Removal", "Task")},
+}
+
+if TYPE_CHECKING:
+    from imagesieve.executors.accounting import AccountingError
+    from imagesieve.executors.base import BaseExecutor
+    from imagesieve.executors.errors import WorkerDied
+    from imagesieve.executors.local import LocalExecutor
+    from imagesieve.executors.ray import RayExecutor, RayOptions
+    from imagesieve.pipeline import Pipeline, PipelineError
+    from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
+    from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+    from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
+    from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+    from imagesieve.tasks import EmptyTask, FileGroupTask, ImageBatch, ImageObject, Ledger, Removal, Task
 
 __all__ = ["AccountingError", "BaseExecutor", "EmptyTask", "FileGroupTask", "FilePartitioningStage",
            "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage", "ImageHashStage", "ImageObject",
@@ -24,8 +53,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in ("RayExecutor", "RayOptions"):  # Ray is optional: imported on first use
-        from imagesieve.executors import ray
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'imagesieve' has no attribute {name!r}")
+    import importlib
 
-        return getattr(ray, name)
-    raise AttributeError(f"module 'imagesieve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -10,8 +10,10 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from imagesieve.executors.base import BaseExecutor
+if TYPE_CHECKING:  # the command line imports the heavy modules only once it runs, under its Ctrl-C handler
+    from imagesieve.executors.base import BaseExecutor
 
 
 def make_executor(args: argparse.Namespace) -> BaseExecutor:
@@ -148,7 +150,11 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports the workflows: Ctrl-C may come here already
+    except KeyboardInterrupt:
+        print("imagesieve: interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

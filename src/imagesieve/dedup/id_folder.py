@@ -32,6 +32,9 @@ def list_parquet_files(directory: str) -> list[str]:
 
     `FileNotFoundError` when there is none, as in the reference.
     """
+    if os.path.isfile(directory):
+        raise NotADirectoryError(f"{directory!r} is a file; pass the folder of Parquet files that holds the duplicate "
+                                 f"IDs (e.g. {os.path.dirname(directory) or '.'!r})")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"duplicate ID folder {directory!r} does not exist")
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(directory)

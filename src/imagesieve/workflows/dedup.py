@@ -20,13 +20,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from imagesieve.dedup.id_folder import content_digest, list_parquet_files
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.inputs import input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
-from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.previous_outputs import discard_units, recorded_units
+from imagesieve.workflows.remove import check_link, remove_duplicates
 from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic_in_locked_folder
 
 
@@ -63,6 +66,8 @@ def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Sem
           reference: str | list[str] | None = None, executor: BaseExecutor | None = None, progress: bool = False,
           dry_run: bool = False, cache_dir: str | None = None, link: bool = False) -> DedupSummary:
     """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
+    if link:
+        check_link(input_units(input_path, output_dir, output_dir), link)
     os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "dedup"):
         return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
@@ -84,6 +89,20 @@ def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig) ->
                          " use a new output folder, or delete this one to start over")
 
 
+def discard_stale_shards(output_dir: str) -> None:
+    """A dry run after a real one: shards written from duplicate lists that have changed since would
+    disagree with the new lists and the report, so what that run recorded is deleted."""
+    shards = os.path.join(output_dir, "shards")
+    config = os.path.join(shards, WORK_DIR, "config.json")
+    if not os.path.exists(config):
+        return
+    duplicates = os.path.join(output_dir, "duplicates")
+    if read_json(config).get("ids_fingerprint") != content_digest(list_parquet_files(duplicates), "id"):
+        discard_units(shards, recorded_units(shards))
+        if os.path.isfile(removed := os.path.join(output_dir, "removed.parquet")):
+            os.unlink(removed)
+
+
 def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig,
            reference: str | list[str] | None,
            executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
@@ -98,12 +117,14 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
         found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
     seconds["find"] = time.monotonic() - started
     removal = None
-    if not dry_run:
+    if dry_run:
+        discard_stale_shards(output_dir)
+    else:
         started = time.monotonic()
         removal = remove_duplicates(input_path, os.path.join(output_dir, "shards"),
                                     os.path.join(output_dir, "duplicates"), executor=executor, progress=progress,
                                     cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"),
-                                    link=link, exclude=output_dir)
+                                    link=link, exclude=output_dir, replace_changed=True)
         seconds["remove"] = time.monotonic() - started
     summary_path = os.path.join(output_dir, "summary.json")
     record = read_json(summary_path)  # find's: input, config, counts

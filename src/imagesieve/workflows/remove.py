@@ -32,6 +32,7 @@ from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.previous_outputs import discard_units, recorded_units
 
 
 @dataclass
@@ -69,16 +70,19 @@ def check_output_dir(output_dir: str) -> None:
         raise PermissionError(f"output folder {output_dir} is not writable")
 
 
-def check_same_run(output_dir: str, config: dict) -> None:
+def check_same_run(output_dir: str, config: dict, replace_changed: bool = False) -> None:
     """A rerun resumes only the same job: other IDs or input in a folder with finished shards would
-    mix two runs' outputs. Records the job in OUTPUT/_imagesieve/config.json."""
+    mix two runs' outputs. Records the job in OUTPUT/_imagesieve/config.json. With `replace_changed`
+    (dedup, which owns its shards folder) the earlier run's recorded outputs are deleted instead."""
     path = os.path.join(output_dir, WORK_DIR, "config.json")
     if os.path.exists(path):
         previous = read_json(path)
         changed = [k for k in ("command", "input", "id_field", "ids_fingerprint") if previous.get(k) != config[k]]
-        if changed and os.path.isdir(os.path.join(output_dir, WORK_DIR, "done")):
-            raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
-                             "use a new output folder, or delete this one to start over")
+        if changed and recorded_units(output_dir):
+            if not replace_changed:
+                raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
+                                 "use a new output folder, or delete this one to start over")
+            discard_units(output_dir, recorded_units(output_dir))
     write_json_atomic(config, path)
 
 
@@ -86,13 +90,15 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                       executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
                       cache_dir: str | None = None, check_id_folder: bool = True,
                       removed_path: str | None = None, link: bool = False,
-                      exclude: str | None = None) -> RemoveSummary:
+                      exclude: str | None = None, replace_changed: bool = False) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). Input under
-    `exclude` (default `output_dir`) is left out: `dedup` passes its whole output folder."""
+    `exclude` (default `output_dir`) is left out: `dedup` passes its whole output folder. Outputs of
+    shards that have left the input since an earlier run are deleted (only what its records name)."""
     started = time.monotonic()
     units = input_units(input_path, output_dir, exclude)
+    check_link(units, link)
     check_output_dir(output_dir)
     with run_lock(output_dir, "remove"):
         remove_stale_temp_files(output_dir)
@@ -100,10 +106,14 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                                               cache_dir=cache_dir, check_id_folder=check_id_folder)
         removal.setup()  # fail fast on a bad ID folder, before any worker starts
         check_integer_ids(removal, units)
-        check_same_run(output_dir, {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
-                                    "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()})
+        job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
+               "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()}
+        check_same_run(output_dir, job, replace_changed)
+        current = {unit.rel for unit in units}
+        discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
 
         todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint)]
+        discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
         folder = units[0].is_folder_chunk
         writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
             ImageWriterStage(output_dir=output_dir, fsync=fsync)
@@ -115,6 +125,13 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         summary.loose_members += others
         write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
     return summary
+
+
+def check_link(units: list[InputUnit], link: bool) -> None:
+    """`--link` means something only for image folders: say so rather than ignore it."""
+    if link and not units[0].is_folder_chunk:
+        raise ValueError("link=True (--link) hard-links the kept files of an image folder; the input holds tar shards, "
+                         "which are always written as new shards")
 
 
 def copy_other_files(root: str, output_dir: str, exclude: str) -> int:

@@ -22,7 +22,6 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import ShardError
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
 from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef
@@ -42,9 +41,7 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         images = []
         for path in task.data:
             rel = os.path.relpath(path, root)
-            size = os.path.getsize(path)
-            if size == 0:
-                raise ShardError(f"{path}: empty (0-byte) image file")
+            size = os.path.getsize(path)  # 0 bytes: a decode error for the stages that decode (see on_error)
             ext = rel.rsplit(".", 1)[-1]
             images.append(ImageObject(image_path=path, image_id=rel, members={ext: MemberRef(rel, path, 0, size)},
                                       shard=path, image_ext=ext))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -12,6 +14,8 @@ from braceexpand import braceexpand
 from imagesieve.runfolder import SHARD_SUFFIXES, is_temp_name
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import EmptyTask, FileGroupTask
+
+logger = logging.getLogger(__name__)
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES) -> list[tuple[str, str]]:
@@ -71,8 +75,11 @@ def _match(src: str, suffixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
 
 
 def walk_files(folder: str) -> Iterator[str]:
-    """Every file under `folder`, following symlinked folders (a dataset is often assembled from links)
-    but entering each real folder once, so a link loop cannot recurse forever."""
+    """Every regular file under `folder`, following symlinked folders (a dataset is often assembled from
+    links) but entering each real folder once, so a link loop cannot recurse forever.
+
+    Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
+    copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
     seen: set[str] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -81,7 +88,23 @@ def walk_files(folder: str) -> Iterator[str]:
             continue
         seen.add(real)
         dirs.sort()
-        yield from (os.path.join(root, name) for name in sorted(files))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                yield path
+            elif os.path.abspath(path) not in _warned:  # once per run, though a run lists its input more than once
+                _warned.add(os.path.abspath(path))
+                logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
+
+
+_warned: set[str] = set()
+
+
+def _what_it_is(path: str) -> str:
+    if not os.path.exists(path):
+        return "a broken symlink"
+    mode = os.stat(path).st_mode
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
 
 
 def _glob_root(pattern: str) -> str:

@@ -49,8 +49,6 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
             if ext is None:
                 raise ShardError(f"{shard}: sample {sample.key!r} has no image member "
                                  f"(members: {', '.join(sample.members)})")
-            if sample.members[ext].size == 0:
-                raise ShardError(f"{shard}: sample {sample.key!r} has an empty (0-byte) image member {ext!r}")
             images.append(ImageObject(image_path=f"{shard}/{sample.members[ext].name}", image_id=sample.key,
                                       members=sample.members, shard=shard, image_ext=ext))
         return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
