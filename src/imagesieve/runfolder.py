@@ -175,3 +175,10 @@ def write_json_atomic(data: dict[str, Any], path: str) -> None:
 def read_json(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def parquet_files(folder: str, skip_prefixes: tuple[str, ...] = (".",)) -> list[str]:
+    """Every `*.parquet` under `folder`, recursively, sorted; names starting with `skip_prefixes`
+    (our hidden temp files) left out."""
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.endswith(".parquet") and not name.startswith(skip_prefixes))

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from imagesieve.runfolder import parquet_files
+
 READ_BATCH = 1 << 15
 
 
@@ -43,9 +45,7 @@ def list_parquet(paths: str | list[str]) -> list[str]:
     out = []
     for path in [paths] if isinstance(paths, str) else paths:
         if os.path.isdir(path):
-            found = [os.path.join(root, f) for root, dirs, files in os.walk(path) for f in files
-                     if f.endswith(".parquet") and not f.startswith((".", "_"))]
-            out.extend(sorted(found))
+            out.extend(parquet_files(path, skip_prefixes=(".", "_")))
         elif os.path.isfile(path):
             out.append(path)
         else:

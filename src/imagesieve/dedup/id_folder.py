@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from imagesieve.runfolder import WORK_DIR
+from imagesieve.runfolder import WORK_DIR, parquet_files
 
 # Columns that mark a table as something other than a list of IDs to remove.
 _GROUPS_COLUMNS = {"group_id", "kept_id"}
@@ -37,8 +37,7 @@ def list_parquet_files(directory: str) -> list[str]:
                                  f"IDs (e.g. {os.path.dirname(directory) or '.'!r})")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"duplicate ID folder {directory!r} does not exist")
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
-                   for name in names if name.endswith(".parquet") and not name.startswith("."))
+    files = parquet_files(directory)
     if not files:
         raise FileNotFoundError(f"No parquet files found in {directory}")
     return files

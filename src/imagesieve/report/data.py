@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.runfolder import read_json
+from imagesieve.runfolder import parquet_files, read_json
 
 INFO_COLUMNS = ["id", "shard", "width", "height", "file_size"]
 
@@ -48,8 +48,7 @@ def read_table_dir(folder: str, columns: list[str] | None = None) -> pa.Table | 
     """The Parquet files of a folder (hidden temp files skipped) as one table, or None."""
     if not os.path.isdir(folder):
         return None
-    files = sorted(os.path.join(root, n) for root, _, names in os.walk(folder) for n in names
-                   if n.endswith(".parquet") and not n.startswith("."))
+    files = parquet_files(folder)
     if not files:
         return None
     tables = [pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names] if columns else None)
