@@ -119,10 +119,15 @@ def test_sample_without_image_member(tmp_path):
         read(path)
 
 
-def test_zero_byte_image_member(tmp_path):
+def test_zero_byte_image_member_is_read_and_fails_only_where_decoded(tmp_path):
+    """Removal copies it byte for byte; a stage that decodes it says what is wrong (or skips it)."""
+    from imagesieve.imageio import ImageDecodeError
+
     path = raw_tar(tmp_path / "z.tar", [("a.jpg", b""), ("a.txt", b"x")])
-    with pytest.raises(ShardError, match="z.tar: sample 'a' has an empty"):
-        read(path)
+    [image] = read(path).data
+    assert image.members["jpg"].size == 0
+    with pytest.raises(ImageDecodeError, match="z.tar: sample 'a': image member is empty"):
+        image.image_data
 
 
 def test_duplicate_key_within_a_shard(tmp_path):

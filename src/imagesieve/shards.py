@@ -9,14 +9,18 @@ Reading never loads member bytes: it records where each member's headers and dat
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from imagesieve.runfolder import naming_errors, temp_name
-from imagesieve.tarscan import BLOCK, TarScanError, padded, scan
+from imagesieve.tar_headers import BulkParseError, Headers, parse_headers
+from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import MemberRef
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -60,30 +64,209 @@ def check_member_name(shard: str, name: str) -> None:
         raise ShardError(f"{shard}: member {name!r} contains a NUL byte; refusing the shard")
 
 
-def iter_members(shard: str) -> Iterator[MemberRef]:
-    """Every regular-file member of a tar, in order, checked for safety and completeness.
+class ShardTable:
+    """The members of a shard as arrays, grouped into samples: what reading, removal and writing need,
+    without a Python object per member. `MemberRef`s are made only for the samples that ask."""
 
-    Directory entries are skipped (they hold no sample data); PAX global headers are yielded with
-    the name "" so that writers can copy them first; links and devices are refused.
-    """
+    def __init__(self, shard: str, names: list[str], header_offsets: np.ndarray, data_offsets: np.ndarray,
+                 sizes: np.ndarray, data: list[bytes | None] | None = None) -> None:
+        self.shard = shard
+        self.names = names  # per member; "" for a PAX global header
+        self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
+        self.ends = data_offsets + (sizes + BLOCK - 1) // BLOCK * BLOCK  # the next entry starts here
+        self.data = data  # member bytes, for compressed tars only
+        self.sample_of, self.keys, self.exts = group_members(shard, names)
+        grouped = np.flatnonzero(self.sample_of >= 0)
+        self.grouped = grouped  # member indices, sample by sample, in file order
+        self.starts = np.searchsorted(self.sample_of[grouped], np.arange(len(self.keys) + 1))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def member_rows(self, row: int) -> np.ndarray:
+        return self.grouped[self.starts[row]:self.starts[row + 1]]
+
+    def ref(self, j: int) -> MemberRef:
+        if self.data is not None:
+            return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
+                             data=self.data[j])
+        return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
+                         header_offset=int(self.header_offsets[j]))
+
+    def members(self, row: int) -> dict[str, MemberRef]:
+        return {self.exts[j]: self.ref(j) for j in self.member_rows(row).tolist()}
+
+    def image_members(self) -> np.ndarray:
+        """Per sample, the member that holds its image (the first image extension in tar order), or -1."""
+        is_image = {ext: image_extension([ext]) is not None for ext in set(self.exts)}
+        image = np.flatnonzero(np.fromiter((is_image[e] for e in self.exts), bool, len(self.exts))
+                               & (self.sample_of >= 0))
+        first = np.full(len(self.keys), -1, np.int64)
+        samples, at = np.unique(self.sample_of[image], return_index=True)
+        first[samples] = image[at]
+        return first
+
+    def loose(self) -> list[MemberRef]:
+        return [self.ref(j) for j in np.flatnonzero(self.sample_of < 0).tolist()]
+
+
+def read_table(shard: str) -> ShardTable:
+    """The members of a shard, checked for safety and completeness, as a `ShardTable`.
+
+    Directory entries are skipped (they hold no sample data); PAX global headers are kept with the
+    name "" so that writers copy them; links and devices are refused."""
     try:
         if _is_compressed(shard):
-            yield from _iter_compressed(shard)
-            return
-        for entry in scan(shard):
-            if entry.kind == "global header":
-                yield MemberRef("", shard, entry.data_offset, entry.size, header_offset=entry.header_offset)
-                continue
-            check_member_name(shard, entry.name)
-            if entry.kind == "directory":
-                continue
-            if entry.kind != "file":
-                raise ShardError(f"{shard}: member {entry.name!r} is a {entry.kind}; refusing the shard")
-            yield MemberRef(entry.name, shard, entry.data_offset, entry.size, header_offset=entry.header_offset)
+            refs = list(_iter_compressed(shard))
+            return ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
+                              np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
+                              data=[r.data for r in refs])
+        with open(shard, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise TarScanError("empty file")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                headers, damage = _parse(np.frombuffer(mm, np.uint8))  # no array of the map outlives this line
+                table = None if headers is None else _table_from_headers(shard, headers)
+        if damage:
+            raise TarScanError(damage)
+        return table or _table_from_entries(shard, scan(shard))
     except TarScanError as exc:
         raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
+
+
+def _parse(buf: np.ndarray) -> tuple[Headers | None, str]:
+    """`parse_headers`, with damage as a message (an exception's traceback would keep `buf`, and so
+    the memory map, alive)."""
+    try:
+        return parse_headers(buf), ""
+    except BulkParseError as exc:
+        return None, str(exc)
+
+
+_DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))
+_FLAG_KINDS = {ord(flag): kind for flag, kind in _KINDS.items()}
+
+
+def _table_from_headers(shard: str, headers: Headers) -> ShardTable | None:
+    types = headers.types
+    odd = np.flatnonzero(~np.isin(types, [*_REGULAR, _DIRECTORY]))
+    keep = np.flatnonzero(types != _DIRECTORY)
+    names = _decode_names(shard, headers)
+    if names is None:
+        return None
+    if len(odd):
+        j = int(odd[0])
+        kind = _FLAG_KINDS.get(int(types[j]))
+        if kind is None:
+            raise TarScanError(f"member {names[j]!r} at byte {headers.header_offsets[j]} has unknown type "
+                               f"{bytes([types[j]])!r}")
+        raise ShardError(f"{shard}: member {names[j]!r} is a {kind}; refusing the shard")
+    if len(keep) != len(types):
+        names = [names[j] for j in keep.tolist()]
+    return ShardTable(shard, names, headers.header_offsets[keep], headers.data_offsets[keep], headers.sizes[keep])
+
+
+def _decode_names(shard: str, headers: Headers) -> list[str] | None:
+    """Every member name, decoded at once (one decode, one split) and checked; None when a name holds
+    a newline (then the split is not exact: the caller reads the shard with the Python scanner)."""
+    try:
+        text = headers.names.decode("utf-8")
+    except UnicodeDecodeError:
+        return [_name(shard, raw) for raw in headers.names.split(b"\n")[:-1]]  # names the bad one
+    names = text.split("\n")[:-1]
+    if len(names) != len(headers.header_offsets):
+        return None
+    if ".." in text or "\\" in text or ":" in text or text.startswith("/") or "\n/" in text:
+        for name in names:  # the fast test failed for some name: check each, to name the bad one
+            check_member_name(shard, name)
+    return names
+
+
+def _name(shard: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TarScanError(f"member name {raw!r} is not UTF-8") from None
+
+
+def _table_from_entries(shard: str, entries: list[TarEntry]) -> ShardTable:
+    """From the Python scanner's entries: tars with extended headers (PAX, GNU long names)."""
+    kept = []
+    for entry in entries:
+        if entry.kind == "global header":
+            kept.append(entry._replace(name=""))
+            continue
+        check_member_name(shard, entry.name)
+        if entry.kind == "directory":
+            continue
+        if entry.kind != "file":
+            raise ShardError(f"{shard}: member {entry.name!r} is a {entry.kind}; refusing the shard")
+        kept.append(entry)
+    return ShardTable(shard, [e.name for e in kept], np.array([e.header_offset for e in kept], np.int64),
+                      np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64))
+
+
+def group_members(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Which sample each member belongs to (-1: none), the samples' keys and each member's extension.
+
+    Consecutive members with one key form a sample; a key seen again later in the shard is an error.
+    Members of no sample: PAX global headers ("") and files with no extension or a hidden name
+    (`README`, macOS's `._0001.jpg`), which webdataset skips; writers copy them unchanged.
+    Split with numpy's string functions over the whole shard; a shard with a repeated name takes
+    the member-by-member path, which says exactly what is wrong."""
+    if not names:
+        return np.empty(0, np.int32), [], []
+    text = np.array(names)
+    start = np.strings.rfind(text, "/") + 1
+    dot = np.strings.find(text, ".", start)
+    grouped = np.flatnonzero(dot > start)
+    keys_of = np.strings.slice(text[grouped], 0, dot[grouped])
+    first = np.ones(len(keys_of), bool)
+    first[1:] = keys_of[1:] != keys_of[:-1]
+    keys = keys_of[first].tolist()
+    if len(set(keys)) != len(keys) or len({names[j] for j in grouped.tolist()}) != len(grouped):
+        return _group_members_one_by_one(shard, names)
+    sample_of = np.full(len(names), -1, np.int32)
+    sample_of[grouped] = np.cumsum(first) - 1
+    exts = np.full(len(names), "", dtype=text.dtype)
+    exts[grouped] = np.strings.slice(text[grouped], dot[grouped] + 1, None)
+    return sample_of, keys, exts.tolist()
+
+
+def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    sample_of = np.empty(len(names), np.int32)
+    keys: list[str] = []
+    exts: list[str] = []
+    seen: set[str] = set()
+    current, current_exts = None, set()
+    for j, name in enumerate(names):
+        start = name.rfind("/") + 1
+        dot = name.find(".", start)
+        if dot <= start:
+            sample_of[j] = -1
+            exts.append("")
+            continue
+        key, ext = name[:dot], name[dot + 1:]
+        exts.append(ext)
+        if key != current:
+            if key in seen:
+                raise ShardError(f"{shard}: key {key!r} appears twice in the shard (members not adjacent)")
+            seen.add(key)
+            keys.append(key)
+            current, current_exts = key, set()
+        elif ext in current_exts:
+            raise ShardError(f"{shard}: sample {key!r} has two {ext!r} members")
+        current_exts.add(ext)
+        sample_of[j] = len(keys) - 1
+    return sample_of, keys, exts
+
+
+def iter_members(shard: str) -> Iterator[MemberRef]:
+    """Every member of a tar (regular files and PAX global headers, named ""), in order."""
+    table = read_table(shard)
+    return (table.ref(j) for j in range(len(table.names)))
 
 
 def _is_compressed(path: str) -> bool:
@@ -118,35 +301,16 @@ class Sample:
 
 
 def iter_samples(shard: str, loose: list[MemberRef] | None = None) -> Iterator[Sample]:
-    """Group consecutive members by key. A key seen twice in one shard is an error.
-
-    Members that belong to no sample go to `loose` when given (else they are an error): PAX global
-    headers, and files with no extension or a hidden name (`README`, macOS's `._0001.jpg`), which
-    webdataset skips. Writers copy them unchanged, so nothing in a shard is lost.
-    """
-    seen: set[str] = set()
-    current: Sample | None = None
-    for ref in iter_members(shard):
-        parts = split_key(ref.name) if ref.name else None
-        if parts is None:
-            if loose is None:
-                raise ShardError(f"{shard}: member {ref.name!r} has no extension, so it belongs to no sample")
-            loose.append(ref)
-            continue
-        key, ext = parts
-        if current is not None and key == current.key:
-            if ext in current.members:
-                raise ShardError(f"{shard}: sample {key!r} has two {ext!r} members")
-            current.members[ext] = ref
-            continue
-        if current is not None:
-            yield current
-        if key in seen:
-            raise ShardError(f"{shard}: key {key!r} appears twice in the shard (members not adjacent)")
-        seen.add(key)
-        current = Sample(key, {ext: ref})
-    if current is not None:
-        yield current
+    """The samples of a shard, in order (see `group_members`). Members that belong to no sample go
+    to `loose` when given, else they are an error."""
+    table = read_table(shard)
+    if loose is None and (table.sample_of < 0).any():
+        j = int(np.flatnonzero(table.sample_of < 0)[0])
+        raise ShardError(f"{shard}: member {table.names[j]!r} has no extension, so it belongs to no sample")
+    if loose is not None:
+        loose.extend(table.loose())
+    for row, key in enumerate(table.keys):
+        yield Sample(key, table.members(row))
 
 
 class AtomicShardWriter:
@@ -175,14 +339,27 @@ class AtomicShardWriter:
         with naming_errors(self.final_path):
             self._add(ref)
 
+    def add_ranges(self, shard: str, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Copy the byte ranges [start, end) of a plain tar, in order: whole members, headers included.
+        Adjacent ranges are copied as one."""
+        if not len(starts):
+            return
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        with naming_errors(self.final_path):
+            for start, end in zip(starts[np.r_[0, breaks]].tolist(), ends[np.r_[breaks - 1, len(ends) - 1]].tolist(),
+                                  strict=True):
+                self._add_range(shard, start, end)
+
+    def _add_range(self, shard: str, start: int, end: int) -> None:
+        if self._pending and self._pending[0] == shard and self._pending[2] == start:
+            self._pending = (shard, self._pending[1], end)
+        else:
+            self._flush()
+            self._pending = (shard, start, end)
+
     def _add(self, ref: MemberRef) -> None:
         if ref.data is None and ref.header_offset >= 0:
-            start, end = ref.header_offset, ref.offset + padded(ref.size)
-            if self._pending and self._pending[0] == ref.shard and self._pending[2] == start:
-                self._pending = (ref.shard, self._pending[1], end)
-            else:
-                self._flush()
-                self._pending = (ref.shard, start, end)
+            self._add_range(ref.shard, ref.header_offset, ref.offset + padded(ref.size))
             return
         self._flush()
         info = tarfile.TarInfo(ref.name)

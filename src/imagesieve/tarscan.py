@@ -104,14 +104,17 @@ def scan(path: str) -> list[TarEntry]:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             headers: list[int] = []
             entries = list(_scan(mm, size, headers))
-            _verify_checksums(mm, headers)
+            damage = _verify_checksums(mm, headers)  # a message, not an exception: its traceback would
+    if damage:                                       # keep an array of the map alive past its close
+        raise TarScanError(damage)
     return entries
 
 
-def _verify_checksums(mm: mmap.mmap, headers: list[int]) -> None:
-    """Check every header's checksum at once: the sum of its bytes, the checksum field read as spaces."""
+def _verify_checksums(mm: mmap.mmap, headers: list[int]) -> str:
+    """Check every header's checksum at once: the sum of its bytes, the checksum field read as spaces.
+    Returns what is wrong, or ""."""
     if not headers:
-        return
+        return ""
     data = np.frombuffer(mm, dtype=np.uint8)
     offsets = np.asarray(headers, dtype=np.int64)
     for start in range(0, len(offsets), 8192):  # bounded temporary memory
@@ -127,9 +130,11 @@ def _verify_checksums(mm: mmap.mmap, headers: list[int]) -> None:
         for i in np.flatnonzero(stored != computed):  # odd formats (leading spaces) or real damage
             offset = int(chunk[i])
             if _number_or_none(mm[offset + 148:offset + 156]) != int(computed[i]):
-                raise TarScanError("not a tar file (no valid header at byte 0)" if offset == 0
-                                   else f"bad header checksum at byte {offset}")
+                del data, blocks
+                return "not a tar file (no valid header at byte 0)" if offset == 0 else \
+                    f"bad header checksum at byte {offset}"
     del data
+    return ""
 
 
 def _scan(mm: mmap.mmap, size: int, headers: list[int]) -> Iterator[TarEntry]:

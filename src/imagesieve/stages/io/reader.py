@@ -6,9 +6,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-from imagesieve.shards import ShardError, image_extension, iter_samples
+from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
-from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject
+from imagesieve.tasks import FileGroupTask, ImageBatch, image_from_table
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,14 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                 for path in task.data]
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
-        images, loose = [], []
-        for sample in iter_samples(shard, loose):
-            ext = image_extension(sample.members)
-            if ext is None:
-                raise ShardError(f"{shard}: sample {sample.key!r} has no image member "
-                                 f"(members: {', '.join(sample.members)})")
-            images.append(ImageObject(image_path=f"{shard}/{sample.members[ext].name}", image_id=sample.key,
-                                      members=sample.members, shard=shard, image_ext=ext))
+        table = read_table(shard)
+        images = []
+        names, exts, keys = table.names, table.exts, table.keys
+        for row, j in enumerate(table.image_members().tolist()):
+            if j < 0:
+                raise ShardError(f"{shard}: sample {keys[row]!r} has no image member "
+                                 f"(members: {', '.join(table.members(row))})")
+            images.append(image_from_table(table, row, f"{shard}/{names[j]}", keys[row], shard, exts[j]))
         return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
-                          _metadata={"shard": shard, "relative_path": relative_path, "loose_members": loose})
+                          _metadata={"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
+                                     "shard_table": table})

@@ -12,7 +12,9 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imagesieve.executors.accounting import AccountingError, check
 from imagesieve.runfolder import (
@@ -23,10 +25,10 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import AtomicShardWriter
+from imagesieve.shards import AtomicShardWriter, ShardTable
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.tasks import FileGroupTask, ImageBatch, MemberRef
+from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef, table_row
 
 logger = logging.getLogger(__name__)
 check_accounting = check
@@ -42,6 +44,51 @@ def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[Member
     if not loose:
         return kept
     return sorted([*kept, *loose], key=lambda ref: ref.header_offset if ref.header_offset >= 0 else ref.offset)
+
+
+INDEX_SCHEMA = pa.schema([("key", pa.string()), ("members", pa.list_(pa.string())), ("sizes", pa.list_(pa.int64()))])
+
+
+def kept_rows(images: list[ImageObject], table: ShardTable | None) -> np.ndarray | None:
+    """The table rows of `images` when every one still has the members read from `table` and they
+    are in shard order: then the output is copied as byte ranges of the table, with no per-member
+    objects. None otherwise (a stage made or changed images), and the members are written one by one."""
+    if table is None or table.data is not None:
+        return None
+    rows = np.fromiter((table_row(image, table) for image in images), np.int64, len(images))
+    if len(rows) and (rows[0] < 0 or not (np.diff(rows) > 0).all()):
+        return None
+    return rows
+
+
+def write_from_table(writer: AtomicShardWriter, table: ShardTable, rows: np.ndarray) -> pa.Table:
+    """Copy the kept samples (`rows`) and every member of no sample, in shard order; returns the index."""
+    keep = np.zeros(len(table), bool)
+    keep[rows] = True
+    in_sample = table.sample_of >= 0
+    member_kept = ~in_sample  # members of no sample (global headers, README, ._x.jpg) keep their place
+    member_kept[in_sample] = keep[table.sample_of[in_sample]]
+    writer.add_ranges(table.shard, table.header_offsets[member_kept], table.ends[member_kept])
+    members = table.grouped[keep[table.sample_of[table.grouped]]]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.diff(table.starts)[rows])]), pa.int32())
+    return pa.table([pa.array([table.keys[r] for r in rows.tolist()], pa.string()),
+                     pa.ListArray.from_arrays(offsets, pa.array(table.names, pa.string()).take(members)),
+                     pa.ListArray.from_arrays(offsets, pa.array(table.sizes[members], pa.int64()))],
+                    schema=INDEX_SCHEMA)
+
+
+def write_members(writer: AtomicShardWriter, images: list[ImageObject], loose: list[MemberRef]) -> pa.Table:
+    """Write each kept image's members (and the members of no sample) in shard order; returns the index."""
+    keys, names, sizes, kept_refs = [], [], [], []
+    for image in images:
+        refs = list(image.members.values())
+        kept_refs.extend(refs)
+        keys.append(image.image_id)
+        names.append([ref.name for ref in refs])
+        sizes.append([ref.size for ref in refs])
+    for ref in in_shard_order(kept_refs, loose):
+        writer.add(ref)
+    return pa.table([keys, names, sizes], schema=INDEX_SCHEMA)
 
 
 @dataclass
@@ -82,23 +129,16 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         check_accounting(shard, samples_in, len(task.data), len(removed))
 
         out_path = os.path.join(self.output_dir, relative)
-        keys, names, sizes, bytes_out = [], [], [], 0
-        loose = task._metadata.get("loose_members", [])
-        kept_refs = []
-        for image in task.data:
-            kept_refs.extend(image.members.values())
-            bytes_out += sum(ref.size for ref in image.members.values())
-            keys.append(image.image_id)
-            names.append([ref.name for ref in image.members.values()])
-            sizes.append([ref.size for ref in image.members.values()])
+        table = task._metadata.get("shard_table")
+        rows = kept_rows(task.data, table)
         with AtomicShardWriter(out_path, self.fsync) as writer:
-            # members of no sample (global headers, README, ._x.jpg) keep their place among the others
-            for ref in in_shard_order(kept_refs, loose):
-                writer.add(ref)
-        write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()),
-                                       "members": pa.array(names, pa.list_(pa.string())),
-                                       "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
-                             work_path(self.output_dir, "index", relative, ".parquet"))
+            if rows is not None:
+                index = write_from_table(writer, table, rows)
+            else:
+                index = write_members(writer, task.data, task._metadata.get("loose_members", []))
+        write_parquet_atomic(index, work_path(self.output_dir, "index", relative, ".parquet"))
+        bytes_out = int(pc.sum(pc.list_flatten(index.column("sizes"))).as_py() or 0)
+        loose = task._metadata.get("loose_members", [])
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
