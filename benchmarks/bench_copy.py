@@ -134,14 +134,14 @@ def main() -> None:
     inliers = pairs.column("inliers").to_numpy()
     coverage = np.minimum(pairs.column("coverage_a").to_numpy(), pairs.column("coverage_b").to_numpy())
     hash_distance = pairs.column("hash_distance").to_numpy()
-    for label, accept in (("copy", CopyConfig().hash_accept), ("copy, keypoints only", -1)):
+    for method, accept in (("copy", CopyConfig().hash_accept), ("copy, keypoints only", -1)):
         grid = {}
         for m, c in itertools.product((6, 8, 10, 12, 15, 20), (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)):
             config = CopyConfig(min_inliers=m, min_coverage=c, hash_accept=accept)
             keep = is_copy(inliers, coverage, hash_distance, config)
             grid[(m, c)] = predicted(label, i[keep], j[keep])
-        best, s = tuned(labelled, grid, label)
-        rows.append((label, f"{best[0]} inliers, cov {best[1]}", s))
+        best, s = tuned(labelled, grid, method)
+        rows.append((method, f"{best[0]} inliers, cov {best[1]}", s))
     default = CopyConfig()
     keep = is_copy(inliers, coverage, hash_distance, default)
     test = split(labelled, 1)
