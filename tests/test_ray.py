@@ -227,3 +227,28 @@ def test_no_node_fits_the_requested_resources(cluster, dataset, tmp_path):
     with pytest.raises(RuntimeError, match="no Ray node has the resources a worker of stage 'brightness_filter.*"
                                            "cpus=8"):
         curator_pipeline(shards, dups, str(tmp_path / "out"), heavy).run(RayExecutor())
+
+
+def test_copy_finder_on_ray_equals_local(cluster, tmp_path):
+    """find --method copy: keypoint extraction as actors, candidate search and verification as Ray
+    tasks; the same groups, scores and pairs as on the local executor."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("faiss")
+    import pyarrow.parquet as pq
+    from PIL import ImageOps
+
+    from imagesieve.executors.ray import RayExecutor
+    from imagesieve.sample_data import distinct_images, encode, write_shard
+    from imagesieve.workflows.copy_find import find_copies
+
+    tiles = [image for _, image in distinct_images(160)[:8]]
+    samples = [{"jpg": encode(image)} for image in tiles] + [{"jpg": encode(ImageOps.mirror(image))}
+                                                               for image in tiles[:3]]
+    keys = [f"k{n:02d}" for n in range(len(samples))]
+    write_shard(str(tmp_path / "in" / "00000.tar"), samples[:6], keys[:6])
+    write_shard(str(tmp_path / "in" / "00001.tar"), samples[6:], keys[6:])
+    local = find_copies(str(tmp_path / "in"), str(tmp_path / "local"), executor=LocalExecutor(2))
+    on_ray = find_copies(str(tmp_path / "in"), str(tmp_path / "ray"), executor=RayExecutor())
+    assert on_ray.duplicates == local.duplicates == 3
+    for name in ("groups/part-00000.parquet", "copy_pairs.parquet"):
+        assert pq.read_table(tmp_path / "ray" / name).equals(pq.read_table(tmp_path / "local" / name))

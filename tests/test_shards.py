@@ -127,7 +127,7 @@ def test_zero_byte_image_member_is_read_and_fails_only_where_decoded(tmp_path):
     [image] = read(path).data
     assert image.members["jpg"].size == 0
     with pytest.raises(ImageDecodeError, match="z.tar: sample 'a': image member is empty"):
-        image.image_data
+        image.decode()
 
 
 def test_duplicate_key_within_a_shard(tmp_path):

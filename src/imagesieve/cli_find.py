@@ -8,9 +8,11 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 
+from imagesieve.cli_copy import add_copy_args, cmd_find_copy, copy_config
 from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
 
+ALONE = ("semantic", "copy")  # methods that take no other method beside them
 FIND_EXAMPLE = """example:
   imagesieve find --method phash --threshold 10 shards/ found/
   imagesieve remove --duplicates found/duplicates shards/ clean/"""
@@ -22,16 +24,19 @@ DEDUP_EXAMPLE = """examples:
 
 
 def parse_method(text: str) -> str:
-    """`exact`, one perceptual hash, `exact,<hash>` (exact copies are always grouped first), or `semantic`."""
+    """`exact`, one perceptual hash, `exact,<hash>` (exact copies are always grouped first), `semantic` or
+    `copy`."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in (*METHODS, "semantic")]
+    unknown = [m for m in methods if m not in (*METHODS, *ALONE)]
     if unknown or not methods:
         raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from "
-                                         f"{', '.join(METHODS)}, semantic")
-    if "semantic" in methods:
-        if len(methods) > 1:
-            raise argparse.ArgumentTypeError("semantic runs alone (combining it with hashes is not supported yet)")
-        return "semantic"
+                                         f"{', '.join((*METHODS, *ALONE))}")
+    for alone in ALONE:
+        if alone in methods:
+            if len(methods) > 1:
+                raise argparse.ArgumentTypeError(f"{alone} runs alone (combining it with hashes is not supported "
+                                                 "yet)")
+            return alone
     perceptual = [m for m in methods if m != "exact"]
     if len(perceptual) > 1:
         raise argparse.ArgumentTypeError(f"one perceptual hash at a time, got {', '.join(perceptual)}")
@@ -56,6 +61,8 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
 
     if args.method == "semantic":
         return cmd_find_semantic(args, make_executor)
+    if args.method == "copy":
+        return cmd_find_copy(args, make_executor)
     summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
                               executor=make_executor(args), progress=not args.quiet)
     print_summary(args, summary, [
@@ -67,7 +74,8 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
 def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.dedup import dedup
 
-    config = semantic_config(args) if args.method == "semantic" else find_config(args)
+    configs = {"semantic": semantic_config, "copy": copy_config}
+    config = configs.get(args.method, find_config)(args)
     summary = dedup(args.input, args.output, config, reference=args.reference,
                     executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
                     cache_dir=args.cache_dir, link=args.link)
@@ -94,6 +102,7 @@ def add_find_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-decode", action="store_true",
                         help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
     add_semantic_args(parser)
+    add_copy_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from imagesieve.dedup.hashes import PERCEPTUAL, hash_image
 from imagesieve.dedup.near_search import popcount64
-from imagesieve.sample_data import TRANSFORMS, distinct_images, encode
+from imagesieve.sample_data import HASH_TRANSFORMS, TRANSFORMS, distinct_images, encode
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Score:
     recall_by_transform: dict[str, float]
 
 
-def build_labelled_set(transforms: tuple[str, ...] = tuple(TRANSFORMS), tile: int = 128) -> LabelledSet:
+def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int = 128) -> LabelledSet:
     images, source, names = [], [], []
     for index, (_, image) in enumerate(distinct_images(tile)):
         original = encode(image)

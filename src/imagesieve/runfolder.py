@@ -143,8 +143,8 @@ def naming_errors(path: str) -> Iterator[None]:
         raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+def write_parquet_atomic(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
 
 
 def write_text_atomic(text: str, path: str) -> None:

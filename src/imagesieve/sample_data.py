@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from imagesieve.runfolder import write_atomic, write_parquet_atomic
 
@@ -92,6 +92,24 @@ def _cropped(fraction: float) -> Callable[[Image.Image, bytes], tuple[bytes, str
     return apply
 
 
+def _rotated(degrees: float) -> Callable[[Image.Image, bytes], tuple[bytes, str]]:
+    def apply(image: Image.Image, _: bytes) -> tuple[bytes, str]:
+        return encode(image.convert("RGB").rotate(degrees, Image.Resampling.BICUBIC)), "jpg"  # black corners
+    return apply
+
+
+def _caption_bar(share: float) -> Callable[[Image.Image, bytes], tuple[bytes, str]]:
+    """A white bar with black text over the bottom `share` of the image, as meme and stock sites add."""
+    def apply(image: Image.Image, _: bytes) -> tuple[bytes, str]:
+        out = image.convert("RGB")
+        draw = ImageDraw.Draw(out)
+        top = out.height - round(out.height * share)
+        draw.rectangle((0, top, out.width, out.height), fill=(255, 255, 255))
+        draw.text((4, top + 2), "photo: all rights reserved", fill=(0, 0, 0))
+        return encode(out), "jpg"
+    return apply
+
+
 TRANSFORMS: dict[str, Transform] = {t.name: t for t in [
     Transform("exact_copy", lambda image, original: (original, "jpg")),
     Transform("resize_0.5", _resized(0.5)),
@@ -104,7 +122,21 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in [
     Transform("crop_10pct", _cropped(0.10)),
     Transform("brightness_1.2", lambda image, _: (encode(ImageEnhance.Brightness(image).enhance(1.2)), "jpg")),
     Transform("hflip", lambda image, _: (encode(ImageOps.mirror(image)), "jpg")),
+    # the copy-detection set (benchmarks/bench_copy.py): milder and harder edits than the above
+    Transform("jpeg_q25", lambda image, _: (encode(image, quality=25), "jpg")),
+    Transform("brightness_1.12", lambda image, _: (encode(ImageEnhance.Brightness(image).enhance(1.12)), "jpg")),
+    Transform("crop_3pct", _cropped(0.03)),
+    Transform("crop_20pct", _cropped(0.20)),
+    Transform("rotate_8", _rotated(8)),
+    Transform("caption_15pct", _caption_bar(0.15)),
+    Transform("saturation_1.6", lambda image, _: (encode(ImageEnhance.Color(image).enhance(1.6)), "jpg")),
 ]}
+# the transforms of the perceptual-hash benchmarks (bench_find, bench_semantic), as they were measured
+HASH_TRANSFORMS = ("exact_copy", "resize_0.5", "resize_1.5", "jpeg_q30", "jpeg_q60", "to_png", "to_webp",
+                   "crop_5pct", "crop_10pct", "brightness_1.2", "hflip")
+# the copy-detection set: easy edits, and the hard ones pHash and embeddings miss
+COPY_EASY = ("resize_0.5", "jpeg_q25", "to_png", "brightness_1.12", "crop_3pct")
+COPY_HARD = ("crop_20pct", "hflip", "rotate_8", "caption_15pct", "saturation_1.6")
 SAMPLE_TRANSFORMS = ("exact_copy", "resize_0.5", "jpeg_q60", "to_png", "to_webp")
 
 

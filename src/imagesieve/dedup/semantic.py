@@ -14,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 ASSIGN_CHUNK = 1 << 16
+# k-means trains on at most this many points per cluster: its centroids only have to spread the data
+# into balanced parts (every pair within a part is then compared exactly), so a small sample does;
+# faiss itself warns below 39
+SAMPLE_PER_CLUSTER = 64
 
 
 def _faiss():
@@ -32,6 +36,18 @@ def train_kmeans(sample: np.ndarray, n_clusters: int, max_iter: int, random_stat
                           min_points_per_centroid=1, max_points_per_centroid=max(1, -(-len(sample) // n_clusters)))
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
     return kmeans.centroids
+
+
+def cluster_rows(embeddings: np.ndarray, n_clusters: int, max_iter: int, random_state: int, probes: int,
+                 fit_data_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, similarities) of `assign`, with centroids trained on a sample of the (memory-mapped) rows."""
+    n = len(embeddings)
+    rng = np.random.default_rng(random_state)
+    size = n if fit_data_fraction is None else max(n_clusters, round(n * fit_data_fraction))
+    size = min(size, n_clusters * SAMPLE_PER_CLUSTER, n)
+    sample = np.sort(rng.choice(n, size=size, replace=False))
+    centroids = train_kmeans(np.asarray(embeddings[sample]), n_clusters, max_iter, random_state)
+    return assign(embeddings, centroids, probes)
 
 
 def assign(embeddings: np.ndarray, centroids: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,9 +98,12 @@ def _split(labels: np.ndarray, rows: np.ndarray, n_clusters: int) -> list[np.nda
 
 
 def similar_pairs(path: str, shape: tuple[int, int], clusters: list[tuple[np.ndarray, np.ndarray]],
-                  threshold: float, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  threshold: float, block: int = 1024, k: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i, j, similarity) with similarity >= threshold within the given clusters (members
-    with members, guests with members), read from the embeddings file at `path`. One executor job."""
+    with members, guests with members), read from the embeddings file at `path`. One executor job.
+    With `k`, only each row's k most similar partners (copy candidates: a loose threshold would
+    otherwise list every pair of a dense cluster); a pair may then come once from each side."""
     embeddings = np.memmap(path, dtype=np.float32, mode="r", shape=shape)
     found_i, found_j, found_s = [], [], []
     for members, guests in clusters:
@@ -92,8 +111,10 @@ def similar_pairs(path: str, shape: tuple[int, int], clusters: list[tuple[np.nda
         home = np.asarray(embeddings[rows])
         for start in range(0, len(rows), block):
             sim = home[start:start + block] @ home.T
-            a, b = np.nonzero(sim >= threshold)
-            keep = b > a + start  # each pair once, never an image with itself
+            if k is not None:
+                sim[np.arange(len(sim)), np.arange(start, start + len(sim))] = -np.inf  # never itself
+            a, b = _selected(sim, threshold, k)
+            keep = b > a + start if k is None else b != a + start  # each pair once, never an image with itself
             found_i.append(rows[a[keep] + start])
             found_j.append(rows[b[keep]])
             found_s.append(sim[a[keep], b[keep]])
@@ -101,13 +122,24 @@ def similar_pairs(path: str, shape: tuple[int, int], clusters: list[tuple[np.nda
             visitors = np.asarray(embeddings[guests])
             for start in range(0, len(guests), block):
                 sim = visitors[start:start + block] @ home.T
-                a, b = np.nonzero(sim >= threshold)
+                a, b = _selected(sim, threshold, k)
                 found_i.append(guests[a + start])
                 found_j.append(rows[b])
                 found_s.append(sim[a, b])
     if not found_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s).astype(np.float32)
+
+
+def _selected(sim: np.ndarray, threshold: float, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of the entries >= threshold, or with `k` of each row's k largest such entries."""
+    if k is None or k >= sim.shape[1]:
+        return np.nonzero(sim >= threshold)
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    rows = np.repeat(np.arange(len(sim)), k)
+    cols = top.reshape(-1)
+    keep = sim[rows, cols] >= threshold
+    return rows[keep], cols[keep]
 
 
 def resolve_no_chaining(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray, rank: np.ndarray

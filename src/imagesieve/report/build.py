@@ -29,7 +29,8 @@ def js_json(value: object) -> str:
 
 def member_row(m: Member) -> list:
     distance = int(m.distance) if float(m.distance).is_integer() else round(m.distance, 6)
-    return [m.id, m.kept, m.method, distance, m.width, m.height, m.file_size, m.caption, m.thumb]
+    coverage = None if m.coverage is None else round(m.coverage, 3)
+    return [m.id, m.kept, m.method, distance, m.width, m.height, m.file_size, m.caption, m.thumb, m.inliers, coverage]
 
 
 def headline(summary: dict, removal: dict | None) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """What the report shows, read from a run folder: the groups, each member's size and resolution, and
 the distribution of distances per method.
 
-Inputs: `groups/*.parquet` (group_id, kept_id, id, method, distance), `hashes/` (or `embeddings/` for
+Inputs: `groups/*.parquet` (group_id, kept_id, id, method, distance; a copy run adds inliers and
+coverage), `hashes/` (or `embeddings/` for
 a semantic run) and `reference_hashes/` (id, shard, width, height, file_size), `summary.json`. A member belongs to the
 input set, except the kept member of a cross-set group, which is the reference image.
 """
@@ -35,6 +36,8 @@ class Member:
     file_size: int | None = None
     caption: str = ""
     thumb: str = ""  # file name under thumbs/, "" when none could be made
+    inliers: int | None = None  # copy matches: keypoints that agree, and the share of each image they cover
+    coverage: float | None = None
 
 
 @dataclass
@@ -68,7 +71,8 @@ def load_report_data(run_dir: str, max_groups: int | None = None) -> ReportData:
         kept = row["method"] == "kept"
         source = "reference_hashes" if cross_set and kept else "hashes"
         by_group.setdefault(row["group_id"], []).append(
-            Member(row["id"], source, kept, row["method"], float(row["distance"] or 0)))
+            Member(row["id"], source, kept, row["method"], float(row["distance"] or 0),
+                   inliers=row.get("inliers"), coverage=None if kept else row.get("coverage")))
     order = sorted(by_group, key=lambda g: (-len(by_group[g]), g))
     if max_groups is not None:
         order = order[:max_groups]

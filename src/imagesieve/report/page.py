@@ -50,7 +50,7 @@ function el(tag, cls, text) {
   return e;
 }
 function figure(m) {
-  // m: [id, kept, method, distance, width, height, file_size, caption, thumb]
+  // m: [id, kept, method, distance, width, height, file_size, caption, thumb, inliers, coverage]
   const f = el("figure", m[1] ? "kept" : "removed");
   if (m[8]) {
     const img = el("img");
@@ -62,7 +62,8 @@ function figure(m) {
   else f.append(el("div", "missing", "(no image)"));
   const c = el("figcaption");
   c.append(el("div", "id", m[0]));
-  const how = Number.isInteger(m[3]) ? "distance " + m[3] : "similarity " + (1 - m[3]).toFixed(3);
+  let how = Number.isInteger(m[3]) ? "distance " + m[3] : "similarity " + (1 - m[3]).toFixed(3);
+  if (m[9] !== null && m[9] !== undefined) how = m[9] + " inliers, " + Math.round(m[10] * 100) + "% covered";
   c.append(el("div", "what", m[1] ? "kept" : m[2] + ", " + how));
   const size = (m[4] ? m[4] + "x" + m[5] : "?") + (m[6] ? ", " + (m[6] / 1024).toFixed(1) + " KB" : "");
   c.append(el("div", "size", size));

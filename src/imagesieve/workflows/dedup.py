@@ -27,6 +27,7 @@ from imagesieve.inputs import input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
+from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units
 from imagesieve.workflows.remove import check_link, remove_duplicates
@@ -62,8 +63,9 @@ class DedupSummary:
         return [f"{label:<18}{value}" for label, value in rows]
 
 
-def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig | None = None,
-          reference: str | list[str] | None = None, executor: BaseExecutor | None = None, progress: bool = False,
+def dedup(input_path: str | list[str], output_dir: str,
+          config: FindConfig | SemanticConfig | CopyConfig | None = None, reference: str | list[str] | None = None,
+          executor: BaseExecutor | None = None, progress: bool = False,
           dry_run: bool = False, cache_dir: str | None = None, link: bool = False) -> DedupSummary:
     """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
     if link:
@@ -74,7 +76,7 @@ def dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Sem
                       progress, dry_run, cache_dir, link)
 
 
-def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig) -> None:
+def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | CopyConfig) -> None:
     """A rerun into a folder whose shards were written with other find settings would overwrite the
     duplicate lists and then be refused by `remove`, leaving lists and shards that disagree: refuse
     it before anything is written."""
@@ -84,7 +86,8 @@ def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig) ->
     previous = read_json(summary).get("config") or {}
     current = json.loads(json.dumps(asdict(config)))
     changed = sorted(k for k in current if k != "json_fields" and k in previous and previous[k] != current[k])
-    if changed or (previous.get("method") == "semantic") != isinstance(config, SemanticConfig):
+    method = "semantic" if isinstance(config, SemanticConfig) else config.method
+    if changed or previous.get("method") != method:
         raise ValueError(f"{output_dir} holds a dedup run made with other settings ({', '.join(changed) or 'method'});"
                          " use a new output folder, or delete this one to start over")
 
@@ -103,7 +106,7 @@ def discard_stale_shards(output_dir: str) -> None:
             os.unlink(removed)
 
 
-def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig,
+def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,
            reference: str | list[str] | None,
            executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
     check_same_settings(output_dir, config)
@@ -113,6 +116,10 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
         if reference is not None:
             raise ValueError("--method semantic does not take a reference set yet")
         found = find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
+    elif isinstance(config, CopyConfig):
+        if reference is not None:
+            raise ValueError("--method copy does not take a reference set yet")
+        found = find_copies_in_locked_folder(input_path, output_dir, config, executor, progress)
     else:
         found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
     seconds["find"] = time.monotonic() - started

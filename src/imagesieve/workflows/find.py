@@ -103,7 +103,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode}
     todo = [unit for unit in units
-            if not _table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint, needed, settings)]
+            if not table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint, needed, settings)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
     run_on_units(desc, [reader_for(units), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],
@@ -111,7 +111,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     return units
 
 
-def _table_is_current(path: str, fingerprint: str, needed: set[str], settings: dict) -> bool:
+def table_is_current(path: str, fingerprint: str, needed: set[str], settings: dict) -> bool:
     if not os.path.exists(path):
         return False
     provenance = table_provenance(path)
@@ -228,13 +228,13 @@ def _within_set(table: pa.Table, config: FindConfig, t: int, search: Callable) -
         keeper = rep
     else:
         reps = np.flatnonzero(rep == np.arange(n))
-        i, j = _near_edges(_codes(table, config.method)[reps], t, config, table, reps, search)
+        i, j = near_edges(_codes(table, config.method)[reps], t, config, table, reps, search)
         group = best_of_components if config.chaining else group_stars
         keeper = group(n, reps[i], reps[j], rank)[rep]
     return _groups_table(table, table, keeper, rep, config)
 
 
-def _near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
+def near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
                 search: Callable) -> tuple[np.ndarray, np.ndarray]:
     i, j, _ = search(codes, t)
     if config.flip:

@@ -22,17 +22,13 @@ import pyarrow.compute as pc
 
 from imagesieve.dedup.embeddings_io import LoadedEmbeddings, list_parquet, load_embeddings
 from imagesieve.dedup.keep import keep_policy
-from imagesieve.dedup.semantic import assign, cluster_jobs, resolve_no_chaining, similar_pairs, train_kmeans
+from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.progress import phase
 from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 
 CENTROID_POLICIES = ("hard", "easy", "random")
-# k-means trains on at most this many points per cluster: its centroids only have to spread the data
-# into balanced parts (every pair within a part is then compared exactly), so a small sample does;
-# faiss itself warns below 39
-SAMPLE_PER_CLUSTER = 64
 
 
 @dataclass
@@ -121,13 +117,7 @@ class SemanticDeduplicationWorkflow:
         return self._write(data, groups, k, started)
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
-        embeddings = data.open()
-        rng = np.random.default_rng(self.random_state)
-        size = data.n if self.fit_data_fraction is None else max(k, round(data.n * self.fit_data_fraction))
-        size = min(size, k * SAMPLE_PER_CLUSTER, data.n)
-        sample = np.sort(rng.choice(data.n, size=size, replace=False))
-        centroids = train_kmeans(np.asarray(embeddings[sample]), k, self.max_iter, self.random_state)
-        return assign(embeddings, centroids, self.n_probe)
+        return cluster_rows(data.open(), k, self.max_iter, self.random_state, self.n_probe, self.fit_data_fraction)
 
     def _rank_columns(self) -> list[str]:
         if self.which_to_keep in CENTROID_POLICIES:
@@ -198,7 +188,7 @@ def _concat_pairs(results: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     return tuple(np.concatenate([r[k] for r in results]) for k in range(3))
 
 
-def groups_table(ids: pa.Array, keeper: np.ndarray, similarity: np.ndarray) -> pa.Table:
+def groups_table(ids: pa.Array, keeper: np.ndarray, similarity: np.ndarray, method: str = "semantic") -> pa.Table:
     """The finders' groups layout: a row per kept image that keeps others ("kept"), a row per removed one."""
     n = len(keeper)
     removed = np.flatnonzero(keeper != np.arange(n))
@@ -209,7 +199,7 @@ def groups_table(ids: pa.Array, keeper: np.ndarray, similarity: np.ndarray) -> p
         "group_id": pa.array(group_ids, pa.int64()),
         "kept_id": pa.concat_arrays([ids.take(pa.array(kept_rows)), ids.take(pa.array(keeper[removed]))]),
         "id": pa.concat_arrays([ids.take(pa.array(kept_rows)), ids.take(pa.array(removed))]),
-        "method": pa.array(["kept"] * len(kept_rows) + ["semantic"] * len(removed), pa.string()),
+        "method": pa.array(["kept"] * len(kept_rows) + [method] * len(removed), pa.string()),
         "distance": pa.array(np.clip(1 - sim, 0, None), pa.float64()),
         "similarity": pa.array(sim, pa.float64()),
     })

@@ -35,10 +35,13 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     json_fields: tuple[str, ...] = ()
     flip: bool = False
     threads: int = 1  # onnxruntime threads per worker: the executor already runs one worker per core
+    centre: float = 1.0  # embed only the central share of each side (robust to crops, borders, caption bars)
     name: str = "image_embedding"
     _embedder: OnnxEmbedder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not 0 < self.centre <= 1:
+            raise ValueError(f"centre must be in (0, 1], got {self.centre}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be >= 1, got {self.model_inference_batch_size}")
         check_on_error(self.on_error)
@@ -51,7 +54,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         if self._embedder is None:
-            self._embedder = OnnxEmbedder(self.model, threads=self.threads)
+            self._embedder = OnnxEmbedder(self.model, threads=self.threads, centre=self.centre)
 
     def teardown(self) -> None:
         self._embedder = None

@@ -19,6 +19,7 @@ caller says otherwise.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -49,11 +50,12 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     thumbnail: int | None = None  # first shrink to this many pixels a side (area average): a low-pass
+    centre: float = 1.0  # first keep only this central share of each side (copy candidates: see copy_find)
 
     @property
     def decode_size(self) -> int:
         """The smallest size worth decoding (JPEGs are decoded at a fraction of full size)."""
-        return self.thumbnail or self.size
+        return math.ceil((self.thumbnail or self.size) / self.centre)
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
         batch = np.stack([np.asarray(self._resize(im.convert("RGB")), dtype=np.float32) for im in images])
@@ -65,6 +67,9 @@ class Preprocess:
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     def _resize(self, image: Image.Image) -> Image.Image:
+        if self.centre < 1:
+            dx, dy = image.width * (1 - self.centre) / 2, image.height * (1 - self.centre) / 2
+            image = image.crop((round(dx), round(dy), round(image.width - dx), round(image.height - dy)))
         if self.thumbnail:
             image = image.resize((self.thumbnail, self.thumbnail), Image.Resampling.BOX)
         return image.resize((self.size, self.size), Image.Resampling.BILINEAR)
@@ -88,10 +93,10 @@ def default_model_path() -> str:
     return str(path)
 
 
-def model_identity(model: str, flip: bool = False) -> str:
+def model_identity(model: str, flip: bool = False, centre: float = 1.0) -> str:
     """What embeddings on disk record about the model that made them, so a rerun with another model
-    (or with `flip` changed) recomputes them: the default's package version, or a user file's SHA-256."""
-    suffix = ":flip" if flip else ""
+    (or with `flip` or `centre` changed) recomputes them: the default's package version, or a user file's SHA-256."""
+    suffix = (":flip" if flip else "") + (f":centre{centre}" if centre != 1 else "")
     if model == DEFAULT_MODEL:
         from importlib.metadata import version
 
@@ -106,7 +111,8 @@ def model_identity(model: str, flip: bool = False) -> str:
 class OnnxEmbedder:
     """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, threads: int = 1, preprocess: Preprocess | None = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, threads: int = 1, preprocess: Preprocess | None = None,
+                 centre: float = 1.0) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -132,7 +138,7 @@ class OnnxEmbedder:
             preprocess = OPEN_NSFW if model == DEFAULT_MODEL else Preprocess(layout=layout, std=IMAGENET_STD)
         if fixed_size and fixed_size != preprocess.size:
             preprocess = replace(preprocess, size=fixed_size)
-        self.preprocess = preprocess
+        self.preprocess = replace(preprocess, centre=centre) if centre != 1 else preprocess
 
     def __call__(self, images: list[Image.Image], flip: bool = False) -> np.ndarray:
         """Unit rows, one per image. `flip`: the sum of the image's and its mirror's embeddings, so that

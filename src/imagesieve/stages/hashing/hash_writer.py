@@ -49,6 +49,7 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     hashes_dir: str = ""
     settings: dict = field(default_factory=dict)  # recorded with the shard's fingerprint: a rerun reuses
     name: str = "hash_writer"                     # a table only when both still match
+    row_group_size: int | None = None  # small groups let a reader fetch one image's row (keypoints) cheaply
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["metadata"]
@@ -70,7 +71,7 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         provenance = {"shard_fingerprint": fingerprint, **self.settings}
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
-        write_parquet_atomic(table, path)
+        write_parquet_atomic(table, path, self.row_group_size)
         errors = sum(1 for image in task.data if "error" in image.metadata)
         return FileGroupTask(dataset_name=task.dataset_name, data=[path], task_id=task.task_id,
                              _metadata={"samples_in": len(task.data), "errors": errors, "relative_path": relative})

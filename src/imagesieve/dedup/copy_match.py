@@ -1,0 +1,143 @@
+"""Geometric verification of candidate copies: SIFT keypoints (OpenCV), ratio-test matching and a
+RANSAC similarity fit (rotation, scale, translation), scored by the inlier count and the share of
+each image that the inliers cover.
+
+Two images are copies when many keypoints agree on one transform *and* the agreeing keypoints spread
+over most of both images: a 20% crop of A covers most of itself and most of A's middle, while two
+neighbouring tiles of one photo share texture but no transform that carries one onto the other.
+
+Keypoints are extracted once per image, at a bounded size, and stored with the image's other
+per-image columns. A mirrored copy is matched without a second extraction: mirroring an image
+mirrors each SIFT descriptor's 4x4 grid of cells and reverses its orientation bins, a fixed
+permutation of the 128 values (`MIRROR`), and the x coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from imagesieve.imageio import load, open_image
+
+DEFAULT_MAX_SIDE = 256  # images are decoded no larger than this (a side): the cost per image is bounded
+DEFAULT_FEATURES = 400  # keypoints kept per image, strongest first
+RATIO = 0.8  # Lowe's ratio test: a match counts when clearly nearer than the second nearest
+CONTRAST = 0.02  # SIFT's contrast threshold, below OpenCV's 0.04: low-contrast photos still get keypoints
+RANSAC_PIXELS = 0.015  # reprojection tolerance, a share of the larger side
+
+
+def _mirror_permutation() -> np.ndarray:
+    """The descriptor of a mirrored patch: OpenCV lays SIFT out as [4 rows][4 cols][8 orientations];
+    a horizontal mirror reverses the rows of its rotated frame and negates the orientations."""
+    index = np.arange(128).reshape(4, 4, 8)[::-1]
+    return index[:, :, (-np.arange(8)) % 8].reshape(-1)
+
+
+MIRROR = _mirror_permutation()
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as exc:
+        raise ImportError("find --method copy needs OpenCV: pip install 'imagesieve[copy]'") from exc
+    cv2.setNumThreads(1)  # the executor already runs one worker per core
+    return cv2
+
+
+@dataclass
+class Keypoints:
+    """One image's keypoints: (n, 2) float32 positions and (n, 128) uint8 SIFT descriptors, in an image
+    of `width` x `height` pixels (the decoded, bounded size)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+    width: int
+    height: int
+
+    def mirrored(self) -> Keypoints:
+        points = self.points.copy()
+        points[:, 0] = self.width - 1 - points[:, 0]
+        return Keypoints(points, np.ascontiguousarray(self.descriptors[:, MIRROR]), self.width, self.height)
+
+    def to_columns(self) -> dict[str, object]:
+        return {"kp_width": self.width, "kp_height": self.height,
+                "kp_points": self.points.astype(np.float32).tobytes(),
+                "kp_descriptors": self.descriptors.astype(np.uint8).tobytes()}
+
+    @classmethod
+    def from_columns(cls, row: dict) -> Keypoints:
+        points = np.frombuffer(row["kp_points"], np.float32).reshape(-1, 2)
+        descriptors = np.frombuffer(row["kp_descriptors"], np.uint8).reshape(-1, 128)
+        return cls(points, descriptors, int(row["kp_width"]), int(row["kp_height"]))
+
+
+class KeypointExtractor:
+    """Decodes an image no larger than `max_side` (JPEGs by DCT scaling) and finds its SIFT keypoints.
+    Grey levels are equalised first, which makes detection indifferent to brightness and contrast."""
+
+    def __init__(self, max_side: int = DEFAULT_MAX_SIDE, features: int = DEFAULT_FEATURES) -> None:
+        self.cv2 = _cv2()
+        self.max_side = max_side
+        self.sift = self.cv2.SIFT_create(nfeatures=features, contrastThreshold=CONTRAST)
+
+    def __call__(self, data: bytes, where: str) -> Keypoints:
+        image = open_image(data, where)
+        if image.format == "JPEG":
+            image.draft("L", (self.max_side, self.max_side))
+        image = load(image, where).convert("L")
+        image.thumbnail((self.max_side, self.max_side))
+        grey = self.cv2.equalizeHist(np.asarray(image))
+        found, descriptors = self.sift.detectAndCompute(grey, None)
+        points = np.array([k.pt for k in found], np.float32).reshape(-1, 2)
+        descriptors = np.zeros((0, 128), np.uint8) if descriptors is None else descriptors
+        return Keypoints(points, np.clip(descriptors, 0, 255).astype(np.uint8), grey.shape[1], grey.shape[0])
+
+
+@dataclass(frozen=True)
+class Match:
+    """What verification found for a pair: inliers of the best fit, and the share of each image's area
+    inside the convex hull of those inliers."""
+
+    inliers: int = 0
+    coverage_a: float = 0.0
+    coverage_b: float = 0.0
+    mirrored: bool = False
+
+    @property
+    def coverage(self) -> float:
+        """The smaller of the two shares: both images must be mostly explained by the match."""
+        return min(self.coverage_a, self.coverage_b)
+
+
+def verify(a: Keypoints, b: Keypoints, ratio: float = RATIO) -> Match:
+    """The better of matching `a` against `b` and against `b` mirrored."""
+    direct = _match(a, b, ratio, False)
+    flipped = _match(a, b.mirrored(), ratio, True)
+    return flipped if flipped.inliers > direct.inliers else direct
+
+
+def _match(a: Keypoints, b: Keypoints, ratio: float, mirrored: bool) -> Match:
+    cv2 = _cv2()
+    if len(a.descriptors) < 2 or len(b.descriptors) < 2:
+        return Match(mirrored=mirrored)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    pairs = matcher.knnMatch(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
+    if len(good) < 3:
+        return Match(mirrored=mirrored)
+    src = a.points[[m.queryIdx for m in good]]
+    dst = b.points[[m.trainIdx for m in good]]
+    tolerance = RANSAC_PIXELS * max(b.width, b.height)
+    fit, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance)
+    if fit is None:
+        return Match(mirrored=mirrored)
+    keep = inliers.ravel().astype(bool)
+    return Match(int(keep.sum()), _hull_share(cv2, src[keep], a), _hull_share(cv2, dst[keep], b), mirrored)
+
+
+def _hull_share(cv2, points: np.ndarray, image: Keypoints) -> float:
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points)) / (image.width * image.height))

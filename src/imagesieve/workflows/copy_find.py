@@ -1,0 +1,322 @@
+"""`find --method copy`: cheap candidates, precise verification.
+
+1. Per shard, once (reused by reruns while the shard is unchanged): pHash and its mirror
+   (`OUT/hashes/`), an embedding (`OUT/embeddings/`, the semantic finder's model) and SIFT keypoints
+   at a bounded size (`OUT/keypoints/`).
+2. Exact copies (same bytes) are grouped first; the rest is searched with one image per exact group.
+3. Candidates: each image's `neighbours` nearest images by embedding (of the image's centre) with
+   cosine similarity at least `min_similarity` (k-means, then nearest neighbours within clusters: sub-quadratic), plus
+   every pair within `hash_threshold` bits of pHash, mirror included (multi-index hashing).
+4. Verification (`dedup.copy_match`), in jobs grouped by shard: a pair is a copy when at least
+   `min_inliers` keypoints agree on one similarity transform (mirror tried too) and their hull covers
+   at least `min_coverage` of each image; or when its pHash distance is within `hash_accept`, the
+   pHash finder's precise default, which keeps featureless and heavily recompressed copies that
+   carry too few keypoints (`hash_accept=-1` turns that off).
+5. Groups without chaining, in keep order (`dedup.semantic.resolve_no_chaining`).
+
+OUT/duplicates/part-00000.parquet   `id`: the images to remove
+OUT/groups/part-00000.parquet       group_id, kept_id, id, method ("kept" | "exact" | "copy"),
+                                    distance (1 - coverage), inliers, coverage
+OUT/copy_pairs.parquet              every candidate pair with its scores and the decision
+OUT/skipped.parquet, OUT/summary.json   as the other finders
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imagesieve.dedup.copy_jobs import ROW_GROUP, verification_jobs, verify_job
+from imagesieve.dedup.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE
+from imagesieve.dedup.embeddings_io import load_embeddings
+from imagesieve.dedup.groups import group_exact
+from imagesieve.dedup.keep import keep_policy
+from imagesieve.dedup.near_search import near_pairs, popcount64
+from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.inputs import InputUnit, check_input_outside
+from imagesieve.progress import phase
+from imagesieve.runfolder import (
+    WORK_DIR,
+    remove_stale_temp_files,
+    run_lock,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from imagesieve.stages.copy import ImageKeypointStage
+from imagesieve.stages.hashing import HashWriterStage
+from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.find import (
+    MAX_THRESHOLD,
+    FindConfig,
+    check_unique_ids,
+    hash_shards,
+    load_hashes,
+    near_edges,
+    split_readable,
+    table_is_current,
+)
+from imagesieve.workflows.semantic import auto_clusters, groups_table
+from imagesieve.workflows.semantic_find import SemanticConfig, embed_shards
+
+# embeddings of the central 70% of each side: free of the borders a rotation adds, of caption bars over
+# the bottom 15%, and of most of what a crop removes (rotated copies: neighbour rank < 5 for 0.90 -> 1.00)
+CENTRE = 0.7
+PROBE_MARGIN = 0.05  # an image also searches clusters whose centroid is this nearly as similar
+
+
+@dataclass(frozen=True)
+class CopyConfig:
+    """Settings of `find --method copy`; defaults chosen on the labelled photos (BENCHMARKS.md)."""
+
+    neighbours: int = 10
+    min_similarity: float = 0.5
+    hash_threshold: int = 16
+    min_inliers: int = 10
+    min_coverage: float = 0.15
+    hash_accept: int = 10
+    max_side: int = DEFAULT_MAX_SIDE
+    keep: str = "first"
+    clusters: int | None = None
+    model: str = "default"
+    model_inference_batch_size: int = 32
+    on_error: str = "fail"
+    json_fields: tuple[str, ...] = ()
+    random_state: int = 42
+    method: str = field(default="copy", init=False)
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1:
+            raise ValueError(f"neighbours must be 1 or more, got {self.neighbours}")
+        if not -1 <= self.min_similarity < 1:
+            raise ValueError(f"min_similarity is a cosine similarity in [-1, 1), got {self.min_similarity}")
+        if not 0 <= self.hash_threshold <= MAX_THRESHOLD or not -1 <= self.hash_accept <= MAX_THRESHOLD:
+            raise ValueError(f"hash_threshold must be in 0..{MAX_THRESHOLD} and hash_accept in -1..{MAX_THRESHOLD} "
+                             f"bits, got {self.hash_threshold} and {self.hash_accept}")
+        if self.min_inliers < 3 or not 0 <= self.min_coverage <= 1:
+            raise ValueError(f"min_inliers must be 3 or more and min_coverage in [0, 1], got {self.min_inliers} "
+                             f"and {self.min_coverage}")
+        keep_policy(self.keep)  # validates
+
+
+@dataclass
+class CopySummary:
+    images: int
+    skipped: int
+    groups: int
+    duplicates: int
+    candidates: int  # pairs verified
+    by_method: dict[str, int] = field(default_factory=dict)
+    threshold: str = ""
+    elapsed_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+    def lines(self) -> list[str]:
+        methods = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_method.items())) or "none"
+        return [f"images           {self.images} ({self.skipped} skipped as unreadable)",
+                f"candidates       {self.candidates} pairs verified",
+                f"groups           {self.groups}",
+                f"duplicates       {self.duplicates} ({methods}; {self.threshold})",
+                f"elapsed          {self.elapsed_seconds:.1f} s"]
+
+
+def find_copies(input_path: str | list[str], output_dir: str, config: CopyConfig = CopyConfig(),
+                executor: BaseExecutor | None = None, progress: bool = False) -> CopySummary:
+    """Hash, embed and extract keypoints; search candidates; verify; write duplicates/ and groups/."""
+    os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "find"):
+        return find_copies_in_locked_folder(input_path, output_dir, config, executor, progress)
+
+
+def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, config: CopyConfig,
+                                 executor: BaseExecutor | None, progress: bool) -> CopySummary:
+    """`find_copies` for a caller that holds the output folder's lock."""
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    check_input_outside(input_path, output_dir)
+    if config.keep.startswith("column:") and not config.json_fields:
+        config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
+    remove_stale_temp_files(output_dir)
+    executor = executor or LocalExecutor()
+    hashing = FindConfig(method="phash", flip=True, threshold=config.hash_threshold, keep=config.keep,
+                         on_error=config.on_error, json_fields=config.json_fields)
+    clock = time.monotonic()
+    units = hash_shards(input_path, output_dir, os.path.join(output_dir, "hashes"), hashing, executor, progress,
+                        "hash")
+    table, skipped = split_readable(_checked(load_hashes(os.path.join(output_dir, "hashes"), units)))
+    embedding_files = embed_shards(units, os.path.join(output_dir, "embeddings"),
+                                   SemanticConfig(model=config.model, on_error=config.on_error,
+                                                  model_inference_batch_size=config.model_inference_batch_size),
+                                   executor, progress, centre=CENTRE)
+    keypoint_files = extract_keypoints(units, os.path.join(output_dir, "keypoints"), config, executor, progress)
+    seconds["per image"] = time.monotonic() - clock
+
+    rank = keep_policy(config.keep).rank(table)
+    bytes_label = pc.dictionary_encode(table.column("bytes_hash")).combine_chunks().indices.to_numpy()
+    rep = group_exact([bytes_label], rank)
+    clock = time.monotonic()
+    with phase("candidates", progress):
+        i, j, source = _candidates(table, rep, embedding_files, output_dir, config, hashing, executor)
+    seconds["candidates"] = time.monotonic() - clock
+    clock = time.monotonic()
+    with phase(f"verify {len(i)} pairs", progress):
+        scores = _verify(table, keypoint_files, units, i, j, executor)
+    seconds["verify"] = time.monotonic() - clock
+    codes = table.column("phash").to_numpy().astype(np.uint64)
+    hash_distance = popcount64(codes[i] ^ codes[j])
+    accepted = is_copy(scores["inliers"], np.minimum(scores["coverage_a"], scores["coverage_b"]), hash_distance,
+                       config)
+    coverage = np.minimum(scores["coverage_a"], scores["coverage_b"])
+    keeper_of_rep, _ = resolve_no_chaining(table.num_rows, i[accepted], j[accepted],
+                                           (coverage + scores["inliers"] * 1e-6)[accepted], rank)
+    keeper = keeper_of_rep[rep]
+    groups = _groups(table, keeper, rep, i, j, scores, coverage)
+    ids = table.column("id").combine_chunks()
+    write_parquet_atomic(pa.table({"id_a": ids.take(pa.array(i)), "id_b": ids.take(pa.array(j)), "source": source,
+                                   "hash_distance": pa.array(hash_distance, pa.int64()),
+                                   **{k: pa.array(v) for k, v in scores.items()}, "copy": pa.array(accepted)}),
+                         os.path.join(output_dir, "copy_pairs.parquet"))
+    return _write(output_dir, input_path, units, table, skipped, groups, config, len(i), started, seconds)
+
+
+def is_copy(inliers: np.ndarray, coverage: np.ndarray, hash_distance: np.ndarray, config: CopyConfig) -> np.ndarray:
+    """The decision on verified pairs (see the module docstring, step 4)."""
+    return ((inliers >= config.min_inliers) & (coverage >= config.min_coverage)) | (hash_distance <= config.hash_accept)
+
+
+def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyConfig, executor: BaseExecutor,
+                      progress: bool) -> list[str]:
+    """Keypoint tables of every shard whose table is missing or stale; returns them in shard order."""
+    settings = {"max_side": config.max_side, "features": DEFAULT_FEATURES}
+    paths = [hash_table_path(keypoints_dir, unit.rel) for unit in units]
+    todo = [unit for unit, path in zip(units, paths, strict=True)
+            if not table_is_current(path, unit.fingerprint, {"kp_points"}, settings)]
+    stages = [reader_for(units), ImageKeypointStage(max_side=config.max_side, on_error=config.on_error),
+              HashWriterStage(hashes_dir=keypoints_dir, settings=settings, row_group_size=ROW_GROUP)]
+    run_on_units("keypoints", stages, todo, len(units), executor, progress)
+    return paths
+
+
+def _checked(table: pa.Table) -> pa.Table:
+    check_unique_ids(table, "input")
+    return table
+
+
+def _candidates(table: pa.Table, rep: np.ndarray, embedding_files: list[str], output_dir: str, config: CopyConfig,
+                hashing: FindConfig, executor: BaseExecutor) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(i, j, source) of every candidate pair of exact-group representatives, i < j, each pair once;
+    source is "hash", "embedding" or "both"."""
+    reps = np.flatnonzero(rep == np.arange(table.num_rows))
+    search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
+    codes = table.column("phash").to_numpy().astype(np.uint64)[reps]
+    hi, hj = near_edges(codes, config.hash_threshold, hashing, table, reps, search)
+    by_hash = _pair_codes(reps[hi], reps[hj], table.num_rows)
+    by_embedding = _pair_codes(*_embedding_pairs(table, embedding_files, output_dir, config, executor),
+                               table.num_rows, rep)
+    both = np.union1d(by_hash, by_embedding)
+    in_hash, in_embedding = np.isin(both, by_hash), np.isin(both, by_embedding)
+    source = np.where(in_hash & in_embedding, "both", np.where(in_hash, "hash", "embedding"))
+    i, j = np.divmod(both, table.num_rows)
+    return i, j, pa.array(source, pa.string())
+
+
+def _pair_codes(i: np.ndarray, j: np.ndarray, n: int, rep: np.ndarray | None = None) -> np.ndarray:
+    """Sorted unique min * n + max of the pairs (after mapping rows to `rep`), self-pairs dropped."""
+    if rep is not None:
+        i, j = rep[i], rep[j]
+    a, b = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    return np.unique(a[a != b] * n + b[a != b])
+
+
+def _embedding_pairs(table: pa.Table, files: list[str], output_dir: str, config: CopyConfig,
+                     executor: BaseExecutor) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's nearest neighbours by embedding, as table rows."""
+    memmap = os.path.join(output_dir, WORK_DIR, "copy", "embeddings.f32")
+    data = load_embeddings(files, memmap)
+    try:
+        row_of = pc.index_in(data.ids, value_set=table.column("id")).to_numpy(zero_copy_only=False)
+        if data.n < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        k = min(config.clusters or auto_clusters(data.n), data.n)
+        labels, sims = cluster_rows(data.open(), k, 10, config.random_state, probes=3)
+        jobs = cluster_jobs(labels, sims, PROBE_MARGIN, 4 * executor.parallelism())
+        found = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, config.min_similarity, 1024,
+                                              config.neighbours) for job in jobs])
+    finally:
+        os.remove(data.path)
+    i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
+    j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
+    i, j = row_of[i], row_of[j]
+    usable = (i >= 0) & (j >= 0)  # an image unreadable for hashing has no row
+    return i[usable].astype(np.int64), j[usable].astype(np.int64)
+
+
+def _verify(table: pa.Table, keypoint_files: list[str], units: list[InputUnit], i: np.ndarray, j: np.ndarray,
+            executor: BaseExecutor) -> dict[str, np.ndarray]:
+    """Scores of every pair, in pair order."""
+    file_index = {unit.rel: k for k, unit in enumerate(units)}
+    file_of = np.array([file_index[s] for s in table.column("shard").to_pylist()], np.int64)
+    position = table.column("position").to_numpy()
+    jobs = verification_jobs(keypoint_files, file_of, position, i, j)
+    scores = {"inliers": np.zeros(len(i), np.int32), "coverage_a": np.zeros(len(i), np.float32),
+              "coverage_b": np.zeros(len(i), np.float32), "mirrored": np.zeros(len(i), bool)}
+    for index, *values in executor.map(verify_job, jobs) if jobs else []:
+        for name, value in zip(scores, values, strict=True):
+            scores[name][index] = value
+    return scores
+
+
+def _groups(table: pa.Table, keeper: np.ndarray, rep: np.ndarray, i: np.ndarray, j: np.ndarray,
+            scores: dict[str, np.ndarray], coverage: np.ndarray) -> pa.Table:
+    """The finders' groups layout, with the inlier count and coverage of each removed image's match
+    to its kept image (an exact copy: no inliers, coverage 1)."""
+    n = table.num_rows
+    removed = np.flatnonzero(keeper != np.arange(n))
+    exact = rep[removed] == rep[keeper[removed]]
+    pair = np.minimum(rep[removed], keeper[removed]).astype(np.int64) * n + np.maximum(rep[removed], keeper[removed])
+    found = np.searchsorted(i.astype(np.int64) * n + j, pair)  # the pairs are sorted by (i, j)
+    found = np.where(exact, 0, found)
+    cov = np.ones(n)
+    cov[removed] = np.where(exact, 1.0, coverage[found] if len(i) else 1.0)
+    groups = groups_table(table.column("id").combine_chunks(), keeper, cov, "copy")
+    inliers = np.where(exact, -1, scores["inliers"][found] if len(i) else -1)
+    kept_count = groups.num_rows - len(removed)
+    method = ["kept"] * kept_count + np.where(exact, "exact", "copy").tolist()
+    return pa.table({
+        "group_id": groups.column("group_id"), "kept_id": groups.column("kept_id"), "id": groups.column("id"),
+        "method": pa.array(method, pa.string()), "distance": groups.column("distance"),
+        "inliers": pa.array(np.concatenate([np.full(kept_count, -1), inliers]), pa.int64(),
+                            mask=np.concatenate([np.ones(kept_count, bool), exact])),
+        "coverage": groups.column("similarity"),
+    })
+
+
+def _write(output_dir: str, input_path: str | list[str], units: list[InputUnit], table: pa.Table, skipped: pa.Table,
+           groups: pa.Table, config: CopyConfig, candidates: int, started: float,
+           seconds: dict[str, float]) -> CopySummary:
+    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
+    ids = removed.column("id")
+    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
+                         os.path.join(output_dir, "duplicates", "part-00000.parquet"))
+    write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
+    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
+                                   "reason": skipped.column("error")}),
+                         os.path.join(output_dir, "skipped.parquet"))
+    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
+    summary = CopySummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
+                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
+                          candidates=candidates, by_method=by_method,
+                          threshold=f"{config.min_inliers} inliers, coverage {config.min_coverage}",
+                          elapsed_seconds=time.monotonic() - started, seconds=seconds)
+    run = {"config": asdict(config), "input": absolute_paths(input_path), "input_root": units[0].root or None,
+           "reference": None}
+    write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
+    return summary
