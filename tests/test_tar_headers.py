@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import tarfile
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -67,7 +66,8 @@ def test_valid_tars_list_exactly_what_tarfile_lists(tmp_path, members, fmt, long
     data = make_tar(members, fmt, long_name)
     path = write(tmp_path, data)
     assert our_listing(path) == tarfile_listing(data)
-    bulk = parse_headers(np.frombuffer(data, np.uint8))
+    with open(path, "rb") as f:
+        bulk = parse_headers(f.fileno(), len(data))
     if bulk is not None:  # the compiled path took it: it must agree with the Python scanner too
         fast, slow = _table_from_headers(str(path), bulk), _table_from_entries(str(path), scan(str(path)))
         assert (fast.names, fast.header_offsets.tolist(), fast.data_offsets.tolist(), fast.sizes.tolist()) == \

@@ -9,7 +9,6 @@ Reading never loads member bytes: it records where each member's headers and dat
 from __future__ import annotations
 
 import gzip
-import mmap
 import os
 import re
 import tarfile
@@ -122,27 +121,19 @@ def read_table(shard: str) -> ShardTable:
                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
                               data=[r.data for r in refs])
         with open(shard, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
                 raise TarScanError("empty file")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                headers, damage = _parse(np.frombuffer(mm, np.uint8))  # no array of the map outlives this line
-                table = None if headers is None else _table_from_headers(shard, headers)
-        if damage:
-            raise TarScanError(damage)
+            try:
+                headers = parse_headers(f.fileno(), size)
+            except BulkParseError as exc:
+                raise TarScanError(str(exc)) from None
+        table = None if headers is None else _table_from_headers(shard, headers)
         return table or _table_from_entries(shard, scan(shard))
     except TarScanError as exc:
         raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
-
-
-def _parse(buf: np.ndarray) -> tuple[Headers | None, str]:
-    """`parse_headers`, with damage as a message (an exception's traceback would keep `buf`, and so
-    the memory map, alive)."""
-    try:
-        return parse_headers(buf), ""
-    except BulkParseError as exc:
-        return None, str(exc)
 
 
 _DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))

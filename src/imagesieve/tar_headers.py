@@ -2,7 +2,9 @@
 
 A shard holds tens of thousands of small members; a Python object per header costs more than
 copying the shard. `parse_headers` walks the header chain in one compiled loop, verifies every
-checksum, and returns offsets, sizes, type flags and name lengths as arrays. Extended headers
+checksum, and returns offsets, sizes and type flags as arrays and the names as one byte string.
+It reads each 512-byte header with `pread` (called from the compiled loop): reading only the
+headers, not mapping the file, costs a third as much on large samples (a page fault per header). Extended headers
 (PAX `x`/`g`, GNU long names `L`/`K`) and numbers in odd encodings are rare: when the loop meets
 one it stops, and the caller falls back to the Python scanner (`tarscan.scan`), which handles them.
 Every kind of damage is reported with its byte offset, as the Python scanner does; a property test
@@ -14,11 +16,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 BLOCK = 512
 OK, FALLBACK, FULL = 0, 1, 2
-TRUNCATED_HEADER, NOT_A_TAR, BAD_CHECKSUM, PAST_END, AFTER_END = 3, 4, 5, 6, 7
+TRUNCATED_HEADER, NOT_A_TAR, BAD_CHECKSUM, PAST_END, AFTER_END, READ_FAILED = 3, 4, 5, 6, 7, 8
+_TAIL_CHUNK = 1 << 16
+_WINDOW = 1 << 13
+
+# libc's pread, linked by name (so the compiled loop stays in numba's on-disk cache)
+_pread = types.ExternalFunction("pread", types.int64(types.int32, types.voidptr, types.uint64, types.int64))
 
 
 class Headers(NamedTuple):
@@ -60,10 +67,13 @@ def _copy_field(buf, start, width, out, at):
 
 
 @njit(cache=True)
-def _walk(buf, pos, hdr, data, sizes, types, names):
+def _walk(fd, size, pos, hdr, data, sizes, types, names):
     """Parse entries from `pos` until the end, an extended header, damage, or full arrays.
     Returns (entries parsed, bytes of names written, status, byte offset where it stopped)."""
-    size = buf.shape[0]
+    buf = np.empty(_TAIL_CHUNK, np.uint8)
+    address = buf.ctypes.data
+    window_start, window_end = 0, 0  # the bytes of the file now in `window`
+    window = np.empty(_WINDOW, np.uint8)
     n = 0
     at = 0
     capacity = hdr.shape[0]
@@ -72,30 +82,41 @@ def _walk(buf, pos, hdr, data, sizes, types, names):
             if pos == size and pos > 0:  # no end-of-archive blocks: tolerated, as by tar
                 return n, at, OK, pos
             return n, at, TRUNCATED_HEADER, pos
+        if not (window_start <= pos and pos + BLOCK <= window_end):
+            # read a window, not a block: the small members after an image (.txt, .json) and the
+            # next sample's header then come with one call
+            want = min(_WINDOW, size - pos)
+            if _pread(fd, window.ctypes.data, want, pos) != want:
+                return n, at, READ_FAILED, pos
+            window_start, window_end = pos, pos + want
+        h = pos - window_start
+        block = window[h:h + BLOCK]
         total = 0
-        zero = True
-        for i in range(BLOCK):
-            b = buf[pos + i]
-            if b != 0:
-                zero = False
-            if 148 <= i < 156:
-                total += 32
-            else:
-                total += b
+        for i in range(BLOCK):  # a plain sum, which the compiler vectorises
+            total += np.int64(block[i])
+        zero = total == 0
+        for i in range(148, 156):  # the checksum is computed with its own field read as spaces
+            total += 32 - np.int64(block[i])
         if zero:
-            for i in range(pos, size):
-                if buf[i] != 0:
-                    return n, at, AFTER_END, pos
+            tail = pos
+            while tail < size:  # everything after the end-of-archive marker must be zeros
+                want = min(_TAIL_CHUNK, size - tail)
+                if _pread(fd, address, want, tail) != want:
+                    return n, at, READ_FAILED, tail
+                for i in range(want):
+                    if buf[i] != 0:
+                        return n, at, AFTER_END, pos
+                tail += want
             return n, at, OK, pos
-        stored = _octal(buf, pos + 148, 8)
+        stored = _octal(block, 148, 8)
         if stored != total:
             if stored < 0:
                 return n, at, FALLBACK, pos  # an odd encoding: the Python scanner decides
             return n, at, NOT_A_TAR if pos == 0 else BAD_CHECKSUM, pos
-        flag = buf[pos + 156]
+        flag = block[156]
         if flag == 120 or flag == 103 or flag == 76 or flag == 75:  # x g L K
             return n, at, FALLBACK, pos
-        entry_size = _octal(buf, pos + 124, 12)
+        entry_size = _octal(block, 124, 12)
         if entry_size < 0:
             return n, at, FALLBACK, pos  # base-256 or odd: the Python scanner decides
         start = pos + BLOCK
@@ -107,13 +128,13 @@ def _walk(buf, pos, hdr, data, sizes, types, names):
         data[n] = start
         sizes[n] = entry_size
         types[n] = flag
-        is_ustar = (buf[pos + 257] == 117 and buf[pos + 258] == 115 and buf[pos + 259] == 116
-                    and buf[pos + 260] == 97 and buf[pos + 261] == 114 and buf[pos + 262] == 0)
-        if is_ustar and buf[pos + 345] != 0:
-            at = _copy_field(buf, pos + 345, 155, names, at)
+        is_ustar = (block[257] == 117 and block[258] == 115 and block[259] == 116
+                    and block[260] == 97 and block[261] == 114 and block[262] == 0)
+        if is_ustar and block[345] != 0:
+            at = _copy_field(block, 345, 155, names, at)
             names[at] = 47  # "/"
             at += 1
-        at = _copy_field(buf, pos, 100, names, at)
+        at = _copy_field(block, 0, 100, names, at)
         names[at] = 10  # "\n"
         at += 1
         n += 1
@@ -134,23 +155,24 @@ _MESSAGES = {
     BAD_CHECKSUM: "bad header checksum at byte {}",
     PAST_END: "truncated: the member at byte {} ends past the end of the file",
     AFTER_END: "data after the end-of-archive marker at byte {}",
+    READ_FAILED: "the file changed or could not be read at byte {}",
 }
 
 
-def parse_headers(buf: np.ndarray) -> Headers | None:
-    """Every entry of the tar in `buf` (uint8), or None when it holds extended headers or odd number
-    encodings (parse it with `tarscan.scan` then). Raises `BulkParseError` on damage."""
-    if buf.shape[0] == 0:
+def parse_headers(fd: int, size: int) -> Headers | None:
+    """Every entry of the tar open as `fd` (`size` bytes), or None when it holds extended headers or
+    odd number encodings (parse it with `tarscan.scan` then). Raises `BulkParseError` on damage."""
+    if size == 0:
         raise BulkParseError(NOT_A_TAR, 0)
     parts: list[tuple[np.ndarray, ...]] = []
     names: list[bytes] = []
     pos = 0
-    capacity = min(buf.shape[0] // BLOCK + 1, 1 << 16)
+    capacity = min(size // BLOCK + 1, 1 << 16)
     while True:
         arrays = (np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64),
                   np.empty(capacity, np.uint8))
         name_bytes = np.empty(capacity * 257, np.uint8)  # prefix 155 + "/" + name 100 + "\n"
-        n, at, status, pos = _walk(buf, pos, *arrays, name_bytes)
+        n, at, status, pos = _walk(fd, size, pos, *arrays, name_bytes)
         parts.append(tuple(a[:n] for a in arrays))
         names.append(name_bytes[:at].tobytes())
         if status == FULL:

@@ -159,17 +159,20 @@ def image_from_table(table: Any, row: int, image_path: str, image_id: str, shard
     return image
 
 
-def table_row(image: ImageObject, table: object) -> int:
-    """The image's row in `table` (the reader's `ShardTable`) when its members are still exactly the
-    ones read from it, so that writers may copy its byte ranges straight from the table; else -1."""
-    source = image.__dict__.get("_source")
-    if source is None or source[0] is not table:
-        return -1
-    members = image.__dict__.get("_members")
-    if members and members != image.__dict__.get("_members_made"):
-        return -1  # a stage replaced or changed them
-    return source[1]
-
+def table_rows(images: list[ImageObject], table: object) -> list[int] | None:
+    """The images' rows in `table` (the reader's `ShardTable`) when every one still has exactly the
+    members read from it, so that writers may copy byte ranges straight from the table; else None."""
+    rows = []
+    for image in images:
+        state = image.__dict__
+        source = state.get("_source")
+        if source is None or source[0] is not table:
+            return None
+        members = state.get("_members")
+        if members and members != state.get("_members_made"):
+            return None  # a stage replaced or changed them
+        rows.append(source[1])
+    return rows
 
 @dataclass(frozen=True, slots=True)
 class Removal:

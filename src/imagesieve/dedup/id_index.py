@@ -224,8 +224,11 @@ class IdIndex:
         query = hash_ids(ids)
         positions, found = self._first_at_least(query)
         hit = found == query
-        for i in np.flatnonzero(hit):
-            result[i] = self._verify(ids[i].encode("utf-8"), int(positions[i]), query[i])
+        blob, offsets = self.blob, self.offsets
+        for i in np.flatnonzero(hit).tolist():
+            wanted, position = ids[i].encode("utf-8"), int(positions[i])
+            start, end = offsets[position:position + 2].tolist()  # the first ID with this hash: one read
+            result[i] = blob[start:end].tobytes() == wanted or self._verify(wanted, position + 1, query[i])
         return result
 
     def _first_at_least(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

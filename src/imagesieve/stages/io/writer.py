@@ -28,7 +28,7 @@ from imagesieve.runfolder import (
 from imagesieve.shards import AtomicShardWriter, ShardTable
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef, table_row
+from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef, table_rows
 
 logger = logging.getLogger(__name__)
 check_accounting = check
@@ -55,10 +55,11 @@ def kept_rows(images: list[ImageObject], table: ShardTable | None) -> np.ndarray
     objects. None otherwise (a stage made or changed images), and the members are written one by one."""
     if table is None or table.data is not None:
         return None
-    rows = np.fromiter((table_row(image, table) for image in images), np.int64, len(images))
-    if len(rows) and (rows[0] < 0 or not (np.diff(rows) > 0).all()):
+    rows = table_rows(images, table)
+    if rows is None:
         return None
-    return rows
+    rows = np.array(rows, np.int64)
+    return rows if (np.diff(rows) > 0).all() else None
 
 
 def write_from_table(writer: AtomicShardWriter, table: ShardTable, rows: np.ndarray) -> pa.Table:
