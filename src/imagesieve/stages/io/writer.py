@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -26,6 +26,7 @@ from imagesieve.runfolder import (
 from imagesieve.shards import AtomicShardWriter
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
+from imagesieve.storage import join, storage_for
 from imagesieve.tasks import FileGroupTask, ImageBatch, MemberRef
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     deterministic_name: bool = True
     remove_image_data: bool = False
     name: str = "image_writer"
+    storage_options: dict | None = field(default=None, repr=False)  # for an output_dir URL (s3://...)
 
     def __post_init__(self) -> None:
         if self.images_per_tar is not None:
@@ -81,7 +83,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         samples_in = task.samples_in
         check_accounting(shard, samples_in, len(task.data), len(removed))
 
-        out_path = os.path.join(self.output_dir, relative)
+        out_path = join(self.output_dir, relative)
+        options = self.storage_options
         keys, names, sizes, bytes_out = [], [], [], 0
         loose = task._metadata.get("loose_members", [])
         kept_refs = []
@@ -91,26 +94,29 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             keys.append(image.image_id)
             names.append([ref.name for ref in image.members.values()])
             sizes.append([ref.size for ref in image.members.values()])
-        with AtomicShardWriter(out_path, self.fsync) as writer:
-            # members of no sample (global headers, README, ._x.jpg) keep their place among the others
-            for ref in in_shard_order(kept_refs, loose):
-                writer.add(ref)
+        with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
+            with AtomicShardWriter(local_out, self.fsync) as writer:
+                # members of no sample (global headers, README, ._x.jpg) keep their place among the others
+                for ref in in_shard_order(kept_refs, loose):
+                    writer.add(ref)
+            output_size = os.path.getsize(local_out)
         write_parquet_atomic(pa.table({"key": pa.array(keys, pa.string()),
                                        "members": pa.array(names, pa.list_(pa.string())),
                                        "sizes": pa.array(sizes, pa.list_(pa.int64()))}),
-                             work_path(self.output_dir, "index", relative, ".parquet"))
+                             work_path(self.output_dir, "index", relative, ".parquet"), options)
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
-                             work_path(self.output_dir, "removed", relative, ".parquet"))
-        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
-        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed))
-        stats = {"shard": shard, "relative_path": relative, "input_fingerprint": shard_fingerprint(shard),
+                             work_path(self.output_dir, "removed", relative, ".parquet"), options)
+        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options)
+        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options)
+        stats = {"shard": shard, "relative_path": relative,
+                 "input_fingerprint": shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": os.path.getsize(out_path), "sidecar": sidecar,
+                 "output_size": output_size, "sidecar": sidecar,
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
-        write_json_atomic(stats, done_marker(self.output_dir, relative))
+        write_json_atomic(stats, done_marker(self.output_dir, relative), options)
         if self.verbose:
             logger.info("Wrote %s: %d kept, %d removed", out_path, len(task.data), len(removed))
         if self.remove_image_data:
