@@ -111,6 +111,18 @@ class RemoteStorage:
                    or info.get("LastModified") or info.get("mtime") or info.get("updated") or "")
         return f"{info['size']}-{str(version).strip(chr(34))}"
 
+    def missing(self, url: str) -> FileNotFoundError:
+        """The error for a URL that names nothing: says whether the bucket or the path under it is wrong
+        (and raises the backend's error, made clear, when the bucket cannot be read at all)."""
+        bucket = self._path(url).split("/", 1)[0]
+        try:
+            with clear_errors(url):
+                self.fs.info(bucket)
+        except FileNotFoundError:
+            return FileNotFoundError(f"{url}: the bucket {bucket!r} does not exist (or is not visible with these "
+                                     "credentials)")
+        return FileNotFoundError(f"{url}: no such object or prefix in the bucket {bucket!r} (is the path right?)")
+
     def read_bytes(self, url: str) -> bytes:
         with clear_errors(url):
             return self.fs.cat_file(self._path(url))
@@ -142,7 +154,7 @@ class RemoteStorage:
             found = self.fs.find(root) if self.fs.isdir(root) else []
         paths = [p for p in found if include(posixpath.relpath(p, root))]
         if not found:
-            raise FileNotFoundError(f"{folder}: no such prefix (is the bucket right, and the path under it?)")
+            raise self.missing(folder)
         with spool_folder() as spool:
             for path in paths:
                 local = os.path.join(spool, posixpath.relpath(path, root))

@@ -105,7 +105,7 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
     elif store.isdir(src):
         root, paths = src, store.list_files(src)
     else:
-        raise FileNotFoundError(f"{src}: no such object or prefix (is the bucket right, and the path under it?)")
+        raise store.missing(src)
     for path in paths:
         if path.endswith(suffixes) and not is_temp_name(posixpath.basename(path)):
             yield path, root
