@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from imagesieve.cli_storage import add_storage_args, storage_options
+
 if TYPE_CHECKING:  # the command line imports the heavy modules only once it runs, under its Ctrl-C handler
     from imagesieve.executors.base import BaseExecutor
 
@@ -56,7 +58,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
     summary = remove_duplicates(args.input, args.output, args.duplicates, id_field=args.id_field,
                                 executor=make_executor(args), progress=not args.quiet, fsync=args.fsync,
-                                cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder, link=args.link)
+                                cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder, link=args.link,
+                                storage_options=storage_options(args))
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     from imagesieve.cli_find import print_summary
@@ -82,7 +85,9 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from imagesieve.report import write_report
 
-    print(f"wrote {write_report(args.run_dir, max_groups=args.groups, executor=make_executor(args))}")
+    index = write_report(args.run_dir, max_groups=args.groups, executor=make_executor(args),
+                         storage_options=storage_options(args))
+    print(f"wrote {index}")
     return 0
 
 
@@ -113,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--fsync", action="store_true", help="force each output shard to disk before it is "
                         "renamed into place (survives power loss; slower)")
     add_executor_args(remove)
-    remove.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
-    remove.add_argument("output", help="folder for the output shards (created)")
+    add_storage_args(remove)
+    remove.add_argument("input", help="tar shards (folder, glob, brace pattern, list file, s3:// or gs:// URL) "
+                        "or a folder of images")
+    remove.add_argument("output", help="folder (or s3:// / gs:// prefix) for the output shards (created)")
     remove.set_defaults(func=cmd_remove)
 
     from imagesieve.cli_find import add_find_command
@@ -127,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--groups", type=positive_int, default=None,
                         help="show only this many groups, largest first (default: all)")
     add_executor_args(report)
+    add_storage_args(report)
     report.add_argument("run_dir", help="the OUT folder of `imagesieve find` or `imagesieve dedup`")
     report.set_defaults(func=cmd_report)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 
 from imagesieve.cli_copy import add_copy_args, cmd_find_copy, copy_config
 from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
+from imagesieve.cli_storage import add_storage_args, storage_options
+from imagesieve.storage import join
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
 
 ALONE = ("semantic", "copy")  # methods that take no other method beside them
@@ -64,9 +65,10 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     if args.method == "copy":
         return cmd_find_copy(args, make_executor)
     summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
-                              executor=make_executor(args), progress=not args.quiet)
+                              executor=make_executor(args), progress=not args.quiet,
+                              storage_options=storage_options(args))
     print_summary(args, summary, [
-        f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
+        f"duplicate IDs    {join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
         f"to look at them  imagesieve report {args.output}"])
     return 0
 
@@ -78,7 +80,7 @@ def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
     config = configs.get(args.method, find_config)(args)
     summary = dedup(args.input, args.output, config, reference=args.reference,
                     executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
-                    cache_dir=args.cache_dir, link=args.link)
+                    cache_dir=args.cache_dir, link=args.link, storage_options=storage_options(args))
     print_summary(args, summary, [])
     return 0
 
@@ -114,6 +116,7 @@ def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callabl
                           epilog=FIND_EXAMPLE, formatter_class=raw)
     add_find_options(find)
     add_executor_args(find)
+    add_storage_args(find)
     find.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
     find.add_argument("output", help="folder for hashes, duplicates/ and groups/")
     find.set_defaults(func=lambda args: cmd_find(args, make_executor))
@@ -128,6 +131,7 @@ def add_find_command(sub: argparse._SubParsersAction, add_executor_args: Callabl
     dedup.add_argument("--cache-dir", default=default_cache_dir, metavar="DIR",
                        help="where built ID indexes are kept for reuse (see `imagesieve remove --help`)")
     add_executor_args(dedup)
+    add_storage_args(dedup)
     dedup.add_argument("input", help="tar shards (folder, glob, brace pattern, list file) or a folder of images")
     dedup.add_argument("output", help="folder for shards/, duplicates/, groups/, report/, removed.parquet")
     dedup.set_defaults(func=lambda args: cmd_dedup(args, make_executor))

@@ -9,7 +9,7 @@ it. An image folder (INPUT holds image files and no tar shards) is cut into chun
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import xxhash
@@ -17,6 +17,7 @@ import xxhash
 from imagesieve.runfolder import shard_fingerprint, strip_shard_suffix
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path
+from imagesieve.storage import is_under, join, storage_for
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000
@@ -28,6 +29,7 @@ class InputUnit:
     rel: str  # e.g. "sub/00000.tar", or "chunk-00000" of an image folder
     paths: tuple[str, ...]  # the tar shard, or the chunk's files (absolute)
     root: str = ""  # image folders: INPUT, against which IDs are taken
+    storage_options: dict | None = field(default=None, compare=False, repr=False)  # for a URL (s3://...)
 
     @property
     def is_folder_chunk(self) -> bool:
@@ -38,7 +40,7 @@ class InputUnit:
         """The input version this unit covers, taken once: the listing decides what is done and what is
         redone, and the task records the same value (a folder chunk costs a stat per file)."""
         if not self.is_folder_chunk:
-            return shard_fingerprint(self.paths[0])
+            return shard_fingerprint(self.paths[0], self.storage_options)
         digest = xxhash.xxh3_128()
         for path in self.paths:
             digest.update(f"{os.path.relpath(path, self.root)}\0{shard_fingerprint(path)}\0".encode())
@@ -58,26 +60,25 @@ def is_image(name: str) -> bool:
 RESERVED = ("summary.json", "removed.parquet", "_imagesieve")  # the run's own names at the top of an output
 
 
-def input_units(input_path: str | list[str], output_dir: str, exclude: str | None = None) -> list[InputUnit]:
+def input_units(input_path: str | list[str], output_dir: str, exclude: str | None = None,
+                storage_options: dict | None = None) -> list[InputUnit]:
     """The units of work of INPUT: its tar shards, or the chunks of an image folder. Anything under
     `output_dir` (our own earlier output) or `exclude` is left out; an input inside the output folder
     is refused before anything is read or written."""
-    check_input_outside(input_path, output_dir)
+    check_input_outside(input_path, output_dir, storage_options)
     if isinstance(input_path, str) and os.path.isdir(input_path) and not _has_shards(input_path):
         return folder_units(input_path, exclude or output_dir)
-    return [InputUnit(rel, (path,)) for path, rel in input_shards(input_path, exclude or output_dir)]
+    return [InputUnit(rel, (path,), storage_options=storage_options)
+            for path, rel in input_shards(input_path, exclude or output_dir, storage_options)]
 
 
-def check_input_outside(input_path: str | list[str], output_dir: str) -> None:
+def check_input_outside(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
     """An output folder that holds the input would have the run clean up, write and list inside the
     input: refuse it (an output folder inside the input is fine, and left out of it)."""
-    out = os.path.realpath(output_dir)
     for source in [input_path] if isinstance(input_path, str) else input_path:
-        if os.path.exists(source):
-            real = os.path.realpath(source)
-            if real == out or real.startswith(out + os.sep):
-                raise ValueError(f"the input {source} lies inside the output folder {output_dir}; choose an output "
-                                 "folder outside the input")
+        if is_under(source, output_dir) and storage_for(source, storage_options).exists(source):
+            raise ValueError(f"the input {source} lies inside the output folder {output_dir}; choose an output "
+                             "folder outside the input")
 
 
 def _has_shards(folder: str) -> bool:
@@ -111,33 +112,32 @@ def other_files(root: str, output_dir: str) -> list[str]:
                   if not is_image(p) and not os.path.realpath(p).startswith(out + os.sep))
 
 
-def input_shards(input_path: str | list[str], output_dir: str) -> list[tuple[str, str]]:
+def input_shards(input_path: str | list[str], output_dir: str,
+                 storage_options: dict | None = None) -> list[tuple[str, str]]:
     """The shards to read: those of `input_path`, minus any inside `output_dir` (our own earlier output).
 
     Refuses an output folder that is the input folder, since output shards would replace inputs.
     """
-    out = os.path.realpath(output_dir)
     shards = []
-    for path, rel in list_shards(input_path):
-        real = os.path.realpath(path)
-        if real.startswith(out + os.sep):
-            if os.path.realpath(os.path.join(out, rel)) == real:
+    for path, rel in list_shards(input_path, storage_options=storage_options):
+        if is_under(path, output_dir):
+            if is_under(path, join(output_dir, rel)):  # the output shard would replace this input shard
                 raise ValueError(f"output folder {output_dir} is where the input shard {path} lies; "
                                  "choose another output folder")
             continue
         shards.append((path, rel))
     if not shards:
         raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
-    check_sidecars_distinct(shards)
+    check_sidecars_distinct(shards, storage_options)
     return shards
 
 
-def check_sidecars_distinct(shards: list[tuple[str, str]]) -> None:
+def check_sidecars_distinct(shards: list[tuple[str, str]], storage_options: dict | None = None) -> None:
     """x.tar and x.tar.gz would both filter x.parquet into the same output file: refuse that input."""
     by_stem: dict[str, str] = {}
     for path, rel in shards:
         stem = strip_shard_suffix(rel)
-        if stem in by_stem and os.path.exists(sidecar_path(path)):
+        if stem in by_stem and storage_for(path, storage_options).exists(sidecar_path(path)):
             raise ValueError(f"{by_stem[stem]} and {path} share the metadata table {sidecar_path(path)}; "
                              "keep only one of the two shards in the input")
         by_stem[stem] = path

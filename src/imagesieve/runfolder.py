@@ -8,6 +8,9 @@ OUTPUT/_imagesieve/removed/<shard>.parquet  removed samples of one shard
 OUTPUT/_imagesieve/done/<shard>.json      written last for a shard: its counts; a rerun skips it
 OUTPUT/_imagesieve/lock                   held by the run writing the folder
 (<shard> is the shard's whole path relative to the input root, e.g. sub/00000.tar)
+
+OUTPUT may be a URL (`s3://bucket/prefix`): every function here then goes through `imagesieve.storage`
+with the run's `storage_options`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imagesieve.storage import is_remote, join, storage_for
+
 WORK_DIR = "_imagesieve"
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -41,36 +46,38 @@ def batch_relative_path(metadata: dict[str, Any], task_id: str) -> str:
     return metadata.get("relative_path") or f"{task_id or 'shard'}.tar"
 
 
-def shard_fingerprint(path: str) -> str:
+def shard_fingerprint(path: str, storage_options: dict | None = None) -> str:
     """Identifies one version of an input file: its size and modification time (ns), as make and
-    rsync do. Per-shard results (hash tables, embeddings, done markers) record it, and a rerun
-    redoes a shard whose file no longer has it."""
+    rsync do (an object's size and ETag). Per-shard results (hash tables, embeddings, done markers)
+    record it, and a rerun redoes a shard whose file no longer has it."""
+    if is_remote(path):
+        return storage_for(path, storage_options).fingerprint(path)
     st = os.stat(path)
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:
     """OUTPUT/_imagesieve/<kind>/<shard path><ext>: the whole name, so that x.tar and x.tar.gz differ."""
-    return os.path.join(output_dir, WORK_DIR, kind, relative_path + ext)
+    return join(output_dir, WORK_DIR, kind, relative_path + ext)
 
 
 def done_marker(output_dir: str, relative_path: str) -> str:
     return work_path(output_dir, "done", relative_path, ".json")
 
 
-def is_done(output_dir: str, relative_path: str, fingerprint: str) -> bool:
+def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_options: dict | None = None) -> bool:
     """A shard (or folder chunk) is done when its marker exists, the input is the version the marker
     records (`fingerprint`; a shard changed since is redone), and its output still has the recorded
     size (a file renamed but lost to a power cut before reaching the disk has not)."""
     marker = done_marker(output_dir, relative_path)
-    if not os.path.exists(marker):
+    store = storage_for(output_dir, storage_options)
+    if not store.exists(marker):
         return False
-    stats = read_json(marker)
+    stats = read_json(marker, storage_options)
     if stats.get("input_fingerprint") != fingerprint:
         return False
     outputs = stats.get("kept_files") or {relative_path: stats.get("output_size")}
-    return all(os.path.isfile(p := os.path.join(output_dir, rel)) and os.path.getsize(p) == size
-               for rel, size in outputs.items())
+    return all(store.isfile(p := join(output_dir, rel)) and store.size(p) == size for rel, size in outputs.items())
 
 
 _TEMP_MARK = ".imagesieve-tmp-"
@@ -89,12 +96,14 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def remove_stale_temp_files(folder: str) -> list[str]:
+def remove_stale_temp_files(folder: str, storage_options: dict | None = None) -> list[str]:
     """Delete the temp files a killed run left under `folder`; returns their paths.
 
     Only regular files named by `temp_name` are removed (never folders, never through a symlink),
     and only by a run that holds the folder's lock, so no live writer owns them.
     """
+    if is_remote(folder):
+        return storage_for(folder, storage_options).remove_stale_temp_files(folder)
     removed = []
     for root, _, files in os.walk(folder):
         for name in files:
@@ -110,10 +119,15 @@ class OutputInUseError(RuntimeError):
 
 
 @contextmanager
-def run_lock(output_dir: str, command: str) -> Iterator[None]:
+def run_lock(output_dir: str, command: str, storage_options: dict | None = None) -> Iterator[None]:
     """Hold OUTPUT/_imagesieve/lock for a whole run: a second run into the same folder fails at once
     (two runs would overwrite each other's shards and lists). The kernel releases the lock when the
-    process dies, however it dies, so a killed run never leaves the folder locked."""
+    process dies, however it dies, so a killed run never leaves the folder locked. On object storage
+    the lock is an object (see `RemoteStorage.lock`)."""
+    if is_remote(output_dir):
+        with storage_for(output_dir, storage_options).lock(output_dir, command):
+            yield
+        return
     work = os.path.join(output_dir, WORK_DIR)
     os.makedirs(work, exist_ok=True)
     fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -143,20 +157,26 @@ def naming_errors(path: str) -> Iterator[None]:
         raise OSError(exc.errno, f"{exc.strerror or exc} while writing {path}") from exc
 
 
-def write_parquet_atomic(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
+def write_parquet_atomic(table: pa.Table, path: str, storage_options: dict | None = None,
+                         row_group_size: int | None = None) -> None:
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size), storage_options)
 
 
-def write_text_atomic(text: str, path: str) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def write_text_atomic(text: str, path: str, storage_options: dict | None = None) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), storage_options)
 
 
-def write_bytes_atomic(data: bytes, path: str) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+def write_bytes_atomic(data: bytes, path: str, storage_options: dict | None = None) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data), storage_options)
 
 
-def write_atomic(path: str, write: Callable[[str], object]) -> None:
-    """write(temp path), then rename the temp file to `path`; never a partial file under `path`."""
+def write_atomic(path: str, write: Callable[[str], object], storage_options: dict | None = None) -> None:
+    """write(temp path), then rename the temp file to `path`; never a partial file under `path`.
+    A URL is written to a local spool file, then published (`RemoteStorage.publish`)."""
+    if is_remote(path):
+        with storage_for(path, storage_options).writable(path) as local:
+            write_atomic(local, write)
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = temp_name(path)
     try:
@@ -168,11 +188,13 @@ def write_atomic(path: str, write: Callable[[str], object]) -> None:
             os.remove(tmp)
 
 
-def write_json_atomic(data: dict[str, Any], path: str) -> None:
-    write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
+def write_json_atomic(data: dict[str, Any], path: str, storage_options: dict | None = None) -> None:
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path, storage_options)
 
 
-def read_json(path: str) -> dict[str, Any]:
+def read_json(path: str, storage_options: dict | None = None) -> dict[str, Any]:
+    if is_remote(path):
+        return json.loads(storage_for(path, storage_options).read_bytes(path))
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

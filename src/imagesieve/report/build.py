@@ -18,6 +18,8 @@ from imagesieve.report.data import Member, load_report_data
 from imagesieve.report.page import render_index
 from imagesieve.report.thumbs import add_thumbnails
 from imagesieve.runfolder import write_text_atomic
+from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.spool import spool_folder
 
 GROUPS_PER_PAGE = 60
 
@@ -50,18 +52,40 @@ def headline(summary: dict, removal: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
+_REPORT_INPUTS = ("groups/", "hashes/", "reference_hashes/", "embeddings/")
+
+
+def _report_input(rel: str) -> bool:
+    """The files of a run folder the report reads."""
+    return rel == "summary.json" or (rel.startswith(_REPORT_INPUTS) and rel.endswith(".parquet"))
+
+
 def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, executor: BaseExecutor | None = None,
-                 out_dir: str | None = None) -> str:
+                 out_dir: str | None = None, storage_options: dict | None = None) -> str:
     """Write the report folder (default `run_dir/report`); returns the path of its index.html.
 
     When the run folder's summary.json holds a `removal` (as `imagesieve dedup` writes), the report
-    also states what was removed and where the list of removed samples is.
+    also states what was removed and where the list of removed samples is. A run folder on object
+    storage is read through a local spool copy of its tables; the report is built in a spool folder
+    and each file published to `out_dir`.
     """
     from imagesieve.executors.local import LocalExecutor
 
+    if is_remote(run_dir):
+        store = storage_for(run_dir, storage_options)
+        out_dir = out_dir or join(run_dir, "report")
+        with store.local_tree(run_dir, _report_input) as local_run, spool_folder() as local_out:
+            write_report(local_run, max_groups, size, executor, local_out, storage_options)
+            for root, _, names in os.walk(local_out):
+                for name in sorted(names):
+                    rel = os.path.relpath(os.path.join(root, name), local_out)
+                    store.publish(os.path.join(root, name), join(out_dir, *rel.split(os.sep)))
+        return join(out_dir, "index.html")
+
     out_dir = out_dir or os.path.join(run_dir, "report")
     data = load_report_data(run_dir, max_groups)
-    add_thumbnails(data.groups, data.summary, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor())
+    add_thumbnails(data.groups, data.summary, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor(),
+                   storage_options)
     removal, removed_list = data.summary.get("removal"), data.summary.get("removed_list")
     numbered = list(enumerate(data.groups, 1))  # groups are numbered in size order, 1 = largest
     filters = {"all": numbered}

@@ -19,6 +19,7 @@ from imagesieve.report.data import Member
 from imagesieve.runfolder import write_bytes_atomic
 from imagesieve.shards import ShardError, image_extension, iter_samples
 from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.storage import storage_for
 
 CAPTION_CHARS = 300
 
@@ -41,11 +42,21 @@ def make_thumbnail(data: bytes, where: str, size: int) -> bytes | None:
     return buffer.getvalue()
 
 
-def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, size: int) -> dict[str, tuple]:
+def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, size: int,
+                     storage_options: dict | None = None) -> dict[str, tuple]:
     """Make the thumbnails of `keys` in one shard; returns key -> (thumb file name or "", caption)."""
+    try:
+        with storage_for(shard, storage_options).local_copy(shard) as local:
+            return _shard_thumbnails(shard, local, source, keys, thumbs_dir, size)
+    except OSError:
+        return {}  # the shard moved or changed since the run: those images show as missing
+
+
+def _shard_thumbnails(shard: str, local: str, source: str, keys: list[str], thumbs_dir: str,
+                      size: int) -> dict[str, tuple]:
     wanted, found = set(keys), {}
     try:
-        for sample in iter_samples(shard, loose=[]):
+        for sample in iter_samples(local, loose=[]):
             if sample.key not in wanted:
                 continue
             ext = image_extension(sample.members)
@@ -66,10 +77,10 @@ def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, 
     return found
 
 
-def _shards_by_name(source: str | list[str]) -> dict[str, str]:
+def _shards_by_name(source: str | list[str], storage_options: dict | None = None) -> dict[str, str]:
     """relative path -> path of the run's input shards; {} when they are gone (images show as missing)."""
     try:
-        return {rel: path for path, rel in list_shards(source)}
+        return {rel: path for path, rel in list_shards(source, storage_options=storage_options)}
     except FileNotFoundError:
         return {}
 
@@ -94,12 +105,13 @@ def folder_thumbnails(root: str, source: str, keys: list[str], thumbs_dir: str, 
 
 
 def add_thumbnails(groups: list[list[Member]], summary: dict, thumbs_dir: str, size: int,
-                   executor: BaseExecutor) -> None:
+                   executor: BaseExecutor, storage_options: dict | None = None) -> None:
     """Fill in `thumb` and `caption` of every member, one job per shard (or 500 images of a folder)."""
     os.makedirs(thumbs_dir, exist_ok=True)
     inputs = {"hashes": (summary.get("input"), summary.get("input_root")),
               "reference_hashes": (summary.get("reference"), summary.get("reference_root"))}
-    shard_paths = {source: _shards_by_name(src) for source, (src, root) in inputs.items() if src and not root}
+    shard_paths = {source: _shards_by_name(src, storage_options) for source, (src, root) in inputs.items()
+                   if src and not root}
     wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
     jobs: list[tuple] = []
     for member in (m for g in groups for m in g):
@@ -112,7 +124,7 @@ def add_thumbnails(groups: list[list[Member]], summary: dict, thumbs_dir: str, s
             jobs += [(folder_thumbnails, (path, source, keys[k:k + 500], thumbs_dir, size))
                      for k in range(0, len(keys), 500)]
         else:
-            jobs.append((shard_thumbnails, (path, source, keys, thumbs_dir, size)))
+            jobs.append((shard_thumbnails, (path, source, keys, thumbs_dir, size, storage_options)))
     results = executor.map(_run_job, jobs) if jobs else []
     made = {(job[1][1], key): value for job, found in zip(jobs, results, strict=True) for key, value in found.items()}
     for member in (m for g in groups for m in g):

@@ -134,7 +134,8 @@ class ProcessingStage(ABC, Generic[X, Y]):
         fields = getattr(self, "__dataclass_fields__", {})
         return {"class": type(self).__name__, "name": self.name, "resources": _jsonable(self.resources),
                 "batch_size": self.batch_size, "supports_batch_processing": self.supports_batch_processing(),
-                **{k: _jsonable(getattr(self, k)) for k in fields if not k.startswith("_")}}
+                **{k: _jsonable(getattr(self, k)) for k in fields
+                   if not k.startswith("_") and k != "storage_options"}}  # may hold credentials: never recorded
 
     config = get_config  # the name earlier imagesieve releases used
 

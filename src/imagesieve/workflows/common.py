@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit
@@ -12,12 +10,14 @@ from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
+from imagesieve.storage import absolute
 from imagesieve.tasks import Task
 
 
 def absolute_paths(paths: str | list[str]) -> list[str]:
-    """Input paths as absolute paths, so that a run folder can be read (and resumed) from anywhere."""
-    return [os.path.abspath(p) for p in ([paths] if isinstance(paths, str) else paths)]
+    """Input paths as absolute paths (URLs as they are), so that a run folder can be read (and resumed)
+    from anywhere."""
+    return [absolute(p) for p in ([paths] if isinstance(paths, str) else paths)]
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,
@@ -31,6 +31,8 @@ def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit]
         return Pipeline(name, stages=stages).run(executor, initial_tasks=[unit.task() for unit in todo])
 
 
-def reader_for(units: list[InputUnit]) -> ProcessingStage:
-    """The stage that reads these units: tar shards or image-folder chunks."""
-    return ImageFolderReaderStage() if units and units[0].is_folder_chunk else ImageReaderStage()
+def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> ProcessingStage:
+    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks."""
+    if units and units[0].is_folder_chunk:
+        return ImageFolderReaderStage()
+    return ImageReaderStage(storage_options=storage_options)

@@ -27,11 +27,12 @@ from imagesieve.inputs import input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
+from imagesieve.storage import is_remote, join, storage_for
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units
 from imagesieve.workflows.remove import check_link, remove_duplicates
-from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic_in_locked_folder
+from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic_in_locked_folder, refuse_object_storage
 
 
 @dataclass
@@ -56,34 +57,41 @@ class DedupSummary:
         else:
             rows += [("kept", f"{self.kept:,}"), ("removed", f"{self.removed:,}")]
         rows += [(f"time: {name}", f"{seconds:.1f} s") for name, seconds in self.seconds.items()]
-        rows += [("report", os.path.join(self.output, "report", "index.html"))]
+        rows += [("report", join(self.output, "report", "index.html"))]
         if not self.dry_run:
-            rows += [("clean shards", os.path.join(self.output, "shards")),
-                     ("removed list", os.path.join(self.output, "removed.parquet"))]
+            rows += [("clean shards", join(self.output, "shards")),
+                     ("removed list", join(self.output, "removed.parquet"))]
         return [f"{label:<18}{value}" for label, value in rows]
 
 
 def dedup(input_path: str | list[str], output_dir: str,
           config: FindConfig | SemanticConfig | CopyConfig | None = None, reference: str | list[str] | None = None,
           executor: BaseExecutor | None = None, progress: bool = False,
-          dry_run: bool = False, cache_dir: str | None = None, link: bool = False) -> DedupSummary:
-    """Find the duplicates of `input_path`, copy its shards without them, and write the report."""
+          dry_run: bool = False, cache_dir: str | None = None, link: bool = False,
+          storage_options: dict | None = None) -> DedupSummary:
+    """Find the duplicates of `input_path`, copy its shards without them, and write the report.
+    Input and output may be URLs (`s3://...`), reached with `storage_options`."""
+    if isinstance(config, SemanticConfig | CopyConfig):
+        refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     if link:
-        check_link(input_units(input_path, output_dir, output_dir), link)
-    os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "dedup"):
+        check_link(input_units(input_path, output_dir, output_dir, storage_options), link)
+    if not is_remote(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "dedup", storage_options):
         return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
-                      progress, dry_run, cache_dir, link)
+                      progress, dry_run, cache_dir, link, storage_options)
 
 
-def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | CopyConfig) -> None:
+def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,
+                        storage_options: dict | None = None) -> None:
     """A rerun into a folder whose shards were written with other find settings would overwrite the
     duplicate lists and then be refused by `remove`, leaving lists and shards that disagree: refuse
     it before anything is written."""
-    summary = os.path.join(output_dir, "summary.json")
-    if not (os.path.exists(summary) and os.path.isdir(os.path.join(output_dir, "shards", WORK_DIR, "done"))):
+    summary = join(output_dir, "summary.json")
+    store = storage_for(output_dir, storage_options)
+    if not (store.exists(summary) and store.isdir(join(output_dir, "shards", WORK_DIR, "done"))):
         return
-    previous = read_json(summary).get("config") or {}
+    previous = read_json(summary, storage_options).get("config") or {}
     current = json.loads(json.dumps(asdict(config)))
     changed = sorted(k for k in current if k != "json_fields" and k in previous and previous[k] != current[k])
     method = "semantic" if isinstance(config, SemanticConfig) else config.method
@@ -97,8 +105,8 @@ def discard_stale_shards(output_dir: str) -> None:
     disagree with the new lists and the report, so what that run recorded is deleted."""
     shards = os.path.join(output_dir, "shards")
     config = os.path.join(shards, WORK_DIR, "config.json")
-    if not os.path.exists(config):
-        return
+    if is_remote(output_dir) or not os.path.exists(config):
+        return  # object storage: not yet (the dry run's summary says no shards were written)
     duplicates = os.path.join(output_dir, "duplicates")
     if read_json(config).get("ids_fingerprint") != content_digest(list_parquet_files(duplicates), "id"):
         discard_units(shards, recorded_units(shards))
@@ -108,8 +116,10 @@ def discard_stale_shards(output_dir: str) -> None:
 
 def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,
            reference: str | list[str] | None,
-           executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool) -> DedupSummary:
-    check_same_settings(output_dir, config)
+           executor: BaseExecutor, progress: bool, dry_run: bool, cache_dir: str | None, link: bool,
+           storage_options: dict | None = None) -> DedupSummary:
+    so = storage_options
+    check_same_settings(output_dir, config, so)
     seconds: dict[str, float] = {}
     started = time.monotonic()
     if isinstance(config, SemanticConfig):
@@ -121,28 +131,28 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
             raise ValueError("--method copy does not take a reference set yet")
         found = find_copies_in_locked_folder(input_path, output_dir, config, executor, progress)
     else:
-        found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+        found = find_in_locked_folder(input_path, output_dir, config, reference, executor, progress, so)
     seconds["find"] = time.monotonic() - started
     removal = None
     if dry_run:
         discard_stale_shards(output_dir)
     else:
         started = time.monotonic()
-        removal = remove_duplicates(input_path, os.path.join(output_dir, "shards"),
-                                    os.path.join(output_dir, "duplicates"), executor=executor, progress=progress,
-                                    cache_dir=cache_dir, removed_path=os.path.join(output_dir, "removed.parquet"),
-                                    link=link, exclude=output_dir, replace_changed=True)
+        removal = remove_duplicates(input_path, join(output_dir, "shards"), join(output_dir, "duplicates"),
+                                    executor=executor, progress=progress, cache_dir=cache_dir,
+                                    removed_path=join(output_dir, "removed.parquet"), link=link, exclude=output_dir,
+                                    storage_options=so, replace_changed=True)
         seconds["remove"] = time.monotonic() - started
-    summary_path = os.path.join(output_dir, "summary.json")
-    record = read_json(summary_path)  # find's: input, config, counts
+    summary_path = join(output_dir, "summary.json")
+    record = read_json(summary_path, so)  # find's: input, config, counts
     record.update(dry_run=dry_run, removal=asdict(removal) if removal else None,
-                  removed_list=None if dry_run else os.path.join(output_dir, "removed.parquet"))
-    write_json_atomic(record, summary_path)
+                  removed_list=None if dry_run else join(output_dir, "removed.parquet"))
+    write_json_atomic(record, summary_path, so)
     started = time.monotonic()
     with phase("report", progress):
-        write_report(output_dir, executor=executor)
+        write_report(output_dir, executor=executor, storage_options=so)
     seconds["report"] = time.monotonic() - started
-    write_json_atomic({**record, "seconds": seconds}, summary_path)
+    write_json_atomic({**record, "seconds": seconds}, summary_path, so)
     return DedupSummary(images=found.images, groups=found.groups, duplicates=found.duplicates,
                         by_method=found.by_method, samples_in=removal.samples_in if removal else None,
                         kept=removal.kept if removal else None, removed=removal.removed if removal else None,

@@ -18,7 +18,6 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imagesieve.dedup.groups import best_of_components, group_exact, group_stars
 from imagesieve.dedup.hashes import EXACT, PERCEPTUAL
@@ -35,7 +34,8 @@ from imagesieve.runfolder import (
     write_parquet_atomic,
 )
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
-from imagesieve.stages.hashing.hash_writer import hash_table_path, table_provenance
+from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
+from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 
 METHODS = ("exact", *PERCEPTUAL)
@@ -94,35 +94,38 @@ class FindSummary:
 
 
 def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, config: FindConfig,
-                executor: BaseExecutor | None, progress: bool, desc: str) -> list[InputUnit]:
+                executor: BaseExecutor | None, progress: bool, desc: str,
+                storage_options: dict | None = None) -> list[InputUnit]:
     """Hash every shard (or folder chunk) whose hash table is missing, lacks a needed column, or was made
     from another version of the input or with other settings; returns the units (those under
     `output_dir` left out)."""
-    units = input_units(input_path, output_dir)
+    units = input_units(input_path, output_dir, storage_options=storage_options)
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode}
-    todo = [unit for unit in units
-            if not table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint, needed, settings)]
+    todo = [unit for unit in units if not table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint,
+                                                           needed, settings, storage_options)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
-    run_on_units(desc, [reader_for(units), hasher, HashWriterStage(hashes_dir=hashes_dir, settings=settings)],
-                 todo, len(units), executor, progress)
+    writer = HashWriterStage(hashes_dir=hashes_dir, settings=settings, storage_options=storage_options)
+    run_on_units(desc, [reader_for(units, storage_options), hasher, writer], todo, len(units), executor, progress)
     return units
 
 
-def table_is_current(path: str, fingerprint: str, needed: set[str], settings: dict) -> bool:
-    if not os.path.exists(path):
+def table_is_current(path: str, fingerprint: str, needed: set[str], settings: dict,
+                     storage_options: dict | None = None) -> bool:
+    if not storage_for(path, storage_options).exists(path):
         return False
-    provenance = table_provenance(path)
+    schema = read_schema(path, storage_options)
+    provenance = schema_provenance(schema)
     return (provenance.get("shard_fingerprint") == fingerprint
             and all(provenance.get(k) == v for k, v in settings.items())
-            and needed <= set(pq.read_schema(path).names))
+            and needed <= set(schema.names))
 
 
-def load_hashes(hashes_dir: str, units: list[InputUnit]) -> pa.Table:
+def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict | None = None) -> pa.Table:
     """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
-    tables = [pq.read_table(hash_table_path(hashes_dir, unit.rel)) for unit in units]
+    tables = [read_table(hash_table_path(hashes_dir, unit.rel), storage_options) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
@@ -149,33 +152,35 @@ def check_unique_ids(table: pa.Table, what: str) -> None:
 
 def find_duplicates(input_path: str | list[str], output_dir: str, config: FindConfig = FindConfig(),
                     reference: str | list[str] | None = None, executor: BaseExecutor | None = None,
-                    progress: bool = False) -> FindSummary:
-    """Hash, search and group; write the duplicate list and the groups (see module docstring)."""
-    os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "find"):
-        return find_in_locked_folder(input_path, output_dir, config, reference, executor, progress)
+                    progress: bool = False, storage_options: dict | None = None) -> FindSummary:
+    """Hash, search and group; write the duplicate list and the groups (see module docstring).
+    INPUT, `reference` and `output_dir` may be URLs (`s3://...`), reached with `storage_options`."""
+    if not is_remote(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, "find", storage_options):
+        return find_in_locked_folder(input_path, output_dir, config, reference, executor, progress, storage_options)
 
 
 def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: FindConfig,
                           reference: str | list[str] | None, executor: BaseExecutor | None,
-                          progress: bool) -> FindSummary:
+                          progress: bool, storage_options: dict | None = None) -> FindSummary:
     """`find_duplicates` for a caller that holds the output folder's lock."""
     started = time.monotonic()
-    check_input_outside(input_path, output_dir)  # before the cleanup below walks the output folder
+    so = storage_options
+    check_input_outside(input_path, output_dir, so)  # before the cleanup below walks the output folder
     if config.keep.startswith("column:") and not config.json_fields:
         config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
-    remove_stale_temp_files(output_dir)
+    remove_stale_temp_files(output_dir, so)
     executor = executor or LocalExecutor()
     search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
-    shards = hash_shards(input_path, output_dir, os.path.join(output_dir, "hashes"), config, executor, progress,
-                         "hash")
-    table = load_hashes(os.path.join(output_dir, "hashes"), shards)
+    shards = hash_shards(input_path, output_dir, join(output_dir, "hashes"), config, executor, progress, "hash", so)
+    table = load_hashes(join(output_dir, "hashes"), shards, so)
     check_unique_ids(table, "input")
     table, skipped = split_readable(table)
     if reference is not None:
-        ref_shards = hash_shards(reference, output_dir, os.path.join(output_dir, "reference_hashes"), config,
-                                 executor, progress, "hash reference")
-        ref, _ = split_readable(load_hashes(os.path.join(output_dir, "reference_hashes"), ref_shards))
+        ref_shards = hash_shards(reference, output_dir, join(output_dir, "reference_hashes"), config,
+                                 executor, progress, "hash reference", so)
+        ref, _ = split_readable(load_hashes(join(output_dir, "reference_hashes"), ref_shards, so))
     t = config.max_distance
 
     with phase("search and group", progress):
@@ -189,11 +194,11 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
         removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
     ids = pc.unique(removed.column("id"))
     write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                         os.path.join(output_dir, "duplicates", "part-00000.parquet"))
-    write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
+                         join(output_dir, "duplicates", "part-00000.parquet"), so)
+    write_parquet_atomic(groups, join(output_dir, "groups", "part-00000.parquet"), so)
     write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
                                    "reason": skipped.column("error")}),
-                         os.path.join(output_dir, "skipped.parquet"))
+                         join(output_dir, "skipped.parquet"), so)
     by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
     summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
@@ -202,7 +207,7 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
            "input_root": shards[0].root or None,  # an image folder: IDs are paths under it
            "reference": absolute_paths(reference) if reference else None,
            "reference_root": ref_shards[0].root or None if reference is not None else None}
-    write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
+    write_json_atomic({**asdict(summary), **run}, join(output_dir, "summary.json"), so)
     return summary
 
 

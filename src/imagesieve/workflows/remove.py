@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.inputs import InputUnit, input_units, other_files
@@ -31,6 +30,7 @@ from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
+from imagesieve.storage import is_remote, join, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units
 
@@ -62,7 +62,9 @@ class RemoveSummary:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Create the output folder, or say why it cannot be written."""
+    """Create the output folder, or say why it cannot be written (a URL is checked when it is locked)."""
+    if is_remote(output_dir):
+        return
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"output {output_dir} exists and is not a folder")
     os.makedirs(output_dir, exist_ok=True)
@@ -70,60 +72,72 @@ def check_output_dir(output_dir: str) -> None:
         raise PermissionError(f"output folder {output_dir} is not writable")
 
 
-def check_same_run(output_dir: str, config: dict, replace_changed: bool = False) -> None:
+def check_same_run(output_dir: str, config: dict, storage_options: dict | None = None,
+                   replace_changed: bool = False) -> None:
     """A rerun resumes only the same job: other IDs or input in a folder with finished shards would
     mix two runs' outputs. Records the job in OUTPUT/_imagesieve/config.json. With `replace_changed`
-    (dedup, which owns its shards folder) the earlier run's recorded outputs are deleted instead."""
-    path = os.path.join(output_dir, WORK_DIR, "config.json")
-    if os.path.exists(path):
-        previous = read_json(path)
+    (dedup, which owns its shards folder) the earlier run's recorded outputs are deleted instead
+    (local folders only, for now)."""
+    path = join(output_dir, WORK_DIR, "config.json")
+    store = storage_for(output_dir, storage_options)
+    if store.exists(path):
+        previous = read_json(path, storage_options)
         changed = [k for k in ("command", "input", "id_field", "ids_fingerprint") if previous.get(k) != config[k]]
-        if changed and recorded_units(output_dir):
-            if not replace_changed:
+        if changed and store.isdir(join(output_dir, WORK_DIR, "done")):
+            if not replace_changed or is_remote(output_dir):
                 raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
                                  "use a new output folder, or delete this one to start over")
             discard_units(output_dir, recorded_units(output_dir))
-    write_json_atomic(config, path)
+    write_json_atomic(config, path, storage_options)
 
 
 def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_dir: str, id_field: str = "id",
                       executor: BaseExecutor | None = None, progress: bool = False, fsync: bool = False,
                       cache_dir: str | None = None, check_id_folder: bool = True,
                       removed_path: str | None = None, link: bool = False,
-                      exclude: str | None = None, replace_changed: bool = False) -> RemoveSummary:
+                      exclude: str | None = None, storage_options: dict | None = None,
+                      replace_changed: bool = False) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). Input under
     `exclude` (default `output_dir`) is left out: `dedup` passes its whole output folder. Outputs of
-    shards that have left the input since an earlier run are deleted (only what its records name)."""
+    shards that have left the input since an earlier run are deleted (only what its records name).
+    Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
-    units = input_units(input_path, output_dir, exclude)
+    so = storage_options
+    units = input_units(input_path, output_dir, exclude, so)
     check_link(units, link)
+    folder = units[0].is_folder_chunk
+    if folder and is_remote(output_dir):
+        raise ValueError(f"{output_dir}: writing an image folder to object storage is not supported yet; write it "
+                         "to a local folder and upload it")
     check_output_dir(output_dir)
-    with run_lock(output_dir, "remove"):
-        remove_stale_temp_files(output_dir)
+    with run_lock(output_dir, "remove", so):
+        remove_stale_temp_files(output_dir, so)
         removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
-                                              cache_dir=cache_dir, check_id_folder=check_id_folder)
+                                              cache_dir=cache_dir, check_id_folder=check_id_folder,
+                                              storage_options=so)
         removal.setup()  # fail fast on a bad ID folder, before any worker starts
-        check_integer_ids(removal, units)
+        check_integer_ids(removal, units, so)
         job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()}
-        check_same_run(output_dir, job, replace_changed)
-        current = {unit.rel for unit in units}
-        discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
+        check_same_run(output_dir, job, so, replace_changed)
+        if not is_remote(output_dir):
+            current = {unit.rel for unit in units}
+            discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
 
-        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint)]
-        discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
-        folder = units[0].is_folder_chunk
+        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint, so)]
+        if not is_remote(output_dir):
+            discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
         writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
-            ImageWriterStage(output_dir=output_dir, fsync=fsync)
-        run_on_units("remove", [reader_for(units), removal, writer], todo, len(units), executor, progress)
+            ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
+        run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
         others = copy_other_files(units[0].root, output_dir, exclude or output_dir) if folder else 0
 
         summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
-                             started, removed_path or os.path.join(output_dir, "removed.parquet"))
+                             started, removed_path or join(output_dir, "removed.parquet"), so)
         summary.loose_members += others
-        write_json_atomic(asdict(summary), os.path.join(output_dir, "summary.json"))
+        write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
     return summary
 
 
@@ -147,33 +161,36 @@ def copy_other_files(root: str, output_dir: str, exclude: str) -> int:
     return len(files)
 
 
-def check_integer_ids(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]) -> None:
+def check_integer_ids(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
+                      storage_options: dict | None = None) -> None:
     """Integer IDs lose the leading zeros of keys such as 00000123 (img2dataset's): none would match,
     and the run would remove nothing while looking successful. Refuse that case up front."""
     if not any("holds integers" in note for note in removal.notes) or units[0].is_folder_chunk:
         return
     shard = units[0].paths[0]
-    for sample in iter_samples(shard, loose=[]):
-        if len(sample.key) > 1 and sample.key.isdigit() and sample.key.startswith("0"):
-            raise ValueError(f"the ID files under {removal.removal_parquets_dir} store IDs as integers, but keys such "
-                             f"as {sample.key!r} (in {shard}) have leading zeros, so no ID could match. "
-                             "Write the IDs as strings, exactly as the keys are spelled")
-        return
+    with storage_for(shard, storage_options).local_copy(shard) as local:
+        sample = next(iter_samples(local, loose=[]), None)
+    if sample is not None and len(sample.key) > 1 and sample.key.isdigit() and sample.key.startswith("0"):
+        raise ValueError(f"the ID files under {removal.removal_parquets_dir} store IDs as integers, but keys such "
+                         f"as {sample.key!r} (in {shard}) have leading zeros, so no ID could match. "
+                         "Write the IDs as strings, exactly as the keys are spelled")
 
 
 def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids_listed: int,
-               notes: list[str], started: float, removed_path: str) -> RemoveSummary:
+               notes: list[str], started: float, removed_path: str,
+               storage_options: dict | None = None) -> RemoveSummary:
     """Add up the per-shard counts, merge the removed lists, and check that nothing was lost."""
     samples_in = kept = removed = loose = 0
+    store = storage_for(output_dir, storage_options)
     for unit in units:
         marker = done_marker(output_dir, unit.rel)
-        if not os.path.exists(marker):
+        if not store.exists(marker):
             raise AccountingError(f"{unit.paths[0]}: no output was recorded for this shard")
-        stats = read_json(marker)
+        stats = read_json(marker, storage_options)
         samples_in, kept, removed = (samples_in + stats["samples_in"], kept + stats["kept"],
                                      removed + stats["removed"])
         loose += len(stats.get("loose_members", []))
-    parts = [pq.read_table(work_path(output_dir, "removed", unit.rel, ".parquet")) for unit in units]
+    parts = [read_table(work_path(output_dir, "removed", unit.rel, ".parquet"), storage_options) for unit in units]
     removed_table = pa.concat_tables(parts) if parts else REMOVED_SCHEMA.empty_table()
     check_accounting("whole run", samples_in, kept, removed)
     if removed_table.num_rows != removed:
@@ -181,7 +198,7 @@ def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids
     distinct_removed = len(pc.unique(removed_table.column("id")))
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")
-    write_parquet_atomic(removed_table, removed_path)
+    write_parquet_atomic(removed_table, removed_path, storage_options)
     return RemoveSummary(shards=len(units), shards_skipped=shards_skipped, samples_in=samples_in, kept=kept,
                          removed=removed,
                          ids_listed=ids_listed, ids_not_found=ids_listed - distinct_removed,

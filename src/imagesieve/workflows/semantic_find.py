@@ -24,6 +24,7 @@ from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
+from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
 
@@ -54,9 +55,17 @@ class SemanticConfig:
         return DEFAULT_EPS_FLIP if self.flip else DEFAULT_EPS
 
 
+def refuse_object_storage(input_path: str | list[str], output_dir: str, method: str = "semantic") -> None:
+    sources = [input_path] if isinstance(input_path, str) else list(input_path)
+    if any(is_remote(p) for p in [*sources, output_dir]):
+        raise ValueError(f"--method {method} does not read or write object storage yet; use local (or mounted) "
+                         "input and output")
+
+
 def find_semantic(input_path: str | list[str], output_dir: str, config: SemanticConfig = SemanticConfig(),
                   executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
+    refuse_object_storage(input_path, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "find"):
         return find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
@@ -65,6 +74,7 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
 def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str, config: SemanticConfig,
                                    executor: BaseExecutor | None, progress: bool) -> SemanticSummary:
     """`find_semantic` for a caller that holds the output folder's lock."""
+    refuse_object_storage(input_path, output_dir)
     executor = executor or LocalExecutor()
     shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
     remove_stale_temp_files(output_dir)

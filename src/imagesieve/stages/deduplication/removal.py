@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 from imagesieve.dedup.id_cache import build_shared_index
 from imagesieve.dedup.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
+from imagesieve.storage import is_remote, storage_for
 from imagesieve.tasks import ImageBatch
 
 logger = logging.getLogger(__name__)
 
 REMOVAL_REASON = "listed as duplicate"
+
+
+def _is_parquet(name: str) -> bool:
+    return name.endswith(".parquet")
 
 
 @dataclass
@@ -29,7 +34,8 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     Beyond the reference's fields: `cache_dir` holds the built ID index between runs (default
     `~/.cache/imagesieve`, private to the user); `check_id_folder=False` accepts a folder that looks
     like a `find` output root, a groups table or a hash table (refused by default: those list images
-    that must stay).
+    that must stay). An ID folder on object storage (`s3://...`, with `storage_options`) is downloaded
+    into a private spool folder to build the index, then deleted.
     """
 
     removal_parquets_dir: str
@@ -39,6 +45,7 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     name: str = "image_dedup_filter"
     cache_dir: str | None = None
     check_id_folder: bool = True
+    storage_options: dict | None = field(default=None, repr=False)
     _index: IdIndex | None = field(default=None, init=False, repr=False)
     _index_dir: str | None = field(default=None, init=False, repr=False)
 
@@ -52,8 +59,19 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         self._index_dir = self._build_index()
 
     def _build_index(self) -> str:
-        return build_shared_index(self.removal_parquets_dir, self.duplicate_id_field, self.cache_dir,
-                                  check_folder=self.check_id_folder)
+        folder, build = self.removal_parquets_dir, self._build_local_index
+        if not is_remote(folder):
+            return build(folder)
+        with storage_for(folder, self.storage_options).local_tree(folder, _is_parquet) as local:
+            try:
+                return build(local)
+            except (OSError, ValueError) as exc:  # name the folder the user gave, not our spool copy
+                if local not in str(exc):
+                    raise
+                raise type(exc)(str(exc).replace(local, folder.rstrip("/"))) from exc
+
+    def _build_local_index(self, folder: str) -> str:
+        return build_shared_index(folder, self.duplicate_id_field, self.cache_dir, check_folder=self.check_id_folder)
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         if self._index_dir is None or not os.path.isdir(self._index_dir):  # e.g. another node's cache path

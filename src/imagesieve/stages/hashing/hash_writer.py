@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.storage import join, read_schema
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 PROVENANCE_KEY = b"imagesieve.provenance"
@@ -22,12 +21,16 @@ BASE_COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(),
 
 def hash_table_path(hashes_dir: str, relative_path: str) -> str:
     """hashes/<shard path>.parquet: the whole shard name, so that x.tar and x.tar.gz differ."""
-    return os.path.join(hashes_dir, relative_path + ".parquet")
+    return join(hashes_dir, relative_path + ".parquet")
 
 
-def table_provenance(path: str) -> dict:
+def table_provenance(path: str, storage_options: dict | None = None) -> dict:
     """What a hash table was made from (the shard's fingerprint, the settings), {} if unknown."""
-    metadata = pq.read_schema(path).metadata or {}
+    return schema_provenance(read_schema(path, storage_options))
+
+
+def schema_provenance(schema: pa.Schema) -> dict:
+    metadata = schema.metadata or {}
     try:
         return json.loads(metadata.get(PROVENANCE_KEY, b"{}"))
     except ValueError:
@@ -50,6 +53,7 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     settings: dict = field(default_factory=dict)  # recorded with the shard's fingerprint: a rerun reuses
     name: str = "hash_writer"                     # a table only when both still match
     row_group_size: int | None = None  # small groups let a reader fetch one image's row (keypoints) cheaply
+    storage_options: dict | None = field(default=None, repr=False)  # for a hashes_dir URL (s3://...)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["metadata"]
@@ -67,11 +71,12 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             for name in extra:
                 columns[name].append(image.metadata.get(name))
         table = pa.table({name: pa.array(values, column_type(name)) for name, values in columns.items()})
-        fingerprint = task._metadata.get("input_fingerprint") or shard_fingerprint(task._metadata["shard"])
+        fingerprint = task._metadata.get("input_fingerprint") or shard_fingerprint(task._metadata["shard"],
+                                                                                   self.storage_options)
         provenance = {"shard_fingerprint": fingerprint, **self.settings}
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
-        write_parquet_atomic(table, path, self.row_group_size)
+        write_parquet_atomic(table, path, self.storage_options, row_group_size=self.row_group_size)
         errors = sum(1 for image in task.data if "error" in image.metadata)
         return FileGroupTask(dataset_name=task.dataset_name, data=[path], task_id=task.task_id,
                              _metadata={"samples_in": len(task.data), "errors": errors, "relative_path": relative})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,51 +14,73 @@ from braceexpand import braceexpand
 
 from imagesieve.runfolder import SHARD_SUFFIXES, is_temp_name
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.storage import absolute, is_remote, local_path, storage_for
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
 
 
-def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES) -> list[tuple[str, str]]:
+def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
+                storage_options: dict | None = None) -> list[tuple[str, str]]:
     """(path, path relative to the input root) of every shard, sorted by the relative path.
 
     `source` is, as webdataset users write it: a folder (searched recursively, symlinked folders
     followed), a glob (`data/**/*.tar`), a brace pattern (`data/{00000..00999}.tar`), a single
     shard, a text file (`.txt`) listing any of these one per line, or a list of these. Files that
     are not shards (img2dataset's `.parquet` and `_stats.json` beside them) are skipped. Relative
-    paths (which name the outputs) are taken from the common folder of all sources.
+    paths (which name the outputs) are taken from the common folder of all sources. Any of these may be
+    a URL (`s3://bucket/shards/{00000..00099}.tar`), listed with `storage_options`.
     """
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
     for spec in sources:
         for src in _expand(spec):
-            for path, root in _match(src, suffixes):
-                matched.setdefault(os.path.abspath(path), os.path.abspath(root or "."))
+            for path, root in _match(src, suffixes, storage_options):
+                matched.setdefault(absolute(path), absolute(root or "."))
     if not matched:
         raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}")
+    if len({is_remote(p) for p in matched}) > 1:
+        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+    paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
     roots = set(matched.values())
-    common = roots.pop() if len(roots) == 1 else os.path.commonpath([*roots, *matched.values()])
-    found = {path: os.path.relpath(path, common) for path in matched}
+    common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
+    found = {path: paths.relpath(path, common) for path in matched}
     return sorted(found.items(), key=lambda item: item[1])
+
+
+class _UrlPaths:
+    """`commonpath` and `relpath` for URLs of one scheme, standing in for `os.path`."""
+
+    @staticmethod
+    def commonpath(urls: list[str]) -> str:
+        scheme = urls[0].split("://", 1)[0] + "://"
+        return scheme + posixpath.commonpath([u[len(scheme):] for u in urls])
+
+    @staticmethod
+    def relpath(url: str, start: str) -> str:
+        return posixpath.relpath(url.split("://", 1)[1], start.split("://", 1)[1])
 
 
 def _expand(spec: str) -> list[str]:
     """A brace pattern's paths, a list file's lines (each expanded again), or the spec itself."""
-    if "://" in spec:
-        raise ValueError(f"{spec}: object storage and URLs are not supported yet; copy the shards to a local or "
-                         "mounted folder")
-    if "{" in spec and "}" in spec and not os.path.exists(spec):
+    if spec.startswith("file://"):
+        return _expand(local_path(spec))
+    if "{" in spec and "}" in spec and (is_remote(spec) or not os.path.exists(spec)):
         return list(braceexpand(spec))
-    if spec.endswith((".txt", ".lst")) and os.path.isfile(spec):
+    if spec.endswith((".txt", ".lst")) and not is_remote(spec) and os.path.isfile(spec):
         with open(spec, encoding="utf-8") as f:
             lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
         folder = os.path.dirname(spec)
-        return [p for line in lines for p in _expand(os.path.join(folder, os.path.expanduser(line)))]
+        return [p for line in lines
+                for p in _expand(line if "://" in line else os.path.join(folder, os.path.expanduser(line)))]
     return [spec]
 
 
-def _match(src: str, suffixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = None) -> Iterator[tuple[str, str]]:
     """(shard path, root) for one expanded source."""
+    if is_remote(src):
+        yield from _match_remote(src, suffixes, storage_options)
+        return
     if glob.has_magic(src):
         root = _glob_root(src)
         paths = [p for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
@@ -71,6 +94,24 @@ def _match(src: str, suffixes: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         raise FileNotFoundError(f"{src}: no such file or folder")
     for path in paths:
         if path.endswith(suffixes) and not is_temp_name(os.path.basename(path)):
+            yield path, root
+
+
+def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | None) -> Iterator[tuple[str, str]]:
+    """(shard URL, root) for one URL: a glob, a "folder" (a prefix, listed recursively) or one object."""
+    store = storage_for(src, storage_options)
+    if glob.has_magic(src):
+        root, paths = _glob_root(src, "/"), store.glob(src)
+    elif store.isfile(src):
+        if not src.endswith(suffixes):
+            raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
+        root, paths = posixpath.dirname(src), [src]
+    elif store.isdir(src):
+        root, paths = src, store.list_files(src)
+    else:
+        raise store.missing(src)
+    for path in paths:
+        if path.endswith(suffixes) and not is_temp_name(posixpath.basename(path)):
             yield path, root
 
 
@@ -107,13 +148,13 @@ def _what_it_is(path: str) -> str:
     return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
 
 
-def _glob_root(pattern: str) -> str:
+def _glob_root(pattern: str, sep: str = os.sep) -> str:
     parts = []
-    for part in pattern.split(os.sep):
+    for part in pattern.split(sep):
         if glob.has_magic(part):
             break
         parts.append(part)
-    return os.sep.join(parts)
+    return sep.join(parts)
 
 
 @dataclass
@@ -125,7 +166,7 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
     file_extensions: tuple[str, ...] | list[str] | None = SHARD_SUFFIXES
     dataset_name: str = "dataset"
     blocksize: int | str | None = None  # the reference's; refused: a shard is never split or merged by size
-    storage_options: dict | None = None  # the reference's; refused unless empty: paths here are local
+    storage_options: dict | None = None  # the reference's: for URLs (s3://, gs://), passed to fsspec
     limit: int | None = None  # at most this many tasks
     name: str = "file_partitioning"
 
@@ -133,15 +174,12 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
         if self.blocksize is not None:
             raise ValueError("FilePartitioningStage: blocksize cannot apply here (tasks are whole shards); "
                              "use files_per_partition")
-        if self.storage_options:
-            raise ValueError("FilePartitioningStage: storage_options cannot apply here: imagesieve reads local "
-                             "(or mounted) paths only")
 
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
     def process(self, task: EmptyTask) -> list[FileGroupTask]:
-        shards = list_shards(self.file_paths, tuple(self.file_extensions or SHARD_SUFFIXES))
+        shards = list_shards(self.file_paths, tuple(self.file_extensions or SHARD_SUFFIXES), self.storage_options)
         size = max(1, self.files_per_partition or 1)
         tasks = [
             FileGroupTask(dataset_name=self.dataset_name, task_id=f"files_{i // size:06d}",

@@ -6,11 +6,12 @@ import gc
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.storage import is_remote, storage_for
 from imagesieve.tasks import FileGroupTask, ImageBatch, image_from_table
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     Every member of a sample (image, `.txt`, `.json`, ...) is carried as a reference to its bytes;
     pixels are decoded only by stages that ask for them (`ImageObject.image_data`, decoded on first
     access). Each batch's ledger starts at its sample count (`ImageBatch.samples_in`).
+
+    A shard on object storage (`s3://...`, with `storage_options`) is streamed once into a private
+    spool file that its member references point to; it is deleted when the reader takes its next
+    task and at teardown, so the stages fused after the reader (removal, writer, hasher) read it.
     """
 
     # the reference's DALI settings: accepted so its pipelines run unchanged; nothing is decoded here
@@ -43,6 +48,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     num_threads: int = 8
     num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
+    storage_options: dict | None = field(default=None, repr=False)
+    _spools: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
@@ -50,7 +57,14 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id", "members"]
 
+    def teardown(self) -> None:
+        self._spools.close()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_spools": ExitStack()}  # spool files stay with the worker that made them
+
     def process(self, task: FileGroupTask) -> list[ImageBatch]:
+        self._spools.close()  # the previous task's spool files: its fused stages are done with them
         relative = task._metadata.get("relative_paths", {})
         if self.verbose:
             logger.info("Reading %d shard(s): %s", len(task.data), ", ".join(task.data))
@@ -58,11 +72,17 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                 for path in task.data]
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
-        with gc_paused():  # thousands of new objects that live on: collecting while they are made costs 2/3
-            return self._read_shard(shard, relative_path, dataset_name)
+        local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard)) \
+            if is_remote(shard) else shard
+        try:
+            with gc_paused():  # thousands of new objects that live on: collecting while they are made costs 2/3
+                return self._read_local(shard, local, relative_path, dataset_name)
+        except ShardError as exc:
+            raise ShardError(str(exc).replace(local, shard)) from exc
 
-    def _read_shard(self, shard: str, relative_path: str, dataset_name: str) -> ImageBatch:
-        table = read_table(shard)
+    def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str) -> ImageBatch:
+        """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""
+        table = read_table(local)
         images = []
         names, exts, keys = table.names, table.exts, table.keys
         for row, j in enumerate(table.image_members().tolist()):

@@ -8,12 +8,10 @@ output folder stays a complete img2dataset-style dataset. Rows for keys that are
 
 from __future__ import annotations
 
-import os
-
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imagesieve.runfolder import read_json, strip_shard_suffix, write_json_atomic, write_parquet_atomic
+from imagesieve.storage import join, read_table, storage_for
 
 
 def sidecar_path(shard: str) -> str:
@@ -24,15 +22,16 @@ def stats_path(shard: str) -> str:
     return strip_shard_suffix(shard) + "_stats.json"
 
 
-def update_stats(shard: str, relative_path: str, output_dir: str, removed: int) -> str:
+def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
+                 storage_options: dict | None = None) -> str:
     """Write img2dataset's `<shard>_stats.json` with the counts of the output shard: `successes` and
     `count` (and `status_dict["success"]`) less the removed samples, every other field as it was, and
     what imagesieve did under `imagesieve`. Returns what was done, for the shard's record."""
     source = stats_path(shard)
-    if not os.path.exists(source):
+    if not storage_for(source, storage_options).exists(source):
         return "none"
     try:
-        stats = read_json(source)
+        stats = read_json(source, storage_options)
     except ValueError as exc:
         raise ValueError(f"{source}: the shard's img2dataset stats are not valid JSON ({exc})") from exc
     for field in ("successes", "count"):
@@ -42,21 +41,22 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int) 
     if isinstance(status, dict) and isinstance(status.get("success"), int):
         status["success"] -= removed
     stats["imagesieve"] = {"removed_as_duplicates": removed}
-    write_json_atomic(stats, os.path.join(output_dir, stats_path(relative_path)))
+    write_json_atomic(stats, join(output_dir, stats_path(relative_path)), storage_options)
     return "updated"
 
 
-def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str]) -> str:
+def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str],
+                   storage_options: dict | None = None) -> str:
     """Write the shard's sidecar table without the removed keys; returns what was done, for the stats."""
     source = sidecar_path(shard)
-    if not os.path.exists(source):
+    if not storage_for(source, storage_options).exists(source):
         return "none"
     try:
-        table = pq.read_table(source)
+        table = read_table(source, storage_options)
     except Exception as exc:
         raise ValueError(f"{source}: the shard's metadata table is not readable Parquet ({exc})") from exc
     if "key" not in table.column_names:
         return f"not filtered: {source} has no 'key' column"
     keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=pc.cast(removed_ids or [], "string")))
-    write_parquet_atomic(table.filter(keep), os.path.join(output_dir, sidecar_path(relative_path)))
+    write_parquet_atomic(table.filter(keep), join(output_dir, sidecar_path(relative_path)), storage_options)
     return "filtered"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,7 @@ from imagesieve.runfolder import (
 from imagesieve.shards import AtomicShardWriter, ShardTable
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
+from imagesieve.storage import join, storage_for
 from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef, table_rows
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     deterministic_name: bool = True
     remove_image_data: bool = False
     name: str = "image_writer"
+    storage_options: dict | None = field(default=None, repr=False)  # for an output_dir URL (s3://...)
 
     def __post_init__(self) -> None:
         if self.images_per_tar is not None:
@@ -129,29 +131,31 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         samples_in = task.samples_in
         check_accounting(shard, samples_in, len(task.data), len(removed))
 
-        out_path = os.path.join(self.output_dir, relative)
+        out_path = join(self.output_dir, relative)
+        options = self.storage_options
         table = task._metadata.get("shard_table")
         rows = kept_rows(task.data, table)
-        with AtomicShardWriter(out_path, self.fsync) as writer:
-            if rows is not None:
-                index = write_from_table(writer, table, rows)
-            else:
-                index = write_members(writer, task.data, task._metadata.get("loose_members", []))
-        write_parquet_atomic(index, work_path(self.output_dir, "index", relative, ".parquet"))
-        bytes_out = int(pc.sum(pc.list_flatten(index.column("sizes"))).as_py() or 0)
         loose = task._metadata.get("loose_members", [])
+        with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
+            with AtomicShardWriter(local_out, self.fsync) as writer:
+                index = write_from_table(writer, table, rows) if rows is not None else \
+                    write_members(writer, task.data, loose)
+            output_size = os.path.getsize(local_out)
+        write_parquet_atomic(index, work_path(self.output_dir, "index", relative, ".parquet"), options)
+        bytes_out = int(pc.sum(pc.list_flatten(index.column("sizes"))).as_py() or 0)
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
-                             work_path(self.output_dir, "removed", relative, ".parquet"))
-        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids)
-        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed))
-        stats = {"shard": shard, "relative_path": relative, "input_fingerprint": shard_fingerprint(shard),
+                             work_path(self.output_dir, "removed", relative, ".parquet"), options)
+        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options)
+        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options)
+        stats = {"shard": shard, "relative_path": relative,
+                 "input_fingerprint": shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": os.path.getsize(out_path), "sidecar": sidecar,
+                 "output_size": output_size, "sidecar": sidecar,
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
-        write_json_atomic(stats, done_marker(self.output_dir, relative))
+        write_json_atomic(stats, done_marker(self.output_dir, relative), options)
         if self.verbose:
             logger.info("Wrote %s: %d kept, %d removed", out_path, len(task.data), len(removed))
         if self.remove_image_data:

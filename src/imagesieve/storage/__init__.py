@@ -1,0 +1,86 @@
+"""One storage interface for everything a run reads and writes: local paths and object storage.
+
+`storage_for(path, storage_options)` returns the backend of a path: `LocalStorage` for a local path
+(or `file://`), `RemoteStorage` (fsspec: `s3://`, `gs://`, ...) for a URL. Both offer the same few
+operations: list, fingerprint, read, atomic publish, stale temp cleanup, a run lock, and a local
+file to read (`local_copy`) or write (`writable`). Tar scanning and copying always work on local
+files (mmap, pread): a remote shard is streamed once into a private spool file first, and an
+output is written to a local spool file and published when complete, so the local fast path is
+the only one.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from imagesieve.storage.local import LocalStorage
+    from imagesieve.storage.remote import RemoteStorage
+
+
+def is_remote(path: str) -> bool:
+    """A URL of a backend other than the local file system (`s3://`, `gs://`, `memory://`...)."""
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """`file:///data/x` -> `/data/x`; anything else unchanged."""
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with "/" for URLs, the OS separator for local paths."""
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def absolute(path: str) -> str:
+    """An absolute local path, or the URL unchanged (without a trailing slash)."""
+    return path.rstrip("/") if is_remote(path) else os.path.abspath(local_path(path))
+
+
+def is_under(path: str, folder: str) -> bool:
+    """Whether `path` lies inside `folder` (or is it): real paths for local ones, URL prefixes for URLs."""
+    if is_remote(path) != is_remote(folder):
+        return False
+    if is_remote(path):
+        path, folder = path.rstrip("/"), folder.rstrip("/")
+        return path == folder or path.startswith(folder + "/")
+    path, folder = os.path.realpath(local_path(path)), os.path.realpath(local_path(folder))
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def storage_for(path: str, storage_options: dict | None = None) -> LocalStorage | RemoteStorage:
+    """The backend of `path`; `storage_options` go to the fsspec file system (ignored for local paths)."""
+    if is_remote(path):
+        from imagesieve.storage.remote import RemoteStorage
+
+        return RemoteStorage.for_url(path, storage_options)
+    from imagesieve.storage.local import LocalStorage
+
+    return LocalStorage()
+
+
+def read_table(path: str, storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file, local or remote (read with one GET: our tables are small)."""
+    import pyarrow.parquet as pq
+
+    if not is_remote(path):
+        return pq.read_table(local_path(path), columns=columns)
+    import pyarrow as pa
+
+    return pq.read_table(pa.BufferReader(storage_for(path, storage_options).read_bytes(path)), columns=columns)
+
+
+def read_schema(path: str, storage_options: dict | None = None) -> pa.Schema:
+    """A Parquet file's schema (with its metadata), local or remote."""
+    import pyarrow.parquet as pq
+
+    if not is_remote(path):
+        return pq.read_schema(local_path(path))
+    import pyarrow as pa
+
+    return pq.read_schema(pa.BufferReader(storage_for(path, storage_options).read_bytes(path)))

@@ -1,0 +1,46 @@
+"""The local file system: plain POSIX calls, the fast path (shards are read and copied with mmap/pread)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from imagesieve.storage import local_path
+
+
+class LocalStorage:
+    """Local paths (and `file://` URLs). Atomic writes, locks and temp cleanup are `runfolder`'s."""
+
+    remote = False
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(local_path(path))
+
+    def isfile(self, path: str) -> bool:
+        return os.path.isfile(local_path(path))
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(local_path(path))
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(local_path(path))
+
+    def fingerprint(self, path: str) -> str:
+        """Size and modification time (ns), as make and rsync compare files."""
+        st = os.stat(local_path(path))
+        return f"{st.st_size}-{st.st_mtime_ns}"
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(local_path(path), "rb") as f:
+            return f.read()
+
+    @contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        """A local file with the content of `path`: the file itself."""
+        yield local_path(path)
+
+    @contextmanager
+    def writable(self, path: str) -> Iterator[str]:
+        """Where to write `path`: the path itself (writers rename a temp file into place)."""
+        yield local_path(path)
