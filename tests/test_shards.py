@@ -186,3 +186,33 @@ def test_members_of_no_sample_are_kept_aside_not_dropped(tmp_path):
     assert [ref.name for ref in loose] == ["README", "._a.jpg"]
     with pytest.raises(ShardError, match="member 'README' has no extension"):
         list(iter_samples(path))
+
+
+def test_members_changed_by_a_stage_are_written_as_changed(tmp_path, make_shard):
+    """The writer copies byte ranges straight from the reader's table only while each image's members
+    are the ones read; a stage that replaces or edits them gets exactly what it left."""
+    from imagesieve.stages.io import ImageWriterStage
+    from imagesieve.stages.io.reader import ImageReaderStage
+
+    shard = make_shard("00000.tar", n=3)
+    batch = ImageReaderStage().read_shard(shard, "00000.tar")
+    first, second, third = batch.data
+    del first.members["txt"]  # edited in place
+    second.members = {"jpg": second.members["jpg"]}  # replaced
+    assert third.members["json"].size > 0  # only read
+    ImageWriterStage(output_dir=str(tmp_path / "out")).process(batch)
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        names = tar.getnames()
+    assert names == ["00000000.jpg", "00000000.json", "00000001.jpg", "00000002.jpg", "00000002.json",
+                     "00000002.txt"]
+
+
+def test_untouched_samples_are_copied_byte_for_byte_with_their_headers(tmp_path, make_shard):
+    from imagesieve.stages.io import ImageWriterStage
+    from imagesieve.stages.io.reader import ImageReaderStage
+
+    shard = make_shard("00000.tar", n=5)
+    batch = ImageReaderStage().read_shard(shard, "00000.tar")
+    ImageWriterStage(output_dir=str(tmp_path / "out")).process(batch)
+    assert (tmp_path / "out" / "00000.tar").read_bytes()[:-10240].rstrip(b"\0") == \
+        open(shard, "rb").read().rstrip(b"\0")
