@@ -214,5 +214,5 @@ def test_untouched_samples_are_copied_byte_for_byte_with_their_headers(tmp_path,
     shard = make_shard("00000.tar", n=5)
     batch = ImageReaderStage().read_shard(shard, "00000.tar")
     ImageWriterStage(output_dir=str(tmp_path / "out")).process(batch)
-    assert (tmp_path / "out" / "00000.tar").read_bytes()[:-10240].rstrip(b"\0") == \
+    assert (tmp_path / "out" / "00000.tar").read_bytes().rstrip(b"\0") == \
         open(shard, "rb").read().rstrip(b"\0")
