@@ -8,7 +8,7 @@ from conftest import write_ids
 
 from imagesieve.dedup.id_index import FlatFile, IdIndex, hash_ids
 from imagesieve.executors.plan import worker_caps
-from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.deduplication.removal import REMOVAL_REASON, ImageDuplicatesRemovalStage
 from imagesieve.tasks import ImageBatch, ImageObject
 
 
@@ -127,3 +127,25 @@ def test_unicode_ids(tmp_path):
     write_ids(tmp_path, ids)
     stage = ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path))
     assert kept_after(stage, [*ids, "cafe"]) == ["cafe"]
+
+
+def test_removal_works_on_the_readers_rows_and_images_appear_only_when_asked_for(tmp_path, make_shard):
+    """Reader -> removal -> writer makes no object per sample; a stage that reads `data` afterwards
+    gets exactly the kept images, in shard order, with their members."""
+    from imagesieve.stages.io import ImageReaderStage
+
+    shard = make_shard("00000.tar", n=6)
+    write_ids(tmp_path / "ids", ["00000001", "00000004"])
+    batch = ImageReaderStage().read_shard(shard, "00000.tar")
+    assert batch.lazy_rows is not None and batch.num_items == 6
+    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path / "ids"))
+    removal.setup()
+    removal.process(batch)
+    assert batch.lazy_rows.tolist() == [0, 2, 3, 5]  # still no objects
+    assert [(r.image_id, r.reason) for r in batch.removed] == [("00000001", REMOVAL_REASON),
+                                                              ("00000004", REMOVAL_REASON)]
+    images = batch.data
+    assert batch.lazy_rows is None
+    assert [i.image_id for i in images] == ["00000000", "00000002", "00000003", "00000005"]
+    assert sorted(images[0].members) == ["jpg", "json", "txt"] and images[0].image_path == f"{shard}/00000000.jpg"
+    assert batch.samples_in == 6 == batch.num_items + len(batch.removed)

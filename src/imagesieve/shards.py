@@ -20,7 +20,7 @@ import numpy as np
 from imagesieve.runfolder import naming_errors, temp_name
 from imagesieve.tar_headers import BulkParseError, Headers, parse_headers
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
-from imagesieve.tasks import MemberRef
+from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
@@ -74,6 +74,8 @@ class ShardTable:
         self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
         self.ends = data_offsets + (sizes + BLOCK - 1) // BLOCK * BLOCK  # the next entry starts here
         self.data = data  # member bytes, for compressed tars only
+        self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
+        self.image_member: np.ndarray | None = None  # per sample, its image member (set by the reader)
         self.sample_of, self.keys, self.exts = group_members(shard, names)
         grouped = np.flatnonzero(self.sample_of >= 0)
         self.grouped = grouped  # member indices, sample by sample, in file order
@@ -104,6 +106,12 @@ class ShardTable:
         samples, at = np.unique(self.sample_of[image], return_index=True)
         first[samples] = image[at]
         return first
+
+    def image(self, row: int) -> ImageObject:
+        """The `ImageObject` of one sample (`image_member` must be set); its members made on demand."""
+        j = int(self.image_member[row])
+        return image_from_table(self, row, f"{self.display_shard}/{self.names[j]}", self.keys[row], self.display_shard,
+                                self.exts[j])
 
     def loose(self) -> list[MemberRef]:
         return [self.ref(j) for j in np.flatnonzero(self.sample_of < 0).tolist()]

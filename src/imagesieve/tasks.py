@@ -8,8 +8,10 @@ processes or Ray workers.
 
 from __future__ import annotations
 
+import gc
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -196,7 +198,13 @@ class Ledger:
 
 @dataclass
 class ImageBatch(Task[list[ImageObject]]):
-    """A list of images, usually the samples of one shard, in shard order."""
+    """A list of images, usually the samples of one shard, in shard order.
+
+    The reader makes a batch over its shard table (`from_table`): its `ImageObject`s are made the
+    first time a stage reads `data`. Stages that only need IDs (removal) and the writer work on the
+    table's rows instead (`lazy_rows`, `image_ids`, `drop_rows`), so a remove pipeline makes no
+    Python object per sample; any other stage sees an ordinary list.
+    """
 
     data: list[ImageObject] = field(default_factory=list)
     ledger: Ledger | None = field(default=None, repr=False, compare=False)
@@ -206,9 +214,37 @@ class ImageBatch(Task[list[ImageObject]]):
             self.ledger = Ledger(samples_in=len(self.data))
         super().__post_init__()
 
+    @classmethod
+    def from_table(cls, table: Any, dataset_name: str, task_id: str, metadata: dict[str, Any]) -> ImageBatch:
+        """A batch of every sample of `table` (a `ShardTable`; `table.image(row)` makes one image)."""
+        batch = cls(dataset_name=dataset_name, data=[], task_id=task_id, _metadata=metadata,
+                    ledger=Ledger(samples_in=len(table)))
+        batch.__dict__.update(_data=None, _rows=np.arange(len(table)), _table=table)
+        return batch
+
+    @property
+    def lazy_rows(self) -> np.ndarray | None:
+        """The table rows of the images while no stage has asked for `data`; else None."""
+        return self.__dict__.get("_rows") if self.__dict__.get("_data") is None else None
+
+    def image_ids(self) -> list[str]:
+        rows = self.lazy_rows
+        if rows is None:
+            return [image.image_id for image in self.data]
+        keys = self.__dict__["_table"].keys
+        return [keys[row] for row in rows.tolist()]
+
+    def image_keys(self) -> list[tuple[str, str]]:
+        """(shard, image_id) of each image: what accounting follows an image by."""
+        if self.lazy_rows is None:
+            return [(image.shard, image.image_id) for image in self.data]
+        shard = self.__dict__["_table"].display_shard
+        return [(shard, image_id) for image_id in self.image_ids()]
+
     @property
     def num_items(self) -> int:
-        return len(self.data)
+        rows = self.lazy_rows
+        return len(self.data) if rows is None else len(rows)
 
     @property
     def removed(self) -> list[Removal]:
@@ -227,6 +263,48 @@ class ImageBatch(Task[list[ImageObject]]):
         self.data = [image for image in self.data if id(image) not in gone]
         self.ledger.removed.extend(Removal(image.image_id, image.shard, reason) for image in gone.values())
         return self
+
+    def drop_rows(self, mask: np.ndarray, reason: str) -> ImageBatch:
+        """`drop` for a batch still over its table: take out the images where `mask` is True."""
+        rows, table = self.lazy_rows, self.__dict__["_table"]
+        if rows is None:
+            raise ValueError("drop_rows: this batch's images are already made; use drop()")
+        self.ledger.removed.extend(Removal(table.keys[row], table.display_shard, reason)
+                                   for row in rows[mask].tolist())
+        self.__dict__["_rows"] = rows[~mask]
+        return self
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (what is made there forms no cycles); as it was after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _get_batch_data(self: ImageBatch) -> list[ImageObject]:
+    data = self.__dict__.get("_data")
+    if data is None:
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            return []
+        table = self.__dict__["_table"]
+        with gc_paused():  # thousands of new objects that live on: collecting while they are made costs 2/3
+            data = [table.image(row) for row in rows.tolist()]
+        self.__dict__["_data"] = data
+    return data
+
+
+def _set_batch_data(self: ImageBatch, value: list[ImageObject]) -> None:
+    self.__dict__["_data"] = value
+
+
+ImageBatch.data = property(_get_batch_data, _set_batch_data)  # type: ignore[assignment]
 
 
 @dataclass

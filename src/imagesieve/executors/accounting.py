@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from imagesieve.tasks import ImageBatch, ImageObject, Ledger, Removal, Task
+from imagesieve.tasks import ImageBatch, Ledger, Removal, Task
 
 
 class AccountingError(RuntimeError):
     """Samples in != kept + removed: something was lost or counted twice."""
-
-
-def _key(image: ImageObject) -> tuple[str, str]:
-    return image.shard, image.image_id
 
 
 @dataclass
@@ -38,7 +34,7 @@ def snapshot(tasks: list[Task]) -> Snapshot | None:
     if not positions:
         return None
     batches = [tasks[i] for i in positions]
-    return Snapshot(positions, batches, [b.ledger for b in batches], [[_key(i) for i in b.data] for b in batches])
+    return Snapshot(positions, batches, [b.ledger for b in batches], [b.image_keys() for b in batches])
 
 
 def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]) -> None:
@@ -52,8 +48,9 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
     claimed: dict[int, ImageBatch] = {}
     seen: set[tuple[str, str]] = set()
     plan: list[tuple[ImageBatch, list[int], list[Removal]]] = []
+    keys_of = {id(out): out.image_keys() for out in outputs}
     for out in outputs:
-        keys = [_key(image) for image in out.data]
+        keys = keys_of[id(out)]
         seen.update(keys)
         sources = [known[id(out.ledger)]] if id(out.ledger) in known else []
         sources += [owner[k] for k in keys if k in owner]
@@ -72,8 +69,8 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
     moved_in: dict[int, int] = {}
     moved_out: dict[int, int] = {}
     for out, _, _ in plan:
-        for image in out.data:
-            holder = claimed.get(owner.get(_key(image), -1))
+        for key in keys_of.get(id(out), ()):
+            holder = claimed.get(owner.get(key, -1))
             if holder is not out:
                 moved_in[id(out)] = moved_in.get(id(out), 0) + 1
                 if holder is not None:
@@ -88,7 +85,7 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
         ledger.samples_in += moved_in.get(id(out), 0) - moved_out.get(id(out), 0)
         ledger.samples_in += sum(1 for r in own if (r.shard, r.image_id) not in owner)  # images the stage made
         out.ledger = ledger
-        check(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, len(out.data), len(ledger.removed))
+        check(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, out.num_items, len(ledger.removed))
 
 
 def _where(batch: ImageBatch) -> str:

@@ -109,9 +109,12 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     def process(self, task: ImageBatch) -> ImageBatch:
         if self._index is None:
             self.setup()
-        listed = self._index.contains([image.image_id for image in task.data])
-        task.drop([image for image, drop in zip(task.data, listed, strict=True) if drop], REMOVAL_REASON)
+        listed = self._index.contains(task.image_ids())
+        if task.lazy_rows is not None:  # straight from the reader: no image objects made
+            task.drop_rows(listed, REMOVAL_REASON)
+        else:
+            task.drop([image for image, drop in zip(task.data, listed, strict=True) if drop], REMOVAL_REASON)
         if self.verbose:
             logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",
-                        len(task.data), len(listed), len(listed) - len(task.data))
+                        task.num_items, len(listed), len(listed) - task.num_items)
         return task

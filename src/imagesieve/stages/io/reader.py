@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import is_remote, storage_for
-from imagesieve.tasks import FileGroupTask, ImageBatch, image_from_table
+from imagesieve.tasks import FileGroupTask, ImageBatch
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (none of what is made here forms cycles); as it was after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
@@ -75,21 +63,20 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard)) \
             if is_remote(shard) else shard
         try:
-            with gc_paused():  # thousands of new objects that live on: collecting while they are made costs 2/3
-                return self._read_local(shard, local, relative_path, dataset_name)
+            return self._read_local(shard, local, relative_path, dataset_name)
         except ShardError as exc:
             raise ShardError(str(exc).replace(local, shard)) from exc
 
     def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str) -> ImageBatch:
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""
         table = read_table(local)
-        images = []
-        names, exts, keys = table.names, table.exts, table.keys
-        for row, j in enumerate(table.image_members().tolist()):
-            if j < 0:
-                raise ShardError(f"{shard}: sample {keys[row]!r} has no image member "
-                                 f"(members: {', '.join(table.members(row))})")
-            images.append(image_from_table(table, row, f"{shard}/{names[j]}", keys[row], shard, exts[j]))
-        return ImageBatch(dataset_name=dataset_name, data=images, task_id=relative_path,
-                          _metadata={"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
-                                     "shard_table": table})
+        table.display_shard = shard
+        table.image_member = table.image_members()
+        missing = np.flatnonzero(table.image_member < 0)
+        if len(missing):
+            row = int(missing[0])
+            raise ShardError(f"{shard}: sample {table.keys[row]!r} has no image member "
+                             f"(members: {', '.join(table.members(row))})")
+        return ImageBatch.from_table(table, dataset_name, relative_path,
+                                     {"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
+                                      "shard_table": table})

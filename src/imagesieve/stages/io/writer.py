@@ -50,13 +50,15 @@ def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[Member
 INDEX_SCHEMA = pa.schema([("key", pa.string()), ("members", pa.list_(pa.string())), ("sizes", pa.list_(pa.int64()))])
 
 
-def kept_rows(images: list[ImageObject], table: ShardTable | None) -> np.ndarray | None:
-    """The table rows of `images` when every one still has the members read from `table` and they
-    are in shard order: then the output is copied as byte ranges of the table, with no per-member
+def kept_rows(task: ImageBatch, table: ShardTable | None) -> np.ndarray | None:
+    """The table rows of the batch's images when every one still has the members read from `table` and
+    they are in shard order: then the output is copied as byte ranges of the table, with no per-member
     objects. None otherwise (a stage made or changed images), and the members are written one by one."""
     if table is None or table.data is not None:
         return None
-    rows = table_rows(images, table)
+    if task.lazy_rows is not None:
+        return task.lazy_rows  # no stage asked for the images: the reader's rows, in order
+    rows = table_rows(task.data, table)
     if rows is None:
         return None
     rows = np.array(rows, np.int64)
@@ -129,12 +131,12 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         removed = task.removed
         removed_ids = [r.image_id for r in removed]
         samples_in = task.samples_in
-        check_accounting(shard, samples_in, len(task.data), len(removed))
+        check_accounting(shard, samples_in, task.num_items, len(removed))
 
         out_path = join(self.output_dir, relative)
         options = self.storage_options
         table = task._metadata.get("shard_table")
-        rows = kept_rows(task.data, table)
+        rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
             with AtomicShardWriter(local_out, self.fsync) as writer:
@@ -151,14 +153,14 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         stats = {"shard": shard, "relative_path": relative,
                  "input_fingerprint": shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
-                 "kept": len(task.data), "removed": len(removed), "bytes_out": bytes_out,
+                 "kept": task.num_items, "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": output_size, "sidecar": sidecar,
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative), options)
         if self.verbose:
-            logger.info("Wrote %s: %d kept, %d removed", out_path, len(task.data), len(removed))
-        if self.remove_image_data:
+            logger.info("Wrote %s: %d kept, %d removed", out_path, task.num_items, len(removed))
+        if self.remove_image_data and task.lazy_rows is None:  # (a lazy batch holds no decoded images)
             for image in task.data:
                 image.image_data = None
         return FileGroupTask(dataset_name=task.dataset_name, data=[out_path], task_id=task.task_id,
