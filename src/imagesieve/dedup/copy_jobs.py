@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.copy_match import RATIO, Keypoints, verify
+from imagesieve.dedup.copy_match import RATIO, Keypoints, Match, verify_many
 
 ROW_GROUP = 32  # rows per row group of a keypoint table
 MAX_JOB_PAIRS = 4000
+MAX_OTHERS = 32  # images matched against one in one matrix product (bounds its memory)
 COLUMNS = ["kp_width", "kp_height", "kp_points", "kp_descriptors"]
 
 
@@ -44,10 +45,19 @@ def _runs(values: np.ndarray) -> list[tuple[int, int]]:
 
 def verify_job(files: list[str], a_file: np.ndarray, a_pos: np.ndarray, b_file: np.ndarray, b_pos: np.ndarray,
                ratio: float, index: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(index, inliers, coverage_a, coverage_b, mirrored) of every pair of the job. One executor job."""
+    """(index, inliers, coverage_a, coverage_b, mirrored) of every pair of the job. One executor job.
+    The pairs of one first image (adjacent: jobs are sorted by it) are verified together."""
+    from threadpoolctl import threadpool_limits
+
     cache = _KeypointCache(files)
-    out = [verify(cache.get(fa, pa), cache.get(fb, pb), ratio)
-           for fa, pa, fb, pb in zip(a_file.tolist(), a_pos.tolist(), b_file.tolist(), b_pos.tolist(), strict=True)]
+    out: list[Match] = []
+    with threadpool_limits(1, "blas"):  # the executor already runs one job per core
+        for start, end in _runs(a_file * (int(a_pos.max(initial=0)) + 1) + a_pos):
+            others = [cache.get(fb, pb) for fb, pb in zip(b_file[start:end].tolist(), b_pos[start:end].tolist(),
+                                                          strict=True)]
+            for piece in range(0, len(others), MAX_OTHERS):
+                out += verify_many(cache.get(int(a_file[start]), int(a_pos[start])), others[piece:piece + MAX_OTHERS],
+                                   ratio)
     return (index, np.array([m.inliers for m in out], np.int32), np.array([m.coverage_a for m in out], np.float32),
             np.array([m.coverage_b for m in out], np.float32), np.array([m.mirrored for m in out], bool))
 
