@@ -22,7 +22,7 @@ from imagesieve.dedup.copy_kernel import ratio_matches
 from imagesieve.imageio import load, open_image
 
 DEFAULT_MAX_SIDE = 256  # images are decoded no larger than this (a side): the cost per image is bounded
-DEFAULT_FEATURES = 400  # keypoints kept per image, strongest first
+DEFAULT_FEATURES = 200  # keypoints kept per image, strongest first (400: same held-out recall, 1.6x the cost)
 RATIO = 0.8  # Lowe's ratio test: a match counts when clearly nearer than the second nearest
 CONTRAST = 0.02  # SIFT's contrast threshold, below OpenCV's 0.04: low-contrast photos still get keypoints
 RANSAC_PIXELS = 0.015  # reprojection tolerance, a share of the larger side

@@ -286,7 +286,7 @@ def _verify(table: pa.Table, keypoint_files: list[str], units: list[InputUnit], 
     file_index = {unit.rel: k for k, unit in enumerate(units)}
     file_of = np.array([file_index[s] for s in table.column("shard").to_pylist()], np.int64)
     position = table.column("position").to_numpy()
-    jobs = verification_jobs(keypoint_files, file_of, position, i, j)
+    jobs = verification_jobs(keypoint_files, file_of, position, i, j, parallelism=executor.parallelism())
     scores = {"inliers": np.zeros(len(i), np.int32), "coverage_a": np.zeros(len(i), np.float32),
               "coverage_b": np.zeros(len(i), np.float32), "mirrored": np.zeros(len(i), bool)}
     for index, *values in executor.map(verify_job, jobs) if jobs else []:
