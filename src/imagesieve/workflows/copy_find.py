@@ -1,12 +1,13 @@
 """`find --method copy`: cheap candidates, precise verification.
 
 1. Per shard, once (reused by reruns while the shard is unchanged): pHash and its mirror
-   (`OUT/hashes/`), an embedding (`OUT/embeddings/`, the semantic finder's model) and SIFT keypoints
-   at a bounded size (`OUT/keypoints/`).
+   (`OUT/hashes/`), two embeddings of the image's centre (`OUT/embeddings/`, the semantic finder's
+   model, see `CENTRES`) and SIFT keypoints at a bounded size (`OUT/keypoints/`).
 2. Exact copies (same bytes) are grouped first; the rest is searched with one image per exact group.
-3. Candidates: each image's `neighbours` nearest images by embedding (of the image's centre) with
-   cosine similarity at least `min_similarity` (k-means, then nearest neighbours within clusters: sub-quadratic), plus
-   every pair within `hash_threshold` bits of pHash, mirror included (multi-index hashing).
+3. Candidates: each image's `neighbours` nearest images by embedding (each view searched as a row of
+   its own) with cosine similarity at least `min_similarity` (k-means, then nearest neighbours within
+   clusters: sub-quadratic), plus every pair within `hash_threshold` bits of pHash, mirror included
+   (multi-index hashing).
 4. Verification (`dedup.copy_match`), in jobs grouped by shard: a pair is a copy when at least
    `min_inliers` keypoints agree on one similarity transform (mirror tried too) and their hull covers
    at least `min_coverage` of each image; or when its pHash distance is within `hash_accept`, the
