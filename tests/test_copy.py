@@ -137,3 +137,42 @@ def test_unreadable_image_is_listed_as_skipped(tmp_path):
     assert [r["id"] for r in skipped] == ["b"] and "00000.tar" in skipped[0]["reason"]
     assert summary.images == 3 and groups(tmp_path / "out") == {"c": ("a", "copy")}
     assert Image.open(io.BytesIO(encode(image))).size == (160, 160)
+
+
+def test_compiled_ratio_test_finds_what_bfmatcher_finds():
+    from imagesieve.dedup.copy_kernel import ratio_matches
+
+    extract = KeypointExtractor()
+    tiles = [extract(encode(image), name) for name, image in photo_tiles()[:4]]
+    query = tiles[0].descriptors.astype(np.float32)
+    train = np.concatenate([t.descriptors for t in tiles[1:]]).astype(np.float32)
+    starts = np.cumsum([0, *(len(t.descriptors) for t in tiles[1:])])
+    found = ratio_matches(query @ train.T, (query ** 2).sum(1), (train ** 2).sum(1), starts, 0.8)
+    for s, other in enumerate(tiles[1:]):
+        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query, other.descriptors.astype(np.float32), k=2)
+        expected = {m.queryIdx: m.trainIdx for m, n in pairs if m.distance < 0.8 * n.distance}
+        assert {q: int(t) for q, t in enumerate(found[:, s]) if t >= 0} == expected
+
+
+def test_verification_jobs_keep_an_image_pairs_together_whatever_the_workers():
+    from imagesieve.dedup.copy_jobs import verification_jobs
+
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, 3000, 20000), rng.integers(0, 3000, 20000)
+    i, j = i[i < j], j[i < j]
+    file_of, position = np.arange(3000) // 700, np.arange(3000) % 700
+    for parallelism in (1, 2, 16):
+        jobs = verification_jobs(["a", "b", "c", "d", "e"], file_of, position, i, j, parallelism=parallelism)
+        assert np.array_equal(np.sort(np.concatenate([job[-1] for job in jobs])), np.arange(len(i)))  # each once
+        firsts = [set(zip(job[1].tolist(), job[2].tolist(), strict=True)) for job in jobs]
+        assert sum(map(len, firsts)) == len(set().union(*firsts))  # an image's pairs in one job
+        assert len(jobs) >= min(4 * parallelism, 12)
+
+
+def test_two_views_at_96_pixels_give_unit_views():
+    from imagesieve.stages.embedding.onnx_model import OnnxEmbedder
+
+    images = [image for _, image in photo_tiles()[:3]]
+    rows = OnnxEmbedder(centres=(0.7, 0.56), input_size=96)(images)
+    assert rows.shape == (3, 2048)
+    assert np.allclose(np.linalg.norm(rows.reshape(6, 1024), axis=1), 1 / np.sqrt(2), atol=1e-5)

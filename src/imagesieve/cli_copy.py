@@ -26,6 +26,9 @@ def add_copy_args(find: argparse.ArgumentParser) -> None:
     group.add_argument("--min-coverage", type=float, default=DEFAULTS.min_coverage,
                        help="... and they cover at least this share of each image's area "
                             f"(default {DEFAULTS.min_coverage})")
+    group.add_argument("--features", type=int, default=DEFAULTS.features,
+                       help=f"verification: at most this many keypoints per image, strongest first (default "
+                            f"{DEFAULTS.features})")
     group.add_argument("--hash-accept", type=int, default=DEFAULTS.hash_accept,
                        help="pairs within this pHash distance are copies without keypoint evidence "
                             f"(default {DEFAULTS.hash_accept}; -1: never)")
@@ -39,7 +42,8 @@ def copy_config(args: argparse.Namespace) -> CopyConfig:
         raise SystemExit("--method copy computes its own embeddings (--model picks the model)")
     return CopyConfig(neighbours=args.neighbours, min_similarity=args.min_similarity,
                       hash_threshold=args.hash_threshold, min_inliers=args.min_inliers,
-                      min_coverage=args.min_coverage, hash_accept=args.hash_accept, keep=args.keep,
+                      min_coverage=args.min_coverage, hash_accept=args.hash_accept, features=args.features,
+                      keep=args.keep,
                       clusters=args.clusters, model=args.model, model_inference_batch_size=args.embedding_batch_size,
                       on_error=args.on_error)
 

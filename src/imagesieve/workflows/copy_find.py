@@ -1,12 +1,13 @@
 """`find --method copy`: cheap candidates, precise verification.
 
 1. Per shard, once (reused by reruns while the shard is unchanged): pHash and its mirror
-   (`OUT/hashes/`), an embedding (`OUT/embeddings/`, the semantic finder's model) and SIFT keypoints
-   at a bounded size (`OUT/keypoints/`).
+   (`OUT/hashes/`), two embeddings of the image's centre (`OUT/embeddings/`, the semantic finder's
+   model, see `CENTRES`) and SIFT keypoints at a bounded size (`OUT/keypoints/`).
 2. Exact copies (same bytes) are grouped first; the rest is searched with one image per exact group.
-3. Candidates: each image's `neighbours` nearest images by embedding (of the image's centre) with
-   cosine similarity at least `min_similarity` (k-means, then nearest neighbours within clusters: sub-quadratic), plus
-   every pair within `hash_threshold` bits of pHash, mirror included (multi-index hashing).
+3. Candidates: each image's `neighbours` nearest images by embedding (each view searched as a row of
+   its own) with cosine similarity at least `min_similarity` (k-means, then nearest neighbours within
+   clusters: sub-quadratic), plus every pair within `hash_threshold` bits of pHash, mirror included
+   (multi-index hashing).
 4. Verification (`dedup.copy_match`), in jobs grouped by shard: a pair is a copy when at least
    `min_inliers` keypoints agree on one similarity transform (mirror tried too) and their hull covers
    at least `min_coverage` of each image; or when its pHash distance is within `hash_accept`, the
@@ -68,8 +69,10 @@ from imagesieve.workflows.semantic import auto_clusters, groups_table
 from imagesieve.workflows.semantic_find import SemanticConfig, embed_shards
 
 # embeddings of the central 70% of each side: free of the borders a rotation adds, of caption bars over
-# the bottom 15%, and of most of what a crop removes (rotated copies: neighbour rank < 5 for 0.90 -> 1.00)
-CENTRE = 0.7
+# the bottom 15%, and of most of what a crop removes (rotated copies: neighbour rank < 5 for 0.90 -> 1.00);
+# and of the central 56%, which is what the central 70% of a 20% crop shows (crops: candidates 0.92 -> 1.00)
+CENTRES = (0.7, 0.56)
+INPUT_SIZE = 96  # the default model at 96 pixels: as good candidates as at 224, 6x less work (BENCHMARKS.md)
 PROBE_MARGIN = 0.05  # an image also searches clusters whose centroid is this nearly as similar
 
 
@@ -84,6 +87,7 @@ class CopyConfig:
     min_coverage: float = 0.15
     hash_accept: int = 10
     max_side: int = DEFAULT_MAX_SIDE
+    features: int = DEFAULT_FEATURES
     keep: str = "first"
     clusters: int | None = None
     model: str = "default"
@@ -101,6 +105,8 @@ class CopyConfig:
         if not 0 <= self.hash_threshold <= MAX_THRESHOLD or not -1 <= self.hash_accept <= MAX_THRESHOLD:
             raise ValueError(f"hash_threshold must be in 0..{MAX_THRESHOLD} and hash_accept in -1..{MAX_THRESHOLD} "
                              f"bits, got {self.hash_threshold} and {self.hash_accept}")
+        if self.features < self.min_inliers:
+            raise ValueError(f"features must be at least min_inliers ({self.min_inliers}), got {self.features}")
         if self.min_inliers < 3 or not 0 <= self.min_coverage <= 1:
             raise ValueError(f"min_inliers must be 3 or more and min_coverage in [0, 1], got {self.min_inliers} "
                              f"and {self.min_coverage}")
@@ -155,7 +161,8 @@ def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, c
     embedding_files = embed_shards(units, os.path.join(output_dir, "embeddings"),
                                    SemanticConfig(model=config.model, on_error=config.on_error,
                                                   model_inference_batch_size=config.model_inference_batch_size),
-                                   executor, progress, centre=CENTRE)
+                                   executor, progress, centres=CENTRES,
+                                   input_size=INPUT_SIZE if config.model == "default" else None)
     keypoint_files = extract_keypoints(units, os.path.join(output_dir, "keypoints"), config, executor, progress)
     seconds["per image"] = time.monotonic() - clock
 
@@ -195,11 +202,12 @@ def is_copy(inliers: np.ndarray, coverage: np.ndarray, hash_distance: np.ndarray
 def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyConfig, executor: BaseExecutor,
                       progress: bool) -> list[str]:
     """Keypoint tables of every shard whose table is missing or stale; returns them in shard order."""
-    settings = {"max_side": config.max_side, "features": DEFAULT_FEATURES}
+    settings = {"max_side": config.max_side, "features": config.features}
     paths = [hash_table_path(keypoints_dir, unit.rel) for unit in units]
     todo = [unit for unit, path in zip(units, paths, strict=True)
             if not table_is_current(path, unit.fingerprint, {"kp_points"}, settings)]
-    stages = [reader_for(units), ImageKeypointStage(max_side=config.max_side, on_error=config.on_error),
+    stages = [reader_for(units), ImageKeypointStage(max_side=config.max_side, features=config.features,
+                                                  on_error=config.on_error),
               HashWriterStage(hashes_dir=keypoints_dir, settings=settings, row_group_size=ROW_GROUP)]
     run_on_units("keypoints", stages, todo, len(units), executor, progress)
     return paths
@@ -238,25 +246,39 @@ def _pair_codes(i: np.ndarray, j: np.ndarray, n: int, rep: np.ndarray | None = N
 
 def _embedding_pairs(table: pa.Table, files: list[str], output_dir: str, config: CopyConfig,
                      executor: BaseExecutor) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's nearest neighbours by embedding, as table rows."""
+    """Each image's nearest neighbours by embedding, as table rows. Each view of an image (`CENTRES`)
+    is searched as a row of its own, so a crop's wide view finds its original's narrow one."""
     memmap = os.path.join(output_dir, WORK_DIR, "copy", "embeddings.f32")
     data = load_embeddings(files, memmap)
+    views = len(CENTRES)
     try:
         row_of = pc.index_in(data.ids, value_set=table.column("id")).to_numpy(zero_copy_only=False)
         if data.n < 2:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        k = min(config.clusters or auto_clusters(data.n), data.n)
-        labels, sims = cluster_rows(data.open(), k, 10, config.random_state, probes=3)
+        shape = (data.n * views, data.dim // views)
+        _unit_views(data.path, shape, views)
+        k = min(config.clusters or auto_clusters(shape[0]), shape[0])
+        labels, sims = cluster_rows(np.memmap(data.path, np.float32, "r", shape=shape), k, 10, config.random_state,
+                                    probes=3)
         jobs = cluster_jobs(labels, sims, PROBE_MARGIN, 4 * executor.parallelism())
-        found = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, config.min_similarity, 1024,
-                                              config.neighbours) for job in jobs])
+        found = executor.map(similar_pairs, [(data.path, shape, job, config.min_similarity, 1024, config.neighbours)
+                                             for job in jobs])
     finally:
         os.remove(data.path)
-    i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)])
-    j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)])
+    i = np.concatenate([np.zeros(0, np.int64), *(f[0] for f in found)]) // views
+    j = np.concatenate([np.zeros(0, np.int64), *(f[1] for f in found)]) // views
     i, j = row_of[i], row_of[j]
     usable = (i >= 0) & (j >= 0)  # an image unreadable for hashing has no row
     return i[usable].astype(np.int64), j[usable].astype(np.int64)
+
+
+def _unit_views(path: str, shape: tuple[int, int], views: int, chunk: int = 1 << 16) -> None:
+    """Rows of `views` unit views side by side have length 1; scale them in place so each view has."""
+    if views > 1:
+        rows = np.memmap(path, np.float32, "r+", shape=shape)
+        for start in range(0, shape[0], chunk):
+            rows[start:start + chunk] *= np.float32(np.sqrt(views))
+        rows.flush()
 
 
 def _verify(table: pa.Table, keypoint_files: list[str], units: list[InputUnit], i: np.ndarray, j: np.ndarray,
@@ -265,7 +287,7 @@ def _verify(table: pa.Table, keypoint_files: list[str], units: list[InputUnit], 
     file_index = {unit.rel: k for k, unit in enumerate(units)}
     file_of = np.array([file_index[s] for s in table.column("shard").to_pylist()], np.int64)
     position = table.column("position").to_numpy()
-    jobs = verification_jobs(keypoint_files, file_of, position, i, j)
+    jobs = verification_jobs(keypoint_files, file_of, position, i, j, parallelism=executor.parallelism())
     scores = {"inliers": np.zeros(len(i), np.int32), "coverage_a": np.zeros(len(i), np.float32),
               "coverage_b": np.zeros(len(i), np.float32), "mirrored": np.zeros(len(i), bool)}
     for index, *values in executor.map(verify_job, jobs) if jobs else []:

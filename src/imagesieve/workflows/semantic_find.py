@@ -99,16 +99,17 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
 
 
 def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticConfig,
-                 executor: BaseExecutor, progress: bool, centre: float = 1.0) -> list[str]:
-    """Embed every shard whose table is missing or stale; returns the tables in shard order. `centre`:
-    embed the central share of each image only (see `ImageEmbeddingStage`)."""
-    model_id = model_identity(config.model, config.flip, centre)
+                 executor: BaseExecutor, progress: bool, centres: tuple[float, ...] = (1.0,),
+                 input_size: int | None = None) -> list[str]:
+    """Embed every shard whose table is missing or stale; returns the tables in shard order. `centres`,
+    `input_size`: see `ImageEmbeddingStage`."""
+    model_id = model_identity(config.model, config.flip, centres, input_size)
     needed = {f"json.{f}" for f in config.json_fields}
     todo = [unit for unit in shards
             if not is_current(embedding_table_path(embeddings_dir, unit.rel), unit.fingerprint, model_id, needed)]
     embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
                                    on_error=config.on_error, json_fields=config.json_fields, flip=config.flip,
-                                   centre=centre)
+                                   centres=centres, input_size=input_size)
     run_on_units("embed", [reader_for(shards), embedder,
                            EmbeddingWriterStage(embeddings_dir=embeddings_dir, model_id=model_id)],
                  todo, len(shards), executor, progress)

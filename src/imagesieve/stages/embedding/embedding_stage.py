@@ -35,13 +35,16 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     json_fields: tuple[str, ...] = ()
     flip: bool = False
     threads: int = 1  # onnxruntime threads per worker: the executor already runs one worker per core
-    centre: float = 1.0  # embed only the central share of each side (robust to crops, borders, caption bars)
+    # embed only the central share of each side (robust to crops, borders, caption bars); several shares:
+    # one embedding of each, side by side (see OnnxEmbedder)
+    centres: tuple[float, ...] = (1.0,)
+    input_size: int | None = None  # the default model's input size, if not 224 (see OnnxEmbedder)
     name: str = "image_embedding"
     _embedder: OnnxEmbedder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 < self.centre <= 1:
-            raise ValueError(f"centre must be in (0, 1], got {self.centre}")
+        if not self.centres or not all(0 < c <= 1 for c in self.centres):
+            raise ValueError(f"centres must be in (0, 1], got {self.centres}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be >= 1, got {self.model_inference_batch_size}")
         check_on_error(self.on_error)
@@ -54,7 +57,8 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         if self._embedder is None:
-            self._embedder = OnnxEmbedder(self.model, threads=self.threads, centre=self.centre)
+            self._embedder = OnnxEmbedder(self.model, threads=self.threads, centres=self.centres,
+                                          input_size=self.input_size)
 
     def teardown(self) -> None:
         self._embedder = None
@@ -65,7 +69,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def process(self, task: ImageBatch) -> ImageBatch:
         self.setup()  # today's pool workers call setup once; a direct call may not have
-        size = self._embedder.preprocess.decode_size
+        size = self._embedder.decode_size
         step = self.model_inference_batch_size
         for start in range(0, len(task.data), step):
             chunk = task.data[start:start + step]

@@ -93,10 +93,13 @@ def default_model_path() -> str:
     return str(path)
 
 
-def model_identity(model: str, flip: bool = False, centre: float = 1.0) -> str:
+def model_identity(model: str, flip: bool = False, centres: tuple[float, ...] = (1.0,),
+                   input_size: int | None = None) -> str:
     """What embeddings on disk record about the model that made them, so a rerun with another model
-    (or with `flip` or `centre` changed) recomputes them: the default's package version, or a user file's SHA-256."""
-    suffix = (":flip" if flip else "") + (f":centre{centre}" if centre != 1 else "")
+    (or with `flip`, `centres` or `input_size` changed) recomputes them: the default's package version, or
+    a user file's SHA-256."""
+    suffix = ((":flip" if flip else "") + (f":centre{'+'.join(map(str, centres))}" if centres != (1.0,) else "")
+              + (f":size{input_size}" if input_size else ""))
     if model == DEFAULT_MODEL:
         from importlib.metadata import version
 
@@ -109,10 +112,15 @@ def model_identity(model: str, flip: bool = False, centre: float = 1.0) -> str:
 
 
 class OnnxEmbedder:
-    """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows."""
+    """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows.
+
+    `centres`: embed the central share of each side; with several, one embedding per share, each of
+    unit length, laid end to end (the row then has length 1 too). `input_size`: run the default model
+    at this size instead of 224 (it is convolutional up to the pooled features, and its 48-pixel
+    thumbnail holds no more detail than 96 pixels show: 6x less work, BENCHMARKS.md)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, threads: int = 1, preprocess: Preprocess | None = None,
-                 centre: float = 1.0) -> None:
+                 centres: tuple[float, ...] = (1.0,), input_size: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -125,7 +133,9 @@ class OnnxEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        content = _with_output(path, DEFAULT_OUTPUT) if model == DEFAULT_MODEL else path
+        if input_size is not None and model != DEFAULT_MODEL:
+            raise ValueError("input_size applies to the default model only")
+        content = _with_output(path, DEFAULT_OUTPUT, input_size) if model == DEFAULT_MODEL else path
         try:
             self.session = ort.InferenceSession(content, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -138,19 +148,27 @@ class OnnxEmbedder:
             preprocess = OPEN_NSFW if model == DEFAULT_MODEL else Preprocess(layout=layout, std=IMAGENET_STD)
         if fixed_size and fixed_size != preprocess.size:
             preprocess = replace(preprocess, size=fixed_size)
-        self.preprocess = replace(preprocess, centre=centre) if centre != 1 else preprocess
+        self.preprocess = preprocess
+        self.views = [replace(preprocess, centre=c) if c != 1 else preprocess for c in centres]
+
+    @property
+    def decode_size(self) -> int:
+        return max(view.decode_size for view in self.views)
 
     def __call__(self, images: list[Image.Image], flip: bool = False) -> np.ndarray:
-        """Unit rows, one per image. `flip`: the sum of the image's and its mirror's embeddings, so that
-        a mirrored copy has the same embedding (a second model pass over the batch)."""
-        batch = self.preprocess(images)
+        """Unit rows, one per image (the views side by side). `flip`: the sum of the image's and its mirror's
+        embeddings, so that a mirrored copy has the same embedding (a second model pass over the batch)."""
+        views = [self._embed(view(images), len(images), flip) for view in self.views]
+        return views[0] if len(views) == 1 else np.hstack(views) / np.float32(np.sqrt(len(views)))
+
+    def _embed(self, batch: np.ndarray, n: int, flip: bool) -> np.ndarray:
         if flip:
             axis = 3 if self.preprocess.layout == "NCHW" else 2
             batch = np.concatenate([batch, np.ascontiguousarray(np.flip(batch, axis=axis))])
         out = self.session.run([self.output_name], {self.input_name: batch})[0]
         out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         if flip:
-            out = out[:len(images)] + out[len(images):]
+            out = out[:n] + out[n:]
         if out.shape[1] != self.dim:
             raise ModelShapeError(f"ONNX model {self.path}: output has {out.shape[1]} values per image, "
                                   f"its declared shape says {self.dim}")
@@ -160,16 +178,27 @@ class OnnxEmbedder:
         return out / norms
 
 
-def _with_output(path: str, output: str) -> bytes:
+def _with_output(path: str, output: str, input_size: int | None = None) -> bytes:
     """The default model with the max-pooled last features as its only output (onnxruntime returns
-    graph outputs only); the classifier head after them is pruned by onnxruntime as unused."""
+    graph outputs only) and the classifier head after them removed; with `input_size`, for inputs of
+    that size (the head's fixed 7x7 pool is what tied the model to 224)."""
     import onnx
 
     model = onnx.load(path)
     model.graph.node.append(onnx.helper.make_node("ReduceMax", [DEFAULT_FEATURES], [output], axes=[2, 3],
                                                   keepdims=0))
-    model.graph.output.pop()
+    needed, kept = {output}, []
+    for node in reversed(model.graph.node):
+        if needed & set(node.output):
+            kept.append(node)
+            needed |= set(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
+    del model.graph.output[:]
     model.graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    if input_size is not None:
+        height, width = model.graph.input[0].type.tensor_type.shape.dim[1:3]  # NHWC
+        height.dim_value = width.dim_value = input_size
     return model.SerializeToString()
 
 
