@@ -156,8 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=30_000)
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--sides", type=int, nargs="+", default=[300, 680],
-                        help="image sides in pixels: 300 gives ~20 KB a sample, 680 ~100 KB")
+    parser.add_argument("--sides", type=int, nargs="+", default=[300, 1000],
+                        help="image sides in pixels: 300 gives ~20 KB a sample, 1000 ~100 KB")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.8],
                         help="the target (imagesieve / raw copy) at each side")
     parser.add_argument("--repeat", type=int, default=5)
