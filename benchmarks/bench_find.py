@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,15 +44,19 @@ from imagesieve.sample_data import load_photos, photo_crops, write_shard
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, FindConfig, hash_shards
 
 IMAGEDEDUP_ENCODE = r"""
-import json, sys, time
+import json, resource, sys, time
 from imagededup.methods import PHash
 folder, repeat, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-times = []
+def cpu():
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+times, cpus = [], []
 for _ in range(repeat):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu()
     encodings = PHash(verbose=False).encode_images(image_dir=folder, num_enc_workers=workers)
     times.append(time.perf_counter() - start)
-print(json.dumps({"times": times, "n": len(encodings)}))
+    cpus.append(cpu() - cpu_start)
+print(json.dumps({"times": times, "cpu": cpus, "n": len(encodings)}))
 """
 
 IMAGEDEDUP_SEARCH = r"""
@@ -121,13 +126,15 @@ def make_images(root: str, n: int, images: Iterator[tuple[bytes, str]]) -> tuple
     return folder, shard_dir
 
 
-def time_find_command(shard_dir: str, out: str, workers: int) -> float:
-    """Seconds for the whole `imagesieve find --method phash` command: start-up, hashing, search, output."""
+def time_find_command(shard_dir: str, out: str, workers: int) -> tuple[float, float]:
+    """(seconds, CPU seconds of all its processes) of the whole `imagesieve find --method phash` command:
+    start-up, hashing, search and output."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([sys.executable, "-m", "imagesieve.cli", "find", "--method", "phash", "--workers", str(workers),
                     shard_dir, out], check=True, capture_output=True)
-    return time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def bench_encode(args, root: str) -> None:
@@ -137,17 +144,22 @@ def bench_encode(args, root: str) -> None:
         folder, shard_dir = make_images(set_root, args.images, generate(args.images))
         print(f"\n(a) hash encode, {args.images} {description}, {args.workers} workers each, "
               f"median of {args.repeat}, the tools' runs interleaved")
-        command, phase, theirs = [], [], []
+        command, command_cpu, phase, theirs, theirs_cpu = [], [], [], [], []
         for run in range(args.repeat):
-            command.append(time_find_command(shard_dir, os.path.join(set_root, "out"), args.workers))
+            seconds, cpu = time_find_command(shard_dir, os.path.join(set_root, "out"), args.workers)
+            command.append(seconds)
+            command_cpu.append(cpu)
             out = os.path.join(set_root, f"hashes-{run}")
             start = time.perf_counter()
             hash_shards(shard_dir, out, out, FindConfig(method="phash"), LocalExecutor(args.workers), False, "hash")
             phase.append(time.perf_counter() - start)
             if args.imagededup_python:
-                theirs.append(run_json(args.imagededup_python, IMAGEDEDUP_ENCODE, folder, 1, args.workers)["times"][0])
+                result = run_json(args.imagededup_python, IMAGEDEDUP_ENCODE, folder, 1, args.workers)
+                theirs.append(result["times"][0])
+                theirs_cpu.append(result["cpu"][0])
         ours_s = statistics.median(command)
-        print(f"    imagesieve find --method phash, whole command     {args.images / ours_s:8.0f} images/s")
+        print(f"    imagesieve find --method phash, whole command     {args.images / ours_s:8.0f} images/s   "
+              f"CPU {statistics.median(command_cpu):.2f} s")
         phase_s = statistics.median(phase)
         print(f"    imagesieve hash phase alone (pHash + bytes hash)  {args.images / phase_s:8.0f} images/s")
         per_image = imagehash_loop_seconds(folder)
@@ -155,10 +167,12 @@ def bench_encode(args, root: str) -> None:
         if theirs:
             theirs_s = statistics.median(theirs)
             ratio = theirs_s / ours_s
-            print(f"    imagededup PHash.encode_images                    {args.images / theirs_s:8.0f} images/s")
+            print(f"    imagededup PHash.encode_images                    {args.images / theirs_s:8.0f} images/s   "
+                  f"CPU {statistics.median(theirs_cpu):.2f} s")
             print(f"    ratio, whole imagesieve command / imagededup encode: {ratio:.2f}x  "
                   f"(target >= 3x: {'met' if ratio >= 3 else 'NOT met'}; per run: "
-                  f"{', '.join(f'{t / o:.2f}x' for o, t in zip(command, theirs, strict=True))})")
+                  f"{', '.join(f'{t / o:.2f}x' for o, t in zip(command, theirs, strict=True))}; "
+                  f"CPU seconds: {statistics.median(theirs_cpu) / statistics.median(command_cpu):.2f}x)")
 
 
 def imagehash_loop_seconds(folder: str, n: int = 300) -> float:

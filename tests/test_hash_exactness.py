@@ -65,9 +65,10 @@ def test_flip_hashes_are_imagehash_of_the_mirrored_grey_image():
 
 
 def test_no_bit_of_the_matrix_dct_differs_from_scipys_on_real_photos():
-    """The flip rate: how often the one-product DCT rounds a bit to the other side of the median than
-    imagehash's scipy DCT, before any near-tie is recomputed. Measured: never, on these photos, and
-    no photo comes near a tie (the smallest gap to the median is orders above the rounding)."""
+    """The flip rate: how often the one-product DCT puts a bit on the other side of the median than
+    imagehash's scipy DCT, before near-ties are recomputed. On these photos: never, and none comes
+    near a tie. (On 20,000 crops with flat ones among them, 33 differed, every one an exact tie
+    (a flat crop: its AC coefficients all 0) that the tie check catches and recomputes.)"""
     thumbs = []
     for data, _ in crops():
         image = Image.open(io.BytesIO(data))
