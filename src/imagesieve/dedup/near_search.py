@@ -23,7 +23,7 @@ import numpy as np
 MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
 MAX_PAIRS = 20_000_000  # pairs one search may return (~0.5 GB); more means the threshold matches noise
 EXHAUSTIVE_PAIRS = 1 << 25  # up to this many comparisons (~6,000 hashes against each other, ~0.1 s)
-EXHAUSTIVE_ROWS = 1024  # the exhaustive search compares this many rows at a time (bounded memory)
+EXHAUSTIVE_ROWS = 256  # the exhaustive search compares this many rows at a time (bounded memory)
 
 
 class TooManyPairsError(ValueError):
@@ -149,18 +149,23 @@ def _all_pairs_within(query: np.ndarray, other: np.ndarray | None, threshold: in
     order (by i, then j)."""
     base = query if other is None else other
     found_i, found_j, count = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    xor = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint64)  # reused: no fresh pages per block
+    bits = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint8)
     for start in range(0, len(query), EXHAUSTIVE_ROWS):
         rows = query[start:start + EXHAUSTIVE_ROWS]
-        first = start if other is None else 0  # a self-join compares each row with the rows after it
-        near = np.bitwise_count(rows[:, None] ^ base[None, first:]) <= threshold
-        if other is None:
-            near &= np.arange(first, len(base))[None, :] > np.arange(start, start + len(rows))[:, None]
-        i, j = np.nonzero(near)
+        first = start if other is None else 0  # a self-join compares each row with the rows from its own on
+        n_rows, n_cols = len(rows), len(base) - first
+        np.bitwise_xor(rows[:, None], base[None, first:], out=xor[:n_rows, :n_cols])
+        np.bitwise_count(xor[:n_rows, :n_cols], out=bits[:n_rows, :n_cols])
+        i, j = np.nonzero(bits[:n_rows, :n_cols] <= threshold)
+        i, j = i + start, j + first
+        if other is None:  # i < j only (the block's own rows include i == j and the pairs below it)
+            i, j = i[j > i], j[j > i]
         count += len(i)
         if count > max_pairs:
             _too_many(threshold, max_pairs)
-        found_i.append(i + start)
-        found_j.append(j + first)
+        found_i.append(i)
+        found_j.append(j)
     i, j = np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
     return i, j, popcount64(query[i] ^ base[j])
 
