@@ -105,14 +105,11 @@ def _hash_one(data: bytes, kinds: tuple[str, ...], where: str, flip: bool, exact
         if not exact_decode and fmt == "jpeg":
             image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
         grey = load(image, where).convert("L")
-        for mirrored, img in ((False, grey), (True, ImageOps.mirror(grey) if flip else None)):
-            if img is None:
-                continue
-            for (kind, side), pixels in small.items():
-                if side == mirrored:  # imagehash: convert("L") (a no-op here), then a Lanczos resize
-                    size = BATCHED[kind][0]
-                    pixels[row] = np.frombuffer(img.resize(size, Image.Resampling.LANCZOS).tobytes(),
-                                                np.uint8).reshape(size[1], size[0])
-            if "whash" in kinds:
-                values["whash_flip" if mirrored else "whash"] = pack_bits(imagehash.whash(img).hash)
+        views = {False: grey, True: ImageOps.mirror(grey)} if flip else {False: grey}
+        for (kind, mirrored), pixels in small.items():  # imagehash: convert("L") (a no-op here), Lanczos resize
+            thumb = views[mirrored].resize(BATCHED[kind][0], Image.Resampling.LANCZOS)
+            pixels[row] = np.frombuffer(thumb.tobytes(), np.uint8).reshape(pixels.shape[1:])
+        if "whash" in kinds:  # its size depends on the image's: one at a time, by imagehash
+            for mirrored, view in views.items():
+                values["whash_flip" if mirrored else "whash"] = pack_bits(imagehash.whash(view).hash)
     return ImageHashes(width, height, fmt, values)
