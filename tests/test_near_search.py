@@ -14,6 +14,13 @@ from imagesieve.dedup.hashes import hash_image
 from imagesieve.dedup.near_search import brute_force_pairs, near_pairs
 
 
+@pytest.fixture(autouse=True)
+def indexed_search_only(monkeypatch):
+    """These tests check the multi-index search: keep small inputs off the exhaustive shortcut
+    (which `test_hash_exactness.py` checks against this search)."""
+    monkeypatch.setattr(ns, "EXHAUSTIVE_PAIRS", -1)
+
+
 def planted(rng: np.random.Generator, n: int, t: int, k: int) -> np.ndarray:
     codes = rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64)
     picks = rng.integers(0, n, size=k)

@@ -61,6 +61,28 @@ def distinct_images(tile: int = 128) -> list[tuple[str, Image.Image]]:
     return out
 
 
+def photo_crops(n: int, sides: tuple[int, ...] = (128, 160, 192, 256, 320, 384, 512, 640, 768),
+                other_formats: float = 0.03, seed: int = 0) -> Iterator[tuple[bytes, str]]:
+    """n (encoded bytes, extension) crops of the bundled photos (scaled up 2x, so the larger sides fit),
+    each side drawn from `sides`: mostly JPEG at quality 75-95, a fraction `other_formats` PNG and
+    WebP, like the images of a web crawl. For benchmarks and tests of the hash path."""
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(Image.fromarray(p).resize((p.shape[1] * 2, p.shape[0] * 2), Image.Resampling.BICUBIC))
+              for _, p in load_photos()]
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        height, width = (min(int(rng.choice(sides)), photo.shape[k]) for k in (0, 1))
+        y, x = int(rng.integers(photo.shape[0] - height + 1)), int(rng.integers(photo.shape[1] - width + 1))
+        crop = Image.fromarray(photo[y:y + height, x:x + width])
+        draw = rng.random()
+        if draw < other_formats / 2:
+            yield encode(crop, "png"), "png"
+        elif draw < other_formats:
+            yield encode(crop, "webp"), "webp"
+        else:
+            yield encode(crop, quality=int(rng.integers(75, 96))), "jpg"
+
+
 def encode(image: Image.Image, fmt: str = "jpeg", quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     if fmt == "jpeg":

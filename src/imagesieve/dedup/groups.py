@@ -8,8 +8,6 @@ placed keeps every unplaced neighbour within the threshold of itself.
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def group_exact(labels: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
@@ -18,6 +16,14 @@ def group_exact(labels: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
     Each array of `labels` numbers the distinct values of one exact hash (equal value, equal label).
     """
     n = len(rank)
+    if len(labels) == 1:  # one hash: its groups are the components, no graph needed (nor scipy)
+        order = np.lexsort((rank, labels[0]))  # by label, best rank first
+        first = np.ones(n, dtype=bool)
+        first[1:] = labels[0][order][1:] != labels[0][order][:-1]
+        best = order[first][np.cumsum(first) - 1]  # each sorted row's best-ranked member
+        rep = np.empty(n, dtype=np.int64)
+        rep[order] = best
+        return rep
     rows, cols = [], []
     for inverse in labels:
         order = np.argsort(inverse, kind="stable")
@@ -30,6 +36,9 @@ def group_exact(labels: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
 
 def best_of_components(n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """For each node, the best-ranked node of its connected component."""
+    from scipy.sparse import coo_matrix  # here, not at import: scipy.sparse adds ~0.1 s to every `find`
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     order = np.lexsort((rank, labels))  # by component, best rank first

@@ -8,7 +8,8 @@ block we bucket all hashes by that block's value, and for each hash probe every 
 is within r_i bits of its own; every candidate found is checked on all 64 bits. This finds every pair within t (no
 approximation) and, with m chosen so that a bucket holds about one hash, costs
 O(n * probes) instead of O(n^2). Bucketing is vectorised; the probing loop is compiled
-(`near_kernel.py`).
+(`near_kernel.py`). Up to a few thousand hashes, comparing every pair with NumPy is faster than
+loading the compiled loop (numba's start-up alone costs ~0.3 s), so small searches do that.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from math import comb
 
 import numpy as np
 
-from imagesieve.dedup.near_kernel import probe
-
 MAX_TABLE_BITS = 24  # blocks up to this wide use a direct bucket table (2^24 int64 = 128 MiB)
 MAX_PAIRS = 20_000_000  # pairs one search may return (~0.5 GB); more means the threshold matches noise
+EXHAUSTIVE_PAIRS = 1 << 25  # up to this many comparisons (~6,000 hashes against each other, ~0.1 s)
+EXHAUSTIVE_ROWS = 256  # the exhaustive search compares this many rows at a time (bounded memory)
 
 
 class TooManyPairsError(ValueError):
@@ -144,6 +145,8 @@ def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = Non
         raise ValueError(f"threshold must be within 0..64, got {threshold}")
     if len(query) == 0 or len(base) == 0:
         return (np.zeros(0, np.int64),) * 3
+    if len(query) * len(base) <= EXHAUSTIVE_PAIRS:
+        return _all_pairs_within(query, None if other is None else base, threshold, max_pairs)
     widths, radii = choose_split(len(base), threshold)
     m = len(widths)
     if len(base) < min_parallel:
@@ -168,6 +171,33 @@ def near_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = Non
     return i, j, popcount64(query[i] ^ base[j])
 
 
+def _all_pairs_within(query: np.ndarray, other: np.ndarray | None, threshold: int,
+                      max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`near_pairs` by comparing every pair, a block of rows at a time: the same pairs, in the same
+    order (by i, then j)."""
+    base = query if other is None else other
+    found_i, found_j, count = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    xor = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint64)  # reused: no fresh pages per block
+    bits = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint8)
+    for start in range(0, len(query), EXHAUSTIVE_ROWS):
+        rows = query[start:start + EXHAUSTIVE_ROWS]
+        first = start if other is None else 0  # a self-join compares each row with the rows from its own on
+        n_rows, n_cols = len(rows), len(base) - first
+        np.bitwise_xor(rows[:, None], base[None, first:], out=xor[:n_rows, :n_cols])
+        np.bitwise_count(xor[:n_rows, :n_cols], out=bits[:n_rows, :n_cols])
+        i, j = np.nonzero(bits[:n_rows, :n_cols] <= threshold)
+        i, j = i + start, j + first
+        if other is None:  # i < j only (the block's own rows include i == j and the pairs below it)
+            i, j = i[j > i], j[j > i]
+        count += len(i)
+        if count > max_pairs:
+            _too_many(threshold, max_pairs)
+        found_i.append(i)
+        found_j.append(j)
+    i, j = np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
+    return i, j, popcount64(query[i] ^ base[j])
+
+
 def _too_many(threshold: int, max_pairs: int) -> None:
     raise TooManyPairsError(f"more than {max_pairs:,} pairs of images lie within {threshold} bits: the threshold "
                             "is too loose for this data (unrelated images match); use a lower --threshold")
@@ -176,6 +206,8 @@ def _too_many(threshold: int, max_pairs: int) -> None:
 def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, shift: int, width: int,
                   masks: list[int], max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `threshold` found by probing one block with the given flip masks."""
+    from imagesieve.dedup.near_kernel import probe  # here: importing numba costs every run ~0.15 s
+
     self_join = other is None
     base = query if self_join else other
     mask = np.uint64((1 << width) - 1)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesieve.dedup.hashes import ALL_KINDS, PERCEPTUAL, hash_image
+from PIL import Image
+
+from imagesieve.dedup.hashes import ALL_KINDS, PERCEPTUAL, hash_images
 from imagesieve.imageio import ImageDecodeError
-from imagesieve.stages.base import ProcessingStage
-from imagesieve.stages.sample_fields import check_on_error, json_values
-from imagesieve.tasks import ImageBatch
+from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
+from imagesieve.stages.sample_fields import check_on_error, image_bytes, json_values
+from imagesieve.tasks import ImageBatch, ImageObject
+
+CHUNK = 256  # images read and hashed together
 
 
 @dataclass
@@ -38,24 +42,32 @@ class ImageHashStage(ProcessingStage[ImageBatch, ImageBatch]):
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["metadata", *self.kinds]
 
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        """Load every Pillow image plugin once here: on the local executor this runs before the workers
+        fork, so they inherit them instead of each loading them on its first WebP or TIFF."""
+        Image.init()
+
     def process(self, task: ImageBatch) -> ImageBatch:
-        for image in task.data:
-            where = f"{image.shard}: sample {image.image_id!r}"
-            data = image.read_bytes()
+        for start in range(0, len(task.data), CHUNK):  # bounded memory: a shard can be gigabytes
+            self._hash_chunk(task.data[start:start + CHUNK])
+        return task
+
+    def _hash_chunk(self, images: list[ImageObject]) -> None:
+        datas = image_bytes(images)
+        wheres = [f"{image.shard}: sample {image.image_id!r}" for image in images]
+        results = hash_images(datas, self.kinds, wheres, self.flip, self.exact_decode)
+        for image, data, where, result in zip(images, datas, wheres, results, strict=True):
             image.metadata["file_size"] = len(data)
-            try:
-                result = hash_image(data, self.kinds, where, self.flip, self.exact_decode)
-            except ImageDecodeError as exc:
+            if isinstance(result, ImageDecodeError):
                 if self.on_error == "fail":
-                    raise
+                    raise result
                 # keep every column present even when no image of the shard could be read
-                image.metadata.update(dict.fromkeys(self._columns(), None), error=str(exc))
+                image.metadata.update(dict.fromkeys(self._columns(), None), error=str(result))
                 continue
             image.metadata.update(width=result.width, height=result.height, format=result.format,
                                   **result.values)
             if self.json_fields:
                 image.metadata.update(json_values(image, self.json_fields, where))
-        return task
 
     def _columns(self) -> list[str]:
         flips = [f"{k}_flip" for k in self.kinds if self.flip and k in PERCEPTUAL]

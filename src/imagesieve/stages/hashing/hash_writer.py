@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
-from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage import join, read_schema
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
@@ -57,6 +57,11 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["metadata"]
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        """pyarrow imports pandas (if installed, ~0.2 s) on its first `pa.array`: do it once here, which on
+        the local executor runs before the workers fork, rather than once in every worker."""
+        pa.array([0])
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         relative = batch_relative_path(task._metadata, task.task_id)
