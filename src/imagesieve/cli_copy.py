@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 from imagesieve.workflows.copy_find import CopyConfig
@@ -49,12 +48,10 @@ def copy_config(args: argparse.Namespace) -> CopyConfig:
 
 
 def cmd_find_copy(args: argparse.Namespace, make_executor: Callable) -> int:
-    from imagesieve.cli_find import print_summary
+    from imagesieve.cli_find import print_find_summary
     from imagesieve.workflows.copy_find import find_copies
 
     summary = find_copies(args.input, args.output, copy_config(args), executor=make_executor(args),
                           progress=not args.quiet)
-    print_summary(args, summary, [
-        f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
-        f"to look at them  imagesieve report {args.output}"])
+    print_find_summary(args, summary)
     return 0

@@ -57,6 +57,13 @@ def print_summary(args: argparse.Namespace, summary: object, extra_lines: list[s
         print("\n".join([*summary.lines(), *extra_lines]))
 
 
+def print_find_summary(args: argparse.Namespace, summary: object) -> None:
+    """A find's summary, and where its results are and what to do with them next."""
+    print_summary(args, summary, [
+        f"duplicate IDs    {join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
+        f"to look at them  imagesieve report {args.output}"])
+
+
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.find import find_duplicates
 
@@ -67,9 +74,7 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
                               executor=make_executor(args), progress=not args.quiet,
                               storage_options=storage_options(args))
-    print_summary(args, summary, [
-        f"duplicate IDs    {join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
-        f"to look at them  imagesieve report {args.output}"])
+    print_find_summary(args, summary)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 
 from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP, SemanticConfig
@@ -37,12 +36,10 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
 
 
 def cmd_find_semantic(args: argparse.Namespace, make_executor: Callable) -> int:
-    from imagesieve.cli_find import print_summary
+    from imagesieve.cli_find import print_find_summary
     from imagesieve.workflows.semantic_find import find_semantic
 
     summary = find_semantic(args.input, args.output, semantic_config(args), executor=make_executor(args),
                             progress=not args.quiet)
-    print_summary(args, summary, [
-        f"duplicate IDs    {os.path.join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
-        f"to look at them  imagesieve report {args.output}"])
+    print_find_summary(args, summary)
     return 0
