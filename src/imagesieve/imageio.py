@@ -52,7 +52,25 @@ def load(image: Image.Image, where: str) -> Image.Image:
             image.load()
     except Exception as exc:
         raise ImageDecodeError(f"{where}: corrupt image data ({_reason(exc)})") from exc
-    return image
+    return to_eight_bits(image) if image.mode in _WIDE_MODES else image
+
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_eight_bits(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit greyscale image as 8-bit greyscale, scaled from its range. Pillow's
+    `convert("L")` clips every value above 255, so every 16-bit photo would decode as a white
+    image, and any two of them would match as duplicates (imagehash has that flaw; we do not copy it)."""
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        eight = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    else:
+        top = float(values.max()) if values.size else 0.0
+        scale = 255.0 if 0 < top <= 1.0 and image.mode == "F" else 1.0 if top <= 255 else 255.0 / 65535.0 \
+            if top <= 65535 else 255.0 / top
+        eight = np.clip(values.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(eight, "L")
 
 
 def decode_rgb(data: bytes, where: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
