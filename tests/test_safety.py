@@ -460,3 +460,32 @@ def test_link_with_tar_shards_is_refused_and_a_file_for_the_id_folder_is_named(m
         remove_duplicates(shard, str(tmp_path / "out"), str(tmp_path / "ids"), link=True)
     with pytest.raises(NotADirectoryError, match="is a file; pass the folder"):
         remove_duplicates(shard, str(tmp_path / "out2"), ids)
+
+
+def test_an_image_folder_rerun_drops_other_files_that_left_the_input(tmp_path):
+    from conftest import encode, photo_tiles
+
+    folder = tmp_path / "images"
+    (folder / "a").mkdir(parents=True)
+    for i, tile in enumerate(photo_tiles()[:2]):
+        (folder / "a" / f"{i}.jpg").write_bytes(encode(tile))
+    (folder / "a" / "0.txt").write_text("a caption")
+    (folder / "LICENSE").write_text("CC-BY")
+    write_ids(tmp_path / "ids", ["a/1.jpg"])
+    out = tmp_path / "out"
+    remove_duplicates(str(folder), str(out), str(tmp_path / "ids"))
+    assert (out / "LICENSE").exists() and (out / "a" / "0.txt").exists()
+    (out / "notes.md").write_text("the user's own")
+    (folder / "LICENSE").unlink()
+    (folder / "a" / "0.txt").unlink()
+    remove_duplicates(str(folder), str(out), str(tmp_path / "ids"))
+    assert not (out / "LICENSE").exists() and not (out / "a" / "0.txt").exists()
+    assert (out / "notes.md").read_text() == "the user's own" and (out / "a" / "0.jpg").exists()
+
+
+def test_a_file_of_a_find_run_passed_as_the_id_folder_points_to_its_duplicates(make_shard, tmp_path):
+    shard = make_shard("00000.tar", n=3)
+    find_duplicates(shard, str(tmp_path / "run"), FindConfig())
+    for passed in ("groups/part-00000.parquet", "duplicates/part-00000.parquet"):
+        with pytest.raises(NotADirectoryError, match=f"e.g. '{tmp_path / 'run' / 'duplicates'}'"):
+            remove_duplicates(shard, str(tmp_path / "out"), str(tmp_path / "run" / passed))

@@ -216,3 +216,106 @@ def test_untouched_samples_are_copied_byte_for_byte_with_their_headers(tmp_path,
     ImageWriterStage(output_dir=str(tmp_path / "out")).process(batch)
     assert (tmp_path / "out" / "00000.tar").read_bytes().rstrip(b"\0") == \
         open(shard, "rb").read().rstrip(b"\0")
+
+
+def _write(batch, out) -> list[tarfile.TarInfo]:
+    from imagesieve.stages.io import ImageWriterStage
+
+    ImageWriterStage(output_dir=str(out)).process(batch)
+    with tarfile.open(out / "00000.tar") as tar:
+        return tar.getmembers()
+
+
+def test_a_stage_that_renames_an_image_is_refused_by_the_writer(tmp_path, make_shard):
+    from imagesieve.stages.io.writer import AccountingError
+
+    batch = read(make_shard("00000.tar", n=3))
+    batch.data[1].image_id += "_x"
+    with pytest.raises(AccountingError, match="changed the image_id of sample '00000001' to '00000001_x'"):
+        _write(batch, tmp_path / "out")
+
+
+def test_a_member_edited_in_place_is_written_as_edited(tmp_path, make_shard):
+    batch = read(make_shard("00000.tar", n=2))
+    ref = batch.data[0].members["txt"]
+    ref.data, ref.size = b"NEW", 3
+    members = _write(batch, tmp_path / "out")
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        assert tar.extractfile("00000000.txt").read() == b"NEW"
+    assert [m.name for m in members][:3] == ["00000000.jpg", "00000000.json", "00000000.txt"]
+
+
+@pytest.mark.parametrize("with_loose", [False, True])
+def test_output_shards_keep_the_input_order_whatever_order_a_stage_leaves(tmp_path, make_shard, with_loose):
+    shard = make_shard("00000.tar", n=4)
+    if with_loose:
+        with tarfile.open(shard, "a") as tar:
+            info = tarfile.TarInfo("README")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    batch = read(shard)
+    batch.data = list(reversed(batch.data))
+    names = [m.name for m in _write(batch, tmp_path / "out")]
+    assert names == [m.name for m in tarfile.open(shard).getmembers()]
+
+
+def test_directory_entries_are_kept_so_an_untouched_shard_is_copied_identically(tmp_path):
+    jpg = encode(photo_tiles()[0])
+    path = tmp_path / "d.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(_dir("part"))
+        for name, data in [("part/a.jpg", jpg), ("part/a.txt", b"x"), ("part/b.jpg", jpg)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    batch = ImageReaderStage().read_shard(str(path), "00000.tar")
+    assert [i.image_id for i in batch.data] == ["part/a", "part/b"]
+    _write(batch, tmp_path / "out")
+    assert (tmp_path / "out" / "00000.tar").read_bytes().rstrip(b"\0") == path.read_bytes().rstrip(b"\0")
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_a_pax_sparse_member_is_refused(tmp_path):
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("GNUSparseFile.0/a.jpg")
+        info.size = 3
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "a.jpg",
+                            "GNU.sparse.realsize": "100"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ShardError, match="is a sparse file; refusing the shard"):
+        read(str(path))
+
+
+def test_a_header_with_a_signed_checksum_is_read_as_tar_reads_it(tmp_path):
+    jpg = encode(photo_tiles()[0])
+    data = bytearray(open(raw_tar(tmp_path / "x.tar", [("é.jpg", jpg)]), "rb").read())
+    header = data[:512]
+    header[148:156] = b" " * 8
+    signed = sum(b - 256 if b >= 128 else b for b in header)
+    data[148:156] = b"%06o\0 " % signed
+    path = tmp_path / "signed.tar"
+    path.write_bytes(bytes(data))
+    assert tarfile.open(path).getnames() == ["é.jpg"]
+    assert [i.image_id for i in read(str(path)).data] == ["é"]
+
+
+def test_a_gzipped_shard_keeps_each_members_mode_and_mtime(tmp_path):
+    path = tmp_path / "g.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in [("a.jpg", encode(photo_tiles()[0])), ("a.txt", b"caption")]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, 1_234_567_890
+            tar.addfile(info, io.BytesIO(data))
+    from imagesieve.stages.io import ImageWriterStage
+
+    ImageWriterStage(output_dir=str(tmp_path / "out")).process(
+        ImageReaderStage().read_shard(str(path), "g.tar.gz"))
+    with tarfile.open(tmp_path / "out" / "g.tar.gz") as tar:
+        assert [(m.name, m.mode, m.mtime) for m in tar] == [("a.jpg", 0o600, 1_234_567_890),
+                                                           ("a.txt", 0o600, 1_234_567_890)]

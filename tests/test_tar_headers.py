@@ -48,8 +48,10 @@ def tarfile_listing(data: bytes) -> list[tuple[str, int, int]]:
 
 
 def our_listing(path) -> list[tuple[str, int, int]]:
+    """Regular members (directory entries, kept as members of no sample named "dir/", left out)."""
     table = read_table(str(path))
-    return [(n, int(o), int(s)) for n, o, s in zip(table.names, table.data_offsets, table.sizes, strict=True)]
+    return [(n, int(o), int(s)) for n, o, s in zip(table.names, table.data_offsets, table.sizes, strict=True)
+            if not n.endswith("/")]
 
 
 def write(tmp_path, data: bytes, name: str = "t.tar"):

@@ -28,7 +28,7 @@ _EXPORTS = {
     "ImageReaderStage": "imagesieve.stages.io",
     "ImageWriterStage": "imagesieve.stages.io",
     **{name: "imagesieve.tasks" for name in ("EmptyTask", "FileGroupTask", "ImageBatch", "ImageObject", "Ledger",
-                                              "Removal", "Task")},
+                                              "MemberRef", "Removal", "Task")},
 }
 
 if TYPE_CHECKING:
@@ -42,12 +42,13 @@ if TYPE_CHECKING:
     from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
     from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
     from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
-    from imagesieve.tasks import EmptyTask, FileGroupTask, ImageBatch, ImageObject, Ledger, Removal, Task
+    from imagesieve.tasks import EmptyTask, FileGroupTask, ImageBatch, ImageObject, Ledger, MemberRef, Removal, Task
 
 __all__ = ["AccountingError", "BaseExecutor", "EmptyTask", "FileGroupTask", "FilePartitioningStage",
            "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage", "ImageHashStage", "ImageObject",
-           "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor", "NodeInfo", "Pipeline", "PipelineError",
-           "ProcessingStage", "RayExecutor", "RayOptions", "Removal", "Resources", "Task", "WorkerDied",
+           "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor", "MemberRef", "NodeInfo", "Pipeline",
+           "PipelineError", "ProcessingStage", "RayExecutor", "RayOptions", "Removal", "Resources", "Task",
+           "WorkerDied",
            "WorkerMetadata"]
 __version__ = "0.1.0"
 

@@ -76,6 +76,7 @@ class ShardTable:
         self.data = data  # member bytes, for compressed tars only
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
         self.image_member: np.ndarray | None = None  # per sample, its image member (set by the reader)
+        self.headers: list[tuple[int, int]] = []  # (mtime, mode) per member, for compressed tars only
         self.sample_of, self.keys, self.exts = group_members(shard, names)
         grouped = np.flatnonzero(self.sample_of >= 0)
         self.grouped = grouped  # member indices, sample by sample, in file order
@@ -89,7 +90,8 @@ class ShardTable:
 
     def ref(self, j: int) -> MemberRef:
         if self.data is not None:
-            return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
+            mtime, mode = self.headers[j]
+            return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]), mtime, mode,
                              data=self.data[j])
         return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
                          header_offset=int(self.header_offsets[j]))
@@ -120,14 +122,16 @@ class ShardTable:
 def read_table(shard: str) -> ShardTable:
     """The members of a shard, checked for safety and completeness, as a `ShardTable`.
 
-    Directory entries are skipped (they hold no sample data); PAX global headers are kept with the
-    name "" so that writers copy them; links and devices are refused."""
+    Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
+    as members of no sample, so that writers copy them in place; links and devices are refused."""
     try:
         if _is_compressed(shard):
             refs = list(_iter_compressed(shard))
-            return ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
-                              np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
-                              data=[r.data for r in refs])
+            table = ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
+                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
+                               data=[r.data for r in refs])
+            table.headers = [(r.mtime, r.mode) for r in refs]  # written again into the recompressed output
+            return table
         with open(shard, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -151,7 +155,6 @@ _FLAG_KINDS = {ord(flag): kind for flag, kind in _KINDS.items()}
 def _table_from_headers(shard: str, headers: Headers) -> ShardTable | None:
     types = headers.types
     odd = np.flatnonzero(~np.isin(types, [*_REGULAR, _DIRECTORY]))
-    keep = np.flatnonzero(types != _DIRECTORY)
     names = _decode_names(shard, headers)
     if names is None:
         return None
@@ -162,9 +165,11 @@ def _table_from_headers(shard: str, headers: Headers) -> ShardTable | None:
             raise TarScanError(f"member {names[j]!r} at byte {headers.header_offsets[j]} has unknown type "
                                f"{bytes([types[j]])!r}")
         raise ShardError(f"{shard}: member {names[j]!r} is a {kind}; refusing the shard")
-    if len(keep) != len(types):
-        names = [names[j] for j in keep.tolist()]
-    return ShardTable(shard, names, headers.header_offsets[keep], headers.data_offsets[keep], headers.sizes[keep])
+    # directory entries stay, as members of no sample ("dir/" has no key): copied in place, so a shard
+    # with nothing removed is copied byte for byte
+    for j in np.flatnonzero(types == _DIRECTORY).tolist():
+        names[j] = names[j].rstrip("/") + "/"
+    return ShardTable(shard, names, headers.header_offsets, headers.data_offsets, headers.sizes)
 
 
 def _decode_names(shard: str, headers: Headers) -> list[str] | None:
@@ -198,12 +203,11 @@ def _table_from_entries(shard: str, entries: list[TarEntry]) -> ShardTable:
             kept.append(entry._replace(name=""))
             continue
         check_member_name(shard, entry.name)
-        if entry.kind == "directory":
-            continue
-        if entry.kind != "file":
+        if entry.kind not in ("file", "directory"):
             raise ShardError(f"{shard}: member {entry.name!r} is a {entry.kind}; refusing the shard")
         kept.append(entry)
-    return ShardTable(shard, [e.name for e in kept], np.array([e.header_offset for e in kept], np.int64),
+    names = [e.name.rstrip("/") + "/" if e.kind == "directory" else e.name for e in kept]  # no sample's member
+    return ShardTable(shard, names, np.array([e.header_offset for e in kept], np.int64),
                       np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64))
 
 

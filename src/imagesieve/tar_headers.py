@@ -92,11 +92,14 @@ def _walk(fd, size, pos, hdr, data, sizes, types, names):
         h = pos - window_start
         block = window[h:h + BLOCK]
         total = 0
-        for i in range(BLOCK):  # a plain sum, which the compiler vectorises
+        high = 0  # bytes >= 128: old writers summed bytes as signed, which tar (and tarfile) accept
+        for i in range(BLOCK):  # plain sums, which the compiler vectorises
             total += np.int64(block[i])
+            high += np.int64(block[i] >> 7)
         zero = total == 0
         for i in range(148, 156):  # the checksum is computed with its own field read as spaces
             total += 32 - np.int64(block[i])
+            high -= np.int64(block[i] >> 7)
         if zero:
             tail = pos
             while tail < size:  # everything after the end-of-archive marker must be zeros
@@ -109,7 +112,7 @@ def _walk(fd, size, pos, hdr, data, sizes, types, names):
                 tail += want
             return n, at, OK, pos
         stored = _octal(block, 148, 8)
-        if stored != total:
+        if stored != total and stored != total - 256 * high:
             if stored < 0:
                 return n, at, FALLBACK, pos  # an odd encoding: the Python scanner decides
             return n, at, NOT_A_TAR if pos == 0 else BAD_CHECKSUM, pos

@@ -139,8 +139,14 @@ def _get_members(self: ImageObject) -> dict[str, MemberRef]:
     if not members and "_source" in self.__dict__:  # made from the reader's shard table on first access
         table, row = self.__dict__["_source"]
         members = table.members(row)
-        self.__dict__.update(_members=members, _members_made=dict(members))
+        self.__dict__.update(_members=members, _members_made=_member_fields(members))
     return members
+
+
+def _member_fields(members: dict[str, MemberRef]) -> list[tuple]:
+    """What the members are, field by field: a stage that edits a `MemberRef` in place changes this."""
+    return [(ext, ref.name, ref.shard, ref.offset, ref.size, ref.header_offset, ref.data, ref.mtime, ref.mode)
+            for ext, ref in members.items()]
 
 
 def _set_members(self: ImageObject, value: dict[str, MemberRef]) -> None:
@@ -171,8 +177,10 @@ def table_rows(images: list[ImageObject], table: object) -> list[int] | None:
         if source is None or source[0] is not table:
             return None
         members = state.get("_members")
-        if members and members != state.get("_members_made"):
+        if members and _member_fields(members) != state.get("_members_made"):
             return None  # a stage replaced or changed them
+        if state["image_id"] != table.keys[source[1]]:
+            return None  # renamed: the writer says why it cannot be written
         rows.append(source[1])
     return rows
 

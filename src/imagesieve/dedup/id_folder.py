@@ -27,6 +27,16 @@ class WrongIdFolderError(ValueError):
     """The ID folder holds tables that list images which must not be removed."""
 
 
+def _id_folder_near(path: str) -> str:
+    """The ID folder a user who passed a file most likely meant: the `duplicates/` of the run the file
+    belongs to (a find or dedup output, or one of its subfolders), else the file's folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for candidate in (folder, os.path.dirname(folder)):
+        if os.path.isdir(os.path.join(candidate, "duplicates")):
+            return os.path.join(candidate, "duplicates")
+    return folder
+
+
 def list_parquet_files(directory: str) -> list[str]:
     """Every `*.parquet` under `directory`, recursively, sorted; hidden files (temp files) skipped.
 
@@ -34,7 +44,7 @@ def list_parquet_files(directory: str) -> list[str]:
     """
     if os.path.isfile(directory):
         raise NotADirectoryError(f"{directory!r} is a file; pass the folder of Parquet files that holds the duplicate "
-                                 f"IDs (e.g. {os.path.dirname(directory) or '.'!r})")
+                                 f"IDs (e.g. {_id_folder_near(directory)!r})")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"duplicate ID folder {directory!r} does not exist")
     files = parquet_files(directory)

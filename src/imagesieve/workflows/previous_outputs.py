@@ -33,13 +33,13 @@ def discard_unit(output_dir: str, relative_path: str) -> int:
     except (OSError, ValueError):
         return 0
     sized = stats.get("kept_files") or {relative_path: stats.get("output_size")}
-    deleted = sum(_delete_if_size(output_dir, rel, size) for rel, size in sized.items())
+    deleted = sum(delete_if_ours(output_dir, rel, size) for rel, size in sized.items())
     if stats.get("sidecar") == "filtered":
-        deleted += _delete_if_size(output_dir, sidecar_path(relative_path), None)
+        deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None)
     if stats.get("img2dataset_stats") == "updated":
-        deleted += _delete_if_size(output_dir, stats_path(relative_path), None)
+        deleted += delete_if_ours(output_dir, stats_path(relative_path), None)
     for kind in ("index", "removed"):
-        _delete_if_size(output_dir, os.path.relpath(work_path(output_dir, kind, relative_path, ".parquet"),
+        delete_if_ours(output_dir, os.path.relpath(work_path(output_dir, kind, relative_path, ".parquet"),
                                                     output_dir), None)
     os.unlink(marker)  # last: until here a rerun still knows what to delete
     return deleted
@@ -49,7 +49,9 @@ def discard_units(output_dir: str, relative_paths: list[str]) -> int:
     return sum(discard_unit(output_dir, rel) for rel in relative_paths)
 
 
-def _delete_if_size(output_dir: str, relative_path: str, size: int | None) -> int:
+def delete_if_ours(output_dir: str, relative_path: str, size: int | None) -> int:
+    """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still has
+    the size we recorded (None: any size); returns 1 if deleted."""
     path = os.path.join(output_dir, relative_path)
     inside = os.path.realpath(os.path.dirname(path)).startswith(os.path.realpath(output_dir) + os.sep) or \
         os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)

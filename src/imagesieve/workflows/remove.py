@@ -32,7 +32,7 @@ from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import is_remote, join, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
-from imagesieve.workflows.previous_outputs import discard_units, recorded_units
+from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
 
 
 @dataclass
@@ -151,13 +151,22 @@ def check_link(units: list[InputUnit], link: bool) -> None:
 def copy_other_files(root: str, output_dir: str, exclude: str) -> int:
     """The files of an image folder that are not images (captions, licences) go to the output unchanged:
     nothing in the input is dropped silently (files under `exclude`, our own output, are not input).
-    Returns how many."""
+    They are recorded in OUT/_imagesieve/other_files.json, so that one that has left the input since
+    an earlier run leaves the output too (only at the size we wrote it). Returns how many."""
+    record = os.path.join(output_dir, WORK_DIR, "other_files.json")
+    previous = read_json(record) if os.path.exists(record) else {}
     files = other_files(root, exclude)
+    copied = {}
     for rel in files:
         target = os.path.join(output_dir, rel)
         source = os.path.join(root, rel)
         if not (os.path.isfile(target) and os.path.getsize(target) == os.path.getsize(source)):
             place_file(source, target, link=False)
+        copied[rel] = os.path.getsize(target)
+    gone = {rel: size for rel, size in previous.items() if rel not in copied}
+    for rel, size in gone.items():
+        delete_if_ours(output_dir, rel, size)
+    write_json_atomic(copied, record)
     return len(files)
 
 

@@ -25,7 +25,7 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import AtomicShardWriter, ShardTable
+from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import join, storage_for
@@ -41,9 +41,8 @@ __all__ = ["AccountingError", "ImageWriterStage", "REMOVED_SCHEMA", "check_accou
 
 
 def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[MemberRef]:
-    """Kept members and members of no sample, merged in the order they had in the input shard."""
-    if not loose:
-        return kept
+    """Kept members and members of no sample, merged in the order they had in the input shard
+    (whatever order a stage left the images in: output shards keep the input's order)."""
     return sorted([*kept, *loose], key=lambda ref: ref.header_offset if ref.header_offset >= 0 else ref.offset)
 
 
@@ -61,7 +60,7 @@ def kept_rows(task: ImageBatch, table: ShardTable | None) -> np.ndarray | None:
     rows = table_rows(task.data, table)
     if rows is None:
         return None
-    rows = np.array(rows, np.int64)
+    rows = np.sort(np.array(rows, np.int64))  # output shards keep the input's order
     return rows if (np.diff(rows) > 0).all() else None
 
 
@@ -86,6 +85,11 @@ def write_members(writer: AtomicShardWriter, images: list[ImageObject], loose: l
     keys, names, sizes, kept_refs = [], [], [], []
     for image in images:
         refs = list(image.members.values())
+        read_as = split_key(refs[0].name)[0] if refs and split_key(refs[0].name) else image.image_id
+        if read_as != image.image_id:
+            raise AccountingError(f"{refs[0].shard}: a stage changed the image_id of sample {read_as!r} to "
+                                  f"{image.image_id!r}; output shards keep samples as read (their member names), "
+                                  "and removal and accounting follow IDs, so an ID may not change")
         kept_refs.extend(refs)
         keys.append(image.image_id)
         names.append([ref.name for ref in refs])
