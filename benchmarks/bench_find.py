@@ -240,8 +240,8 @@ def bench_search(args, root: str) -> None:
     print(f"\n(b, c) search, threshold {t} (pHash default) and 8, {args.codes} codes with 1% planted near copies")
     print(f"    {'n':>9} {'t':>3} {'workers':>8} {'seconds':>9} {'pairs':>8} {'growth per 10x':>15}")
     ours = {}
-    for threshold in (t, 8):
-        for workers in sorted({1, args.workers}):
+    for threshold in [int(x) for x in args.thresholds.split(",")]:
+        for workers in sorted({1, args.workers}) if not args.no_one_worker else [args.workers]:
             previous = None
             for n in sizes:
                 codes = make(n, threshold)
@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--search-n", type=int, default=1_000_000, help="the size compared with imagededup")
     parser.add_argument("--search-sizes", default="10000,100000,1000000", help="sizes of the growth table")
     parser.add_argument("--codes", choices=["uniform", "photo-like"], default="uniform")
+    parser.add_argument("--thresholds", default="10,8", help="search thresholds of the growth table")
+    parser.add_argument("--no-one-worker", action="store_true", help="search rows on --workers only")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sets", default="uniform,mixed", help="image sets of (a): uniform, mixed, or both")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
