@@ -149,3 +149,26 @@ def test_removal_works_on_the_readers_rows_and_images_appear_only_when_asked_for
     assert [i.image_id for i in images] == ["00000000", "00000002", "00000003", "00000005"]
     assert sorted(images[0].members) == ["jpg", "json", "txt"] and images[0].image_path == f"{shard}/00000000.jpg"
     assert batch.samples_in == 6 == batch.num_items + len(batch.removed)
+
+
+def test_rows_a_stage_drops_silently_from_a_lazy_batch_are_recorded_as_dropped_by_it(tmp_path, make_shard):
+    """Accounting checks an in-place stage on a batch still over its table by counts; rows that vanish
+    without a ledger entry take the full account and are recorded, never lost."""
+    from imagesieve.executors.runner import call_stage
+    from imagesieve.stages.base import ProcessingStage
+    from imagesieve.stages.io import ImageReaderStage
+
+    class SilentRowDrop(ProcessingStage[ImageBatch, ImageBatch]):
+        name = "silent"
+
+        def process(self, task: ImageBatch) -> ImageBatch:
+            task.__dict__["_rows"] = task.lazy_rows[1:]  # loses the first sample, says nothing
+            return task
+
+    batch = ImageReaderStage().read_shard(make_shard("00000.tar", n=4), "00000.tar")
+    [[out]] = call_stage(SilentRowDrop(), [batch])
+    assert out.num_items == 3 and [(r.image_id, r.reason) for r in out.removed] == [("00000000", "dropped by silent")]
+    write_ids(tmp_path / "ids", ["00000002"])
+    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path / "ids"))
+    [[out]] = call_stage(removal, [out])  # in place, by drop_rows: the counts settle it
+    assert out.lazy_rows.tolist() == [1, 3] and out.samples_in == 4 and len(out.removed) == 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from imagesieve.tasks import ImageBatch, Ledger, Removal, Task
 
 
@@ -26,7 +28,22 @@ class Snapshot:
     positions: list[int]  # of each batch among the stage's input tasks
     batches: list[ImageBatch]
     ledgers: list[Ledger]
-    keys: list[list[tuple[str, str]]]
+    removed: list[int]  # how many removals each ledger held
+    rows: list[np.ndarray | None]  # a batch still over its table: its rows (drop_rows replaces the array)
+    eager_keys: list[list[tuple[str, str]] | None]  # any other batch: its images' keys, taken now
+
+    @property
+    def keys(self) -> list[list[tuple[str, str]]]:
+        """(shard, id) of every image of each batch before the stage ran."""
+        if not hasattr(self, "_keys"):
+            self._keys = [keys if keys is not None else _table_keys(batch, rows)
+                          for batch, rows, keys in zip(self.batches, self.rows, self.eager_keys, strict=True)]
+        return self._keys
+
+
+def _table_keys(batch: ImageBatch, rows: np.ndarray) -> list[tuple[str, str]]:
+    table = batch.__dict__["_table"]
+    return [(table.display_shard, table.keys[row]) for row in rows.tolist()]
 
 
 def snapshot(tasks: list[Task]) -> Snapshot | None:
@@ -34,7 +51,29 @@ def snapshot(tasks: list[Task]) -> Snapshot | None:
     if not positions:
         return None
     batches = [tasks[i] for i in positions]
-    return Snapshot(positions, batches, [b.ledger for b in batches], [b.image_keys() for b in batches])
+    rows = [b.lazy_rows for b in batches]
+    return Snapshot(positions, batches, [b.ledger for b in batches], [len(b.ledger.removed) for b in batches], rows,
+                    [b.image_keys() if r is None else None for b, r in zip(batches, rows, strict=True)])
+
+
+def _settled_in_place(stage_name: str, before: Snapshot, per_input: list[list[Task]]) -> bool:
+    """The common case, checked without a key per image: each input batch came back alone, as itself,
+    still over its table, having lost only rows that its ledger records (removal's `drop_rows`)."""
+    mine = set(before.positions)
+    if any(outs for k, outs in enumerate(per_input) if k not in mine):
+        return False
+    for position, batch, ledger, removed, rows in zip(before.positions, before.batches, before.ledgers,
+                                                      before.removed, before.rows, strict=True):
+        outs = per_input[position]
+        now = batch.lazy_rows
+        if rows is None or now is None or len(outs) != 1 or outs[0] is not batch or batch.ledger is not ledger:
+            return False
+        if len(now) + len(ledger.removed) - removed != len(rows) or not np.isin(now, rows).all():
+            return False  # something went missing silently, or came from elsewhere: the full account says what
+    for batch in before.batches:
+        check(f"stage {stage_name!r}: {_where(batch)}", batch.ledger.samples_in, batch.num_items,
+              len(batch.ledger.removed))
+    return True
 
 
 def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]) -> None:
@@ -42,6 +81,8 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
     gets a carrier in its list. Only for stages whose outputs are all image batches."""
     outputs = [t for outs in per_input for t in outs]
     if before is None or not all(isinstance(o, ImageBatch) for o in outputs):
+        return
+    if _settled_in_place(stage_name, before, per_input):
         return
     owner = {key: i for i, keys in enumerate(before.keys) for key in keys}
     known = {id(ledger): i for i, ledger in enumerate(before.ledgers)}
