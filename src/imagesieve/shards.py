@@ -8,6 +8,7 @@ Reading never loads member bytes: it records where each member's headers and dat
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -68,15 +69,15 @@ class ShardTable:
     without a Python object per member. `MemberRef`s are made only for the samples that ask."""
 
     def __init__(self, shard: str, names: list[str], header_offsets: np.ndarray, data_offsets: np.ndarray,
-                 sizes: np.ndarray, data: list[bytes | None] | None = None) -> None:
+                 sizes: np.ndarray, data: list[bytes | None] | None = None,
+                 headers: list[tuple[int, int]] | None = None) -> None:
         self.shard = shard
         self.names = names  # per member; "" for a PAX global header
         self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
         self.ends = data_offsets + (sizes + BLOCK - 1) // BLOCK * BLOCK  # the next entry starts here
         self.data = data  # member bytes, for compressed tars only
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
-        self.image_member: np.ndarray | None = None  # per sample, its image member (set by the reader)
-        self.headers: list[tuple[int, int]] = []  # (mtime, mode) per member, for compressed tars only
+        self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
         self.sample_of, self.keys, self.exts = group_members(shard, names)
         grouped = np.flatnonzero(self.sample_of >= 0)
         self.grouped = grouped  # member indices, sample by sample, in file order
@@ -99,7 +100,8 @@ class ShardTable:
     def members(self, row: int) -> dict[str, MemberRef]:
         return {self.exts[j]: self.ref(j) for j in self.member_rows(row).tolist()}
 
-    def image_members(self) -> np.ndarray:
+    @functools.cached_property
+    def image_member(self) -> np.ndarray:
         """Per sample, the member that holds its image (the first image extension in tar order), or -1."""
         is_image = {ext: image_extension([ext]) is not None for ext in set(self.exts)}
         image = np.flatnonzero(np.fromiter((is_image[e] for e in self.exts), bool, len(self.exts))
@@ -110,7 +112,7 @@ class ShardTable:
         return first
 
     def image(self, row: int) -> ImageObject:
-        """The `ImageObject` of one sample (`image_member` must be set); its members made on demand."""
+        """The `ImageObject` of one sample; its members made on demand."""
         j = int(self.image_member[row])
         return image_from_table(self, row, f"{self.display_shard}/{self.names[j]}", self.keys[row], self.display_shard,
                                 self.exts[j])
@@ -127,11 +129,10 @@ def read_table(shard: str) -> ShardTable:
     try:
         if _is_compressed(shard):
             refs = list(_iter_compressed(shard))
-            table = ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
-                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
-                               data=[r.data for r in refs])
-            table.headers = [(r.mtime, r.mode) for r in refs]  # written again into the recompressed output
-            return table
+            return ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
+                              np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
+                              data=[r.data for r in refs],
+                              headers=[(r.mtime, r.mode) for r in refs])  # written again into the new gzip
         with open(shard, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -245,13 +246,12 @@ def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray,
     seen: set[str] = set()
     current, current_exts = None, set()
     for j, name in enumerate(names):
-        start = name.rfind("/") + 1
-        dot = name.find(".", start)
-        if dot <= start:
+        parts = split_key(name)
+        if parts is None:
             sample_of[j] = -1
             exts.append("")
             continue
-        key, ext = name[:dot], name[dot + 1:]
+        key, ext = parts
         exts.append(ext)
         if key != current:
             if key in seen:
@@ -264,12 +264,6 @@ def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray,
         current_exts.add(ext)
         sample_of[j] = len(keys) - 1
     return sample_of, keys, exts
-
-
-def iter_members(shard: str) -> Iterator[MemberRef]:
-    """Every member of a tar (regular files and PAX global headers, named ""), in order."""
-    table = read_table(shard)
-    return (table.ref(j) for j in range(len(table.names)))
 
 
 def _is_compressed(path: str) -> bool:

@@ -10,6 +10,7 @@ with no output left gets an empty batch that carries its ledger to the writer.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,13 +33,11 @@ class Snapshot:
     rows: list[np.ndarray | None]  # a batch still over its table: its rows (drop_rows replaces the array)
     eager_keys: list[list[tuple[str, str]] | None]  # any other batch: its images' keys, taken now
 
-    @property
+    @functools.cached_property
     def keys(self) -> list[list[tuple[str, str]]]:
         """(shard, id) of every image of each batch before the stage ran."""
-        if not hasattr(self, "_keys"):
-            self._keys = [keys if keys is not None else _table_keys(batch, rows)
-                          for batch, rows, keys in zip(self.batches, self.rows, self.eager_keys, strict=True)]
-        return self._keys
+        return [keys if keys is not None else _table_keys(batch, rows)
+                for batch, rows, keys in zip(self.batches, self.rows, self.eager_keys, strict=True)]
 
 
 def _table_keys(batch: ImageBatch, rows: np.ndarray) -> list[tuple[str, str]]:

@@ -39,8 +39,7 @@ def discard_unit(output_dir: str, relative_path: str) -> int:
     if stats.get("img2dataset_stats") == "updated":
         deleted += delete_if_ours(output_dir, stats_path(relative_path), None)
     for kind in ("index", "removed"):
-        delete_if_ours(output_dir, os.path.relpath(work_path(output_dir, kind, relative_path, ".parquet"),
-                                                    output_dir), None)
+        delete_if_ours(output_dir, os.path.join(WORK_DIR, kind, relative_path + ".parquet"), None)
     os.unlink(marker)  # last: until here a rerun still knows what to delete
     return deleted
 

@@ -71,7 +71,6 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""
         table = read_table(local)
         table.display_shard = shard
-        table.image_member = table.image_members()
         missing = np.flatnonzero(table.image_member < 0)
         if len(missing):
             row = int(missing[0])

@@ -85,7 +85,8 @@ def write_members(writer: AtomicShardWriter, images: list[ImageObject], loose: l
     keys, names, sizes, kept_refs = [], [], [], []
     for image in images:
         refs = list(image.members.values())
-        read_as = split_key(refs[0].name)[0] if refs and split_key(refs[0].name) else image.image_id
+        parts = split_key(refs[0].name) if refs else None
+        read_as = parts[0] if parts else image.image_id
         if read_as != image.image_id:
             raise AccountingError(f"{refs[0].shard}: a stage changed the image_id of sample {read_as!r} to "
                                   f"{image.image_id!r}; output shards keep samples as read (their member names), "
