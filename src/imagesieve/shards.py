@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import mmap
 import os
 import re
 import tarfile
@@ -17,7 +18,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
+from imagesieve.grouping import Grouping, group
+from imagesieve.key_hash import hash_strings, string_buffers
 from imagesieve.runfolder import naming_errors, temp_name
 from imagesieve.tar_headers import BulkParseError, Headers, parse_headers
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
@@ -66,56 +70,84 @@ def check_member_name(shard: str, name: str) -> None:
 
 class ShardTable:
     """The members of a shard as arrays, grouped into samples: what reading, removal and writing need,
-    without a Python object per member. `MemberRef`s are made only for the samples that ask."""
+    without a Python object per member or per sample. Keys stay an Arrow array with their hashes
+    (what removal looks up); Python strings, `MemberRef`s and images are made only for what asks."""
 
-    def __init__(self, shard: str, names: list[str], header_offsets: np.ndarray, data_offsets: np.ndarray,
-                 sizes: np.ndarray, data: list[bytes | None] | None = None,
+    def __init__(self, shard: str, names: pa.Array, header_offsets: np.ndarray, data_offsets: np.ndarray,
+                 sizes: np.ndarray, is_dir: np.ndarray | None = None, data: list[bytes | None] | None = None,
                  headers: list[tuple[int, int]] | None = None) -> None:
         self.shard = shard
-        self.names = names  # per member; "" for a PAX global header
+        self.name_array = names  # per member; "" for a PAX global header
         self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
         self.ends = data_offsets + (sizes + BLOCK - 1) // BLOCK * BLOCK  # the next entry starts here
+        self.is_dir = np.zeros(len(sizes), bool) if is_dir is None else is_dir
         self.data = data  # member bytes, for compressed tars only
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
         self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
-        self.sample_of, self.keys, self.exts = group_members(shard, names)
+        buf, offsets = string_buffers(names)
+        grouping = group(buf, offsets, self.is_dir, IMAGE_EXTENSIONS)
+        if grouping is None:  # something repeats: the exact path raises, naming it
+            sample_of, keys, _ = _group_members_one_by_one(shard, self.names)
+            grouping = group_from_keys(self.names, sample_of, keys)
+        for j in np.flatnonzero(grouping.suspicious).tolist():
+            check_member_name(shard, self.names[j])
+        self.sample_of = grouping.sample_of
+        self.key_array, self.key_hashes, self.image_member = grouping.keys, grouping.key_hashes, grouping.image_member
+        self._ext_start = grouping.ext_start
         grouped = np.flatnonzero(self.sample_of >= 0)
         self.grouped = grouped  # member indices, sample by sample, in file order
-        self.starts = np.searchsorted(self.sample_of[grouped], np.arange(len(self.keys) + 1))
+        self.starts = np.searchsorted(self.sample_of[grouped], np.arange(len(self.key_array) + 1))
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.key_array)
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        """Every member's name (directories end in "/"): made only when a path needs Python strings."""
+        names = self.name_array.to_pylist()
+        for j in np.flatnonzero(self.is_dir).tolist():
+            names[j] = names[j].rstrip("/") + "/"
+        return names
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        return self.key_array.to_pylist()
+
+    @functools.cached_property
+    def exts(self) -> list[str]:
+        """Each member's extension ("" for members of no sample)."""
+        return [name[len(self.keys[sample]) + 1:] if sample >= 0 else ""
+                for name, sample in zip(self.names, self.sample_of.tolist(), strict=True)]
+
+    def keys_of(self, rows: np.ndarray) -> list[str]:
+        return self.key_array.take(pa.array(rows, pa.int64())).to_pylist()
 
     def member_rows(self, row: int) -> np.ndarray:
         return self.grouped[self.starts[row]:self.starts[row + 1]]
 
     def ref(self, j: int) -> MemberRef:
+        name = self.names[j] if "names" in self.__dict__ else self._name(j)
         if self.data is not None:
             mtime, mode = self.headers[j]
-            return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]), mtime, mode,
+            return MemberRef(name, self.shard, int(self.data_offsets[j]), int(self.sizes[j]), mtime, mode,
                              data=self.data[j])
-        return MemberRef(self.names[j], self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
+        return MemberRef(name, self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
                          header_offset=int(self.header_offsets[j]))
 
-    def members(self, row: int) -> dict[str, MemberRef]:
-        return {self.exts[j]: self.ref(j) for j in self.member_rows(row).tolist()}
+    def _name(self, j: int) -> str:
+        name = self.name_array[j].as_py()
+        return name.rstrip("/") + "/" if self.is_dir[j] else name
 
-    @functools.cached_property
-    def image_member(self) -> np.ndarray:
-        """Per sample, the member that holds its image (the first image extension in tar order), or -1."""
-        is_image = {ext: image_extension([ext]) is not None for ext in set(self.exts)}
-        image = np.flatnonzero(np.fromiter((is_image[e] for e in self.exts), bool, len(self.exts))
-                               & (self.sample_of >= 0))
-        first = np.full(len(self.keys), -1, np.int64)
-        samples, at = np.unique(self.sample_of[image], return_index=True)
-        first[samples] = image[at]
-        return first
+    def members(self, row: int) -> dict[str, MemberRef]:
+        key_length = len(self.key_array[row].as_py())
+        return {ref.name[key_length + 1:]: ref for ref in map(self.ref, self.member_rows(row).tolist())}
 
     def image(self, row: int) -> ImageObject:
         """The `ImageObject` of one sample; its members made on demand."""
         j = int(self.image_member[row])
-        return image_from_table(self, row, f"{self.display_shard}/{self.names[j]}", self.keys[row], self.display_shard,
-                                self.exts[j])
+        name, key = self.names[j], self.keys[row]
+        return image_from_table(self, row, f"{self.display_shard}/{name}", key, self.display_shard,
+                                name[len(key) + 1:])
 
     def loose(self) -> list[MemberRef]:
         return [self.ref(j) for j in np.flatnonzero(self.sample_of < 0).tolist()]
@@ -129,7 +161,8 @@ def read_table(shard: str) -> ShardTable:
     try:
         if _is_compressed(shard):
             refs = list(_iter_compressed(shard))
-            return ShardTable(shard, [r.name for r in refs], np.full(len(refs), -1, np.int64),
+            return ShardTable(shard, pa.array([r.name for r in refs], pa.large_string()),
+                              np.full(len(refs), -1, np.int64),
                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
                               data=[r.data for r in refs],
                               headers=[(r.mtime, r.mode) for r in refs])  # written again into the new gzip
@@ -141,8 +174,7 @@ def read_table(shard: str) -> ShardTable:
                 headers = parse_headers(f.fileno(), size)
             except BulkParseError as exc:
                 raise TarScanError(str(exc)) from None
-        table = None if headers is None else _table_from_headers(shard, headers)
-        return table or _table_from_entries(shard, scan(shard))
+        return _table_from_entries(shard, scan(shard)) if headers is None else _table_from_headers(shard, headers)
     except TarScanError as exc:
         raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
     except OSError as exc:
@@ -153,43 +185,39 @@ _DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))
 _FLAG_KINDS = {ord(flag): kind for flag, kind in _KINDS.items()}
 
 
-def _table_from_headers(shard: str, headers: Headers) -> ShardTable | None:
+def _table_from_headers(shard: str, headers: Headers) -> ShardTable:
     types = headers.types
+    names = _name_array(headers)
     odd = np.flatnonzero(~np.isin(types, [*_REGULAR, _DIRECTORY]))
-    names = _decode_names(shard, headers)
-    if names is None:
-        return None
     if len(odd):
         j = int(odd[0])
+        name = names[j].as_py()
         kind = _FLAG_KINDS.get(int(types[j]))
         if kind is None:
-            raise TarScanError(f"member {names[j]!r} at byte {headers.header_offsets[j]} has unknown type "
+            raise TarScanError(f"member {name!r} at byte {headers.header_offsets[j]} has unknown type "
                                f"{bytes([types[j]])!r}")
-        raise ShardError(f"{shard}: member {names[j]!r} is a {kind}; refusing the shard")
+        raise ShardError(f"{shard}: member {name!r} is a {kind}; refusing the shard")
     # directory entries stay, as members of no sample ("dir/" has no key): copied in place, so a shard
     # with nothing removed is copied byte for byte
-    for j in np.flatnonzero(types == _DIRECTORY).tolist():
-        names[j] = names[j].rstrip("/") + "/"
-    return ShardTable(shard, names, headers.header_offsets, headers.data_offsets, headers.sizes)
+    return ShardTable(shard, names, headers.header_offsets, headers.data_offsets, headers.sizes,
+                      is_dir=types == _DIRECTORY)
 
 
-def _decode_names(shard: str, headers: Headers) -> list[str] | None:
-    """Every member name, decoded at once (one decode, one split) and checked; None when a name holds
-    a newline (then the split is not exact: the caller reads the shard with the Python scanner)."""
+def _name_array(headers: Headers) -> pa.LargeStringArray:
+    """The names as an Arrow string array over the parser's bytes, checked to be UTF-8."""
+    names = pa.LargeStringArray.from_buffers(len(headers.sizes), pa.py_buffer(headers.name_offsets),
+                                             pa.py_buffer(headers.names))
     try:
-        text = headers.names.decode("utf-8")
-    except UnicodeDecodeError:
-        return [_name(shard, raw) for raw in headers.names.split(b"\n")[:-1]]  # names the bad one
-    names = text.split("\n")[:-1]
-    if len(names) != len(headers.header_offsets):
-        return None
-    if ".." in text or "\\" in text or ":" in text or text.startswith("/") or "\n/" in text:
-        for name in names:  # the fast test failed for some name: check each, to name the bad one
-            check_member_name(shard, name)
+        names.validate(full=True)
+    except pa.ArrowInvalid:
+        raw = headers.names.tobytes()
+        for start, end in zip(headers.name_offsets[:-1].tolist(), headers.name_offsets[1:].tolist(), strict=True):
+            _name(raw[start:end])  # raises, naming the first bad one
+        raise
     return names
 
 
-def _name(shard: str, raw: bytes) -> str:
+def _name(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -207,39 +235,26 @@ def _table_from_entries(shard: str, entries: list[TarEntry]) -> ShardTable:
         if entry.kind not in ("file", "directory"):
             raise ShardError(f"{shard}: member {entry.name!r} is a {entry.kind}; refusing the shard")
         kept.append(entry)
-    names = [e.name.rstrip("/") + "/" if e.kind == "directory" else e.name for e in kept]  # no sample's member
-    return ShardTable(shard, names, np.array([e.header_offset for e in kept], np.int64),
-                      np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64))
+    return ShardTable(shard, pa.array([e.name for e in kept], pa.large_string()),
+                      np.array([e.header_offset for e in kept], np.int64),
+                      np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64),
+                      is_dir=np.array([e.kind == "directory" for e in kept], bool))
 
 
-def group_members(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Which sample each member belongs to (-1: none), the samples' keys and each member's extension.
-
-    Consecutive members with one key form a sample; a key seen again later in the shard is an error.
-    Members of no sample: PAX global headers ("") and files with no extension or a hidden name
-    (`README`, macOS's `._0001.jpg`), which webdataset skips; writers copy them unchanged.
-    Split with numpy's string functions over the whole shard; a shard with a repeated name takes
-    the member-by-member path, which says exactly what is wrong."""
-    if not names:
-        return np.empty(0, np.int32), [], []
-    text = np.array(names)
-    start = np.strings.rfind(text, "/") + 1
-    dot = np.strings.find(text, ".", start)
-    grouped = np.flatnonzero(dot > start)
-    keys_of = np.strings.slice(text[grouped], 0, dot[grouped])
-    first = np.ones(len(keys_of), bool)
-    first[1:] = keys_of[1:] != keys_of[:-1]
-    keys = keys_of[first].tolist()
-    if len(set(keys)) != len(keys) or len({names[j] for j in grouped.tolist()}) != len(grouped):
-        return _group_members_one_by_one(shard, names)
-    sample_of = np.full(len(names), -1, np.int32)
-    sample_of[grouped] = np.cumsum(first) - 1
-    exts = np.full(len(names), "", dtype=text.dtype)
-    exts[grouped] = np.strings.slice(text[grouped], dot[grouped] + 1, None)
-    return sample_of, keys, exts.tolist()
+def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str]) -> Grouping:
+    """A `Grouping` from the one-by-one path's result (rare: a shard where something repeats)."""
+    image_member = np.full(len(keys), -1, np.int64)
+    for j, (name, sample) in enumerate(zip(names, sample_of.tolist(), strict=True)):
+        if sample >= 0 and image_member[sample] < 0 and image_extension([name[len(keys[sample]) + 1:]]):
+            image_member[sample] = j
+    key_array = pa.array(keys, pa.large_string())
+    return Grouping(sample_of, key_array, hash_strings(key_array), image_member, np.full(len(names), -1, np.int64),
+                    np.ones(len(names), bool))
 
 
 def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Which sample each member belongs to (-1: none), the samples' keys and each member's extension,
+    one member at a time: raises naming the key or member that repeats."""
     sample_of = np.empty(len(names), np.int32)
     keys: list[str] = []
     exts: list[str] = []
@@ -328,7 +343,7 @@ class AtomicShardWriter:
         # a .tar.gz/.tgz input is written back gzip-compressed (its members come from memory)
         gzipped = final_path.endswith((".gz", ".tgz"))
         self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0) if gzipped else self._raw
-        self._sources: dict[str, int] = {}
+        self._sources: dict[str, MappedSource] = {}
         self._pending: tuple[str, int, int] | None = None  # (shard, start, end) not yet copied
         self.bytes_written = 0
 
@@ -376,9 +391,9 @@ class AtomicShardWriter:
         self._pending = None
         src = self._sources.get(shard)
         if src is None:
-            src = self._sources[shard] = os.open(shard, os.O_RDONLY)
+            src = self._sources[shard] = MappedSource(shard)
         self._out.flush()
-        copy_range(src, self._out.fileno(), start, end - start)
+        src.copy_to(self._out.fileno(), start, end)
         self._out.seek(0, os.SEEK_END)
         self.bytes_written += end - start
 
@@ -407,8 +422,8 @@ class AtomicShardWriter:
     def _close(self) -> None:
         self._out.close()
         self._raw.close()
-        for fd in self._sources.values():
-            os.close(fd)
+        for source in self._sources.values():
+            source.close()
         self._sources.clear()
 
     def __enter__(self) -> AtomicShardWriter:
@@ -421,17 +436,57 @@ class AtomicShardWriter:
             self.abort()
 
 
-def copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
-    """Append `count` bytes of `src_fd` from `offset` to `dst_fd`.
+class MappedSource:
+    """A shard being copied from, mapped a chunk at a time with its pages populated in one call.
 
-    A plain pread/write loop: measured faster here than `copy_file_range` on many small ranges.
+    Writing straight from the mapping copies each byte once (page cache to page cache), where
+    `pread` then `write` copy it twice; measured 12% faster than both that and `copy_file_range`
+    per sample. Only the kernel touches the mapping (inside `write`), so a shard truncated under
+    us gives an error to report, never a SIGBUS; at most `CHUNK` bytes are mapped at once.
     """
-    while count > 0:
-        chunk = os.pread(src_fd, min(count, 1 << 22), offset)
-        if not chunk:
-            raise ShardError(f"source ended early while copying {count} bytes at offset {offset}")
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst_fd, view):]
-        offset += len(chunk)
-        count -= len(chunk)
+
+    CHUNK = 1 << 25
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._start = self._end = 0  # the bytes of the file now mapped
+
+    def copy_to(self, dst_fd: int, start: int, end: int) -> None:
+        """Append bytes [start, end) of the shard to `dst_fd`."""
+        while start < end:
+            if not self._start <= start < self._end:
+                self._map_chunk(start, end)
+            stop = min(end, self._end)
+            with self._view[start - self._start:stop - self._start] as part:
+                written = os.write(dst_fd, part)
+            if written <= 0:
+                raise ShardError(f"{self.path}: could not copy bytes at offset {start} (the file changed?)")
+            start += written
+
+    def _map_chunk(self, start: int, end: int) -> None:
+        self._unmap()
+        size = os.fstat(self._fd).st_size
+        if end > size:
+            raise ShardError(f"{self.path}: the file shrank to {size} bytes while being copied (byte {end} wanted)")
+        first = start - start % mmap.ALLOCATIONGRANULARITY
+        last = min(size, first + self.CHUNK)
+        self._map = mmap.mmap(self._fd, last - first, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ,
+                              offset=first)
+        self._view = memoryview(self._map)
+        self._start, self._end = first, last
+
+    def _unmap(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._map.close()
+            self._view = self._map = None
+
+    def close(self) -> None:
+        self._unmap()
+        os.close(self._fd)
+
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)

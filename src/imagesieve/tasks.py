@@ -179,7 +179,7 @@ def table_rows(images: list[ImageObject], table: object) -> list[int] | None:
         members = state.get("_members")
         if members and _member_fields(members) != state.get("_members_made"):
             return None  # a stage replaced or changed them
-        if state["image_id"] != table.keys[source[1]]:
+        if state["image_id"] != table.key_array[source[1]].as_py():
             return None  # renamed: the writer says why it cannot be written
         rows.append(source[1])
     return rows
@@ -235,12 +235,16 @@ class ImageBatch(Task[list[ImageObject]]):
         """The table rows of the images while no stage has asked for `data`; else None."""
         return self.__dict__.get("_rows") if self.__dict__.get("_data") is None else None
 
+    @property
+    def lazy_table(self) -> Any:
+        """The reader's `ShardTable` under `lazy_rows` while no stage has asked for `data`; else None."""
+        return self.__dict__["_table"] if self.lazy_rows is not None else None
+
     def image_ids(self) -> list[str]:
         rows = self.lazy_rows
         if rows is None:
             return [image.image_id for image in self.data]
-        keys = self.__dict__["_table"].keys
-        return [keys[row] for row in rows.tolist()]
+        return self.__dict__["_table"].keys_of(rows)
 
     def image_keys(self) -> list[tuple[str, str]]:
         """(shard, image_id) of each image: what accounting follows an image by."""
@@ -277,8 +281,7 @@ class ImageBatch(Task[list[ImageObject]]):
         rows, table = self.lazy_rows, self.__dict__["_table"]
         if rows is None:
             raise ValueError("drop_rows: this batch's images are already made; use drop()")
-        self.ledger.removed.extend(Removal(table.keys[row], table.display_shard, reason)
-                                   for row in rows[mask].tolist())
+        self.ledger.removed.extend(Removal(key, table.display_shard, reason) for key in table.keys_of(rows[mask]))
         self.__dict__["_rows"] = rows[~mask]
         return self
 

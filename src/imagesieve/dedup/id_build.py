@@ -26,7 +26,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from imagesieve.dedup.id_folder import check_id_column, convert_id_batch
-from imagesieve.dedup.id_index import IndexWriter, hash_array, sorted_unique
+from imagesieve.dedup.id_index import IndexWriter, sorted_unique
+from imagesieve.key_hash import hash_strings
 
 DEFAULT_BUDGET = 64 << 20  # bytes of memory one partition may take while it is sorted
 BATCH_ROWS = 1 << 17
@@ -89,7 +90,7 @@ def _partition(files: list[str], id_field: str, work: str, bits: int, notes: lis
             parquet = pq.ParquetFile(path)
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=[id_field]):
                 ids = convert_id_batch(batch.column(0), path, id_field, notes)
-                hashes = hash_array(ids)
+                hashes = hash_strings(ids)
                 part = (hashes >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(len(ids), np.int64)
                 order = np.argsort(part, kind="stable")
                 bounds = np.searchsorted(part[order], np.arange((1 << bits) + 1))

@@ -1,7 +1,7 @@
 """A compact, exact set of image IDs, built once per node and memory-mapped by every worker.
 
 The reference keeps the IDs to remove in a Python `set[str]` per worker (~90 bytes an ID, times
-the number of workers). Here the IDs are stored sorted by their 64-bit xxh3 hash in three flat
+the number of workers). Here the IDs are stored sorted by their 64-bit xxh64 hash in three flat
 files: the hashes, the offsets of each ID's UTF-8 bytes and the bytes themselves. A lookup is a
 binary search on the hashes and then a byte comparison with the stored ID, so a hash collision
 can never remove a sample that is not listed. Workers map the files read-only: the page cache
@@ -23,23 +23,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
-FORMAT = 3
+from imagesieve.key_hash import hash_strings
+
+FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
 FENCE_STEP = 256  # every 256th hash is kept in memory: a lookup then reads one 2 KB block of the hashes
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:
-    """xxh3-64 of each ID's UTF-8 bytes."""
-    digest = xxhash.xxh3_64_intdigest
-    return np.fromiter((digest(i.encode("utf-8")) for i in ids), dtype=np.uint64, count=len(ids))
-
-
-def hash_array(ids: pa.Array, step: int = 1 << 16) -> np.ndarray:
-    """hash_ids of an Arrow string array, a slice at a time (few Python strings alive at once)."""
-    parts = [hash_ids(ids.slice(i, step).to_pylist()) for i in range(0, len(ids), step)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    """xxh64 of each ID's UTF-8 bytes."""
+    return hash_strings(pa.array(ids, pa.large_string()))
 
 
 def sorted_unique(hashes: np.ndarray, ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -167,7 +161,7 @@ class IdIndex:
     def from_ids(cls, ids: pa.Array | Sequence[str], notes: list[str] | None = None) -> IdIndex:
         """An index in memory (small sets, tests); large sets are built on disk by `id_build`."""
         ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
-        hashes, unique = sorted_unique(hash_array(ids), ids)
+        hashes, unique = sorted_unique(hash_strings(ids), ids)
         large = pc.cast(unique, pa.large_string())
         _, offsets_buf, data_buf = large.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
@@ -218,15 +212,22 @@ class IdIndex:
 
     def contains(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean mask: which of `ids` are in the set (exact)."""
-        result = np.zeros(len(ids), dtype=bool)
-        if not len(ids) or not len(self.hashes):
+        ids = pa.array(ids, pa.large_string())
+        return self.contains_hashed(hash_strings(ids), ids)
+
+    def contains_hashed(self, query: np.ndarray, ids: pa.Array) -> np.ndarray:
+        """`contains` for IDs whose hashes (`hash_strings`) are known: a shard's keys are hashed as read."""
+        result = np.zeros(len(query), dtype=bool)
+        if not len(query) or not len(self.hashes):
             return result
-        query = hash_ids(ids)
         positions, found = self._first_at_least(query)
-        hit = found == query
+        hit = np.flatnonzero(found == query)
+        if not len(hit):
+            return result
         blob, offsets = self.blob, self.offsets
-        for i in np.flatnonzero(hit).tolist():
-            wanted, position = ids[i].encode("utf-8"), int(positions[i])
+        wanted_ids = ids.take(pa.array(hit)).to_pylist()
+        for i, wanted_id, position in zip(hit.tolist(), wanted_ids, positions[hit].tolist(), strict=True):
+            wanted = wanted_id.encode("utf-8")
             start, end = offsets[position:position + 2].tolist()  # the first ID with this hash: one read
             result[i] = blob[start:end].tobytes() == wanted or self._verify(wanted, position + 1, query[i])
         return result

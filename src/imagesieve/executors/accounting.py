@@ -42,7 +42,7 @@ class Snapshot:
 
 def _table_keys(batch: ImageBatch, rows: np.ndarray) -> list[tuple[str, str]]:
     table = batch.__dict__["_table"]
-    return [(table.display_shard, table.keys[row]) for row in rows.tolist()]
+    return [(table.display_shard, key) for key in table.keys_of(rows)]
 
 
 def snapshot(tasks: list[Task]) -> Snapshot | None:

@@ -11,6 +11,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from imagesieve.dedup.id_cache import build_shared_index
 from imagesieve.dedup.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
@@ -109,10 +111,13 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     def process(self, task: ImageBatch) -> ImageBatch:
         if self._index is None:
             self.setup()
-        listed = self._index.contains(task.image_ids())
-        if task.lazy_rows is not None:  # straight from the reader: no image objects made
+        rows = task.lazy_rows
+        if rows is not None:  # straight from the reader: no image objects made, keys hashed as read
+            table = task.lazy_table
+            listed = self._index.contains_hashed(table.key_hashes[rows], table.key_array.take(pa.array(rows)))
             task.drop_rows(listed, REMOVAL_REASON)
         else:
+            listed = self._index.contains(task.image_ids())
             task.drop([image for image, drop in zip(task.data, listed, strict=True) if drop], REMOVAL_REASON)
         if self.verbose:
             logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",

@@ -74,8 +74,9 @@ def write_from_table(writer: AtomicShardWriter, table: ShardTable, rows: np.ndar
     writer.add_ranges(table.shard, table.header_offsets[member_kept], table.ends[member_kept])
     members = table.grouped[keep[table.sample_of[table.grouped]]]
     offsets = pa.array(np.concatenate([[0], np.cumsum(np.diff(table.starts)[rows])]), pa.int32())
-    return pa.table([pa.array([table.keys[r] for r in rows.tolist()], pa.string()),
-                     pa.ListArray.from_arrays(offsets, pa.array(table.names, pa.string()).take(members)),
+    return pa.table([table.key_array.take(pa.array(rows, pa.int64())).cast(pa.string()),
+                     pa.ListArray.from_arrays(offsets, table.name_array.take(pa.array(members, pa.int64()))
+                                              .cast(pa.string())),
                      pa.ListArray.from_arrays(offsets, pa.array(table.sizes[members], pa.int64()))],
                     schema=INDEX_SCHEMA)
 

@@ -1,0 +1,152 @@
+"""Members into samples, for a whole shard in one compiled pass (numba), over the names' bytes.
+
+The rule is WebDataset's: `dir/KEY.ext.more` belongs to sample `dir/KEY` with extension `ext.more`;
+consecutive members with one key form a sample; a file name with no extension or starting with a
+dot (`README`, macOS's `._0001.jpg`) and directory entries belong to no sample. Done per member in
+Python this cost more than copying the shard, so this pass also gives each sample's key bytes (an
+Arrow string array, no Python string per key), its first image member, and flags the names that
+`check_member_name` must look at. Anything irregular (a key or a member seen twice) is left to the
+exact one-by-one path in `shards.py`, which says what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+from numba import njit
+
+from imagesieve.key_hash import xxh64_many
+
+OK, REPEATED = 0, 1
+
+
+def _pattern_table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    longest = max(len(w) for w in words)
+    table = np.zeros((len(words), longest), np.uint8)
+    for i, word in enumerate(words):
+        table[i, :len(word)] = np.frombuffer(word.encode("ascii"), np.uint8)
+    return table, np.array([len(w) for w in words], np.int64)
+
+
+@njit(cache=True, inline="always")
+def _names_image(buf, start, end, patterns, lengths):
+    """Whether the extension buf[start:end] names an image: its last dot-part, any case, is listed."""
+    last = start
+    for p in range(start, end):
+        if buf[p] == 46:
+            last = p + 1
+    n = end - last
+    for w in range(patterns.shape[0]):
+        if lengths[w] != n:
+            continue
+        same = True
+        for i in range(n):
+            c = buf[last + i]
+            if 65 <= c <= 90:
+                c += 32
+            if c != patterns[w, i]:
+                same = False
+                break
+        if same:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _suspicious(buf, s, e):
+    """The cheap test of `check_member_name`: a name that may escape a folder is checked in Python."""
+    if e > s and (buf[s] == 47 or buf[s] == 58):
+        return True
+    if e - s >= 2 and buf[s + 1] == 58:
+        return True
+    for p in range(s, e):
+        c = buf[p]
+        if c == 0 or c == 92 or (c == 46 and p + 1 < e and buf[p + 1] == 46):
+            return True
+    return False
+
+
+@njit(cache=True)
+def _group(buf, offsets, is_dir, patterns, lengths):
+    n = len(offsets) - 1
+    sample_of = np.full(n, -1, np.int32)
+    ext_start = np.full(n, -1, np.int64)
+    suspicious = np.zeros(n, np.bool_)
+    key_bytes = np.empty(max(len(buf), 1), np.uint8)
+    key_offsets = np.zeros(n + 1, np.int64)
+    image_member = np.full(n, -1, np.int64)
+    samples, at = 0, 0
+    key_start, key_len, first = -1, -1, 0  # the current sample's key, in buf, and its first member
+    for j in range(n):
+        s, e = offsets[j], offsets[j + 1]
+        suspicious[j] = _suspicious(buf, s, e)
+        if is_dir[j]:
+            continue
+        base = s
+        for p in range(s, e):
+            if buf[p] == 47:
+                base = p + 1
+        dot = -1
+        for p in range(base, e):
+            if buf[p] == 46:
+                dot = p
+                break
+        if dot <= base:
+            continue  # no extension, or a hidden file: no sample's member
+        length = dot - s
+        same = length == key_len
+        if same:
+            for i in range(length):
+                if buf[s + i] != buf[key_start + i]:
+                    same = False
+                    break
+        if not same:
+            key_bytes[at:at + length] = buf[s:dot]
+            at += length
+            samples += 1
+            key_offsets[samples] = at
+            key_start, key_len, first = s, length, j
+        else:
+            for i in range(first, j):  # the same extension twice in one sample
+                if sample_of[i] == samples - 1 and offsets[i + 1] - ext_start[i] == e - dot - 1:
+                    equal = True
+                    for q in range(e - dot - 1):
+                        if buf[ext_start[i] + q] != buf[dot + 1 + q]:
+                            equal = False
+                            break
+                    if equal:
+                        return sample_of, key_bytes[:at], key_offsets[:samples + 1], ext_start, suspicious, \
+                            image_member[:samples], REPEATED
+        sample_of[j] = samples - 1
+        ext_start[j] = dot + 1
+        if image_member[samples - 1] < 0 and _names_image(buf, dot + 1, e, patterns, lengths):
+            image_member[samples - 1] = j
+    return sample_of, key_bytes[:at], key_offsets[:samples + 1], ext_start, suspicious, image_member[:samples], OK
+
+
+class Grouping(NamedTuple):
+    sample_of: np.ndarray  # int32 per member: its sample, or -1
+    keys: pa.LargeStringArray  # per sample
+    key_hashes: np.ndarray  # uint64 per sample: xxh64 of the key (what the ID index looks up)
+    image_member: np.ndarray  # int64 per sample: the member holding its image (first image extension), or -1
+    ext_start: np.ndarray  # int64 per member: where its extension starts in the names' bytes, or -1
+    suspicious: np.ndarray  # bool per member: a name `check_member_name` must look at
+
+
+def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extensions: tuple[str, ...]
+          ) -> Grouping | None:
+    """Samples of the members named buf[offsets[j]:offsets[j + 1]] (UTF-8, already validated); None
+    when a key or a member repeats (the one-by-one path then names it)."""
+    patterns, lengths = _pattern_table(image_extensions)
+    sample_of, key_bytes, key_offsets, ext_start, suspicious, image_member, status = _group(
+        buf, offsets, is_dir, patterns, lengths)
+    if status != OK:
+        return None
+    hashes = xxh64_many(key_bytes if len(key_bytes) else np.zeros(1, np.uint8), key_offsets)
+    if len(np.unique(hashes)) != len(hashes):
+        return None  # a key seen twice (or, rarely, two keys sharing a hash: the exact path decides)
+    keys = pa.LargeStringArray.from_buffers(len(key_offsets) - 1, pa.py_buffer(key_offsets),
+                                            pa.py_buffer(key_bytes))
+    return Grouping(sample_of, keys, hashes, image_member, ext_start, suspicious)

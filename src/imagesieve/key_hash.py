@@ -1,0 +1,116 @@
+"""xxh64 of many short strings at once, compiled (numba), over Arrow-style buffers (bytes + offsets).
+
+The ID index stores IDs by their 64-bit hash, and every sample of every shard is looked up there:
+hashing keys one Python string at a time cost more than reading the shard's headers. This is the
+XXH64 algorithm (seed 0), bit-identical to `xxhash.xxh64_intdigest` (a test holds them equal on
+every length), run over a whole shard's keys, or a whole Parquet batch of IDs, in one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit
+
+_P1 = np.uint64(11400714785074694791)
+_P2 = np.uint64(14029467366897019727)
+_P3 = np.uint64(1609587929392839161)
+_P4 = np.uint64(9650029242287828579)
+_P5 = np.uint64(2870177450012600261)
+
+
+@njit(cache=True, inline="always")
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@njit(cache=True, inline="always")
+def _read64(buf, p):
+    value = np.uint64(0)
+    for i in range(8):
+        value |= np.uint64(buf[p + i]) << np.uint64(8 * i)
+    return value
+
+
+@njit(cache=True, inline="always")
+def _read32(buf, p):
+    value = np.uint64(0)
+    for i in range(4):
+        value |= np.uint64(buf[p + i]) << np.uint64(8 * i)
+    return value
+
+
+@njit(cache=True, inline="always")
+def _round(acc, lane):
+    acc = acc + lane * _P2
+    return _rotl(acc, 31) * _P1
+
+
+@njit(cache=True, inline="always")
+def _merge(acc, v):
+    acc ^= _round(np.uint64(0), v)
+    return acc * _P1 + _P4
+
+
+@njit(cache=True)
+def xxh64_one(buf, start, end):
+    """XXH64 (seed 0) of buf[start:end]."""
+    p, length = start, end - start
+    if length >= 32:
+        v1, v2, v3, v4 = _P1 + _P2, _P2, np.uint64(0), np.uint64(0) - _P1
+        while p + 32 <= end:
+            v1 = _round(v1, _read64(buf, p))
+            v2 = _round(v2, _read64(buf, p + 8))
+            v3 = _round(v3, _read64(buf, p + 16))
+            v4 = _round(v4, _read64(buf, p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
+    else:
+        h = _P5
+    h += np.uint64(length)
+    while p + 8 <= end:
+        h ^= _round(np.uint64(0), _read64(buf, p))
+        h = _rotl(h, 27) * _P1 + _P4
+        p += 8
+    if p + 4 <= end:
+        h ^= _read32(buf, p) * _P1
+        h = _rotl(h, 23) * _P2 + _P3
+        p += 4
+    while p < end:
+        h ^= np.uint64(buf[p]) * _P5
+        h = _rotl(h, 11) * _P1
+        p += 1
+    h ^= h >> np.uint64(33)
+    h *= _P2
+    h ^= h >> np.uint64(29)
+    h *= _P3
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@njit(cache=True)
+def xxh64_many(buf, offsets):
+    """XXH64 of each buf[offsets[i]:offsets[i + 1]]."""
+    out = np.empty(len(offsets) - 1, np.uint64)
+    for i in range(len(out)):
+        out[i] = xxh64_one(buf, offsets[i], offsets[i + 1])
+    return out
+
+
+def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes and int64 offsets of an Arrow string array (no copy of the bytes when already
+    a large_string array; nulls are not expected and read as empty)."""
+    large = pc.cast(strings, pa.large_string()) if strings.type != pa.large_string() else strings
+    _, offsets_buf, data_buf = large.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[large.offset:large.offset + len(large) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
+    return data, offsets
+
+
+def hash_strings(strings: pa.Array) -> np.ndarray:
+    """xxh64 of each string's UTF-8 bytes, as uint64."""
+    if not len(strings):
+        return np.zeros(0, np.uint64)
+    return xxh64_many(*string_buffers(strings))

@@ -1,0 +1,127 @@
+"""The compiled per-shard passes hold to their exact Python references: xxh64 against the xxhash
+package, the grouping of members into samples against the one-by-one rule, and the mapped copy
+of kept byte ranges against the source bytes (also across its chunk boundaries, and on a shard
+that shrank under it)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imagesieve.key_hash import hash_strings
+from imagesieve.shards import (
+    AtomicShardWriter,
+    MappedSource,
+    ShardError,
+    ShardTable,
+    _group_members_one_by_one,
+    image_extension,
+    read_table,
+)
+
+
+def test_xxh64_equals_the_xxhash_package_on_every_length():
+    rng = np.random.default_rng(0)
+    texts = ["", "a", "000000001", "héllo wörld ✓", "dir/sub/key"]
+    texts += [bytes(rng.integers(0, 128, n, dtype=np.uint8)).decode("ascii") for n in range(300) for _ in range(3)]
+    texts += ["x" * 5000]
+    got = hash_strings(pa.array(texts))
+    assert got.tolist() == [xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts]
+    assert hash_strings(pa.array(texts).slice(7, 50)).tolist() == got[7:57].tolist()  # offsets of a slice
+    assert hash_strings(pa.array([], pa.string())).tolist() == []
+
+
+NAME_PART = st.sampled_from(["a", "b", "k1", "0001", "x.y", ".hid", "dir/", "dir/a", "d.d/", "é"])
+EXT = st.sampled_from(["jpg", "JPEG", "txt", "json", "png", "cls.txt", "tar.webp", "", "x"])
+
+
+@st.composite
+def member_names(draw) -> list[str]:
+    """Names as shards hold them: mostly well-formed samples, sometimes loose files, repeats and oddities."""
+    names = []
+    for _ in range(draw(st.integers(0, 12))):
+        key = "".join(draw(st.lists(NAME_PART, min_size=1, max_size=3)))
+        for ext in draw(st.lists(EXT, min_size=1, max_size=3)):
+            names.append(f"{key}.{ext}" if ext else key)
+    if names and draw(st.booleans()):
+        names.insert(draw(st.integers(0, len(names))), draw(st.sampled_from(["README", "._a.jpg", ""])))
+    return names
+
+
+def _reference(names: list[str]):
+    """What the one-by-one rule says: (sample_of, keys, image member per sample), or the error it raises."""
+    try:
+        sample_of, keys, exts = _group_members_one_by_one("s.tar", names)
+    except ShardError as exc:
+        return str(exc)
+    image = [-1] * len(keys)
+    for j, sample in enumerate(sample_of.tolist()):
+        if sample >= 0 and image[sample] < 0 and image_extension([exts[j]]):
+            image[sample] = j
+    return sample_of.tolist(), keys, image
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=member_names())
+def test_grouping_equals_the_one_by_one_rule(names):
+    zeros = np.zeros(len(names), np.int64)
+    want = _reference(names)
+    if isinstance(want, str):
+        with pytest.raises(ShardError) as caught:
+            ShardTable("s.tar", pa.array(names, pa.large_string()), zeros, zeros, zeros)
+        assert str(caught.value) == want
+        return
+    table = ShardTable("s.tar", pa.array(names, pa.large_string()), zeros, zeros, zeros)
+    assert (table.sample_of.tolist(), table.keys, table.image_member.tolist()) == want
+    assert table.key_hashes.tolist() == [xxhash.xxh64_intdigest(k.encode()) for k in table.keys]
+
+
+def test_directory_entries_belong_to_no_sample_even_without_a_slash():
+    names = pa.array(["d.d", "d.d/a.jpg", "d.d/a.txt"], pa.large_string())
+    zeros = np.zeros(3, np.int64)
+    table = ShardTable("s.tar", names, zeros, zeros, zeros, is_dir=np.array([True, False, False]))
+    assert table.sample_of.tolist() == [-1, 0, 0] and table.keys == ["d.d/a"]
+    assert table.names[0] == "d.d/"
+
+
+def _tar(path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_mapped_copy_is_exact_across_chunk_boundaries(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    members = [(f"{i:04d}.{ext}", rng.integers(0, 256, int(rng.integers(0, 9000)), dtype=np.uint8).tobytes())
+               for i in range(120) for ext in ("jpg", "txt")]
+    _tar(tmp_path / "in.tar", members)
+    monkeypatch.setattr(MappedSource, "CHUNK", 1 << 16)  # many chunks, ranges straddling them
+    table = read_table(str(tmp_path / "in.tar"))
+    keep = rng.random(len(table.header_offsets)) < 0.7
+    with AtomicShardWriter(str(tmp_path / "out.tar")) as writer:
+        writer.add_ranges(table.shard, table.header_offsets[keep], table.ends[keep])
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        got = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    assert got == [m for m, k in zip(members, keep, strict=True) if k]
+
+
+def test_a_shard_that_shrank_before_the_copy_is_an_error_not_a_crash(tmp_path):
+    _tar(tmp_path / "in.tar", [(f"{i}.jpg", os.urandom(5000)) for i in range(20)])
+    table = read_table(str(tmp_path / "in.tar"))
+    os.truncate(tmp_path / "in.tar", 30_000)
+    writer = AtomicShardWriter(str(tmp_path / "out.tar"))
+    with pytest.raises(ShardError, match="shrank"):
+        writer.add_ranges(table.shard, table.header_offsets, table.ends)
+        writer.commit()
+    writer.abort()
+    assert not os.listdir(tmp_path / ".") or "out.tar" not in os.listdir(tmp_path)
