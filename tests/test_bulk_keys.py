@@ -125,3 +125,18 @@ def test_a_shard_that_shrank_before_the_copy_is_an_error_not_a_crash(tmp_path):
         writer.commit()
     writer.abort()
     assert not os.listdir(tmp_path / ".") or "out.tar" not in os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_hash_collisions_are_settled_by_the_ids_bytes(tmp_path, on_disk):
+    """IDs forced to share hashes: only an ID stored byte for byte is found, wherever it sits in its run."""
+    from imagesieve.dedup.id_index import IdIndex
+
+    forged = IdIndex(np.array([5, 5, 5, 9, 11], np.uint64), np.array([0, 1, 3, 4, 5, 8], np.uint32),
+                     np.frombuffer(b"abbcdccc", np.uint8))  # a, bb, c share hash 5
+    if on_disk:
+        forged.save_files(str(tmp_path))
+        forged = IdIndex.load(str(tmp_path))
+    query = np.array([5, 5, 9, 5, 5, 11, 11, 12], np.uint64)
+    ids = pa.array(["c", "zz", "d", "bb", "d", "ccc", "cc", "a"])
+    assert forged.contains_hashed(query, ids).tolist() == [True, False, True, True, False, True, False, False]

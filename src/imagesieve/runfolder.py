@@ -158,8 +158,9 @@ def naming_errors(path: str) -> Iterator[None]:
 
 
 def write_parquet_atomic(table: pa.Table, path: str, storage_options: dict | None = None,
-                         row_group_size: int | None = None) -> None:
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size), storage_options)
+                         row_group_size: int | None = None, use_dictionary: bool = True) -> None:
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size,
+                                                  use_dictionary=use_dictionary), storage_options)
 
 
 def write_text_atomic(text: str, path: str, storage_options: dict | None = None) -> None:

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.key_hash import hash_strings
+from imagesieve.dedup.id_verify import verify_in_arrays, verify_in_files
+from imagesieve.key_hash import hash_strings, string_buffers
 
 FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
@@ -117,6 +118,10 @@ class FlatFile:
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def __getitem__(self, key: int | slice) -> np.ndarray:
         if isinstance(key, slice):
@@ -224,12 +229,18 @@ class IdIndex:
         hit = np.flatnonzero(found == query)
         if not len(hit):
             return result
-        blob, offsets = self.blob, self.offsets
-        wanted_ids = ids.take(pa.array(hit)).to_pylist()
-        for i, wanted_id, position in zip(hit.tolist(), wanted_ids, positions[hit].tolist(), strict=True):
-            wanted = wanted_id.encode("utf-8")
-            start, end = offsets[position:position + 2].tolist()  # the first ID with this hash: one read
-            result[i] = blob[start:end].tobytes() == wanted or self._verify(wanted, position + 1, query[i])
+        keys, key_offsets = string_buffers(ids.take(pa.array(hit)))
+        where = (positions[hit], query[hit], keys, key_offsets)
+        if all(isinstance(part, FlatFile) for part in (self.hashes, self.offsets, self.blob)):
+            found_ids, complete = verify_in_files(self.hashes.fd, self.offsets.fd, self.offsets.dtype.itemsize,
+                                                  self.blob.fd, len(self.hashes), *where)
+            if not complete:
+                raise ValueError(f"ID index file {self.blob.path} (or its neighbours) could not be read whole; "
+                                 "delete the index folder to rebuild it")
+        else:
+            found_ids = verify_in_arrays(np.asarray(self.hashes), np.asarray(self.offsets), np.asarray(self.blob),
+                                         *where)
+        result[hit] = found_ids
         return result
 
     def _first_at_least(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,11 +261,3 @@ class IdIndex:
             inside = at < len(window)
             found[rows[inside]] = window[at[inside]]
         return positions, found
-
-    def _verify(self, wanted: bytes, position: int, hash_value: np.uint64) -> bool:
-        while position < len(self.hashes) and self.hashes[position] == hash_value:
-            start, end = int(self.offsets[position]), int(self.offsets[position + 1])
-            if self.blob[start:end].tobytes() == wanted:
-                return True
-            position += 1
-        return False
