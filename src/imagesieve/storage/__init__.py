@@ -69,10 +69,15 @@ def read_table(path: str, storage_options: dict | None = None, columns: list[str
     import pyarrow.parquet as pq
 
     if not is_remote(path):
-        return pq.read_table(local_path(path), columns=columns)
+        path = local_path(path)
+        if os.path.isdir(path):
+            return pq.read_table(path, columns=columns)
+        with pq.ParquetFile(path) as file:  # half the cost of pq.read_table, which goes through a dataset
+            return file.read(columns=columns)
     import pyarrow as pa
 
-    return pq.read_table(pa.BufferReader(storage_for(path, storage_options).read_bytes(path)), columns=columns)
+    with pq.ParquetFile(pa.BufferReader(storage_for(path, storage_options).read_bytes(path))) as file:
+        return file.read(columns=columns)
 
 
 def read_schema(path: str, storage_options: dict | None = None) -> pa.Schema:
