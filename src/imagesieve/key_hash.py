@@ -26,17 +26,10 @@ def _rotl(x, r):
 
 
 @njit(cache=True, inline="always")
-def _read64(buf, p):
+def _read_le(buf, p, width):
+    """The little-endian unsigned integer in buf[p:p + width]."""
     value = np.uint64(0)
-    for i in range(8):
-        value |= np.uint64(buf[p + i]) << np.uint64(8 * i)
-    return value
-
-
-@njit(cache=True, inline="always")
-def _read32(buf, p):
-    value = np.uint64(0)
-    for i in range(4):
+    for i in range(width):
         value |= np.uint64(buf[p + i]) << np.uint64(8 * i)
     return value
 
@@ -60,10 +53,10 @@ def xxh64_one(buf, start, end):
     if length >= 32:
         v1, v2, v3, v4 = _P1 + _P2, _P2, np.uint64(0), np.uint64(0) - _P1
         while p + 32 <= end:
-            v1 = _round(v1, _read64(buf, p))
-            v2 = _round(v2, _read64(buf, p + 8))
-            v3 = _round(v3, _read64(buf, p + 16))
-            v4 = _round(v4, _read64(buf, p + 24))
+            v1 = _round(v1, _read_le(buf, p, 8))
+            v2 = _round(v2, _read_le(buf, p + 8, 8))
+            v3 = _round(v3, _read_le(buf, p + 16, 8))
+            v4 = _round(v4, _read_le(buf, p + 24, 8))
             p += 32
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
@@ -71,11 +64,11 @@ def xxh64_one(buf, start, end):
         h = _P5
     h += np.uint64(length)
     while p + 8 <= end:
-        h ^= _round(np.uint64(0), _read64(buf, p))
+        h ^= _round(np.uint64(0), _read_le(buf, p, 8))
         h = _rotl(h, 27) * _P1 + _P4
         p += 8
     if p + 4 <= end:
-        h ^= _read32(buf, p) * _P1
+        h ^= _read_le(buf, p, 4) * _P1
         h = _rotl(h, 23) * _P2 + _P3
         p += 4
     while p < end:

@@ -25,6 +25,14 @@ def _read_uint(fd, itemsize, index, scratch):
     return value
 
 
+@njit(cache=True, inline="always")
+def _equal(a, a_start, b, b_start, length):
+    for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
+        if a[a_start + q] != b[b_start + q]:
+            return False
+    return True
+
+
 @njit(cache=True)
 def verify_in_files(hashes_fd, offsets_fd, offset_size, blob_fd, count, positions, query, keys, key_offsets):
     """For each hit i: whether keys[key_offsets[i]:key_offsets[i + 1]] is stored at or after positions[i]
@@ -51,12 +59,7 @@ def verify_in_files(hashes_fd, offsets_fd, offset_size, blob_fd, count, position
             if last - first == length:
                 if _pread(blob_fd, stored.ctypes.data, length, first) != length:
                     return found, False
-                same = True
-                for q in range(length):
-                    if stored[q] != keys[start + q]:
-                        same = False
-                        break
-                if same:
+                if _equal(stored, 0, keys, start, length):
                     found[i] = True
                     break
             position += 1
@@ -72,14 +75,8 @@ def verify_in_arrays(hashes, offsets, blob, positions, query, keys, key_offsets)
         position = positions[i]
         while position < len(hashes) and hashes[position] == query[i]:
             first, last = np.int64(offsets[position]), np.int64(offsets[position + 1])
-            if last - first == length:
-                same = True
-                for q in range(length):
-                    if blob[first + q] != keys[start + q]:
-                        same = False
-                        break
-                if same:
-                    found[i] = True
-                    break
+            if last - first == length and _equal(blob, first, keys, start, length):
+                found[i] = True
+                break
             position += 1
     return found
