@@ -150,6 +150,9 @@ def test_a_killed_run_against_s3_resumes_to_the_same_output(s3, endpoint, make_s
     # what a killed upload leaves (a temp key of ours) is cleaned; a user's look-alike is not
     s3.pipe_file(f"{s3.bucket}/out/.00007.tar.imagesieve-tmp-999999", b"half a shard")
     s3.pipe_file(f"{s3.bucket}/out/notes.tmp-final.txt", b"mine")
+    # and so is an unfinished multipart upload to a temp key of ours (invisible, but billed); a user's stays
+    for key in ("out/.00006.tar.imagesieve-tmp-999999", "out/big-upload-of-mine.tar"):
+        s3.call_s3("create_multipart_upload", Bucket=s3.bucket, Key=key)
 
     result = run_cli("remove", "--json", "--duplicates", ids, source, out, endpoint=endpoint)
     summary = json.loads(result.stdout)
@@ -157,6 +160,8 @@ def test_a_killed_run_against_s3_resumes_to_the_same_output(s3, endpoint, make_s
     assert shards_of(s3, out) == local_shards(tmp_path / "local")
     assert not s3.exists(f"{s3.bucket}/out/.00007.tar.imagesieve-tmp-999999")
     assert s3.cat_file(f"{s3.bucket}/out/notes.tmp-final.txt") == b"mine"
+    open_uploads = s3.call_s3("list_multipart_uploads", Bucket=s3.bucket).get("Uploads", [])
+    assert [upload["Key"] for upload in open_uploads] == ["out/big-upload-of-mine.tar"]
 
 
 def test_a_second_run_into_a_locked_prefix_fails_naming_the_holder(s3, endpoint, dataset):

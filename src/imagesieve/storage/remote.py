@@ -193,7 +193,30 @@ class RemoteStorage:
         for url in stale:
             with clear_errors(url):
                 self.fs.rm_file(self._path(url))
-        return stale
+        return stale + self._abort_stale_uploads(folder)
+
+    def _abort_stale_uploads(self, folder: str) -> list[str]:
+        """Abort the S3 multipart uploads to temp keys of ours that a killed run left open: no listing
+        shows them, but the bucket's owner pays for their parts until they are aborted."""
+        from imagesieve.runfolder import is_temp_name
+
+        if "s3" not in tuple(self.fs.protocol) or not hasattr(self.fs, "call_s3"):
+            return []
+        bucket, _, prefix = self._path(folder).rstrip("/").partition("/")
+        aborted: list[str] = []
+        markers: dict[str, str] = {}
+        with clear_errors(folder):
+            while True:
+                listing = self.fs.call_s3("list_multipart_uploads", Bucket=bucket,
+                                          Prefix=prefix + "/" if prefix else "", **markers)
+                for upload in listing.get("Uploads", []):
+                    if is_temp_name(posixpath.basename(upload["Key"])):
+                        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                        UploadId=upload["UploadId"])
+                        aborted.append(self.url(f"{bucket}/{upload['Key']}") + " (an unfinished upload)")
+                if not listing.get("IsTruncated"):
+                    return aborted
+                markers = {"KeyMarker": listing["NextKeyMarker"], "UploadIdMarker": listing["NextUploadIdMarker"]}
 
     @contextmanager
     def lock(self, folder: str, command: str) -> Iterator[None]:
