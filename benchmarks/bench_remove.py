@@ -7,6 +7,8 @@
 Throughput is marginal: the run on all shards minus the run on their first third, best of 5, so
 that process start-up, listing and the ID index build cancel out for every method alike (the issue's
 method). The raw copy is one process; imagesieve is shown on 1 worker (equal cores) and on N.
+CPU µs/sample (user + system, all processes, of the run whose wall time was best) shows what a
+noisy machine does to the wall figures.
 Usage:
   python benchmarks/bench_remove.py [--samples 30000] [--sides 300 680] [--repeat 5] [--naive]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -83,13 +86,19 @@ def run_naive_webdataset(shard_dir: str, ids_dir: str, out: str) -> None:
                     sink.write({k: v for k, v in sample.items() if k != "__url__"})
 
 
-def timed(fn, *args) -> float:
-    """Seconds to run fn; dirty pages of earlier runs are flushed first, so no method pays for another's
-    writes (the kernel throttles writers once too much unwritten data piles up)."""
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished children (forked workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """Wall and CPU seconds to run fn; dirty pages of earlier runs are flushed first, so no method pays
+    for another's writes (the kernel throttles writers once too much unwritten data piles up)."""
     os.sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     fn(*args)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def subset(shard_dir: str, fraction: float, out: str) -> str:
@@ -101,9 +110,11 @@ def subset(shard_dir: str, fraction: float, out: str) -> str:
     return out
 
 
-def measure(methods: dict, sources: dict[str, str], workdir: str, repeat: int) -> dict[tuple[str, str], float]:
-    """Best of `repeat` seconds per (method, source); methods interleaved, each run from a flushed state."""
-    best: dict[tuple[str, str], float] = {}
+def measure(methods: dict, sources: dict[str, str], workdir: str, repeat: int
+            ) -> dict[tuple[str, str], tuple[float, float]]:
+    """Best of `repeat` (wall, CPU) seconds per (method, source); methods interleaved, each run from a
+    flushed state."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
     for run in range(repeat):
         names = list(methods)
         for k in range(len(names)):
@@ -111,7 +122,7 @@ def measure(methods: dict, sources: dict[str, str], workdir: str, repeat: int) -
             for source_name, source in sources.items():
                 out = os.path.join(workdir, f"out-{run}-{k}-{source_name}")
                 seconds = timed(methods[name], source, out)
-                best[name, source_name] = min(best.get((name, source_name), float("inf")), seconds)
+                best[name, source_name] = min(best.get((name, source_name), (float("inf"), 0.0)), seconds)
                 shutil.rmtree(out)
                 shutil.rmtree(out + ".cache", ignore_errors=True)
     return best
@@ -142,12 +153,15 @@ def bench_size(args: argparse.Namespace, side: int, naive: bool) -> dict[str, fl
     print(f"\n{side}px JPEGs + txt + json: {sizes[shard_dir] / args.samples / 1e3:.1f} KB a sample; marginal "
           f"{marginal_samples} samples, {marginal_mb:.0f} MB (all {len(os.listdir(shard_dir))} shards minus the "
           f"first third), 10% listed; best of {args.repeat}")
-    print(f"{'method':<26}{'all s':>8}{'third s':>9}{'marginal s':>12}{'MB/s':>8}{'µs/sample':>11}")
+    print(f"{'method':<26}{'all s':>8}{'third s':>9}{'marginal s':>12}{'MB/s':>8}{'µs/sample':>11}"
+          f"{'CPU µs/sample':>15}")
     marginal = {}
     for name in methods:
-        marginal[name] = best[name, "all"] - best[name, "third"]
-        print(f"{name:<26}{best[name, 'all']:>8.3f}{best[name, 'third']:>9.3f}{marginal[name]:>12.3f}"
-              f"{marginal_mb / marginal[name]:>8.0f}{marginal[name] / marginal_samples * 1e6:>11.1f}")
+        (wall_all, cpu_all), (wall_third, cpu_third) = best[name, "all"], best[name, "third"]
+        marginal[name] = wall_all - wall_third
+        print(f"{name:<26}{wall_all:>8.3f}{wall_third:>9.3f}{marginal[name]:>12.3f}"
+              f"{marginal_mb / marginal[name]:>8.0f}{marginal[name] / marginal_samples * 1e6:>11.1f}"
+              f"{(cpu_all - cpu_third) / marginal_samples * 1e6:>15.1f}")
     shutil.rmtree(workdir)
     return marginal
 

@@ -30,7 +30,7 @@ def _pattern_table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return table, np.array([len(w) for w in words], np.int64)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _names_image(buf, start, end, patterns, lengths):
     """Whether the extension buf[start:end] names an image: its last dot-part, any case, is listed."""
     last = start
@@ -54,7 +54,7 @@ def _names_image(buf, start, end, patterns, lengths):
     return False
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _suspicious(buf, s, e):
     """The cheap test of `check_member_name`: a name that may escape a folder is checked in Python."""
     if e > s and (buf[s] == 47 or buf[s] == 58):
@@ -103,7 +103,8 @@ def _group(buf, offsets, is_dir, patterns, lengths):
                     same = False
                     break
         if not same:
-            key_bytes[at:at + length] = buf[s:dot]
+            for q in range(length):  # (a loop: a slice assignment here costs 3 s of compiling)
+                key_bytes[at + q] = buf[s + q]
             at += length
             samples += 1
             key_offsets[samples] = at

@@ -20,12 +20,12 @@ _P4 = np.uint64(9650029242287828579)
 _P5 = np.uint64(2870177450012600261)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _rotl(x, r):
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_le(buf, p, width):
     """The little-endian unsigned integer in buf[p:p + width]."""
     value = np.uint64(0)
@@ -34,13 +34,13 @@ def _read_le(buf, p, width):
     return value
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _round(acc, lane):
     acc = acc + lane * _P2
     return _rotl(acc, 31) * _P1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _merge(acc, v):
     acc ^= _round(np.uint64(0), v)
     return acc * _P1 + _P4

@@ -25,7 +25,7 @@ def _read_uint(fd, itemsize, index, scratch):
     return value
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _equal(a, a_start, b, b_start, length):
     for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
         if a[a_start + q] != b[b_start + q]:
