@@ -8,6 +8,7 @@ Reading never loads member bytes: it records where each member's headers and dat
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import mmap
@@ -84,6 +85,7 @@ class ShardTable:
         self.data = data  # member bytes, for compressed tars only
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
         self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
+        self.version: tuple[int, ...] | None = None  # the file's version when read (`file_version`)
         buf, offsets = string_buffers(names)
         grouping = group(buf, offsets, self.is_dir, IMAGE_EXTENSIONS)
         if grouping is None:  # something repeats: the exact path raises, naming it
@@ -100,6 +102,24 @@ class ShardTable:
 
     def __len__(self) -> int:
         return len(self.key_array)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The version read, as `runfolder.shard_fingerprint` writes it (size and mtime)."""
+        return None if self.version is None else f"{self.version[2]}-{self.version[3]}"
+
+    def check_unchanged(self) -> None:
+        """Raise if the file is no longer the version read: what a stage made from its bytes would not
+        match what a rerun sees, so it must not be recorded as done."""
+        if self.version is None:
+            return
+        try:
+            now = file_version(os.stat(self.shard))
+        except OSError:
+            now = None
+        if now != self.version:
+            raise ShardError(f"{self.display_shard}: the file changed (replaced, rewritten or truncated) after it "
+                             "was read; nothing was written for it: rerun to process the new version")
 
     @functools.cached_property
     def names(self) -> list[str]:
@@ -153,11 +173,40 @@ class ShardTable:
         return [self.ref(j) for j in np.flatnonzero(self.sample_of < 0).tolist()]
 
 
+def file_version(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """One version of a file's content, within a run: the same inode, size, mtime and ctime. A file
+    replaced (a new inode) or rewritten in place (a new ctime, whatever its mtime says) is another."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def read_table(shard: str) -> ShardTable:
     """The members of a shard, checked for safety and completeness, as a `ShardTable`.
 
     Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
-    as members of no sample, so that writers copy them in place; links and devices are refused."""
+    as members of no sample, so that writers copy them in place; links and devices are refused.
+    The table records the file's version (`file_version`), checked unchanged after reading: stages
+    that later read or copy its bytes check it again, so that nothing is copied, hashed or removed
+    from a version other than the one whose headers were read."""
+    try:
+        before = file_version(os.stat(shard))
+        table = _read_table(shard)
+        if file_version(os.stat(shard)) != before:
+            raise ShardError(f"{shard}: the file changed while it was being read; rerun to read it again")
+    except OSError as exc:
+        raise ShardError(f"{shard}: cannot read ({exc})") from exc
+    table.version = before
+    return table
+
+
+def check_source_unchanged(metadata: dict) -> None:
+    """For a stage writing what it made from a batch's shard: raise if the shard is no longer the
+    version the reader read (batches from image folders carry no table, and nothing to check)."""
+    table = metadata.get("shard_table")
+    if table is not None:
+        table.check_unchanged()
+
+
+def _read_table(shard: str) -> ShardTable:
     try:
         if _is_compressed(shard):
             refs = list(_iter_compressed(shard))
@@ -334,9 +383,10 @@ class AtomicShardWriter:
     mode and mtime.
     """
 
-    def __init__(self, final_path: str, fsync: bool = False) -> None:
+    def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None) -> None:
         self.final_path = final_path
         self.fsync = fsync
+        self.versions = versions or {}  # shard -> the version its headers were read from (`file_version`)
         self.temp_path = temp_name(final_path)
         os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
         self._raw = open(self.temp_path, "wb")
@@ -391,7 +441,7 @@ class AtomicShardWriter:
         self._pending = None
         src = self._sources.get(shard)
         if src is None:
-            src = self._sources[shard] = MappedSource(shard)
+            src = self._sources[shard] = MappedSource(shard, self.versions.get(shard))
         self._out.flush()
         src.copy_to(self._out.fileno(), start, end)
         self._out.seek(0, os.SEEK_END)
@@ -403,6 +453,8 @@ class AtomicShardWriter:
 
     def _commit(self) -> None:
         self._flush()
+        for source in self._sources.values():
+            source.check_unchanged()  # before the rename: a shard copied from a changing file is never published
         end = self.bytes_written + 2 * BLOCK
         self._write(bytes(2 * BLOCK + (-end) % _RECORD))
         self._out.flush()
@@ -447,12 +499,24 @@ class MappedSource:
 
     CHUNK = 1 << 25
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, version: tuple | None = None) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self._start = self._end = 0  # the bytes of the file now mapped
+        try:
+            self.version = version or file_version(os.fstat(self._fd))
+            self.check_unchanged()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def check_unchanged(self) -> None:
+        """Raise unless the open file is still the version whose headers were read."""
+        if file_version(os.fstat(self._fd)) != self.version:
+            raise ShardError(f"{self.path}: the file changed (replaced, rewritten or truncated) after its headers "
+                             "were read; its output was not written: rerun to process the new version")
 
     def copy_to(self, dst_fd: int, start: int, end: int) -> None:
         """Append bytes [start, end) of the shard to `dst_fd`."""
@@ -461,9 +525,15 @@ class MappedSource:
                 self._map_chunk(start, end)
             stop = min(end, self._end)
             with self._view[start - self._start:stop - self._start] as part:
-                written = os.write(dst_fd, part)
+                try:
+                    written = os.write(dst_fd, part)
+                except OSError as exc:
+                    if exc.errno != errno.EFAULT:  # (EFAULT: the mapped source, not the output, failed)
+                        raise
+                    written = 0
             if written <= 0:
-                raise ShardError(f"{self.path}: could not copy bytes at offset {start} (the file changed?)")
+                raise ShardError(f"{self.path}: could not read bytes at offset {start} while copying: the file "
+                                 "shrank or changed while being copied; its output was not written")
             start += written
 
     def _map_chunk(self, start: int, end: int) -> None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
+from imagesieve.shards import check_source_unchanged
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
@@ -63,6 +64,7 @@ class EmbeddingWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             vectors.append(None if image.embedding is None else np.asarray(image.embedding, np.float32))
         table = pa.table({name: pa.array(values, COLUMNS.get(name)) for name, values in columns.items()})
         table = table.append_column("embeddings", _list_array(vectors))
+        check_source_unchanged(task._metadata)  # the embeddings are of the version the table will name
         fingerprint = task._metadata.get("input_fingerprint") or (
             shard_fingerprint(task._metadata["shard"]) if "shard" in task._metadata else "")
         table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode(),

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
+from imagesieve.shards import check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage import join, read_schema
 from imagesieve.tasks import FileGroupTask, ImageBatch
@@ -76,6 +77,7 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             for name in extra:
                 columns[name].append(image.metadata.get(name))
         table = pa.table({name: pa.array(values, column_type(name)) for name, values in columns.items()})
+        check_source_unchanged(task._metadata)  # the hashes are of the version the marker will name
         fingerprint = task._metadata.get("input_fingerprint") or shard_fingerprint(task._metadata["shard"],
                                                                                    self.storage_options)
         provenance = {"shard_fingerprint": fingerprint, **self.settings}

@@ -56,16 +56,23 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         relative = task._metadata.get("relative_paths", {})
         if self.verbose:
             logger.info("Reading %d shard(s): %s", len(task.data), ", ".join(task.data))
-        return [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name)
-                for path in task.data]
+        batches = [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name)
+                   for path in task.data]
+        listed = task._metadata.get("input_fingerprint")
+        for batch in batches:  # what later stages record as done: the version read, for a local shard
+            batch._metadata["input_fingerprint"] = batch._metadata["shard_table"].fingerprint or listed
+        return batches
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
-        local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard)) \
-            if is_remote(shard) else shard
+        if not is_remote(shard):
+            return self._read_local(shard, shard, relative_path, dataset_name)
+        local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard))
         try:
-            return self._read_local(shard, local, relative_path, dataset_name)
+            batch = self._read_local(shard, local, relative_path, dataset_name)
         except ShardError as exc:
             raise ShardError(str(exc).replace(local, shard)) from exc
+        batch._metadata["shard_table"].version = None  # a spool copy: the listing's ETag names the version
+        return batch
 
     def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str) -> ImageBatch:
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""

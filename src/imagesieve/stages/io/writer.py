@@ -145,7 +145,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
-            with AtomicShardWriter(local_out, self.fsync) as writer:
+            versions = {table.shard: table.version} if table is not None and table.version else None
+            with AtomicShardWriter(local_out, self.fsync, versions) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
             output_size = os.path.getsize(local_out)
@@ -159,7 +160,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options)
         img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options)
         stats = {"shard": shard, "relative_path": relative,
-                 "input_fingerprint": shard_fingerprint(shard, options),
+                 "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": task.num_items, "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": output_size, "sidecar": sidecar,
