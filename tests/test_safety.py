@@ -7,6 +7,7 @@ temp files, the wrong ID folder, stale per-shard results, two runs into one fold
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import pytest
 import webdataset as wds
 from conftest import write_ids
 
-from imagesieve.dedup.id_cache import CacheError, build_shared_index, prune
+from imagesieve.dedup.id_cache import INDEX_FOLDER, CacheError, build_shared_index, prune
 from imagesieve.dedup.id_folder import WrongIdFolderError
+from imagesieve.dedup.id_index import IdIndex
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.runfolder import OutputInUseError, naming_errors, run_lock
 from imagesieve.shards import ShardError, iter_samples
@@ -52,8 +54,8 @@ def test_cache_folder_of_another_user_is_refused(tmp_path):
     if os.getuid() != 0:
         pytest.skip("needs root to make a folder owned by another user")
     cache = tmp_path / "cache"
-    (cache / "id-index").mkdir(parents=True)
-    os.chown(cache / "id-index", 65534, 65534)
+    (cache / INDEX_FOLDER).mkdir(parents=True)
+    os.chown(cache / INDEX_FOLDER, 65534, 65534)
     write_ids(tmp_path / "ids", ["a"])
     with pytest.raises(CacheError, match="belongs to another user"):
         build_shared_index(str(tmp_path / "ids"), "id", str(cache))
@@ -63,7 +65,7 @@ def test_cache_folder_that_is_a_symlink_is_refused(tmp_path):
     elsewhere = tmp_path / "planted"
     elsewhere.mkdir()
     (tmp_path / "cache").mkdir()
-    os.symlink(elsewhere, tmp_path / "cache" / "id-index")
+    os.symlink(elsewhere, tmp_path / "cache" / INDEX_FOLDER)
     write_ids(tmp_path / "ids", ["a"])
     with pytest.raises(CacheError, match="symlink"):
         build_shared_index(str(tmp_path / "ids"), "id", str(tmp_path / "cache"))
@@ -74,10 +76,10 @@ def test_cache_is_created_private_and_an_open_one_is_made_private(tmp_path):
     write_ids(tmp_path / "ids", ["a"])
     cache = tmp_path / "cache"
     build_shared_index(str(tmp_path / "ids"), "id", str(cache))
-    assert (cache / "id-index").stat().st_mode & 0o777 == 0o700
-    os.chmod(cache / "id-index", 0o777)
+    assert (cache / INDEX_FOLDER).stat().st_mode & 0o777 == 0o700
+    os.chmod(cache / INDEX_FOLDER, 0o777)
     build_shared_index(str(tmp_path / "ids"), "id", str(cache))
-    assert (cache / "id-index").stat().st_mode & 0o777 == 0o700
+    assert (cache / INDEX_FOLDER).stat().st_mode & 0o777 == 0o700
 
 
 def test_a_symlinked_lock_file_is_not_followed(tmp_path):
@@ -116,15 +118,39 @@ def test_a_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path):
     assert again == entry and list(stage._index.contains(["a", "b", "c"])) == [True, True, False]
 
 
+def test_an_index_of_another_format_is_never_read(tmp_path):
+    """Another version of imagesieve, sharing the cache, left an index it hashed differently: the stage
+    rebuilds rather than look IDs up in it (all would be reported "not found", none removed)."""
+    write_ids(tmp_path / "ids", ["a", "b"])
+    stage = ImageDuplicatesRemovalStage(str(tmp_path / "ids"), cache_dir=str(tmp_path / "cache"))
+    stage.setup_on_node()
+    meta_path = os.path.join(stage._index_dir, "index.json")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump({**meta, "format": 3}, f)
+    with pytest.raises(ValueError, match="format 3"):
+        IdIndex.load(stage._index_dir)
+    stage.setup()
+    assert list(stage._index.contains(["a", "b", "c"])) == [True, True, False]
+
+
+def test_the_library_honours_the_cache_environment_variable(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGESIEVE_CACHE_DIR", str(tmp_path / "mine"))
+    write_ids(tmp_path / "ids", ["00000001"])
+    remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "ids"), executor=LocalExecutor(1))
+    assert len(os.listdir(tmp_path / "mine" / INDEX_FOLDER)) >= 1
+
+
 def test_cache_keeps_only_the_most_recently_used_entries(tmp_path):
     cache = tmp_path / "cache"
     for k in range(5):
         write_ids(tmp_path / f"ids{k}", [f"id-{k}"])
         build_shared_index(str(tmp_path / f"ids{k}"), "id", str(cache), max_entries=3)
         time.sleep(0.01)  # distinct mtimes
-    entries = [n for n in os.listdir(cache / "id-index") if not n.endswith(".lock")]
+    entries = [n for n in os.listdir(cache / INDEX_FOLDER) if not n.endswith(".lock")]
     assert len(entries) == 3
-    assert prune(str(cache / "id-index"), 3, keep="") == []
+    assert prune(str(cache / INDEX_FOLDER), 3, keep="") == []
 
 
 def test_find_remove_find_remove_with_the_same_result_resumes(dataset, tmp_path):

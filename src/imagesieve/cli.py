@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from imagesieve.cache_dir import default_cache_dir
 from imagesieve.cli_storage import add_storage_args, storage_options
 
 if TYPE_CHECKING:  # the command line imports the heavy modules only once it runs, under its Ctrl-C handler
@@ -33,14 +34,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
-
-
-def default_cache_dir() -> str:
-    """$IMAGESIEVE_CACHE_DIR, else $XDG_CACHE_HOME/imagesieve, else ~/.cache/imagesieve."""
-    if os.environ.get("IMAGESIEVE_CACHE_DIR"):
-        return os.environ["IMAGESIEVE_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imagesieve")
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:

@@ -19,9 +19,10 @@ import shutil
 import stat
 import tempfile
 
+from imagesieve.cache_dir import default_cache_dir
 from imagesieve.dedup.id_build import DEFAULT_BUDGET, build_index_isolated
 from imagesieve.dedup.id_folder import check_id_folder, content_digest, list_parquet_files
-from imagesieve.dedup.id_index import IdIndex
+from imagesieve.dedup.id_index import FORMAT, IdIndex
 
 MAX_ENTRIES = 8
 _ENTRY = re.compile(r"^[0-9a-f]{32}$")
@@ -30,10 +31,6 @@ _BUILD_PREFIX = ".build-"
 
 class CacheError(RuntimeError):
     """The cache folder cannot be trusted (another owner, a symlink, writable by others)."""
-
-
-def default_cache_dir() -> str:
-    return os.path.join(os.path.expanduser("~"), ".cache", "imagesieve")
 
 
 def private_folder(path: str) -> str:
@@ -53,6 +50,9 @@ def private_folder(path: str) -> str:
     return path
 
 
+INDEX_FOLDER = f"id-index-v{FORMAT}"  # one per format: versions sharing a cache never see each other's entries
+
+
 def build_shared_index(directory: str, id_field: str, cache_dir: str | None = None,
                        max_entries: int = MAX_ENTRIES, check_folder: bool = True, budget: int = DEFAULT_BUDGET) -> str:
     """The folder of the index of the IDs under `directory`: built once (under a lock, in at most about
@@ -60,7 +60,7 @@ def build_shared_index(directory: str, id_field: str, cache_dir: str | None = No
     files = list_parquet_files(directory)
     if check_folder:
         check_id_folder(directory, files)
-    root = private_folder(os.path.join(cache_dir or default_cache_dir(), "id-index"))
+    root = private_folder(os.path.join(cache_dir or default_cache_dir(), INDEX_FOLDER))
     key = content_digest(files, id_field)
     target = os.path.join(root, key)
     lock_fd = os.open(target + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)

@@ -203,6 +203,9 @@ class IdIndex:
         """Map a saved index read-only, after checking that its files fit together."""
         with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
             meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"ID index {directory} has format {meta.get('format')}, this version reads format "
+                             f"{FORMAT} (it hashes IDs differently); delete the folder to rebuild it")
         count = meta["ids"]
         hashes = FlatFile(os.path.join(directory, "hashes.bin"), "uint64", count)
         offsets = FlatFile(os.path.join(directory, "offsets.bin"), meta["offset_type"], count + 1)

@@ -76,7 +76,7 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         return build_shared_index(folder, self.duplicate_id_field, self.cache_dir, check_folder=self.check_id_folder)
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
-        if self._index_dir is None or not os.path.isdir(self._index_dir):  # e.g. another node's cache path
+        if self._index_dir is None or not IdIndex.files_complete(self._index_dir):  # e.g. another node's path
             self._index_dir = self._build_index()
         index_dir = self._index_dir
         self._index = IdIndex.load(index_dir)
