@@ -129,3 +129,35 @@ def test_damage_is_named_with_its_offset(tmp_path, damage):
         expected = "data after the end-of-archive marker"
     with pytest.raises(ShardError, match=expected):
         read_table(str(write(tmp_path, bytes(data))))
+
+
+def _set_checksum(data: bytearray, at: int, field: bytes) -> None:
+    data[at + 148:at + 156] = field
+
+
+def test_a_checksum_with_garbage_after_its_digits_is_refused(tmp_path):
+    """Found by a hostile pass: six right digits then 0xff passed the vectorised check (tarfile stops
+    there, GNU tar skips the header): damage, refused."""
+    data = bytearray(make_tar([(["a"], "jpg", 700, False), (["b"], "txt", 10, False)], tarfile.USTAR_FORMAT, False))
+    second = 512 + 1024
+    block = bytes(data[second:second + 148]) + b" " * 8 + bytes(data[second + 156:second + 512])
+    _set_checksum(data, second, f"{sum(block):06o}".encode() + b"\xff\x00")
+    with pytest.raises(ShardError, match=f"bad header checksum at byte {second}"):
+        read_table(str(write(tmp_path, bytes(data))))
+
+
+def test_a_directory_entry_with_data_is_refused(tmp_path):
+    """tarfile and GNU tar skip no data after a directory entry, so a member hidden in it would be a
+    sample to them and none to a reader that skips it: such a shard is refused."""
+    hidden = io.BytesIO()
+    with tarfile.open(fileobj=hidden, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("secret.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    hidden_member = hidden.getvalue()[:1024]
+    directory = tarfile.TarInfo("d/")
+    directory.type, directory.size = tarfile.DIRTYPE, len(hidden_member)
+    data = directory.tobuf(tarfile.USTAR_FORMAT) + hidden_member + bytes(1024)
+    assert "secret.jpg" in tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    with pytest.raises(ShardError, match="directory entry at byte 0 has a non-zero size"):
+        read_table(str(write(tmp_path, data)))

@@ -21,9 +21,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, types
 
+from imagesieve.tarscan import _DIRECTORY_WITH_DATA
+
 BLOCK = 512
 OK, FALLBACK, FULL = 0, 1, 2
-TRUNCATED_HEADER, NOT_A_TAR, BAD_CHECKSUM, PAST_END, AFTER_END, READ_FAILED = 3, 4, 5, 6, 7, 8
+TRUNCATED_HEADER, NOT_A_TAR, BAD_CHECKSUM, PAST_END, AFTER_END, READ_FAILED, DIRECTORY_DATA = 3, 4, 5, 6, 7, 8, 9
 _TAIL_CHUNK = 1 << 16
 _WINDOW = 1 << 12
 
@@ -126,6 +128,8 @@ def _walk(fd, size, pos, hdr, data, sizes, types, name_ends, names):
         entry_size = _octal(block, 124, 12)
         if entry_size < 0:
             return n, at, FALLBACK, pos  # base-256 or odd: the Python scanner decides
+        if flag == 53 and entry_size != 0:
+            return n, at, DIRECTORY_DATA, pos
         start = pos + BLOCK
         if start + entry_size > size:
             return n, at, PAST_END, pos
@@ -162,6 +166,7 @@ _MESSAGES = {
     PAST_END: "truncated: the member at byte {} ends past the end of the file",
     AFTER_END: "data after the end-of-archive marker at byte {}",
     READ_FAILED: "the file changed or could not be read at byte {}",
+    DIRECTORY_DATA: _DIRECTORY_WITH_DATA,
 }
 
 
