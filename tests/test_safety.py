@@ -288,6 +288,27 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next(dataset, tmp_path):
 # 6. no input is skipped silently, and distinct shards never share work files
 
 
+@pytest.mark.parametrize("name, compress", [("00000.tar.gz", None), ("00000.tar.bz2", "bz2"), ("00000.tgz", "gz")])
+def test_an_output_shard_is_compressed_as_its_input_was_whatever_its_name(make_shard, tmp_path, name, compress):
+    """A plain tar named .tar.gz crashed the writer (found by a hostile pass); each output now takes its
+    input's actual format, and tar tools read it back."""
+    import bz2
+    import gzip
+
+    plain = Path(make_shard("plain.tar", n=4, folder="made"))
+    data = plain.read_bytes()
+    (tmp_path / "shards").mkdir()
+    packed = {None: lambda b: b, "gz": gzip.compress, "bz2": bz2.compress}[compress](data)
+    (tmp_path / "shards" / name).write_bytes(packed)
+    write_ids(tmp_path / "ids", ["00000002"])
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert summary.removed == 1
+    out = (tmp_path / "out" / name).read_bytes()
+    assert out[:3] == packed[:3]  # the same magic bytes: compressed alike, or plain
+    with tarfile.open(tmp_path / "out" / name) as tar:
+        assert sorted({n.split(".")[0] for n in tar.getnames()}) == ["00000000", "00000001", "00000003"]
+
+
 def test_shards_under_a_symlinked_folder_are_read_and_a_link_loop_ends(make_shard, tmp_path):
     make_shard("00000.tar", n=4)
     make_shard("00001.tar", n=4, start=4, folder="elsewhere")

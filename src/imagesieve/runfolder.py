@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from imagesieve.storage import is_remote, join, storage_for
 
 WORK_DIR = "_imagesieve"
-SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")  # compressed: read by tarfile, written alike
 
 
 def strip_shard_suffix(relative_path: str) -> str:

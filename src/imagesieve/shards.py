@@ -8,15 +8,18 @@ Reading never loads member bytes: it records where each member's headers and dat
 
 from __future__ import annotations
 
+import bz2
 import errno
 import functools
 import gzip
+import lzma
 import mmap
 import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +89,7 @@ class ShardTable:
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
         self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
         self.version: tuple[int, ...] | None = None  # the file's version when read (`file_version`)
+        self.compression: str | None = None  # "gz", "bz2" or "xz": the input's, and so its output's
         buf, offsets = string_buffers(names)
         grouping = group(buf, offsets, self.is_dir, IMAGE_EXTENSIONS)
         if grouping is None:  # something repeats: the exact path raises, naming it
@@ -208,13 +212,16 @@ def check_source_unchanged(metadata: dict) -> None:
 
 def _read_table(shard: str) -> ShardTable:
     try:
-        if _is_compressed(shard):
+        compression = compression_of(shard)
+        if compression:
             refs = list(_iter_compressed(shard))
-            return ShardTable(shard, pa.array([r.name for r in refs], pa.large_string()),
+            table = ShardTable(shard, pa.array([r.name for r in refs], pa.large_string()),
                               np.full(len(refs), -1, np.int64),
                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
                               data=[r.data for r in refs],
-                              headers=[(r.mtime, r.mode) for r in refs])  # written again into the new gzip
+                              headers=[(r.mtime, r.mode) for r in refs])  # written again, compressed alike
+            table.compression = compression
+            return table
         with open(shard, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
@@ -330,10 +337,25 @@ def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray,
     return sample_of, keys, exts
 
 
-def _is_compressed(path: str) -> bool:
+_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ": "xz"}
+
+
+def compression_of(path: str) -> str | None:
+    """How a shard is compressed, by its first bytes (never its name): "gz", "bz2", "xz" or None."""
     with open(path, "rb") as f:
         head = f.read(6)
-    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+
+
+
+def _compressed_writer(raw: BinaryIO, compression: str | None) -> BinaryIO:
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+    if compression == "bz2":
+        return bz2.BZ2File(raw, mode="wb")
+    if compression == "xz":
+        return lzma.LZMAFile(raw, mode="wb")
+    return raw
 
 
 def _iter_compressed(shard: str) -> Iterator[MemberRef]:
@@ -383,16 +405,19 @@ class AtomicShardWriter:
     mode and mtime.
     """
 
-    def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None) -> None:
+    def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None,
+                 compression: str | None = "by name") -> None:
         self.final_path = final_path
         self.fsync = fsync
         self.versions = versions or {}  # shard -> the version its headers were read from (`file_version`)
         self.temp_path = temp_name(final_path)
         os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
         self._raw = open(self.temp_path, "wb")
-        # a .tar.gz/.tgz input is written back gzip-compressed (its members come from memory)
-        gzipped = final_path.endswith((".gz", ".tgz"))
-        self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0) if gzipped else self._raw
+        # a compressed input is written back compressed alike (its members come from memory); a plain tar
+        # stays plain whatever its name says ("by name": .gz/.tgz, for callers that have no input table)
+        if compression == "by name":
+            compression = "gz" if final_path.endswith((".gz", ".tgz")) else None
+        self._out = _compressed_writer(self._raw, compression)
         self._sources: dict[str, MappedSource] = {}
         self._pending: tuple[str, int, int] | None = None  # (shard, start, end) not yet copied
         self.bytes_written = 0
