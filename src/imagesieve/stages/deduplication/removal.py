@@ -28,6 +28,9 @@ def _is_parquet(name: str) -> bool:
     return name.endswith(".parquet")
 
 
+_NOTES_SAID: set[str] = set()
+
+
 @dataclass
 class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     """Removes images whose `image_id` appears in the `duplicate_id_field` column of any
@@ -59,6 +62,15 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         self._index_dir = self._build_index()
+        self._log_notes(IdIndex.load(self._index_dir).notes)
+
+    @staticmethod
+    def _log_notes(notes: list[str]) -> None:
+        """What was converted while reading the IDs: said once per node, not once per worker or call."""
+        for note in notes:
+            if note not in _NOTES_SAID:
+                _NOTES_SAID.add(note)
+                logger.warning(note)
 
     def _build_index(self) -> str:
         folder, build = self.removal_parquets_dir, self._build_local_index
@@ -76,12 +88,12 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         return build_shared_index(folder, self.duplicate_id_field, self.cache_dir, check_folder=self.check_id_folder)
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
-        if self._index_dir is None or not IdIndex.files_complete(self._index_dir):  # e.g. another node's path
+        located_here = self._index_dir is None or not IdIndex.files_complete(self._index_dir)
+        if located_here:  # setup_on_node did not run here (another node's path, or a direct call)
             self._index_dir = self._build_index()
-        index_dir = self._index_dir
-        self._index = IdIndex.load(index_dir)
-        for note in self._index.notes:
-            logger.warning(note)
+        self._index = IdIndex.load(self._index_dir)
+        if located_here:
+            self._log_notes(self._index.notes)
         if self.verbose:
             logger.info("Loaded %d IDs to remove from %r", len(self._index), self.removal_parquets_dir)
 

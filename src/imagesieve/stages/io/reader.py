@@ -82,7 +82,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         if len(missing):
             row = int(missing[0])
             raise ShardError(f"{shard}: sample {table.keys[row]!r} has no image member "
-                             f"(members: {', '.join(table.members(row))})")
+                             f"(members: {', '.join(ref.name for ref in table.members(row).values())})")
         return ImageBatch.from_table(table, dataset_name, relative_path,
                                      {"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
                                       "shard_table": table})
