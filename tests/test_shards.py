@@ -13,6 +13,8 @@ from imagesieve.shards import ShardError, iter_samples, split_key
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
 
+pytestmark = pytest.mark.usefixtures("both_tar_parsers")
+
 
 def read(path: str):
     return ImageReaderStage().read_shard(path, os.path.basename(path))

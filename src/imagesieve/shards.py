@@ -15,16 +15,26 @@ import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imagesieve.runfolder import naming_errors, temp_name
-from imagesieve.tar_headers import BulkParseError, Headers, parse_headers
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
+# Loading the compiled header parser (numba) costs a process ~0.5 s, what the Python scanner spends
+# on ~90,000 members. A workflow that decodes images spends far more on each image than on its
+# headers, so it reads this many members with the Python scanner before it loads the compiled one
+# (rent until the rent paid equals the price): a small run never pays for it, a large one at most
+# twice the better choice. Removal, which spends a few µs on a member in all, loads it at once.
+SCAN_BEFORE_COMPILING = 80_000
+_members_scanned = 0  # by the Python scanner in this process
+
+if TYPE_CHECKING:
+    from imagesieve.tar_headers import Headers
 
 
 class ShardError(ValueError):
@@ -121,8 +131,10 @@ class ShardTable:
         return [self.ref(j) for j in np.flatnonzero(self.sample_of < 0).tolist()]
 
 
-def read_table(shard: str) -> ShardTable:
-    """The members of a shard, checked for safety and completeness, as a `ShardTable`.
+def read_table(shard: str, scan_first: int = 0) -> ShardTable:
+    """The members of a shard, checked for safety and completeness, as a `ShardTable`. The compiled
+    parser reads it once this process has read `scan_first` members with the Python scanner (see
+    `SCAN_BEFORE_COMPILING`); both list the same members.
 
     Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
     as members of no sample, so that writers copy them in place; links and devices are refused."""
@@ -133,20 +145,37 @@ def read_table(shard: str) -> ShardTable:
                               np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
                               data=[r.data for r in refs],
                               headers=[(r.mtime, r.mode) for r in refs])  # written again into the new gzip
+        if _members_scanned < scan_first:
+            return _scanned_table(shard)
         with open(shard, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise TarScanError("empty file")
-            try:
-                headers = parse_headers(f.fileno(), size)
-            except BulkParseError as exc:
-                raise TarScanError(str(exc)) from None
+            headers = _parse_compiled(f.fileno(), size)
         table = None if headers is None else _table_from_headers(shard, headers)
         return table or _table_from_entries(shard, scan(shard))
     except TarScanError as exc:
         raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
+
+
+def _scanned_table(shard: str) -> ShardTable:
+    """The table read by the Python scanner, counted towards loading the compiled parser."""
+    global _members_scanned
+    table = _table_from_entries(shard, scan(shard))
+    _members_scanned += len(table.names)
+    return table
+
+
+def _parse_compiled(fd: int, size: int) -> Headers | None:
+    """`tar_headers.parse_headers`, imported here: importing it loads numba."""
+    from imagesieve.tar_headers import BulkParseError, parse_headers
+
+    try:
+        return parse_headers(fd, size)
+    except BulkParseError as exc:
+        raise TarScanError(str(exc)) from None
 
 
 _DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))

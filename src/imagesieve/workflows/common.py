@@ -7,6 +7,7 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
+from imagesieve.shards import SCAN_BEFORE_COMPILING
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
@@ -31,8 +32,10 @@ def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit]
         return Pipeline(name, stages=stages).run(executor, initial_tasks=[unit.task() for unit in todo])
 
 
-def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> ProcessingStage:
-    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks."""
+def reader_for(units: list[InputUnit], storage_options: dict | None = None, decodes: bool = False
+               ) -> ProcessingStage:
+    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks.
+    A pipeline that `decodes` images loads the compiled tar parser only once it pays (`SCAN_BEFORE_COMPILING`)."""
     if units and units[0].is_folder_chunk:
         return ImageFolderReaderStage()
-    return ImageReaderStage(storage_options=storage_options)
+    return ImageReaderStage(storage_options=storage_options, scan_first=SCAN_BEFORE_COMPILING if decodes else 0)

@@ -36,6 +36,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     num_threads: int = 8
     num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
+    scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`shards.read_table`)
     storage_options: dict | None = field(default=None, repr=False)
     _spools: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
@@ -69,7 +70,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
     def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str) -> ImageBatch:
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""
-        table = read_table(local)
+        table = read_table(local, self.scan_first)
         table.display_shard = shard
         missing = np.flatnonzero(table.image_member < 0)
         if len(missing):
