@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagesieve", description="Find and remove duplicate images in "
                                      "WebDataset shards.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    parser.add_argument("--version", action="version", version=f"imagesieve {package_version()}")
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     remove = sub.add_parser("remove", help="copy shards without the samples whose IDs are listed in Parquet files",
@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample_data)
 
     return parser
+
+
+class VersionAction(argparse.Action):
+    """`--version`, looked up only when asked: importlib.metadata costs every command ~25 ms."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object, option: object = None):
+        print(f"imagesieve {package_version()}")
+        parser.exit()
 
 
 def package_version() -> str:
