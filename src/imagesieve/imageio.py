@@ -14,6 +14,15 @@ from PIL import Image
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 
+def load_plugins() -> None:
+    """Load every Pillow image plugin now (before workers fork, so they inherit them), the common
+    formats first: `Image.open` tries plugins in the order they were loaded, and `Image.init()` alone
+    loads them alphabetically, which puts IM, IMT and IPTC (whose plugins can only tell a file is not
+    theirs by failing to open it) before JPEG: 24 us more for every JPEG."""
+    Image.preinit()
+    Image.init()
+
+
 class ImageDecodeError(ValueError):
     """Image bytes that cannot be decoded; the message names the shard and sample."""
 
