@@ -104,7 +104,7 @@ def _hash_one(data: bytes, kinds: tuple[str, ...], where: str, flip: bool, exact
     if any(k in PERCEPTUAL for k in kinds):
         if not exact_decode and fmt == "jpeg":
             image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
-        grey = load(image, where).convert("L")
+        grey = _grey(load(image, where))
         views = {False: grey, True: ImageOps.mirror(grey)} if flip else {False: grey}
         for (kind, mirrored), pixels in small.items():  # imagehash: convert("L") (a no-op here), Lanczos resize
             thumb = views[mirrored].resize(BATCHED[kind][0], Image.Resampling.LANCZOS)
@@ -113,3 +113,9 @@ def _hash_one(data: bytes, kinds: tuple[str, ...], where: str, flip: bool, exact
             for mirrored, view in views.items():
                 values["whash_flip" if mirrored else "whash"] = pack_bits(imagehash.whash(view).hash)
     return ImageHashes(width, height, fmt, values)
+
+
+def _grey(image: Image.Image) -> Image.Image:
+    """imagehash's `convert("L")`, without its copy of an image that is grey already (a JPEG decoded
+    by `draft("L", ...)`): the same pixels."""
+    return image if image.mode == "L" else image.convert("L")
