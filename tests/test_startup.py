@@ -16,11 +16,14 @@ from imagesieve.sample_data import write_shard
 
 PROBE = """
 import json, sys
+from contextlib import redirect_stdout
+from io import StringIO
 from imagesieve.cli import main
-main(sys.argv[1:])
+with redirect_stdout(StringIO()) as out:
+    main(sys.argv[1:])
 from PIL import Image
-print(json.dumps({"loaded": sorted(m for m in ("numba", "scipy", "pandas", "tqdm", "importlib.metadata")
-                                    if m in sys.modules),
+heavy = ("numba", "scipy", "pandas", "tqdm", "importlib.metadata")
+print(json.dumps({"summary": json.loads(out.getvalue()), "loaded": [m for m in heavy if m in sys.modules],
                   "plugins": Image.ID}))
 """
 
@@ -37,10 +40,12 @@ def test_a_phash_find_loads_neither_numba_nor_scipy_nor_pandas_nor_tqdm(tmp_path
     tiles = photo_tiles()
     black = np.zeros((40, 50, 3), np.uint8)  # a flat image: a tie in the DCT, resolved without scipy
     samples = [{"jpg": encode(tiles[i])} for i in range(6)] + [{"jpg": encode(black)}, {"png": encode(tiles[7], "png")},
-                                                               {"webp": encode(tiles[8], "webp")}]
+                                                               {"webp": encode(tiles[8], "webp")},
+                                                               {"png": encode(tiles[9], "ico")}]  # read all the same
     os.makedirs(tmp_path / "shards")
     write_shard(str(tmp_path / "shards" / "00000.tar"), samples, [f"{i:04d}" for i in range(len(samples))])
     found = run_find(tmp_path, "--workers", "1", str(tmp_path / "shards"), str(tmp_path / "out"))
     assert found["loaded"] == []
+    assert found["summary"]["images"] == len(samples) and found["summary"]["skipped"] == 0
     plugins = found["plugins"]
-    assert plugins.index("JPEG") < plugins.index("IM")  # common formats are tried first
+    assert plugins[:6] == ["BMP", "DIB", "GIF", "JPEG", "PPM", "PNG"] and "WEBP" in plugins  # common formats first
