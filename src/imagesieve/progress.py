@@ -31,14 +31,15 @@ class ShardProgress:
 
     def update(self, task: Task, outputs: list[Task]) -> None:
         self.samples += sum(int(t._metadata.get("samples_in", t.num_items)) for t in outputs)
-        self.done += 1
+        share = 1 / task._metadata["part"][1] if "part" in task._metadata else 1  # a part of a shard
+        self.done = round(self.done + share, 9)
         if self._bar is not None:
             self._bar.set_postfix(samples=self.samples, refresh=False)
-            self._bar.update(1)
+            self._bar.update(share)
         now = time.monotonic()
         if self._lines and (now - self._last >= self._every or self.done == self.total):
             self._last = now
-            self._line(f"{self.done}/{self.total} shards, {self.samples} samples, {now - self._started:.0f} s")
+            self._line(f"{self.done:g}/{self.total} shards, {self.samples} samples, {now - self._started:.0f} s")
 
     def _tqdm(self, total: int, initial: int) -> object:
         """The bar on a terminal; tqdm is imported only then (~15 ms of every run's start-up otherwise)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit
+from imagesieve.inputs import InputUnit, split_tail
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
 from imagesieve.shards import SCAN_BEFORE_COMPILING
@@ -22,14 +22,18 @@ def absolute_paths(paths: str | list[str]) -> list[str]:
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,
-                 executor: BaseExecutor | None, progress: bool) -> list[Task]:
-    """Run `stages` on the units (shards or folder chunks) of `todo`, with progress over all `total`."""
+                 executor: BaseExecutor | None, progress: bool, split: bool = False) -> list[Task]:
+    """Run `stages` on the units (shards or folder chunks) of `todo`, with progress over all `total`;
+    with `split`, the last shards in parts (`split_tail`)."""
     executor = executor or LocalExecutor()
     with ShardProgress(total, initial=total - len(todo), enabled=progress, desc=name) as bar:
         executor.on_task_done = bar.update
         if not todo:
             return []
-        return Pipeline(name, stages=stages).run(executor, initial_tasks=[unit.task() for unit in todo])
+        tasks = [unit.task() for unit in todo]
+        if split and not todo[0].is_folder_chunk:
+            tasks = split_tail(tasks, executor.parallelism())
+        return Pipeline(name, stages=stages).run(executor, initial_tasks=tasks)
 
 
 def reader_for(units: list[InputUnit], storage_options: dict | None = None, decodes: bool = False

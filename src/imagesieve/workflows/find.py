@@ -109,7 +109,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
                             on_error=config.on_error, json_fields=config.json_fields)
     writer = HashWriterStage(hashes_dir=hashes_dir, settings=settings, storage_options=storage_options)
     reader = reader_for(units, storage_options, decodes=True)
-    run_on_units(desc, [reader, hasher, writer], todo, len(units), executor, progress)
+    writer.write_parts(run_on_units(desc, [reader, hasher, writer], todo, len(units), executor, progress, split=True))
     return units
 
 
