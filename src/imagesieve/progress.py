@@ -31,7 +31,8 @@ class ShardProgress:
 
     def update(self, task: Task, outputs: list[Task]) -> None:
         self.samples += sum(int(t._metadata.get("samples_in", t.num_items)) for t in outputs)
-        share = 1 / task._metadata["part"][1] if "part" in task._metadata else 1  # a part of a shard
+        part = getattr(task, "_metadata", {}).get("part")  # (index, count): a part of a shard
+        share = 1 / part[1] if part else 1
         self.done = round(self.done + share, 9)
         if self._bar is not None:
             self._bar.set_postfix(samples=self.samples, refresh=False)
