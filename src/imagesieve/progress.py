@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -32,15 +33,15 @@ class ShardProgress:
     def update(self, task: Task, outputs: list[Task]) -> None:
         self.samples += sum(int(t._metadata.get("samples_in", t.num_items)) for t in outputs)
         part = getattr(task, "_metadata", {}).get("part")  # (index, count): a part of a shard
-        share = 1 / part[1] if part else 1
-        self.done = round(self.done + share, 9)
+        share = Fraction(1, part[1]) if part else 1  # exact: the parts of a shard add up to 1
+        self.done += share
         if self._bar is not None:
             self._bar.set_postfix(samples=self.samples, refresh=False)
-            self._bar.update(share)
+            self._bar.update(float(share))
         now = time.monotonic()
         if self._lines and (now - self._last >= self._every or self.done == self.total):
             self._last = now
-            self._line(f"{self.done:g}/{self.total} shards, {self.samples} samples, {now - self._started:.0f} s")
+            self._line(f"{float(self.done):g}/{self.total} shards, {self.samples} samples, {now - self._started:.0f} s")
 
     def _tqdm(self, total: int, initial: int) -> object:
         """The bar on a terminal; tqdm is imported only then (~15 ms of every run's start-up otherwise)."""
