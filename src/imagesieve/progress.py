@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from contextlib import contextmanager
+from fractions import Fraction
 from typing import TextIO
 
 from imagesieve.tasks import Task
