@@ -19,6 +19,8 @@ from PIL import Image
 _FRAME = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})  # SOFn
 _SEGMENTS = frozenset({0xC4, 0xCC, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)})  # DHT DAC DQT DRI COM APPn
 _START_OF_SCAN = 0xDA
+_GET_DECODER = getattr(Image, "_getdecoder", None)  # Pillow's own lookup, private: without it, every file
+                                                    # goes through Image.open
 
 
 def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
@@ -51,7 +53,7 @@ def draft_scale(width: int, height: int, side: int) -> int:
 def draft_grey(data: bytes, side: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int]] | None:
     """The grey image `Image.open(data)` + `draft("L", (side, side))` + `load()` gives, and the JPEG's
     full size; None when the file does not take this way (read it with `Image.open` then)."""
-    frame = jpeg_frame(data)
+    frame = jpeg_frame(data) if _GET_DECODER is not None else None
     if frame is None:
         return None
     width, height, components = frame
@@ -62,7 +64,7 @@ def draft_grey(data: bytes, side: int, max_pixels: int) -> tuple[Image.Image, tu
     image = Image.new("L", size)
     # what ImageFile.load does for a drafted JPEG's one tile: ("L", "") are its raw mode and JPEG mode,
     # (scale, 0) the decoder configuration draft sets
-    decoder = Image._getdecoder("L", "jpeg", ("L", ""), (scale, 0))
+    decoder = _GET_DECODER("L", "jpeg", ("L", ""), (scale, 0))
     try:
         decoder.setimage(image.im, (0, 0, *size))
         status, error = decoder.decode(data)
