@@ -14,6 +14,16 @@ import pytest
 from PIL import Image
 
 
+@pytest.fixture(params=["python scanner", "compiled parser"])
+def both_tar_parsers(request, monkeypatch):
+    """Run a test with each tar header parser. `read_table` reads with the Python scanner while this
+    process has scanned fewer members than `scan_first` (0 by default): a count far below 0 keeps it there."""
+    from imagesieve import shards
+
+    monkeypatch.setattr(shards, "_members_scanned", -10**12 if request.param == "python scanner" else 0)
+    return request.param
+
+
 @cache
 def photo_tiles() -> tuple[np.ndarray, ...]:
     """Distinct 64x64 RGB tiles of real photos (scikit-image's bundled data)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,8 +16,10 @@ from PIL import Image
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.imageio import ImageDecodeError
+from imagesieve.inputs import split_tail
 from imagesieve.sample_data import make_sample_dataset
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.workflows import common
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 
@@ -145,6 +148,31 @@ def test_on_error_skip_lists_the_skipped_image_with_its_reason(tmp_path):
     skipped = pq.read_table(str(tmp_path / "f" / "skipped.parquet")).to_pylist()
     assert [s["id"] for s in skipped] == ["broken"] and "broken" in skipped[0]["reason"]
     assert summary.skipped == 1 and summary.duplicates == 1
+
+
+def test_the_last_shards_hashed_in_parts_give_the_tables_of_whole_shards(sample, tmp_path, monkeypatch):
+    """With several workers the last shards are hashed in parts (`split_tail`), one per worker; each
+    shard's table is then written from its parts, equal to the table of the shard hashed whole. Here
+    with an unreadable image in a part and a shard of fewer samples than parts (an empty part)."""
+    root, _ = sample
+    tiles = photo_tiles()
+    shutil.copytree(os.path.join(root, "shards"), tmp_path / "in")
+    good = encode(tiles[0])
+    shard(tmp_path / "in" / "zz" / "broken.tar", {"ok": good, "copy": good, "broken": good[:200] + b"\x00" * 50})
+    shard(tmp_path / "in" / "zz" / "tiny.tar", {"t0": encode(tiles[3]), "t1": encode(tiles[4])})
+    split = []  # the workers of each call
+    monkeypatch.setattr(common, "split_tail", lambda tasks, n: split.append(n) or split_tail(tasks, n))
+    config = FindConfig(flip=True, on_error="skip")
+    whole = find_duplicates(str(tmp_path / "in"), str(tmp_path / "whole"), config, executor=LocalExecutor(1))
+    parts = find_duplicates(str(tmp_path / "in"), str(tmp_path / "parts"), config, executor=LocalExecutor(3))
+    assert split == [1, 3]
+    assert (whole.images, whole.skipped, whole.duplicates) == (parts.images, parts.skipped, parts.duplicates)
+    assert whole.skipped == 1
+    tables = sorted(str(p.relative_to(tmp_path / "whole")) for p in (tmp_path / "whole").rglob("*.parquet"))
+    assert {"hashes/zz/broken.tar.parquet", "hashes/zz/tiny.tar.parquet"} < set(tables)
+    for name in tables:
+        a, b = pq.read_table(tmp_path / "whole" / name), pq.read_table(tmp_path / "parts" / name)
+        assert a.equals(b) and a.schema.metadata == b.schema.metadata, name
 
 
 def test_key_repeated_across_shards_is_refused(tmp_path):

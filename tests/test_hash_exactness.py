@@ -149,6 +149,13 @@ def test_a_tie_is_recomputed_with_imagehashs_steps():
     assert codes.tolist() == expected
 
 
+def test_every_flat_thumbnail_hashes_as_imagehash_does_without_scipys_dct():
+    flat = np.repeat(np.arange(256, dtype=np.uint8), 32 * 32).reshape(256, 32, 32)
+    expected = [pack_bits(imagehash.phash(Image.fromarray(p)).hash) for p in flat]
+    assert hash_kernels.phash_codes(flat).tolist() == expected
+    assert [int(hash_kernels.phash_reference(p)) for p in flat] == expected
+
+
 def test_unreadable_images_in_a_batch_leave_the_others_hashed():
     datas = [crops()[0][0], b"", b"\xff\xd8\xff\xe0garbage", crops()[1][0]]
     results = hash_images(datas, ("bytes_hash", "phash"), [f"sample {i}" for i in range(4)])

@@ -458,6 +458,19 @@ def test_progress_in_a_log_file_is_lines_not_carriage_returns():
     assert lines[-1].startswith("remove: 3/3 shards, 15 samples")
 
 
+def test_progress_counts_a_shard_hashed_in_parts_as_one_shard():
+    from imagesieve.progress import ShardProgress
+    from imagesieve.tasks import FileGroupTask
+
+    log = io.StringIO()
+    with ShardProgress(2, enabled=True, desc="hash", every=3600, stream=log) as bar:
+        bar.update(FileGroupTask(dataset_name="d", data=[]), [FileGroupTask(dataset_name="d", data=[])])
+        for index in range(3):
+            part = FileGroupTask(dataset_name="d", data=[], _metadata={"part": (index, 3)})
+            bar.update(part, [FileGroupTask(dataset_name="d", data=[], _metadata={"samples_in": 4})])
+    assert log.getvalue().splitlines()[-1].startswith("hash: 2/2 shards, 12 samples")
+
+
 def _append_member(shard: str, name: str, data: bytes) -> None:
     with tarfile.open(shard, "a") as tar:
         info = tarfile.TarInfo(name)

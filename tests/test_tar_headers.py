@@ -1,4 +1,5 @@
-"""The bulk header parser (numba) against Python's `tarfile`, on valid and corrupted tars.
+"""Both header parsers (the Python scanner, the compiled bulk parser) against Python's `tarfile`,
+on valid and corrupted tars.
 
 Valid tars of every format tarfile writes (ustar, GNU, PAX; long and non-ASCII names,
 directories, empty members) must list exactly what tarfile lists. A corrupted tar (a flipped
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +24,8 @@ NAME_PART = st.text(alphabet=st.sampled_from("abcXYZ019_-é日"), min_size=1, ma
 MEMBER = st.tuples(st.lists(NAME_PART, min_size=1, max_size=3), st.sampled_from(["jpg", "txt", "json", "tar.gz"]),
                    st.integers(0, 1500), st.booleans())
 FORMATS = st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+
+pytestmark = pytest.mark.usefixtures("both_tar_parsers")
 
 
 def make_tar(members: list, fmt: int, long_name: bool) -> bytes:
@@ -48,8 +52,11 @@ def tarfile_listing(data: bytes) -> list[tuple[str, int, int]]:
 
 
 def our_listing(path) -> list[tuple[str, int, int]]:
+    return our_listing_of(read_table(str(path)))
+
+
+def our_listing_of(table) -> list[tuple[str, int, int]]:
     """Regular members (directory entries, kept as members of no sample named "dir/", left out)."""
-    table = read_table(str(path))
     return [(n, int(o), int(s)) for n, o, s in zip(table.names, table.data_offsets, table.sizes, strict=True)
             if not n.endswith("/")]
 
@@ -161,3 +168,18 @@ def test_a_directory_entry_with_data_is_refused(tmp_path):
     assert "secret.jpg" in tarfile.open(fileobj=io.BytesIO(data)).getnames()
     with pytest.raises(ShardError, match="directory entry at byte 0 has a non-zero size"):
         read_table(str(write(tmp_path, data)))
+
+
+def test_a_decoding_workflow_loads_the_compiled_parser_once_the_python_scanner_has_read_enough(tmp_path, monkeypatch):
+    from imagesieve import shards
+
+    path = str(write(tmp_path, make_tar([(["a"], "jpg", 10, False), (["a"], "txt", 3, False)], tarfile.GNU_FORMAT,
+                                        False)))
+    compiled = []
+    monkeypatch.setattr(shards, "_members_scanned", 0)
+    monkeypatch.setattr(shards, "_parse_compiled", lambda *args: compiled.append(1) or parse_headers(*args))
+    listings = [our_listing_of(read_table(path, scan_first=3)) for _ in range(3)]
+    assert compiled == [1] and shards._members_scanned == 4  # two reads by the scanner, then the compiled parser
+    assert listings[0] == listings[1] == listings[2] == tarfile_listing(Path(path).read_bytes())
+    read_table(path)  # by default: the compiled parser at once
+    assert compiled == [1, 1]

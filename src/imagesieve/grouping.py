@@ -11,11 +11,14 @@ exact one-by-one path in `shards.py`, which says what is wrong.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 from numba import njit
+
+if TYPE_CHECKING:
+    from imagesieve.shards import Grouping
 
 from imagesieve.key_hash import xxh64_many
 
@@ -127,19 +130,11 @@ def _group(buf, offsets, is_dir, patterns, lengths):
     return sample_of, key_bytes[:at], key_offsets[:samples + 1], ext_start, suspicious, image_member[:samples], OK
 
 
-class Grouping(NamedTuple):
-    sample_of: np.ndarray  # int32 per member: its sample, or -1
-    keys: pa.LargeStringArray  # per sample
-    key_hashes: np.ndarray  # uint64 per sample: xxh64 of the key (what the ID index looks up)
-    image_member: np.ndarray  # int64 per sample: the member holding its image (first image extension), or -1
-    ext_start: np.ndarray  # int64 per member: where its extension starts in the names' bytes, or -1
-    suspicious: np.ndarray  # bool per member: a name `check_member_name` must look at
-
-
 def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extensions: tuple[str, ...]
           ) -> Grouping | None:
     """Samples of the members named buf[offsets[j]:offsets[j + 1]] (UTF-8, already validated); None
     when a key or a member repeats (the one-by-one path then names it)."""
+    from imagesieve.shards import Grouping
     patterns, lengths = _pattern_table(image_extensions)
     sample_of, key_bytes, key_offsets, ext_start, suspicious, image_member, status = _group(
         buf, offsets, is_dir, patterns, lengths)

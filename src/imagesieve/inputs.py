@@ -9,7 +9,7 @@ it. An image folder (INPUT holds image files and no tar shards) is cut into chun
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import xxhash
@@ -51,6 +51,19 @@ class InputUnit:
         if self.is_folder_chunk:
             metadata.update(root=self.root, relative_path=self.rel)
         return FileGroupTask(dataset_name="input", data=list(self.paths), task_id=self.rel, _metadata=metadata)
+
+
+def split_tail(tasks: list[FileGroupTask], workers: int) -> list[FileGroupTask]:
+    """`tasks` with each of the last `workers` (tar shards, one each) cut into `workers` parts, read as
+    `("part": (index, count))` says: the workers then finish together, where whole shards would leave
+    one of them hashing a last shard alone while the others idle (a tenth of a run of ten shards).
+    Only a stage that knows parts may come after the reader (the hash writer)."""
+    if workers < 2:
+        return tasks
+    tail = len(tasks) - min(workers, len(tasks))
+    parts = [replace(task, task_id=f"{task.task_id}#{index}", _metadata={**task._metadata, "part": (index, workers)})
+             for task in tasks[tail:] for index in range(workers)]
+    return tasks[:tail] + parts
 
 
 def is_image(name: str) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numba import njit
+
+from imagesieve.arrow_strings import string_buffers
 
 _P1 = np.uint64(11400714785074694791)
 _P2 = np.uint64(14029467366897019727)
@@ -90,16 +91,6 @@ def xxh64_many(buf, offsets):
     for i in range(len(out)):
         out[i] = xxh64_one(buf, offsets[i], offsets[i + 1])
     return out
-
-
-def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes and int64 offsets of an Arrow string array (no copy of the bytes when already
-    a large_string array; nulls are not expected and read as empty)."""
-    large = pc.cast(strings, pa.large_string()) if strings.type != pa.large_string() else strings
-    _, offsets_buf, data_buf = large.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int64)[large.offset:large.offset + len(large) + 1]
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.zeros(1, np.uint8)
-    return data, offsets
 
 
 def hash_strings(strings: pa.Array) -> np.ndarray:

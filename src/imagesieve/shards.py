@@ -19,20 +19,37 @@ import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from imagesieve.grouping import Grouping, group
-from imagesieve.key_hash import hash_strings, string_buffers
+from imagesieve.arrow_strings import string_buffers
 from imagesieve.runfolder import naming_errors, temp_name
-from imagesieve.tar_headers import BulkParseError, Headers, parse_headers
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
+# Loading the compiled header parser (numba) costs a process ~0.5 s, what the Python scanner spends
+# on ~90,000 members. A workflow that decodes images spends far more on each image than on its
+# headers, so it reads this many members with the Python scanner before it loads the compiled one
+# (rent until the rent paid equals the price): a small run never pays for it, a large one at most
+# twice the better choice. Removal, which spends a few µs on a member in all, loads it at once.
+SCAN_BEFORE_COMPILING = 80_000
+_members_scanned = 0  # by the Python scanner in this process
+
+if TYPE_CHECKING:
+    from imagesieve.tar_headers import Headers
+
+
+class Grouping(NamedTuple):
+    sample_of: np.ndarray  # int32 per member: its sample, or -1
+    keys: pa.LargeStringArray  # per sample
+    key_hashes: np.ndarray | None  # uint64 per sample: xxh64 of the key (what the ID index looks up), if made
+    image_member: np.ndarray  # int64 per sample: the member holding its image (first image extension), or -1
+    ext_start: np.ndarray  # int64 per member: where its extension starts in the names' bytes, or -1
+    suspicious: np.ndarray  # bool per member: a name `check_member_name` must look at
 
 
 class ShardError(ValueError):
@@ -79,7 +96,7 @@ class ShardTable:
 
     def __init__(self, shard: str, names: pa.Array, header_offsets: np.ndarray, data_offsets: np.ndarray,
                  sizes: np.ndarray, is_dir: np.ndarray | None = None, data: list[bytes | None] | None = None,
-                 headers: list[tuple[int, int]] | None = None) -> None:
+                 headers: list[tuple[int, int]] | None = None, compiled: bool = True) -> None:
         self.shard = shard
         self.name_array = names  # per member; "" for a PAX global header
         self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
@@ -90,22 +107,34 @@ class ShardTable:
         self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
         self.version: tuple[int, ...] | None = None  # the file's version when read (`file_version`)
         self.compression: str | None = None  # "gz", "bz2" or "xz": the input's, and so its output's
-        buf, offsets = string_buffers(names)
-        grouping = group(buf, offsets, self.is_dir, IMAGE_EXTENSIONS)
-        if grouping is None:  # something repeats: the exact path raises, naming it
+        grouping = None
+        if compiled:
+            from imagesieve.grouping import group  # (loads numba)
+
+            grouping = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
+        if grouping is None:  # a table read without numba, or something repeats (the exact path raises, naming it)
             sample_of, keys, _ = _group_members_one_by_one(shard, self.names)
-            grouping = group_from_keys(self.names, sample_of, keys)
+            grouping = group_from_keys(self.names, sample_of, keys, names_checked=not compiled)
         for j in np.flatnonzero(grouping.suspicious).tolist():
             check_member_name(shard, self.names[j])
         self.sample_of = grouping.sample_of
-        self.key_array, self.key_hashes, self.image_member = grouping.keys, grouping.key_hashes, grouping.image_member
-        self._ext_start = grouping.ext_start
+        self.key_array, self.image_member = grouping.keys, grouping.image_member
+        self._key_hashes = grouping.key_hashes
         grouped = np.flatnonzero(self.sample_of >= 0)
         self.grouped = grouped  # member indices, sample by sample, in file order
         self.starts = np.searchsorted(self.sample_of[grouped], np.arange(len(self.key_array) + 1))
 
     def __len__(self) -> int:
         return len(self.key_array)
+
+    @property
+    def key_hashes(self) -> np.ndarray:
+        """xxh64 of each key (what removal looks up), made when first asked for."""
+        if self._key_hashes is None:
+            from imagesieve.key_hash import hash_strings  # (loads numba)
+
+            self._key_hashes = hash_strings(self.key_array)
+        return self._key_hashes
 
     @property
     def fingerprint(self) -> str | None:
@@ -183,8 +212,10 @@ def file_version(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def read_table(shard: str) -> ShardTable:
-    """The members of a shard, checked for safety and completeness, as a `ShardTable`.
+def read_table(shard: str, scan_first: int = 0) -> ShardTable:
+    """The members of a shard, checked for safety and completeness, as a `ShardTable`. The compiled
+    parser reads it once this process has read `scan_first` members with the Python scanner (see
+    `SCAN_BEFORE_COMPILING`); both list the same members.
 
     Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
     as members of no sample, so that writers copy them in place; links and devices are refused.
@@ -193,7 +224,7 @@ def read_table(shard: str) -> ShardTable:
     from a version other than the one whose headers were read."""
     try:
         before = file_version(os.stat(shard))
-        table = _read_table(shard)
+        table = _read_table(shard, scan_first)
         if file_version(os.stat(shard)) != before:
             raise ShardError(f"{shard}: the file changed while it was being read; rerun to read it again")
     except OSError as exc:
@@ -210,7 +241,7 @@ def check_source_unchanged(metadata: dict) -> None:
         table.check_unchanged()
 
 
-def _read_table(shard: str) -> ShardTable:
+def _read_table(shard: str, scan_first: int) -> ShardTable:
     try:
         compression = compression_of(shard)
         if compression:
@@ -222,19 +253,36 @@ def _read_table(shard: str) -> ShardTable:
                               headers=[(r.mtime, r.mode) for r in refs])  # written again, compressed alike
             table.compression = compression
             return table
+        if _members_scanned < scan_first:
+            return _scanned_table(shard)
         with open(shard, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise TarScanError("empty file")
-            try:
-                headers = parse_headers(f.fileno(), size)
-            except BulkParseError as exc:
-                raise TarScanError(str(exc)) from None
+            headers = _parse_compiled(f.fileno(), size)
         return _table_from_entries(shard, scan(shard)) if headers is None else _table_from_headers(shard, headers)
     except TarScanError as exc:
         raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
+
+
+def _scanned_table(shard: str) -> ShardTable:
+    """The table read by the Python scanner, counted towards loading the compiled parser."""
+    global _members_scanned
+    table = _table_from_entries(shard, scan(shard), compiled=False)
+    _members_scanned += len(table.sizes)
+    return table
+
+
+def _parse_compiled(fd: int, size: int) -> Headers | None:
+    """`tar_headers.parse_headers`, imported here: importing it loads numba."""
+    from imagesieve.tar_headers import BulkParseError, parse_headers
+
+    try:
+        return parse_headers(fd, size)
+    except BulkParseError as exc:
+        raise TarScanError(str(exc)) from None
 
 
 _DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))
@@ -280,8 +328,9 @@ def _name(raw: bytes) -> str:
         raise TarScanError(f"member name {raw!r} is not UTF-8") from None
 
 
-def _table_from_entries(shard: str, entries: list[TarEntry]) -> ShardTable:
-    """From the Python scanner's entries: tars with extended headers (PAX, GNU long names)."""
+def _table_from_entries(shard: str, entries: list[TarEntry], compiled: bool = True) -> ShardTable:
+    """From the Python scanner's entries: tars with extended headers (PAX, GNU long names), or any tar
+    read without numba (`compiled=False`: grouped member by member too)."""
     kept = []
     for entry in entries:
         if entry.kind == "global header":
@@ -294,18 +343,19 @@ def _table_from_entries(shard: str, entries: list[TarEntry]) -> ShardTable:
     return ShardTable(shard, pa.array([e.name for e in kept], pa.large_string()),
                       np.array([e.header_offset for e in kept], np.int64),
                       np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64),
-                      is_dir=np.array([e.kind == "directory" for e in kept], bool))
+                      is_dir=np.array([e.kind == "directory" for e in kept], bool), compiled=compiled)
 
 
-def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str]) -> Grouping:
-    """A `Grouping` from the one-by-one path's result (rare: a shard where something repeats)."""
+def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str], names_checked: bool) -> Grouping:
+    """A `Grouping` from the one-by-one path's result: a table read without numba, or a shard where
+    something repeats. With `names_checked`, every name already passed `check_member_name`."""
+
     image_member = np.full(len(keys), -1, np.int64)
     for j, (name, sample) in enumerate(zip(names, sample_of.tolist(), strict=True)):
         if sample >= 0 and image_member[sample] < 0 and image_extension([name[len(keys[sample]) + 1:]]):
             image_member[sample] = j
-    key_array = pa.array(keys, pa.large_string())
-    return Grouping(sample_of, key_array, hash_strings(key_array), image_member, np.full(len(names), -1, np.int64),
-                    np.ones(len(names), bool))
+    return Grouping(sample_of, pa.array(keys, pa.large_string()), None, image_member,
+                    np.full(len(names), -1, np.int64), np.full(len(names), not names_checked))
 
 
 def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:

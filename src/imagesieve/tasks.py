@@ -223,11 +223,14 @@ class ImageBatch(Task[list[ImageObject]]):
         super().__post_init__()
 
     @classmethod
-    def from_table(cls, table: Any, dataset_name: str, task_id: str, metadata: dict[str, Any]) -> ImageBatch:
-        """A batch of every sample of `table` (a `ShardTable`; `table.image(row)` makes one image)."""
+    def from_table(cls, table: Any, dataset_name: str, task_id: str, metadata: dict[str, Any],
+                   rows: np.ndarray | None = None) -> ImageBatch:
+        """A batch of every sample of `table` (a `ShardTable`; `table.image(row)` makes one image), or
+        of its `rows`."""
+        rows = np.arange(len(table)) if rows is None else rows
         batch = cls(dataset_name=dataset_name, data=[], task_id=task_id, _metadata=metadata,
-                    ledger=Ledger(samples_in=len(table)))
-        batch.__dict__.update(_data=None, _rows=np.arange(len(table)), _table=table)
+                    ledger=Ledger(samples_in=len(rows)))
+        batch.__dict__.update(_data=None, _rows=rows, _table=table)
         return batch
 
     @property

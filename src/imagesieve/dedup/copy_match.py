@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imagesieve.dedup.copy_kernel import ratio_matches
 from imagesieve.imageio import load, open_image
 
 DEFAULT_MAX_SIDE = 256  # images are decoded no larger than this (a side): the cost per image is bounded
@@ -125,6 +124,8 @@ def verify_many(a: Keypoints, others: list[Keypoints], ratio: float = RATIO) -> 
     usable = [k for k, b in enumerate(others) if len(b.descriptors) >= 2]
     if len(a.descriptors) < 2 or not usable:
         return out
+    from imagesieve.dedup.copy_kernel import ratio_matches  # here: it loads numba, which `find` needs only here
+
     query = np.concatenate([a.descriptors, a.descriptors[:, MIRROR]]).astype(np.float32)
     train = np.concatenate([others[k].descriptors for k in usable]).astype(np.float32)
     starts = np.cumsum([0, *(len(others[k].descriptors) for k in usable)])

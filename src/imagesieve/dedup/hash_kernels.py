@@ -50,7 +50,12 @@ def phash_codes(pixels: np.ndarray) -> np.ndarray:
 
 
 def phash_reference(pixels: np.ndarray) -> np.uint64:
-    """imagehash.phash's own steps on one 32x32 array (scipy's DCT, numpy's median)."""
+    """imagehash.phash's own steps on one 32x32 array (scipy's DCT, numpy's median). A flat array, the
+    common tie (a blank image), needs no scipy, whose import costs a worker ~0.2 s: its DCT is exact
+    (butterflies of equal values give exact zeros), every coefficient but the first is 0 and so is
+    the median, and only the first bit is set, unless the pixels are black."""
+    if (pixels == pixels.flat[0]).all():
+        return np.uint64(1 << 63) if pixels.flat[0] > 0 else np.uint64(0)
     import scipy.fftpack
 
     dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)

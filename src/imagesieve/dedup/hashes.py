@@ -21,7 +21,8 @@ import xxhash
 from PIL import Image, ImageOps
 
 from imagesieve.dedup.hash_kernels import ahash_codes, dhash_codes, phash_codes
-from imagesieve.imageio import ImageDecodeError, load, open_image
+from imagesieve.imageio import MAX_PIXELS, ImageDecodeError, load, open_image
+from imagesieve.jpeg_draft import draft_grey
 
 PERCEPTUAL = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
               "whash": imagehash.whash}
@@ -95,21 +96,38 @@ def _hash_one(data: bytes, kinds: tuple[str, ...], where: str, flip: bool, exact
     values: dict[str, int | str] = {}
     if "bytes_hash" in kinds:
         values["bytes_hash"] = xxhash.xxh3_128_hexdigest(data)
-    image = open_image(data, where)
-    width, height = image.size
-    fmt = (image.format or "").lower()
     if "pixel_hash" in kinds:
         rgb = np.asarray(load(open_image(data, where), where).convert("RGB"))
         values["pixel_hash"] = xxhash.xxh3_128_hexdigest(f"{rgb.shape}".encode() + rgb.tobytes())
-    if any(k in PERCEPTUAL for k in kinds):
-        if not exact_decode and fmt == "jpeg":
-            image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
-        grey = load(image, where).convert("L")
-        views = {False: grey, True: ImageOps.mirror(grey)} if flip else {False: grey}
-        for (kind, mirrored), pixels in small.items():  # imagehash: convert("L") (a no-op here), Lanczos resize
-            thumb = views[mirrored].resize(BATCHED[kind][0], Image.Resampling.LANCZOS)
-            pixels[row] = np.frombuffer(thumb.tobytes(), np.uint8).reshape(pixels.shape[1:])
-        if "whash" in kinds:  # its size depends on the image's: one at a time, by imagehash
-            for mirrored, view in views.items():
-                values["whash_flip" if mirrored else "whash"] = pack_bits(imagehash.whash(view).hash)
+    if not any(k in PERCEPTUAL for k in kinds):
+        image = open_image(data, where)
+        return ImageHashes(*image.size, (image.format or "").lower(), values)
+    grey, (width, height), fmt = _grey_image(data, where, exact_decode)
+    views = {False: grey, True: ImageOps.mirror(grey)} if flip else {False: grey}
+    for (kind, mirrored), pixels in small.items():  # imagehash: convert("L") (a no-op here), Lanczos resize
+        thumb = views[mirrored].resize(BATCHED[kind][0], Image.Resampling.LANCZOS)
+        pixels[row] = np.frombuffer(thumb.tobytes(), np.uint8).reshape(pixels.shape[1:])
+    if "whash" in kinds:  # its size depends on the image's: one at a time, by imagehash
+        for mirrored, view in views.items():
+            values["whash_flip" if mirrored else "whash"] = pack_bits(imagehash.whash(view).hash)
     return ImageHashes(width, height, fmt, values)
+
+
+def _grey_image(data: bytes, where: str, exact_decode: bool) -> tuple[Image.Image, tuple[int, int], str]:
+    """The grey image imagehash hashes (a JPEG decoded at reduced size unless `exact_decode`), and the
+    image's full size and format."""
+    if not exact_decode:
+        drafted = draft_grey(data, DRAFT_SIZE, MAX_PIXELS)
+        if drafted is not None:  # a plain JPEG, decoded without Image.open's header parse: the same pixels
+            return *drafted, "jpeg"
+    image = open_image(data, where)
+    size, fmt = image.size, (image.format or "").lower()
+    if not exact_decode and fmt == "jpeg":
+        image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
+    return _grey(load(image, where)), size, fmt
+
+
+def _grey(image: Image.Image) -> Image.Image:
+    """imagehash's `convert("L")`, without its copy of an image that is grey already (a JPEG decoded
+    by `draft("L", ...)`): the same pixels."""
+    return image if image.mode == "L" else image.convert("L")

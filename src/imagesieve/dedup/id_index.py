@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imagesieve.arrow_strings import string_buffers
 from imagesieve.dedup.id_verify import verify_in_arrays, verify_in_files
-from imagesieve.key_hash import hash_strings, string_buffers
+from imagesieve.key_hash import hash_strings
 
 FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")

@@ -159,13 +159,16 @@ def _all_pairs_within(query: np.ndarray, other: np.ndarray | None, threshold: in
     found_i, found_j, count = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
     xor = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint64)  # reused: no fresh pages per block
     bits = np.empty((EXHAUSTIVE_ROWS, len(base)), np.uint8)
+    close = np.empty((EXHAUSTIVE_ROWS, len(base)), bool)
     for start in range(0, len(query), EXHAUSTIVE_ROWS):
         rows = query[start:start + EXHAUSTIVE_ROWS]
         first = start if other is None else 0  # a self-join compares each row with the rows from its own on
         n_rows, n_cols = len(rows), len(base) - first
         np.bitwise_xor(rows[:, None], base[None, first:], out=xor[:n_rows, :n_cols])
         np.bitwise_count(xor[:n_rows, :n_cols], out=bits[:n_rows, :n_cols])
-        i, j = np.nonzero(bits[:n_rows, :n_cols] <= threshold)
+        np.less_equal(bits[:n_rows, :n_cols], threshold, out=close[:n_rows, :n_cols])
+        # row-major positions, split: the order of np.nonzero at a third of its cost on a 2-D array
+        i, j = np.divmod(np.flatnonzero(close[:n_rows, :n_cols]), n_cols)
         i, j = i + start, j + first
         if other is None:  # i < j only (the block's own rows include i == j and the pairs below it)
             i, j = i[j > i], j[j > i]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit
+from imagesieve.inputs import InputUnit, split_tail
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
+from imagesieve.shards import SCAN_BEFORE_COMPILING
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
@@ -21,18 +22,24 @@ def absolute_paths(paths: str | list[str]) -> list[str]:
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,
-                 executor: BaseExecutor | None, progress: bool) -> list[Task]:
-    """Run `stages` on the units (shards or folder chunks) of `todo`, with progress over all `total`."""
+                 executor: BaseExecutor | None, progress: bool, split: bool = False) -> list[Task]:
+    """Run `stages` on the units (shards or folder chunks) of `todo`, with progress over all `total`;
+    with `split`, the last shards in parts (`split_tail`)."""
     executor = executor or LocalExecutor()
     with ShardProgress(total, initial=total - len(todo), enabled=progress, desc=name) as bar:
         executor.on_task_done = bar.update
         if not todo:
             return []
-        return Pipeline(name, stages=stages).run(executor, initial_tasks=[unit.task() for unit in todo])
+        tasks = [unit.task() for unit in todo]
+        if split and not todo[0].is_folder_chunk:
+            tasks = split_tail(tasks, executor.parallelism())
+        return Pipeline(name, stages=stages).run(executor, initial_tasks=tasks)
 
 
-def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> ProcessingStage:
-    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks."""
+def reader_for(units: list[InputUnit], storage_options: dict | None = None, decodes: bool = False
+               ) -> ProcessingStage:
+    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks.
+    A pipeline that `decodes` images loads the compiled tar parser only once it pays (`SCAN_BEFORE_COMPILING`)."""
     if units and units[0].is_folder_chunk:
         return ImageFolderReaderStage()
-    return ImageReaderStage(storage_options=storage_options)
+    return ImageReaderStage(storage_options=storage_options, scan_first=SCAN_BEFORE_COMPILING if decodes else 0)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from imagesieve.dedup.hashes import ALL_KINDS, PERCEPTUAL, hash_images
-from imagesieve.imageio import ImageDecodeError
+from imagesieve.imageio import ImageDecodeError, load_plugins
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.stages.sample_fields import check_on_error, image_bytes, json_values
 from imagesieve.tasks import ImageBatch, ImageObject
@@ -45,7 +43,7 @@ class ImageHashStage(ProcessingStage[ImageBatch, ImageBatch]):
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         """Load every Pillow image plugin once here: on the local executor this runs before the workers
         fork, so they inherit them instead of each loading them on its first WebP or TIFF."""
-        Image.init()
+        load_plugins()
 
     def process(self, task: ImageBatch) -> ImageBatch:
         for start in range(0, len(task.data), CHUNK):  # bounded memory: a shard can be gigabytes

@@ -15,6 +15,7 @@ from imagesieve.storage import join, read_schema
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 PROVENANCE_KEY = b"imagesieve.provenance"
+FIRST_COLUMNS = ("id", "shard", "position")  # then the others, sorted by name
 BASE_COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(), "width": pa.int64(),
                 "height": pa.int64(), "format": pa.string(), "file_size": pa.int64(), "error": pa.string(),
                 "bytes_hash": pa.string(), "pixel_hash": pa.string()}
@@ -66,11 +67,12 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         relative = batch_relative_path(task._metadata, task.task_id)
-        columns: dict[str, list] = {"id": [], "shard": [], "position": []}
+        columns: dict[str, list] = {name: [] for name in FIRST_COLUMNS}
         extra = sorted({k for image in task.data for k in image.metadata} - set(columns))
         for name in extra:
             columns[name] = []
-        for position, image in enumerate(task.data):
+        first_row = task._metadata.get("first_row", 0)  # a part of a shard: positions in the shard
+        for position, image in enumerate(task.data, first_row):
             columns["id"].append(image.image_id)
             columns["shard"].append(relative)
             columns["position"].append(position)
@@ -83,7 +85,22 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         provenance = {"shard_fingerprint": fingerprint, **self.settings}
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
-        write_parquet_atomic(table, path, self.storage_options, row_group_size=self.row_group_size)
         errors = sum(1 for image in task.data if "error" in image.metadata)
-        return FileGroupTask(dataset_name=task.dataset_name, data=[path], task_id=task.task_id,
-                             _metadata={"samples_in": len(task.data), "errors": errors, "relative_path": relative})
+        metadata = {"samples_in": len(task.data), "errors": errors, "relative_path": relative}
+        if "part" in task._metadata:  # the shard's table is written once every part is in (`write_parts`)
+            metadata.update(part=task._metadata["part"], table=table)
+        else:
+            write_parquet_atomic(table, path, self.storage_options, row_group_size=self.row_group_size)
+        return FileGroupTask(dataset_name=task.dataset_name, data=[path], task_id=task.task_id, _metadata=metadata)
+
+    def write_parts(self, outputs: list[FileGroupTask]) -> None:
+        """Write the table of each shard hashed in parts (`inputs.split_tail`) from its parts' tables."""
+        parts: dict[str, list[FileGroupTask]] = {}
+        for task in outputs:
+            if "part" in task._metadata:
+                parts.setdefault(task.data[0], []).append(task)
+        for path, tasks in parts.items():
+            tables = [t._metadata["table"] for t in sorted(tasks, key=lambda t: t._metadata["part"])]
+            table = pa.concat_tables(tables, promote_options="permissive")  # a column only some parts have: last
+            table = table.select([*FIRST_COLUMNS, *sorted(set(table.column_names) - set(FIRST_COLUMNS))])
+            write_parquet_atomic(table, path, self.storage_options, row_group_size=self.row_group_size)

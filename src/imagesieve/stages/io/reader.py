@@ -17,6 +17,12 @@ from imagesieve.tasks import FileGroupTask, ImageBatch
 logger = logging.getLogger(__name__)
 
 
+def part_rows(n: int, part: tuple[int, int]) -> np.ndarray:
+    """The rows of part `(index, count)` of `n` samples: one of `count` nearly equal runs, in order."""
+    index, count = part
+    return np.arange(n * index // count, n * (index + 1) // count)
+
+
 @dataclass
 class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     """Reads the samples of each shard. `image_id` is the WebDataset key, never a position.
@@ -36,6 +42,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     num_threads: int = 8
     num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
+    scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`shards.read_table`)
     storage_options: dict | None = field(default=None, repr=False)
     _spools: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
@@ -56,33 +63,40 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         relative = task._metadata.get("relative_paths", {})
         if self.verbose:
             logger.info("Reading %d shard(s): %s", len(task.data), ", ".join(task.data))
-        batches = [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name)
-                   for path in task.data]
+        batches = [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name,
+                                   task._metadata.get("part")) for path in task.data]
         listed = task._metadata.get("input_fingerprint")
         for batch in batches:  # what later stages record as done: the version read, for a local shard
             batch._metadata["input_fingerprint"] = batch._metadata["shard_table"].fingerprint or listed
         return batches
 
-    def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset") -> ImageBatch:
+    def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset",
+                   part: tuple[int, int] | None = None) -> ImageBatch:
         if not is_remote(shard):
-            return self._read_local(shard, shard, relative_path, dataset_name)
+            return self._read_local(shard, shard, relative_path, dataset_name, part)
         local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard))
         try:
-            batch = self._read_local(shard, local, relative_path, dataset_name)
+            batch = self._read_local(shard, local, relative_path, dataset_name, part)
         except ShardError as exc:
             raise ShardError(str(exc).replace(local, shard)) from exc
         batch._metadata["shard_table"].version = None  # a spool copy: the listing's ETag names the version
         return batch
 
-    def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str) -> ImageBatch:
-        """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`."""
-        table = read_table(local)
+    def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str,
+                    part: tuple[int, int] | None) -> ImageBatch:
+        """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`; with
+        `part`, only that part of them (`inputs.split_tail`), whose first row the batch records."""
+        table = read_table(local, self.scan_first)
         table.display_shard = shard
         missing = np.flatnonzero(table.image_member < 0)
         if len(missing):
             row = int(missing[0])
             raise ShardError(f"{shard}: sample {table.keys[row]!r} has no image member "
                              f"(members: {', '.join(ref.name for ref in table.members(row).values())})")
+        metadata = {"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
+                    "shard_table": table}
+        if part is None:
+            return ImageBatch.from_table(table, dataset_name, relative_path, metadata)
+        rows = part_rows(len(table), part)
         return ImageBatch.from_table(table, dataset_name, relative_path,
-                                     {"shard": shard, "relative_path": relative_path, "loose_members": table.loose(),
-                                      "shard_table": table})
+                                     {**metadata, "part": part, "first_row": int(rows[0]) if len(rows) else 0}, rows)
