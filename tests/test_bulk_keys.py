@@ -16,7 +16,9 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import hash_strings
+from imagesieve.key_hash_kernel import xxh64_many
 from imagesieve.shards import (
     AtomicShardWriter,
     MappedSource,
@@ -33,9 +35,10 @@ def test_xxh64_equals_the_xxhash_package_on_every_length():
     texts = ["", "a", "000000001", "héllo wörld ✓", "dir/sub/key"]
     texts += [bytes(rng.integers(0, 128, n, dtype=np.uint8)).decode("ascii") for n in range(300) for _ in range(3)]
     texts += ["x" * 5000]
-    got = hash_strings(pa.array(texts))
-    assert got.tolist() == [xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts]
-    assert hash_strings(pa.array(texts).slice(7, 50)).tolist() == got[7:57].tolist()  # offsets of a slice
+    want = [xxhash.xxh64_intdigest(t.encode("utf-8")) for t in texts]
+    assert xxh64_many(*string_buffers(pa.array(texts))).tolist() == want  # the compiled loop
+    assert xxh64_many(*string_buffers(pa.array(texts).slice(7, 50))).tolist() == want[7:57]  # offsets of a slice
+    assert hash_strings(pa.array(texts)).tolist() == want  # whichever path the process takes
     assert hash_strings(pa.array([], pa.string())).tolist() == []
 
 
@@ -128,8 +131,10 @@ def test_a_shard_that_shrank_before_the_copy_is_an_error_not_a_crash(tmp_path):
 
 
 @pytest.mark.parametrize("on_disk", [True, False])
-def test_hash_collisions_are_settled_by_the_ids_bytes(tmp_path, on_disk):
-    """IDs forced to share hashes: only an ID stored byte for byte is found, wherever it sits in its run."""
+def test_hash_collisions_are_settled_by_the_ids_bytes(tmp_path, monkeypatch, on_disk):
+    """IDs forced to share hashes: only an ID stored byte for byte is found, wherever it sits in its run,
+    by the compiled check and by the Python one."""
+    from imagesieve.dedup import id_index
     from imagesieve.dedup.id_index import IdIndex
 
     forged = IdIndex(np.array([5, 5, 5, 9, 11], np.uint64), np.array([0, 1, 3, 4, 5, 8], np.uint32),
@@ -139,4 +144,7 @@ def test_hash_collisions_are_settled_by_the_ids_bytes(tmp_path, on_disk):
         forged = IdIndex.load(str(tmp_path))
     query = np.array([5, 5, 9, 5, 5, 11, 11, 12], np.uint64)
     ids = pa.array(["c", "zz", "d", "bb", "d", "ccc", "cc", "a"])
-    assert forged.contains_hashed(query, ids).tolist() == [True, False, True, True, False, True, False, False]
+    want = [True, False, True, True, False, True, False, False]
+    assert forged.contains_hashed(query, ids).tolist() == want
+    monkeypatch.setattr(id_index, "compiled_pays", lambda items: False)  # the Python path, for a few hits
+    assert forged.contains_hashed(query, ids).tolist() == want

@@ -20,7 +20,7 @@ from numba import njit
 if TYPE_CHECKING:
     from imagesieve.shards import Grouping
 
-from imagesieve.key_hash import xxh64_many
+from imagesieve.key_hash_kernel import xxh64_many
 
 OK, REPEATED = 0, 1
 

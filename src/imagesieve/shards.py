@@ -31,11 +31,10 @@ from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
-# Loading the compiled header parser (numba) costs a process ~0.5 s, what the Python scanner spends
-# on ~90,000 members. A workflow that decodes images spends far more on each image than on its
-# headers, so it reads this many members with the Python scanner before it loads the compiled one
-# (rent until the rent paid equals the price): a small run never pays for it, a large one at most
-# twice the better choice. Removal, which spends a few µs on a member in all, loads it at once.
+# Loading the compiled header parser (numba) costs a process ~0.5 s (and compiling it ~5 s on a
+# machine's first run), what the Python scanner spends on ~90,000 members. So a process reads this
+# many members with the Python scanner before it loads the compiled one (rent until the rent paid
+# equals the price): a small run never pays for it, a large one at most twice the better choice.
 SCAN_BEFORE_COMPILING = 80_000
 _members_scanned = 0  # by the Python scanner in this process
 
@@ -131,7 +130,7 @@ class ShardTable:
     def key_hashes(self) -> np.ndarray:
         """xxh64 of each key (what removal looks up), made when first asked for."""
         if self._key_hashes is None:
-            from imagesieve.key_hash import hash_strings  # (loads numba)
+            from imagesieve.key_hash import hash_strings
 
             self._key_hashes = hash_strings(self.key_array)
         return self._key_hashes

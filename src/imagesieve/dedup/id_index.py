@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.arrow_strings import string_buffers
-from imagesieve.dedup.id_verify import verify_in_arrays, verify_in_files
-from imagesieve.key_hash import hash_strings
+from imagesieve.key_hash import compiled_pays, hash_strings
 
 FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
@@ -233,6 +232,13 @@ class IdIndex:
         hit = np.flatnonzero(found == query)
         if not len(hit):
             return result
+        if not compiled_pays(len(hit)):
+            wanted = ids.take(pa.array(hit)).to_pylist()
+            result[hit] = [self._stored(w.encode("utf-8"), int(p), q)
+                           for w, p, q in zip(wanted, positions[hit].tolist(), query[hit], strict=True)]
+            return result
+        from imagesieve.dedup.id_verify import verify_in_arrays, verify_in_files  # (loads numba)
+
         keys, key_offsets = string_buffers(ids.take(pa.array(hit)))
         where = (positions[hit], query[hit], keys, key_offsets)
         if all(isinstance(part, FlatFile) for part in (self.hashes, self.offsets, self.blob)):
@@ -246,6 +252,16 @@ class IdIndex:
                                          *where)
         result[hit] = found_ids
         return result
+
+    def _stored(self, wanted: bytes, position: int, hash_value: np.uint64) -> bool:
+        """Whether `wanted` is among the IDs stored from `position` on that share its hash (`verify_in_files`,
+        one ID at a time: for a few hits, cheaper than loading the compiled loop)."""
+        while position < len(self.hashes) and self.hashes[position] == hash_value:
+            start, end = self.offsets[position:position + 2].tolist()
+            if end - start == len(wanted) and self.blob[start:end].tobytes() == wanted:
+                return True
+            position += 1
+        return False
 
     def _first_at_least(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each query hash, the first position whose hash is >= it (as np.searchsorted) and the hash

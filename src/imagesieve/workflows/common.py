@@ -36,10 +36,9 @@ def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit]
         return Pipeline(name, stages=stages).run(executor, initial_tasks=tasks)
 
 
-def reader_for(units: list[InputUnit], storage_options: dict | None = None, decodes: bool = False
-               ) -> ProcessingStage:
+def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> ProcessingStage:
     """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks.
-    A pipeline that `decodes` images loads the compiled tar parser only once it pays (`SCAN_BEFORE_COMPILING`)."""
+    It loads the compiled tar parser only once that pays (`SCAN_BEFORE_COMPILING`)."""
     if units and units[0].is_folder_chunk:
         return ImageFolderReaderStage()
-    return ImageReaderStage(storage_options=storage_options, scan_first=SCAN_BEFORE_COMPILING if decodes else 0)
+    return ImageReaderStage(storage_options=storage_options, scan_first=SCAN_BEFORE_COMPILING)

@@ -108,7 +108,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,
                             on_error=config.on_error, json_fields=config.json_fields)
     writer = HashWriterStage(hashes_dir=hashes_dir, settings=settings, storage_options=storage_options)
-    reader = reader_for(units, storage_options, decodes=True)
+    reader = reader_for(units, storage_options)
     writer.write_parts(run_on_units(desc, [reader, hasher, writer], todo, len(units), executor, progress, split=True))
     return units
 

@@ -110,7 +110,7 @@ def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticC
     embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
                                    on_error=config.on_error, json_fields=config.json_fields, flip=config.flip,
                                    centres=centres, input_size=input_size)
-    run_on_units("embed", [reader_for(shards, decodes=True), embedder,
+    run_on_units("embed", [reader_for(shards), embedder,
                            EmbeddingWriterStage(embeddings_dir=embeddings_dir, model_id=model_id)],
                  todo, len(shards), executor, progress)
     return [embedding_table_path(embeddings_dir, unit.rel) for unit in shards]
