@@ -85,3 +85,25 @@ def test_a_shard_changed_while_hashed_records_no_hashes(make_shard, tmp_path, mo
         find_duplicates(str(tmp_path / "shards"), str(tmp_path / "found"), FindConfig(method="phash"),
                         executor=LocalExecutor(1))
     assert not list((tmp_path / "found").rglob("hashes/*.parquet"))
+
+
+def test_parts_of_a_shard_read_from_two_versions_write_no_table(tmp_path):
+    """Found by a hostile pass: the last shards are hashed in parts, each reading the file itself; a shard
+    replaced between two parts gave one table of rows from both versions."""
+    import pyarrow as pa
+
+    from imagesieve.stages.hashing.hash_writer import HashWriterStage
+    from imagesieve.tasks import FileGroupTask
+
+    def part(k: int, version: tuple) -> FileGroupTask:
+        table = pa.table({"id": [f"{k}"], "shard": ["00000.tar"], "position": [k]})
+        return FileGroupTask(dataset_name="d", data=[str(tmp_path / "hashes" / "00000.tar.parquet")], task_id="t",
+                             _metadata={"part": (k, 2), "table": table, "shard": "in/00000.tar",
+                                        "source_version": version})
+
+    writer = HashWriterStage(hashes_dir=str(tmp_path / "hashes"))
+    with pytest.raises(ShardError, match="changed between the parts"):
+        writer.write_parts([part(0, (1, 2, 3, 4, 5)), part(1, (1, 9, 3, 4, 5))])
+    assert not (tmp_path / "hashes" / "00000.tar.parquet").exists()
+    writer.write_parts([part(0, (1, 2, 3, 4, 5)), part(1, (1, 2, 3, 4, 5))])
+    assert (tmp_path / "hashes" / "00000.tar.parquet").exists()

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from imagesieve.dedup.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
-from imagesieve.shards import check_source_unchanged
+from imagesieve.shards import ShardError, check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage import join, read_schema
 from imagesieve.tasks import FileGroupTask, ImageBatch
@@ -88,7 +88,9 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         errors = sum(1 for image in task.data if "error" in image.metadata)
         metadata = {"samples_in": len(task.data), "errors": errors, "relative_path": relative}
         if "part" in task._metadata:  # the shard's table is written once every part is in (`write_parts`)
-            metadata.update(part=task._metadata["part"], table=table)
+            source = task._metadata.get("shard_table")
+            metadata.update(part=task._metadata["part"], table=table, shard=task._metadata.get("shard"),
+                            source_version=source.version if source is not None else fingerprint)
         else:
             write_parquet_atomic(table, path, self.storage_options, row_group_size=self.row_group_size)
         return FileGroupTask(dataset_name=task.dataset_name, data=[path], task_id=task.task_id, _metadata=metadata)
@@ -100,6 +102,9 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             if "part" in task._metadata:
                 parts.setdefault(task.data[0], []).append(task)
         for path, tasks in parts.items():
+            if len({t._metadata.get("source_version") for t in tasks}) > 1:  # each part read the file itself
+                raise ShardError(f"{tasks[0]._metadata.get('shard', path)}: the file changed between the parts of "
+                                 "its hashing (replaced or rewritten); no hashes were written for it: rerun")
             tables = [t._metadata["table"] for t in sorted(tasks, key=lambda t: t._metadata["part"])]
             table = pa.concat_tables(tables, promote_options="permissive")  # a column only some parts have: last
             table = table.select([*FIRST_COLUMNS, *sorted(set(table.column_names) - set(FIRST_COLUMNS))])
