@@ -307,6 +307,8 @@ def test_an_output_shard_is_compressed_as_its_input_was_whatever_its_name(make_s
     assert out[:3] == packed[:3]  # the same magic bytes: compressed alike, or plain
     with tarfile.open(tmp_path / "out" / name) as tar:
         assert sorted({n.split(".")[0] for n in tar.getnames()}) == ["00000000", "00000001", "00000003"]
+    remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "again"), str(tmp_path / "ids"), executor=ONE)
+    assert (tmp_path / "again" / name).read_bytes() == out  # reproducible: no temp name or time in a gzip header
 
 
 def test_shards_under_a_symlinked_folder_are_read_and_a_link_loop_ends(make_shard, tmp_path):

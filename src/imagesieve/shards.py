@@ -399,7 +399,7 @@ def compression_of(path: str) -> str | None:
 
 def _compressed_writer(raw: BinaryIO, compression: str | None) -> BinaryIO:
     if compression == "gz":
-        return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+        return gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0)  # no temp name, no time: reproducible
     if compression == "bz2":
         return bz2.BZ2File(raw, mode="wb")
     if compression == "xz":
