@@ -75,7 +75,14 @@ class ProcessPool:
         self.attempts: dict[int, int] = {}
         self.teardown_error: BaseException | None = None
         self._started = 0
-        self.workers = [self._start() for _ in range(workers)]
+        self.workers: list[_Worker] = []
+        try:
+            for _ in range(workers):
+                self.workers.append(self._start())
+        except BaseException:  # Ctrl-C while starting: no caller holds this pool yet, so stop what started here
+            for worker in self.workers:
+                _stop(worker.process)
+            raise
 
     def _start(self) -> _Worker:
         task_r, task_w = self.context.Pipe(duplex=False)
@@ -83,10 +90,14 @@ class ProcessPool:
         self._started += 1
         process = self.context.Process(target=_worker_main, name=f"imagesieve-{self.group.index}-{self._started}",
                                        args=(self.group, self._started, task_r, result_w, os.getpid()))
-        process.start()
-        task_r.close()
-        result_w.close()
-        return _Worker(process, task_w, result_r)
+        try:
+            process.start()
+            task_r.close()
+            result_w.close()
+            return _Worker(process, task_w, result_r)
+        except BaseException:  # interrupted mid-start: a worker left waiting would keep the driver from exiting
+            _stop(process)
+            raise
 
     def free_slots(self) -> int:
         return sum(IN_FLIGHT_PER_WORKER - len(w.tickets) for w in self.workers if not w.stopping)
@@ -172,6 +183,13 @@ class ProcessPool:
             worker.inbox.close()
             worker.outbox.close()
         return self.teardown_error
+
+
+def _stop(process) -> None:
+    """Kill a worker that may or may not have started, and reap it."""
+    if process.pid is not None:
+        process.kill()
+        process.join()
 
 
 def wait_all(pools: list) -> list[tuple[int, list[list[Task]]]]:
