@@ -311,6 +311,20 @@ def test_an_output_shard_is_compressed_as_its_input_was_whatever_its_name(make_s
     assert (tmp_path / "again" / name).read_bytes() == out  # reproducible: no temp name or time in a gzip header
 
 
+def test_a_refused_run_creates_nothing(dataset, tmp_path, monkeypatch):
+    """Found by a hostile pass: `find in in` was refused but left a lock in the input, and a run on a
+    missing input created its output folder (a literal './~/o' for a quoted '~')."""
+    with pytest.raises(ValueError, match="lies inside the output folder"):
+        find_duplicates(str(dataset), str(dataset), FindConfig(method="phash"), executor=ONE)
+    assert not (dataset / "_imagesieve").exists()
+    monkeypatch.chdir(tmp_path)
+    from imagesieve.workflows.dedup import dedup
+
+    with pytest.raises(FileNotFoundError, match="quoted '~' is not expanded"):
+        dedup("~/does-not-exist", "~/o", executor=ONE)
+    assert not (tmp_path / "~").exists()
+
+
 def test_shards_under_a_symlinked_folder_are_read_and_a_link_loop_ends(make_shard, tmp_path):
     make_shard("00000.tar", n=4)
     make_shard("00001.tar", n=4, start=4, folder="elsewhere")

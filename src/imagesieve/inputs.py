@@ -17,7 +17,7 @@ import xxhash
 from imagesieve.runfolder import shard_fingerprint, strip_shard_suffix
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path
-from imagesieve.storage import is_under, join, storage_for
+from imagesieve.storage import is_remote, is_under, join, storage_for
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000
@@ -92,6 +92,17 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
         if is_under(source, output_dir) and storage_for(source, storage_options).exists(source):
             raise ValueError(f"the input {source} lies inside the output folder {output_dir}; choose an output "
                              "folder outside the input")
+
+
+def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
+    """What must hold before a run creates anything (its output folder, its lock): each input path
+    exists (patterns are checked when listed) and none lies inside the output folder."""
+    for source in [input_path] if isinstance(input_path, str) else input_path:
+        if not is_remote(source) and not any(c in source for c in "*?[{") and not os.path.exists(source):
+            hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
+                if source.startswith("~") else ""
+            raise FileNotFoundError(f"input {source} does not exist{hint}")
+    check_input_outside(input_path, output_dir, storage_options)
 
 
 def _has_shards(folder: str) -> bool:

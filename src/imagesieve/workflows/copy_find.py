@@ -42,7 +42,7 @@ from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_outside
+from imagesieve.inputs import InputUnit, check_input_first, check_input_outside
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     WORK_DIR,
@@ -137,6 +137,7 @@ class CopySummary:
 def find_copies(input_path: str | list[str], output_dir: str, config: CopyConfig = CopyConfig(),
                 executor: BaseExecutor | None = None, progress: bool = False) -> CopySummary:
     """Hash, embed and extract keypoints; search candidates; verify; write duplicates/ and groups/."""
+    check_input_first(input_path, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "find"):
         return find_copies_in_locked_folder(input_path, output_dir, config, executor, progress)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from imagesieve.dedup.id_folder import content_digest, list_parquet_files
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import input_units
+from imagesieve.inputs import check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
@@ -73,6 +73,7 @@ def dedup(input_path: str | list[str], output_dir: str,
     Input and output may be URLs (`s3://...`), reached with `storage_options`."""
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
+    check_input_first(input_path, output_dir, storage_options)
     if link:
         check_link(input_units(input_path, output_dir, output_dir, storage_options), link)
     if not is_remote(output_dir):

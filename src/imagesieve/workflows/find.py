@@ -25,7 +25,7 @@ from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_outside, input_units
+from imagesieve.inputs import InputUnit, check_input_first, check_input_outside, input_units
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,
@@ -156,6 +156,7 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
                     progress: bool = False, storage_options: dict | None = None) -> FindSummary:
     """Hash, search and group; write the duplicate list and the groups (see module docstring).
     INPUT, `reference` and `output_dir` may be URLs (`s3://...`), reached with `storage_options`."""
+    check_input_first(input_path, output_dir, storage_options)
     if not is_remote(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "find", storage_options):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from imagesieve.dedup.embeddings_io import EmbeddingsError, list_parquet
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, input_units
+from imagesieve.inputs import InputUnit, check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.runfolder import read_json, remove_stale_temp_files, run_lock, write_json_atomic
 from imagesieve.shards import iter_samples
@@ -66,6 +66,7 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
                   executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
     refuse_object_storage(input_path, output_dir)
+    check_input_first(input_path, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     with run_lock(output_dir, "find"):
         return find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
