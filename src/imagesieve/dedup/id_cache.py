@@ -19,6 +19,8 @@ import shutil
 import stat
 import tempfile
 
+import xxhash
+
 from imagesieve.cache_dir import default_cache_dir
 from imagesieve.dedup.id_build import DEFAULT_BUDGET, build_index_isolated
 from imagesieve.dedup.id_folder import check_id_folder, content_digest, list_parquet_files
@@ -84,7 +86,7 @@ def _build(files: list[str], id_field: str, target: str, key: str, budget: int) 
     try:
         build_index_isolated(files, id_field, building, budget)
         with open(os.path.join(building, "entry.json"), "w", encoding="utf-8") as f:
-            json.dump({"key": key, "files": files, "id_field": id_field}, f)
+            json.dump({"key": key, "files": files, "id_field": id_field, "digest": _entry_digest(building)}, f)
         os.rename(building, target)
     finally:
         shutil.rmtree(building, ignore_errors=True)
@@ -97,9 +99,23 @@ def _valid_entry(target: str, key: str) -> bool:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             return False
         with open(os.path.join(target, "entry.json"), encoding="utf-8") as f:
-            return json.load(f).get("key") == key and IdIndex.files_complete(target)
+            entry = json.load(f)
+        return (entry.get("key") == key and IdIndex.files_complete(target)
+                and entry.get("digest") == _entry_digest(target))
     except (OSError, ValueError):
         return False
+
+
+def _entry_digest(folder: str) -> str:
+    """A digest of the index's files: a damaged cache (a flipped byte, the same size) is rebuilt, not
+    trusted, since a damaged index would report listed IDs as absent. Read once per run (by the
+    driver), at page-cache speed: ~0.3 s for 100M IDs."""
+    digest = xxhash.xxh3_128()
+    for name in ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json"):
+        with open(os.path.join(folder, name), "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _remove_entry(target: str) -> None:
