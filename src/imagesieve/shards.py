@@ -433,9 +433,9 @@ class Sample:
 
 
 def iter_samples(shard: str, loose: list[MemberRef] | None = None) -> Iterator[Sample]:
-    """The samples of a shard, in order (see `group_members`). Members that belong to no sample go
+    """The samples of a shard, in order (grouped as `ShardTable` says). Members that belong to no sample go
     to `loose` when given, else they are an error."""
-    table = read_table(shard)
+    table = read_table(shard, SCAN_BEFORE_COMPILING)  # (reports, checks: small work, no numba unless it pays)
     if loose is None and (table.sample_of < 0).any():
         j = int(np.flatnonzero(table.sample_of < 0)[0])
         raise ShardError(f"{shard}: member {table.names[j]!r} has no extension, so it belongs to no sample")
