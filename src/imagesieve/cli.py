@@ -9,6 +9,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -200,22 +201,27 @@ def one_blas_thread() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def interrupted(message: str) -> int:
+    """Ctrl-C: say so, and let no second one cut the shutdown short (workers are being stopped)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(message, file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     one_blas_thread()
     try:
         args = build_parser().parse_args(argv)  # imports the workflows: Ctrl-C may come here already
+        skip_pyarrow_pandas_probe()
+        freeze_start_up_objects()
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
     except KeyboardInterrupt:
-        print("imagesieve: interrupted", file=sys.stderr)
-        return 130
-    skip_pyarrow_pandas_probe()
-    freeze_start_up_objects()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+        return interrupted("imagesieve: interrupted")
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("imagesieve: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
-        return 130
+        return interrupted("imagesieve: interrupted; finished shards are kept, rerun to resume")
     except BrokenPipeError:  # `imagesieve ... | head`: the reader left; not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
