@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, split_tail
+from imagesieve.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
+from imagesieve.runfolder import run_lock
 from imagesieve.shards import SCAN_BEFORE_COMPILING
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
-from imagesieve.storage import absolute
+from imagesieve.storage import absolute, is_remote
 from imagesieve.tasks import Task
+
+T = TypeVar("T")
 
 
 def absolute_paths(paths: str | list[str]) -> list[str]:
     """Input paths as absolute paths (URLs as they are), so that a run folder can be read (and resumed)
     from anywhere."""
     return [absolute(p) for p in ([paths] if isinstance(paths, str) else paths)]
+
+
+def run_in_locked_folder(input_path: str | list[str], output_dir: str, command: str, run: Callable[[], T],
+                         storage_options: dict | None = None) -> T:
+    """Check the input first (so that a refused run creates nothing), make the output folder, hold its
+    lock for the whole run, and run."""
+    check_input_first(input_path, output_dir, storage_options)
+    if not is_remote(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+    with run_lock(output_dir, command, storage_options):
+        return run()
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,

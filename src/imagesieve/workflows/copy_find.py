@@ -42,19 +42,18 @@ from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_first, check_input_outside
+from imagesieve.inputs import InputUnit, check_input_outside
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     WORK_DIR,
     remove_stale_temp_files,
-    run_lock,
     write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.stages.copy import ImageKeypointStage
 from imagesieve.stages.hashing import HashWriterStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
-from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,
     FindConfig,
@@ -137,10 +136,8 @@ class CopySummary:
 def find_copies(input_path: str | list[str], output_dir: str, config: CopyConfig = CopyConfig(),
                 executor: BaseExecutor | None = None, progress: bool = False) -> CopySummary:
     """Hash, embed and extract keypoints; search candidates; verify; write duplicates/ and groups/."""
-    check_input_first(input_path, output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "find"):
-        return find_copies_in_locked_folder(input_path, output_dir, config, executor, progress)
+    return run_in_locked_folder(input_path, output_dir, "find", lambda: find_copies_in_locked_folder(
+        input_path, output_dir, config, executor, progress))
 
 
 def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, config: CopyConfig,

@@ -9,7 +9,6 @@ OUT/summary.json               counts
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,18 +24,17 @@ from imagesieve.dedup.keep import keep_policy
 from imagesieve.dedup.near_search import near_pairs, popcount64
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_first, check_input_outside, input_units
+from imagesieve.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,
-    run_lock,
     write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
-from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.storage import join, read_schema, read_table, storage_for
+from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 
 METHODS = ("exact", *PERCEPTUAL)
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -156,11 +154,8 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
                     progress: bool = False, storage_options: dict | None = None) -> FindSummary:
     """Hash, search and group; write the duplicate list and the groups (see module docstring).
     INPUT, `reference` and `output_dir` may be URLs (`s3://...`), reached with `storage_options`."""
-    check_input_first(input_path, output_dir, storage_options)
-    if not is_remote(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "find", storage_options):
-        return find_in_locked_folder(input_path, output_dir, config, reference, executor, progress, storage_options)
+    return run_in_locked_folder(input_path, output_dir, "find", lambda: find_in_locked_folder(
+        input_path, output_dir, config, reference, executor, progress, storage_options), storage_options)
 
 
 def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: FindConfig,

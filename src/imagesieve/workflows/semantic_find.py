@@ -17,15 +17,15 @@ import pyarrow.parquet as pq
 from imagesieve.dedup.embeddings_io import EmbeddingsError, list_parquet
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_first, input_units
+from imagesieve.inputs import InputUnit, input_units
 from imagesieve.progress import phase
-from imagesieve.runfolder import read_json, remove_stale_temp_files, run_lock, write_json_atomic
+from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
 from imagesieve.storage import is_remote
-from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
 
 # The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
@@ -66,10 +66,8 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
                   executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
     refuse_object_storage(input_path, output_dir)
-    check_input_first(input_path, output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "find"):
-        return find_semantic_in_locked_folder(input_path, output_dir, config, executor, progress)
+    return run_in_locked_folder(input_path, output_dir, "find", lambda: find_semantic_in_locked_folder(
+        input_path, output_dir, config, executor, progress))
 
 
 def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str, config: SemanticConfig,
