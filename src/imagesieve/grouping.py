@@ -20,6 +20,7 @@ from numba import njit
 if TYPE_CHECKING:
     from imagesieve.shards import Grouping
 
+from imagesieve.dedup.id_verify import equal_bytes
 from imagesieve.key_hash_kernel import xxh64_many
 
 OK, REPEATED = 0, 1
@@ -75,7 +76,7 @@ def _suspicious(buf, s, e):
 def _group(buf, offsets, is_dir, patterns, lengths):
     n = len(offsets) - 1
     sample_of = np.full(n, -1, np.int32)
-    ext_start = np.full(n, -1, np.int64)
+    ext_start = np.full(n, -1, np.int64)  # where each member's extension starts in buf
     suspicious = np.zeros(n, np.bool_)
     key_bytes = np.empty(max(len(buf), 1), np.uint8)
     key_offsets = np.zeros(n + 1, np.int64)
@@ -99,13 +100,7 @@ def _group(buf, offsets, is_dir, patterns, lengths):
         if dot <= base:
             continue  # no extension, or a hidden file: no sample's member
         length = dot - s
-        same = length == key_len
-        if same:
-            for i in range(length):
-                if buf[s + i] != buf[key_start + i]:
-                    same = False
-                    break
-        if not same:
+        if not (length == key_len and equal_bytes(buf, s, buf, key_start, length)):
             for q in range(length):  # (a loop: a slice assignment here costs 3 s of compiling)
                 key_bytes[at + q] = buf[s + q]
             at += length
@@ -113,21 +108,17 @@ def _group(buf, offsets, is_dir, patterns, lengths):
             key_offsets[samples] = at
             key_start, key_len, first = s, length, j
         else:
+            ext_length = e - dot - 1
             for i in range(first, j):  # the same extension twice in one sample
-                if sample_of[i] == samples - 1 and offsets[i + 1] - ext_start[i] == e - dot - 1:
-                    equal = True
-                    for q in range(e - dot - 1):
-                        if buf[ext_start[i] + q] != buf[dot + 1 + q]:
-                            equal = False
-                            break
-                    if equal:
-                        return sample_of, key_bytes[:at], key_offsets[:samples + 1], ext_start, suspicious, \
-                            image_member[:samples], REPEATED
+                if sample_of[i] == samples - 1 and offsets[i + 1] - ext_start[i] == ext_length \
+                        and equal_bytes(buf, ext_start[i], buf, dot + 1, ext_length):
+                    return sample_of, key_bytes[:at], key_offsets[:samples + 1], suspicious, image_member[:samples], \
+                        REPEATED
         sample_of[j] = samples - 1
         ext_start[j] = dot + 1
         if image_member[samples - 1] < 0 and _names_image(buf, dot + 1, e, patterns, lengths):
             image_member[samples - 1] = j
-    return sample_of, key_bytes[:at], key_offsets[:samples + 1], ext_start, suspicious, image_member[:samples], OK
+    return sample_of, key_bytes[:at], key_offsets[:samples + 1], suspicious, image_member[:samples], OK
 
 
 def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extensions: tuple[str, ...]
@@ -136,7 +127,7 @@ def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extens
     when a key or a member repeats (the one-by-one path then names it)."""
     from imagesieve.shards import Grouping
     patterns, lengths = _pattern_table(image_extensions)
-    sample_of, key_bytes, key_offsets, ext_start, suspicious, image_member, status = _group(
+    sample_of, key_bytes, key_offsets, suspicious, image_member, status = _group(
         buf, offsets, is_dir, patterns, lengths)
     if status != OK:
         return None
@@ -145,4 +136,4 @@ def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extens
         return None  # a key seen twice (or, rarely, two keys sharing a hash: the exact path decides)
     keys = pa.LargeStringArray.from_buffers(len(key_offsets) - 1, pa.py_buffer(key_offsets),
                                             pa.py_buffer(key_bytes))
-    return Grouping(sample_of, keys, hashes, image_member, ext_start, suspicious)
+    return Grouping(sample_of, keys, hashes, image_member, suspicious)

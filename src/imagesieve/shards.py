@@ -47,7 +47,6 @@ class Grouping(NamedTuple):
     keys: pa.LargeStringArray  # per sample
     key_hashes: np.ndarray | None  # uint64 per sample: xxh64 of the key (what the ID index looks up), if made
     image_member: np.ndarray  # int64 per sample: the member holding its image (first image extension), or -1
-    ext_start: np.ndarray  # int64 per member: where its extension starts in the names' bytes, or -1
     suspicious: np.ndarray  # bool per member: a name `check_member_name` must look at
 
 
@@ -354,7 +353,7 @@ def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str], na
         if sample >= 0 and image_member[sample] < 0 and image_extension([name[len(keys[sample]) + 1:]]):
             image_member[sample] = j
     return Grouping(sample_of, pa.array(keys, pa.large_string()), None, image_member,
-                    np.full(len(names), -1, np.int64), np.full(len(names), not names_checked))
+                    np.full(len(names), not names_checked))
 
 
 def _group_members_one_by_one(shard: str, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:

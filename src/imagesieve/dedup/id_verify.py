@@ -26,7 +26,8 @@ def _read_uint(fd, itemsize, index, scratch):
 
 
 @njit(cache=True)
-def _equal(a, a_start, b, b_start, length):
+def equal_bytes(a, a_start, b, b_start, length):
+    """Whether a[a_start:a_start + length] == b[b_start:b_start + length]."""
     for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
         if a[a_start + q] != b[b_start + q]:
             return False
@@ -59,7 +60,7 @@ def verify_in_files(hashes_fd, offsets_fd, offset_size, blob_fd, count, position
             if last - first == length:
                 if _pread(blob_fd, stored.ctypes.data, length, first) != length:
                     return found, False
-                if _equal(stored, 0, keys, start, length):
+                if equal_bytes(stored, 0, keys, start, length):
                     found[i] = True
                     break
             position += 1
@@ -75,7 +76,7 @@ def verify_in_arrays(hashes, offsets, blob, positions, query, keys, key_offsets)
         position = positions[i]
         while position < len(hashes) and hashes[position] == query[i]:
             first, last = np.int64(offsets[position]), np.int64(offsets[position + 1])
-            if last - first == length and _equal(blob, first, keys, start, length):
+            if last - first == length and equal_bytes(blob, first, keys, start, length):
                 found[i] = True
                 break
             position += 1
