@@ -1,8 +1,8 @@
 """WebDataset tar shards: list the members of a shard safely, group them into samples, write shards.
 
 Reading never loads member bytes: it records where each member's headers and data lie
-(`MemberRef`), so that removal copies kept members verbatim (headers included, with the kernel's
-`copy_file_range`) and never touches removed ones. The key rule is WebDataset's: a member
+(`ShardTable`, `MemberRef`), so that removal copies kept members verbatim (headers included, from a
+mapping of the shard: `MappedSource`) and never touches removed ones. The key rule is WebDataset's: a member
 `dir/KEY.ext.more` belongs to sample `dir/KEY` with extension `ext.more`.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from imagesieve.arrow_strings import string_buffers
+from imagesieve.key_hash import COMPILE_FROM
 from imagesieve.runfolder import naming_errors, temp_name
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
@@ -35,7 +36,8 @@ _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python
 # machine's first run), what the Python scanner spends on ~90,000 members. So a process reads this
 # many members with the Python scanner before it loads the compiled one (rent until the rent paid
 # equals the price): a small run never pays for it, a large one at most twice the better choice.
-SCAN_BEFORE_COMPILING = 80_000
+# The same threshold as the key hashes' (`key_hash.COMPILE_FROM`).
+SCAN_BEFORE_COMPILING = COMPILE_FROM
 _members_scanned = 0  # by the Python scanner in this process
 
 if TYPE_CHECKING:
@@ -347,7 +349,6 @@ def _table_from_entries(shard: str, entries: list[TarEntry], compiled: bool = Tr
 def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str], names_checked: bool) -> Grouping:
     """A `Grouping` from the one-by-one path's result: a table read without numba, or a shard where
     something repeats. With `names_checked`, every name already passed `check_member_name`."""
-
     image_member = np.full(len(keys), -1, np.int64)
     for j, (name, sample) in enumerate(zip(names, sample_of.tolist(), strict=True)):
         if sample >= 0 and image_member[sample] < 0 and image_extension([name[len(keys[sample]) + 1:]]):
@@ -393,7 +394,6 @@ def compression_of(path: str) -> str | None:
     with open(path, "rb") as f:
         head = f.read(6)
     return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
-
 
 
 def _compressed_writer(raw: BinaryIO, compression: str | None) -> BinaryIO:
