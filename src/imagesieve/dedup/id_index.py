@@ -69,15 +69,12 @@ class IndexWriter:
             return
         if int(hashes[0]) < self._last:
             raise ValueError("IndexWriter.append: runs must come in hash order")
-        large = pc.cast(ids, pa.large_string())
-        _, offsets_buf, data_buf = large.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
-        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buf else b""
+        data, offsets = string_buffers(ids)
         self._hashes.write(np.ascontiguousarray(hashes, dtype=np.uint64))
         # a copy: a view would keep the whole partition's hashes alive until the end of the build
         self._fence.append(np.array(hashes[(-self.count) % FENCE_STEP::FENCE_STEP], np.uint64))
         self._offsets.write(offsets[1:] - offsets[0] + self.blob_bytes)
-        self._blob.write(data)
+        self._blob.write(data[offsets[0]:offsets[-1]])
         self.count += len(hashes)
         self.blob_bytes += int(offsets[-1] - offsets[0])
         self._last = int(hashes[-1])
@@ -167,11 +164,8 @@ class IdIndex:
         """An index in memory (small sets, tests); large sets are built on disk by `id_build`."""
         ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids
         hashes, unique = sorted_unique(hash_strings(ids), ids)
-        large = pc.cast(unique, pa.large_string())
-        _, offsets_buf, data_buf = large.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[large.offset:large.offset + len(large) + 1]
-        blob = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        blob = blob[offsets[0]:offsets[-1]].copy()
+        data, offsets = string_buffers(unique)
+        blob = data[offsets[0]:offsets[-1]].copy()
         return cls(hashes, (offsets - offsets[0]).astype(np.uint32 if len(blob) < 2**32 else np.int64), blob,
                    list(notes or []))
 
