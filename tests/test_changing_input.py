@@ -44,18 +44,25 @@ def _replace(shard: str, tmp_path) -> None:
     os.replace(tmp_path / "copy.tar", shard)
 
 
+def _change_first(monkeypatch, stage: type, change, shard: str, tmp_path):
+    """Make `stage.process` change the shard file just before it works, as another program might; returns
+    the original `process`."""
+    original = stage.process
+
+    def change_then_process(self, task):
+        change(shard, tmp_path)
+        return original(self, task)
+
+    monkeypatch.setattr(stage, "process", change_then_process)
+    return original
+
+
 @pytest.mark.parametrize("change", [_replace, _reorder_in_place])
 def test_a_shard_changed_before_its_copy_is_refused_and_redone_by_a_rerun(make_shard, tmp_path, monkeypatch,
                                                                           change):
     shard = make_shard("00000.tar", n=6)
     write_ids(tmp_path / "ids", ["00000001"])
-    original = shard_writer.ImageWriterStage.process
-
-    def change_then_write(self, task):
-        change(shard, tmp_path)
-        return original(self, task)
-
-    monkeypatch.setattr(shard_writer.ImageWriterStage, "process", change_then_write)
+    original = _change_first(monkeypatch, shard_writer.ImageWriterStage, change, shard, tmp_path)
     with pytest.raises(ShardError, match="changed .* after its headers were read"):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"),
                           executor=LocalExecutor(1))
@@ -74,13 +81,7 @@ def test_a_shard_changed_before_its_copy_is_refused_and_redone_by_a_rerun(make_s
 
 def test_a_shard_changed_while_hashed_records_no_hashes(make_shard, tmp_path, monkeypatch):
     shard = make_shard("00000.tar", n=6)
-    original = hash_writer.HashWriterStage.process
-
-    def change_then_write(self, task):
-        _replace(shard, tmp_path)
-        return original(self, task)
-
-    monkeypatch.setattr(hash_writer.HashWriterStage, "process", change_then_write)
+    _change_first(monkeypatch, hash_writer.HashWriterStage, _replace, shard, tmp_path)
     with pytest.raises(ShardError, match="changed .* after it was read"):
         find_duplicates(str(tmp_path / "shards"), str(tmp_path / "found"), FindConfig(method="phash"),
                         executor=LocalExecutor(1))
