@@ -103,12 +103,15 @@ def test_output_folder_that_holds_the_input_is_refused(dataset, tmp_path):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "shards"), dups)
 
 
-def test_output_inside_input_is_not_read_back_as_input(dataset, tmp_path):
+def test_output_inside_input_is_refused_and_an_earlier_run_inside_it_is_never_read_back(dataset, tmp_path):
     _, dups = dataset
-    inside = str(tmp_path / "shards" / "clean")
-    remove_duplicates(str(tmp_path / "shards"), inside, dups, executor=LocalExecutor(1))
-    again = remove_duplicates(str(tmp_path / "shards"), inside, dups, executor=LocalExecutor(1))
-    assert again.shards == 2 and again.shards_skipped == 2
+    with pytest.raises(ValueError, match="lies inside the input"):
+        remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "shards" / "clean"), dups, executor=LocalExecutor(1))
+    assert not (tmp_path / "shards" / "clean").exists()
+    first = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "clean"), dups, executor=LocalExecutor(1))
+    os.rename(tmp_path / "clean", tmp_path / "shards" / "clean")  # an earlier output moved into the input
+    again = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "again"), dups, executor=LocalExecutor(1))
+    assert (again.shards, again.samples_in) == (first.shards, first.samples_in) == (2, first.samples_in)
 
 
 def test_pipeline_built_by_hand_with_partitioning(dataset, tmp_path):

@@ -14,10 +14,17 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.runfolder import shard_fingerprint, strip_shard_suffix
+from imagesieve.runfolder import (
+    SHARD_SUFFIXES,
+    WORK_DIR,
+    is_temp_name,
+    read_json,
+    shard_fingerprint,
+    strip_shard_suffix,
+)
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path
-from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000
@@ -73,25 +80,88 @@ def is_image(name: str) -> bool:
 RESERVED = ("summary.json", "removed.parquet", "_imagesieve")  # the run's own names at the top of an output
 
 
-def input_units(input_path: str | list[str], output_dir: str, exclude: str | None = None,
+def input_units(input_path: str | list[str], output_dir: str, run_dir: str | None = None,
                 storage_options: dict | None = None) -> list[InputUnit]:
-    """The units of work of INPUT: its tar shards, or the chunks of an image folder. Anything under
-    `output_dir` (our own earlier output) or `exclude` is left out; an input inside the output folder
-    is refused before anything is read or written."""
-    check_input_outside(input_path, output_dir, storage_options)
-    if isinstance(input_path, str) and os.path.isdir(input_path) and not _has_shards(input_path):
-        return folder_units(input_path, exclude or output_dir)
+    """The units of work of INPUT: its tar shards, or the chunks of an image folder. INPUT may not
+    overlap `run_dir` (default `output_dir`: the folder the run owns) in either direction, and folders
+    inside it that hold an earlier imagesieve run are left out (`walk_files`)."""
+    check_input_outside(input_path, run_dir or output_dir, storage_options)
+    if isinstance(input_path, str) and not is_remote(input_path) and os.path.isdir(local_path(input_path)):
+        folder = local_path(input_path)
+        refuse_run_folder(folder)
+        files = list(walk_files(folder))
+        shards = [p for p in files if p.endswith(SHARD_SUFFIXES) and not is_temp_name(os.path.basename(p))]
+        images = [p for p in files if is_image(p)]
+        if shards and images:
+            raise ValueError(f"{input_path} holds both tar shards ({_a_few(shards, folder)}) and loose image files "
+                             f"({_a_few(images, folder)}); a run reads one kind: pass the shards' folder (or a "
+                             "glob such as 'DIR/**/*.tar'), or move the shards out of the image folder")
+        if not shards:
+            return folder_units(folder, files)
     return [InputUnit(rel, (path,), storage_options=storage_options)
-            for path, rel in input_shards(input_path, exclude or output_dir, storage_options)]
+            for path, rel in input_shards(input_path, output_dir, storage_options)]
 
 
-def check_input_outside(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
-    """An output folder that holds the input would have the run clean up, write and list inside the
-    input: refuse it (an output folder inside the input is fine, and left out of it)."""
-    for source in [input_path] if isinstance(input_path, str) else input_path:
-        if is_under(source, output_dir) and storage_for(source, storage_options).exists(source):
-            raise ValueError(f"the input {source} lies inside the output folder {output_dir}; choose an output "
-                             "folder outside the input")
+def _a_few(paths: list[str], root: str, count: int = 3) -> str:
+    shown = ", ".join(os.path.relpath(p, root) for p in paths[:count])
+    return shown + (f" and {len(paths) - count} more" if len(paths) > count else "")
+
+
+def refuse_run_folder(folder: str) -> None:
+    """The output folder of a `find` or `dedup` run is not a dataset (its clean shards are in `shards/`;
+    its report thumbnails are images): refuse it as input, saying where the shards are."""
+    summary = os.path.join(folder, "summary.json")
+    if os.path.isdir(os.path.join(folder, WORK_DIR)) and os.path.isfile(summary):
+        try:
+            is_find_output = "config" in read_json(summary)
+        except (OSError, ValueError):
+            is_find_output = False
+        if is_find_output:
+            hint = f"; its clean shards are in {os.path.join(folder, 'shards')}" \
+                if os.path.isdir(os.path.join(folder, "shards")) else ""
+            raise ValueError(f"{folder} is the output folder of an imagesieve find or dedup run, not a dataset{hint}")
+
+
+def check_input_outside(input_path: str | list[str], output_dir: str, storage_options: dict | None = None,
+                        what: str = "input") -> None:
+    """INPUT and OUT may not overlap in either direction: an output folder inside the input would be
+    listed as input by this run or the next (and its shards could replace input shards of the same
+    name); an input inside the output folder would be cleaned up and written over. Both are refused
+    before anything is read or written, naming both folders."""
+    for root in input_roots(input_path):
+        if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
+            same = "is" if absolute(output_dir) == absolute(root) else "lies inside"
+            raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
+                             f"back as {what}, or replace {what} files of the same name; choose an output folder "
+                             f"outside the {what} (e.g. beside it)")
+        if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
+            raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
+                             f"folder outside the {what}")
+
+
+def input_roots(input_path: str | list[str]) -> list[str]:
+    """The folders (or single files) an input covers: a folder or file itself, the fixed part of a glob or
+    brace pattern (`data/**/*.tar` -> `data`), each line of a list file."""
+    roots = []
+    for spec in [input_path] if isinstance(input_path, str) else input_path:
+        spec = local_path(spec)
+        if spec.endswith((".txt", ".lst")) and not is_remote(spec) and os.path.isfile(spec):
+            folder = os.path.dirname(spec)
+            with open(spec, encoding="utf-8") as f:
+                lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            roots += input_roots([line if "://" in line else os.path.join(folder, os.path.expanduser(line))
+                                  for line in lines])
+        elif any(c in spec for c in "*?[{"):
+            sep = "/" if is_remote(spec) else os.sep
+            fixed = []
+            for part in spec.split(sep):
+                if any(c in part for c in "*?[{"):
+                    break
+                fixed.append(part)
+            roots.append(sep.join(fixed) or ".")
+        else:
+            roots.append(spec)
+    return roots
 
 
 def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
@@ -105,19 +175,8 @@ def check_input_first(input_path: str | list[str], output_dir: str, storage_opti
     check_input_outside(input_path, output_dir, storage_options)
 
 
-def _has_shards(folder: str) -> bool:
-    try:
-        return bool(list_shards(folder))
-    except FileNotFoundError:
-        return False
-
-
-def folder_units(root: str, output_dir: str, chunk: int = FOLDER_CHUNK) -> list[InputUnit]:
-    """Chunks of the image files under `root`, in path order (files under `output_dir` left out)."""
-    out = os.path.realpath(output_dir)
-    if os.path.realpath(root) == out:
-        raise ValueError(f"output folder {output_dir} is the input folder; choose another output folder")
-    files = [p for p in walk_files(root) if not os.path.realpath(p).startswith(out + os.sep)]
+def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list[InputUnit]:
+    """Chunks of the image files among `files` (the listing of `root`), in path order."""
     clashes = [p for p in files if os.path.relpath(p, root).split(os.sep)[0] in RESERVED]
     if clashes:
         raise ValueError(f"{clashes[0]}: the output keeps its own {', '.join(RESERVED)} at the top of the tree, so "
@@ -129,29 +188,20 @@ def folder_units(root: str, output_dir: str, chunk: int = FOLDER_CHUNK) -> list[
                       os.path.abspath(root)) for k in range(0, len(images), chunk)]
 
 
-def other_files(root: str, output_dir: str) -> list[str]:
+def other_files(root: str) -> list[str]:
     """Files of an image folder that are not images (captions, notes), relative to it."""
-    out = os.path.realpath(output_dir)
-    return sorted(os.path.relpath(p, root) for p in walk_files(root)
-                  if not is_image(p) and not os.path.realpath(p).startswith(out + os.sep))
+    return sorted(os.path.relpath(p, root) for p in walk_files(root) if not is_image(p))
 
 
 def input_shards(input_path: str | list[str], output_dir: str,
                  storage_options: dict | None = None) -> list[tuple[str, str]]:
-    """The shards to read: those of `input_path`, minus any inside `output_dir` (our own earlier output).
-
-    Refuses an output folder that is the input folder, since output shards would replace inputs.
-    """
-    shards = []
-    for path, rel in list_shards(input_path, storage_options=storage_options):
-        if is_under(path, output_dir):
-            if is_under(path, join(output_dir, rel)):  # the output shard would replace this input shard
-                raise ValueError(f"output folder {output_dir} is where the input shard {path} lies; "
-                                 "choose another output folder")
-            continue
-        shards.append((path, rel))
-    if not shards:
-        raise FileNotFoundError(f"no input shards in {input_path} outside the output folder {output_dir}")
+    """The shards to read: those of `input_path` (which `check_input_outside` has kept apart from
+    `output_dir`)."""
+    shards = list_shards(input_path, storage_options=storage_options)
+    inside = [path for path, _ in shards if is_under(path, output_dir)]
+    if inside:  # a list file naming output shards, say: never read an output back as input
+        raise ValueError(f"the input shard {inside[0]} lies inside the output folder {output_dir}; choose an "
+                         "output folder outside the input")
     check_sidecars_distinct(shards, storage_options)
     return shards
 

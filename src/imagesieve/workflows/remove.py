@@ -99,8 +99,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                       replace_changed: bool = False) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
 
-    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). Input under
-    `exclude` (default `output_dir`) is left out: `dedup` passes its whole output folder. Outputs of
+    The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). The input may
+    not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder). Outputs of
     shards that have left the input since an earlier run are deleted (only what its records name).
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
@@ -132,7 +132,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
             ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
         run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
-        others = copy_other_files(units[0].root, output_dir, exclude or output_dir) if folder else 0
+        others = copy_other_files(units[0].root, output_dir) if folder else 0
 
         summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
                              started, removed_path or join(output_dir, "removed.parquet"), so)
@@ -148,14 +148,14 @@ def check_link(units: list[InputUnit], link: bool) -> None:
                          "which are always written as new shards")
 
 
-def copy_other_files(root: str, output_dir: str, exclude: str) -> int:
+def copy_other_files(root: str, output_dir: str) -> int:
     """The files of an image folder that are not images (captions, licences) go to the output unchanged:
-    nothing in the input is dropped silently (files under `exclude`, our own output, are not input).
+    nothing in the input is dropped silently.
     They are recorded in OUT/_imagesieve/other_files.json, so that one that has left the input since
     an earlier run leaves the output too (only at the size we wrote it). Returns how many."""
     record = os.path.join(output_dir, WORK_DIR, "other_files.json")
     previous = read_json(record) if os.path.exists(record) else {}
-    files = other_files(root, exclude)
+    files = other_files(root)
     copied = {}
     for rel in files:
         target = os.path.join(output_dir, rel)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from braceexpand import braceexpand
 
-from imagesieve.runfolder import SHARD_SUFFIXES, is_temp_name
+from imagesieve.runfolder import SHARD_SUFFIXES, WORK_DIR, is_temp_name
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import absolute, is_remote, local_path, storage_for
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
+RUN_RECORD = WORK_DIR  # every imagesieve output folder holds one
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
@@ -107,7 +108,7 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
             raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
         root, paths = posixpath.dirname(src), [src]
     elif store.isdir(src):
-        root, paths = src, store.list_files(src)
+        root, paths = src, outside_run_folders(store.list_files(src), src)
     else:
         raise store.missing(src)
     for path in paths:
@@ -128,7 +129,9 @@ def walk_files(folder: str) -> Iterator[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        if RUN_RECORD in dirs:
+            dirs.remove(RUN_RECORD)
+        dirs[:] = sorted(d for d in dirs if not _is_run_folder(os.path.join(root, d)))
         for name in sorted(files):
             path = os.path.join(root, name)
             if os.path.isfile(path):
@@ -139,6 +142,27 @@ def walk_files(folder: str) -> Iterator[str]:
 
 
 _warned: set[str] = set()
+
+
+def _is_run_folder(folder: str) -> bool:
+    """A folder inside the input that holds an imagesieve run (an earlier output): its shards, links and
+    report thumbnails are outputs, never input. Left out, said once."""
+    if not os.path.isdir(os.path.join(folder, RUN_RECORD)):
+        return False
+    if os.path.abspath(folder) not in _warned:
+        _warned.add(os.path.abspath(folder))
+        logger.warning("%s: left out, it holds an imagesieve run (%s/)", folder, RUN_RECORD)
+    return True
+
+
+def outside_run_folders(paths: list[str], root: str, sep: str = "/") -> list[str]:
+    """`paths` (a listing of `root`) without anything in an imagesieve run folder below `root` or in a
+    `_imagesieve/` work folder: the same rule as `walk_files`, for object storage listings."""
+    marker = sep + RUN_RECORD + sep
+    runs = {p[:p.index(marker)] for p in paths if marker in p[len(root.rstrip(sep)):]}
+    runs.discard(root.rstrip(sep))
+    return [p for p in paths if marker not in p[len(root.rstrip(sep)):]
+            and not any(p.startswith(run + sep) for run in runs)]
 
 
 def _what_it_is(path: str) -> str:
