@@ -80,3 +80,18 @@ class BrokenSetupStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def process(self, task: ImageBatch) -> ImageBatch:
         return task
+
+
+@dataclass
+class AddImageStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Appends a new image to each batch, made from pixels (no member bytes read from a shard)."""
+
+    name: str = "adds_an_image"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        import numpy as np
+
+        from imagesieve import ImageObject
+
+        task.data.append(ImageObject(image_id=f"made-{task.task_id}", image_data=np.zeros((4, 4, 3), np.uint8)))
+        return task

@@ -166,13 +166,14 @@ def input_roots(input_path: str | list[str]) -> list[str]:
 
 def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
     """What must hold before a run creates anything (its output folder, its lock): each input path
-    exists (patterns are checked when listed) and none lies inside the output folder."""
+    exists, none overlaps the output folder, and the input lists as one kind of work (`input_units`:
+    shards or an image folder, not both), so that a refused run creates nothing."""
     for source in [input_path] if isinstance(input_path, str) else input_path:
         if not is_remote(source) and not any(c in source for c in "*?[{") and not os.path.exists(source):
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
                 if source.startswith("~") else ""
             raise FileNotFoundError(f"input {source} does not exist{hint}")
-    check_input_outside(input_path, output_dir, storage_options)
+    input_units(input_path, output_dir, storage_options=storage_options)
 
 
 def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list[InputUnit]:

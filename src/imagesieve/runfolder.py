@@ -123,11 +123,51 @@ def run_lock(output_dir: str, command: str, storage_options: dict | None = None)
     """Hold OUTPUT/_imagesieve/lock for a whole run: a second run into the same folder fails at once
     (two runs would overwrite each other's shards and lists). The kernel releases the lock when the
     process dies, however it dies, so a killed run never leaves the folder locked. On object storage
-    the lock is an object (see `RemoteStorage.lock`)."""
+    the lock is an object (see `RemoteStorage.lock`). The folder belongs to one command
+    (`claim_for`): another command's folder is refused."""
     if is_remote(output_dir):
         with storage_for(output_dir, storage_options).lock(output_dir, command):
+            claim_for(output_dir, command, storage_options)
             yield
         return
+    with _local_lock(output_dir, command):
+        claim_for(output_dir, command, storage_options)
+        yield
+
+
+# A dedup folder is a find folder with shards, removed.parquet and a report added: dedup may take over
+# a find folder (it reuses its hash tables); nothing else changes hands.
+_TAKES_OVER = {("find", "dedup")}
+
+
+def claim_for(output_dir: str, command: str, storage_options: dict | None = None) -> None:
+    """Record in OUTPUT/_imagesieve/run.json which command owns the folder, or refuse a folder that
+    holds another command's run (`find` into a `dedup` folder would overwrite its lists and break its
+    reruns; `remove` into a `find` folder would overwrite its summary.json)."""
+    record = join(output_dir, WORK_DIR, "run.json")
+    store = storage_for(output_dir, storage_options)
+    owner = read_json(record, storage_options).get("command") if store.exists(record) else \
+        _owner_before_records(output_dir, storage_options)
+    if owner not in (None, command) and (owner, command) not in _TAKES_OVER:
+        raise ValueError(f"{output_dir} holds the output of an imagesieve {owner} run; `imagesieve {command}` "
+                         "cannot write into it: choose another output folder")
+    if owner != command:
+        write_json_atomic({"command": command}, record, storage_options)
+
+
+def _owner_before_records(output_dir: str, storage_options: dict | None) -> str | None:
+    """The command that made a folder written before run records existed, from what it holds."""
+    store = storage_for(output_dir, storage_options)
+    summary = join(output_dir, "summary.json")
+    if store.exists(summary) and "config" in read_json(summary, storage_options):
+        return "dedup" if store.exists(join(output_dir, "shards")) else "find"
+    if store.exists(join(output_dir, WORK_DIR, "done")):
+        return "remove"
+    return None
+
+
+@contextmanager
+def _local_lock(output_dir: str, command: str) -> Iterator[None]:
     work = os.path.join(output_dir, WORK_DIR)
     os.makedirs(work, exist_ok=True)
     fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

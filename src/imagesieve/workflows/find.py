@@ -9,6 +9,7 @@ OUT/summary.json               counts
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,7 @@ from imagesieve.runfolder import (
 )
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import join, read_schema, read_table, storage_for
+from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 
 METHODS = ("exact", *PERCEPTUAL)
@@ -149,6 +150,18 @@ def check_unique_ids(table: pa.Table, what: str) -> None:
                      f"than once (in {sorted(set(shards))})")
 
 
+def check_reference_apart(units: list[InputUnit], ref_units: list[InputUnit]) -> None:
+    """A reference set that shares images with the input would list every shared image as a copy of
+    itself and remove it: refuse it, naming one shared file."""
+    def files(of: list[InputUnit]) -> set[str]:
+        return {p if is_remote(p) else os.path.realpath(p) for unit in of for p in unit.paths}
+
+    shared = sorted(files(units) & files(ref_units))
+    if shared:
+        raise ValueError(f"the reference set and the input share {len(shared)} file(s), e.g. {shared[0]}: every shared "
+                         "image would be removed as a copy of itself; pass a reference set apart from the input")
+
+
 def find_duplicates(input_path: str | list[str], output_dir: str, config: FindConfig = FindConfig(),
                     reference: str | list[str] | None = None, executor: BaseExecutor | None = None,
                     progress: bool = False, storage_options: dict | None = None) -> FindSummary:
@@ -170,6 +183,9 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
     remove_stale_temp_files(output_dir, so)
     executor = executor or LocalExecutor()
     search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
+    if reference is not None:  # before any work
+        check_reference_apart(input_units(input_path, output_dir, storage_options=so),
+                              input_units(reference, output_dir, storage_options=so))
     shards = hash_shards(input_path, output_dir, join(output_dir, "hashes"), config, executor, progress, "hash", so)
     table = load_hashes(join(output_dir, "hashes"), shards, so)
     check_unique_ids(table, "input")

@@ -86,7 +86,11 @@ def write_members(writer: AtomicShardWriter, images: list[ImageObject], loose: l
     keys, names, sizes, kept_refs = [], [], [], []
     for image in images:
         refs = list(image.members.values())
-        parts = split_key(refs[0].name) if refs else None
+        if not refs:
+            raise AccountingError(f"{image.image_path or 'a stage'}: sample {image.image_id!r} has no members read "
+                                  "from a shard (a stage added it); output shards hold samples as read, byte-for-byte, "
+                                  "so an image a stage makes cannot be written here: write it with your own writer")
+        parts = split_key(refs[0].name)
         read_as = parts[0] if parts else image.image_id
         if read_as != image.image_id:
             raise AccountingError(f"{refs[0].shard}: a stage changed the image_id of sample {read_as!r} to "

@@ -1,0 +1,119 @@
+"""The second hostile pass (issue 20), one test per class of mistake: a run never writes into its input,
+never reads an output back as input, never counts what it did not write."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import encode, photo_tiles, write_ids
+from stages_for_tests import AddImageStage
+
+from imagesieve.cli import main
+from imagesieve.executors.accounting import AccountingError
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
+from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.workflows.dedup import dedup
+from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.remove import remove_duplicates
+
+ONE = LocalExecutor(1)
+
+
+def tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def shards(make_shard, tmp_path):
+    make_shard("00000.tar", n=6)
+    make_shard("00000.tar", n=6, start=6, folder="shards/part2")
+    write_ids(tmp_path / "ids", ["00000001", "00000007"])
+    return tmp_path / "shards"
+
+
+@pytest.mark.parametrize("command", ["remove", "dedup", "find"])
+def test_an_output_inside_the_input_is_refused_for_every_command_and_nothing_is_written(shards, tmp_path, command):
+    """Case 1: `remove ... ts ts/part2` overwrote ts/part2/00000.tar with the filtered ts/00000.tar."""
+    before = tree(shards)
+    args = {"remove": ["remove", "--duplicates", str(tmp_path / "ids")], "dedup": ["dedup"], "find": ["find"]}[command]
+    assert main([*args, "--workers", "1", str(shards), str(shards / "part2")]) == 1
+    assert tree(shards) == before
+
+
+def test_an_image_folder_with_an_output_inside_is_refused(tmp_path):
+    photos = tmp_path / "ph"
+    (photos / "sub").mkdir(parents=True)
+    for k in range(3):
+        (photos / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+    (photos / "sub" / "a.jpg").write_bytes(encode(photo_tiles()[5]))
+    before = tree(photos)
+    with pytest.raises(ValueError, match="lies inside the input"):
+        dedup(str(photos), str(photos / "sub"), FindConfig(), executor=ONE)
+    assert tree(photos) == before
+
+
+def test_an_earlier_run_inside_an_image_folder_is_never_read_as_input(tmp_path):
+    """Case 2: an earlier dedup's links and report thumbnails inside the input were counted as images."""
+    photos = tmp_path / "photos"
+    (photos / "dogs").mkdir(parents=True)
+    for k in range(4):
+        (photos / "dogs" / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+    (photos / "dogs" / "copy.jpg").write_bytes((photos / "dogs" / "0.jpg").read_bytes())
+    first = dedup(str(photos), str(tmp_path / "d1"), FindConfig(), executor=ONE, link=True)
+    os.rename(tmp_path / "d1", photos / "d1")  # now inside the input, as `dedup photos photos/d1` made it
+    second = dedup(str(photos), str(tmp_path / "d2"), FindConfig(), executor=ONE, link=True)
+    assert (second.images, second.removed) == (first.images, first.removed) == (5, 1)
+    assert sorted(os.listdir(tmp_path / "d2" / "shards" / "dogs")) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+
+
+def test_a_find_or_dedup_output_folder_is_refused_as_input(shards, tmp_path):
+    dedup(str(shards), str(tmp_path / "run"), FindConfig(), executor=ONE)
+    with pytest.raises(ValueError, match="not a dataset; its clean shards are in"):
+        dedup(str(tmp_path / "run"), str(tmp_path / "again"), FindConfig(), executor=ONE)
+    again = dedup(str(tmp_path / "run" / "shards"), str(tmp_path / "again"), FindConfig(), executor=ONE)
+    assert again.removed == 0  # the clean shards, deduplicated again: nothing more to remove
+
+
+def test_a_folder_of_shards_and_loose_images_is_an_error_naming_both(make_shard, tmp_path):
+    """Case 3: one .tar in an image folder silently switched the run to tar mode (99 photos ignored)."""
+    make_shard("00000.tar", n=2, folder="mixed")
+    for k in range(4):
+        (tmp_path / "mixed" / f"photo{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+    with pytest.raises(ValueError, match=r"both tar shards \(00000.tar\) and loose image files \(photo0.jpg, "
+                                         r"photo1.jpg, photo2.jpg and 1 more\)"):
+        dedup(str(tmp_path / "mixed"), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("reference", ["shards", "shards/part2"])
+def test_a_reference_that_shares_images_with_the_input_is_refused(shards, tmp_path, reference):
+    """Case 4: `dedup --reference X X` removed everything, exit 0."""
+    with pytest.raises(ValueError, match="the reference set and the input share 1 file|share 2 file"):
+        find_duplicates(str(shards), str(tmp_path / "out"), FindConfig(), reference=str(tmp_path / reference),
+                        executor=ONE)
+    assert not (tmp_path / "out" / "hashes").exists()  # refused before any work
+
+
+def test_a_folder_holding_another_commands_run_is_refused(shards, tmp_path):
+    """Case 5: `find big mix; remove --duplicates mix/duplicates big mix` overwrote find's summary.json."""
+    find_duplicates(str(shards), str(tmp_path / "mix"), FindConfig(), executor=ONE)
+    summary = (tmp_path / "mix" / "summary.json").read_bytes()
+    with pytest.raises(ValueError, match="holds the output of an imagesieve find run"):
+        remove_duplicates(str(shards), str(tmp_path / "mix"), str(tmp_path / "mix" / "duplicates"), executor=ONE)
+    assert (tmp_path / "mix" / "summary.json").read_bytes() == summary
+    dedup(str(shards), str(tmp_path / "dd"), FindConfig(), executor=ONE)
+    with pytest.raises(ValueError, match="holds the output of an imagesieve dedup run"):
+        find_duplicates(str(shards), str(tmp_path / "dd"), FindConfig(), executor=ONE)
+    dedup(str(shards), str(tmp_path / "mix"), FindConfig(), executor=ONE)  # dedup takes over a find folder
+
+
+def test_a_stage_that_adds_an_image_is_refused_not_counted(shards, tmp_path):
+    """Case 6: a stage appending an ImageObject was counted as kept (101/101) but never written."""
+    pipeline = Pipeline("adds", stages=[FilePartitioningStage(file_paths=str(shards / "part2")), ImageReaderStage(),
+                                        AddImageStage(), ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    with pytest.raises(Exception, match="has no members read from a shard") as error:
+        pipeline.run(ONE)
+    assert isinstance(error.value, AccountingError) or "AccountingError" in str(error.value)
+    assert not (tmp_path / "out" / "00000.tar").exists()
