@@ -117,3 +117,39 @@ def test_a_stage_that_adds_an_image_is_refused_not_counted(shards, tmp_path):
         pipeline.run(ONE)
     assert isinstance(error.value, AccountingError) or "AccountingError" in str(error.value)
     assert not (tmp_path / "out" / "00000.tar").exists()
+
+
+def test_output_files_keep_the_permission_bits_of_their_source(make_shard, tmp_path):
+    """Case 10: a 0600 file in a 0700 folder landed world-readable (0644) in the output."""
+    photos = tmp_path / "private"
+    photos.mkdir()
+    for k in range(2):
+        (photos / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+    (photos / "id_rsa").write_text("secret")
+    for path in photos.iterdir():
+        path.chmod(0o600)
+    write_ids(tmp_path / "ids", ["1.jpg"])
+    remove_duplicates(str(photos), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir() if p.is_file()
+            and p.name != "removed.parquet" and p.name != "summary.json"} == {"0.jpg": 0o600, "id_rsa": 0o600}
+    shard = make_shard("00000.tar", n=2, folder="tars")
+    os.chmod(shard, 0o640)
+    write_ids(tmp_path / "ids2", ["00000001"])
+    remove_duplicates(shard, str(tmp_path / "tars_out"), str(tmp_path / "ids2"), executor=ONE)
+    assert (tmp_path / "tars_out" / "00000.tar").stat().st_mode & 0o777 == 0o640
+
+
+def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
+    """Case 11: `out/cats -> /victimdir` received the run's files."""
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "a.jpg").write_bytes(encode(photo_tiles()[0]))
+    (photos / "cats" / "authorized_keys").write_text("attacker's key")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "out" / "_imagesieve").mkdir(parents=True)
+    (tmp_path / "out" / "cats").symlink_to(victim)
+    with pytest.raises(Exception, match="symlink or a file inside the output folder"):
+        remove_duplicates(str(photos), str(tmp_path / "out"), os.path.dirname(write_ids(tmp_path / "ids", ["cats/a.jpg"])),
+                          executor=ONE)
+    assert os.listdir(victim) == []

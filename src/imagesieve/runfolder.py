@@ -170,6 +170,8 @@ def _owner_before_records(output_dir: str, storage_options: dict | None) -> str 
 def _local_lock(output_dir: str, command: str) -> Iterator[None]:
     work = os.path.join(output_dir, WORK_DIR)
     os.makedirs(work, exist_ok=True)
+    if os.path.islink(work):
+        raise OSError(f"{work} is a symlink; imagesieve never writes through a link in its output folder: remove it")
     fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,9 +200,10 @@ def naming_errors(path: str) -> Iterator[None]:
 
 
 def write_parquet_atomic(table: pa.Table, path: str, storage_options: dict | None = None,
-                         row_group_size: int | None = None, use_dictionary: bool = True) -> None:
+                         row_group_size: int | None = None, use_dictionary: bool = True,
+                         mode_of: str | None = None) -> None:
     write_atomic(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size,
-                                                  use_dictionary=use_dictionary), storage_options)
+                                                  use_dictionary=use_dictionary), storage_options, mode_of)
 
 
 def write_text_atomic(text: str, path: str, storage_options: dict | None = None) -> None:
@@ -211,26 +214,60 @@ def write_bytes_atomic(data: bytes, path: str, storage_options: dict | None = No
     write_atomic(path, lambda tmp: Path(tmp).write_bytes(data), storage_options)
 
 
-def write_atomic(path: str, write: Callable[[str], object], storage_options: dict | None = None) -> None:
+def make_folder(folder: str) -> None:
+    """`os.makedirs`, except that below a run folder (one holding `_imagesieve/lock`) no component may be
+    a symlink: a link planted in OUT (`out/cats -> /victim`) would have the run write through it."""
+    folder = os.path.abspath(folder or ".")
+    below = []
+    here = folder
+    while not os.path.isfile(os.path.join(here, WORK_DIR, "lock")):
+        parent = os.path.dirname(here)
+        if parent == here:  # not inside a run folder
+            os.makedirs(folder, exist_ok=True)
+            return
+        below.append(here)
+        here = parent
+    for path in reversed(below):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise OSError(f"{path} is a symlink or a file inside the output folder {here}; imagesieve never "
+                              "writes through a link there: remove it, or choose another output folder") from None
+
+
+def keep_mode_of(source: str, path: str) -> None:
+    """Give `path` the permission bits of the input file it copies: a 0600 input stays 0600."""
+    if not is_remote(source) and os.path.isfile(source):
+        os.chmod(path, stat.S_IMODE(os.stat(source).st_mode))
+
+
+def write_atomic(path: str, write: Callable[[str], object], storage_options: dict | None = None,
+                 mode_of: str | None = None) -> None:
     """write(temp path), then rename the temp file to `path`; never a partial file under `path`.
-    A URL is written to a local spool file, then published (`RemoteStorage.publish`)."""
+    A URL is written to a local spool file, then published (`RemoteStorage.publish`). With `mode_of`,
+    the file gets that input file's permission bits."""
     if is_remote(path):
         with storage_for(path, storage_options).writable(path) as local:
-            write_atomic(local, write)
+            write_atomic(local, write, mode_of=mode_of)
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    make_folder(os.path.dirname(path))
     tmp = temp_name(path)
     try:
         with naming_errors(path):
             write(tmp)
+            if mode_of is not None:
+                keep_mode_of(mode_of, tmp)
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_json_atomic(data: dict[str, Any], path: str, storage_options: dict | None = None) -> None:
-    write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path, storage_options)
+def write_json_atomic(data: dict[str, Any], path: str, storage_options: dict | None = None,
+                      mode_of: str | None = None) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), storage_options, mode_of)
 
 
 def read_json(path: str, storage_options: dict | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import COMPILE_FROM
-from imagesieve.runfolder import naming_errors, temp_name
+from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors, temp_name
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
@@ -454,12 +454,13 @@ class AtomicShardWriter:
     """
 
     def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None,
-                 compression: str | None = "by name") -> None:
+                 compression: str | None = "by name", mode_of: str | None = None) -> None:
         self.final_path = final_path
         self.fsync = fsync
+        self.mode_of = mode_of  # the input shard: the output gets its permission bits
         self.versions = versions or {}  # shard -> the version its headers were read from (`file_version`)
         self.temp_path = temp_name(final_path)
-        os.makedirs(os.path.dirname(final_path) or ".", exist_ok=True)
+        make_folder(os.path.dirname(final_path))
         self._raw = open(self.temp_path, "wb")
         # a compressed input is written back compressed alike (its members come from memory); a plain tar
         # stays plain whatever its name says ("by name": .gz/.tgz, for callers that have no input table)
@@ -537,6 +538,8 @@ class AtomicShardWriter:
         if self.fsync:
             os.fsync(self._raw.fileno())
         self._close()
+        if self.mode_of is not None:
+            keep_mode_of(self.mode_of, self.temp_path)
         os.replace(self.temp_path, self.final_path)
 
     def abort(self) -> None:

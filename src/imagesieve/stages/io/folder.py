@@ -16,6 +16,8 @@ import pyarrow as pa
 
 from imagesieve.runfolder import (
     done_marker,
+    keep_mode_of,
+    make_folder,
     naming_errors,
     temp_name,
     work_path,
@@ -50,8 +52,9 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
 
 def place_file(source: str, target: str, link: bool) -> None:
-    """Copy (or hard-link) `source` to `target`, atomically: a temp name, then a rename."""
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    """Copy (or hard-link) `source` to `target`, atomically: a temp name, then a rename. A copy keeps
+    the source's permission bits (a private file stays private); no link inside OUT is followed."""
+    make_folder(os.path.dirname(target))
     tmp = temp_name(target)
     try:
         with naming_errors(target):
@@ -59,6 +62,7 @@ def place_file(source: str, target: str, link: bool) -> None:
                 os.link(source, tmp)
             else:
                 shutil.copyfile(source, tmp)
+                keep_mode_of(source, tmp)
             os.replace(tmp, target)
     finally:
         if os.path.lexists(tmp):

@@ -41,7 +41,7 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
     if isinstance(status, dict) and isinstance(status.get("success"), int):
         status["success"] -= removed
     stats["imagesieve"] = {"removed_as_duplicates": removed}
-    write_json_atomic(stats, join(output_dir, stats_path(relative_path)), storage_options)
+    write_json_atomic(stats, join(output_dir, stats_path(relative_path)), storage_options, mode_of=source)
     return "updated"
 
 
@@ -58,5 +58,6 @@ def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids:
     if "key" not in table.column_names:
         return f"not filtered: {source} has no 'key' column"
     keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=pc.cast(removed_ids or [], "string")))
-    write_parquet_atomic(table.filter(keep), join(output_dir, sidecar_path(relative_path)), storage_options)
+    write_parquet_atomic(table.filter(keep), join(output_dir, sidecar_path(relative_path)), storage_options,
+                         mode_of=source)
     return "filtered"

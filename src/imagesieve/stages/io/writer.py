@@ -151,7 +151,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
             versions = {table.shard: table.version} if table is not None and table.version else None
             compression = table.compression if table is not None else "by name"
-            with AtomicShardWriter(local_out, self.fsync, versions, compression) as writer:
+            with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
             output_size = os.path.getsize(local_out)
