@@ -150,6 +150,6 @@ def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
     (tmp_path / "out" / "_imagesieve").mkdir(parents=True)
     (tmp_path / "out" / "cats").symlink_to(victim)
     with pytest.raises(Exception, match="symlink or a file inside the output folder"):
-        remove_duplicates(str(photos), str(tmp_path / "out"), os.path.dirname(write_ids(tmp_path / "ids", ["cats/a.jpg"])),
-                          executor=ONE)
+        ids = os.path.dirname(write_ids(tmp_path / "ids", ["cats/a.jpg"]))
+        remove_duplicates(str(photos), str(tmp_path / "out"), ids, executor=ONE)
     assert os.listdir(victim) == []
