@@ -118,13 +118,14 @@ def test_mirrored_descriptors_match_a_mirrored_image():
     assert verify(original, other).inliers < 10
 
 
-def test_bad_settings_are_refused():
+def test_bad_settings_are_refused(capsys):
     with pytest.raises(ValueError, match="neighbours"):
         CopyConfig(neighbours=0)
     with pytest.raises(ValueError, match="min_inliers"):
         CopyConfig(min_inliers=2)
-    with pytest.raises(SystemExit, match="--flip"):
+    with pytest.raises(SystemExit, match="2"):
         main(["find", "--method", "copy", "--flip", "in", "out"])
+    assert "--flip does not apply to --method copy" in capsys.readouterr().err
 
 
 def test_unreadable_image_is_listed_as_skipped(tmp_path):

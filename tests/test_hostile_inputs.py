@@ -153,3 +153,14 @@ def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
         ids = os.path.dirname(write_ids(tmp_path / "ids", ["cats/a.jpg"]))
         remove_duplicates(str(photos), str(tmp_path / "out"), ids, executor=ONE)
     assert os.listdir(victim) == []
+
+
+@pytest.mark.parametrize("option", [["--eps", "0.1"], ["--embeddings", "x.parquet"], ["--model", "m.onnx"],
+                                    ["--clusters", "3"], ["--min-inliers", "5"],
+                                    ["--method", "semantic", "--threshold", "3"], ["--method", "exact", "--flip"]])
+def test_an_option_of_another_method_is_an_error(shards, tmp_path, capsys, option):
+    """Case 13: `find --eps 0.1` ran pHash and exited 0."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["find", *option, str(shards), str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "does not apply to --method" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -12,39 +12,34 @@ DEFAULTS = CopyConfig()
 
 def add_copy_args(find: argparse.ArgumentParser) -> None:
     group = find.add_argument_group("--method copy")
-    group.add_argument("--neighbours", type=int, default=DEFAULTS.neighbours, metavar="K",
+    group.add_argument("--neighbours", type=int, default=argparse.SUPPRESS, metavar="K",
                        help=f"candidates: each image's K nearest images by embedding (default {DEFAULTS.neighbours})")
-    group.add_argument("--min-similarity", type=float, default=DEFAULTS.min_similarity,
+    group.add_argument("--min-similarity", type=float, default=argparse.SUPPRESS,
                        help=f"candidates: ... with cosine similarity at least this (default {DEFAULTS.min_similarity})")
-    group.add_argument("--hash-threshold", type=int, default=DEFAULTS.hash_threshold,
+    group.add_argument("--hash-threshold", type=int, default=argparse.SUPPRESS,
                        help="candidates: also every pair within this many bits of pHash, mirror included "
                             f"(default {DEFAULTS.hash_threshold})")
-    group.add_argument("--min-inliers", type=int, default=DEFAULTS.min_inliers,
+    group.add_argument("--min-inliers", type=int, default=argparse.SUPPRESS,
                        help=f"a copy: at least this many keypoints agree on one transform (default "
                             f"{DEFAULTS.min_inliers})")
-    group.add_argument("--min-coverage", type=float, default=DEFAULTS.min_coverage,
+    group.add_argument("--min-coverage", type=float, default=argparse.SUPPRESS,
                        help="... and they cover at least this share of each image's area "
                             f"(default {DEFAULTS.min_coverage})")
-    group.add_argument("--features", type=int, default=DEFAULTS.features,
+    group.add_argument("--features", type=int, default=argparse.SUPPRESS,
                        help=f"verification: at most this many keypoints per image, strongest first (default "
                             f"{DEFAULTS.features})")
-    group.add_argument("--hash-accept", type=int, default=DEFAULTS.hash_accept,
+    group.add_argument("--hash-accept", type=int, default=argparse.SUPPRESS,
                        help="pairs within this pHash distance are copies without keypoint evidence "
                             f"(default {DEFAULTS.hash_accept}; -1: never)")
 
 
 def copy_config(args: argparse.Namespace) -> CopyConfig:
-    if args.reference is not None or args.chaining or args.threshold is not None or args.flip:
-        raise SystemExit("--method copy: --reference, --chaining, --threshold and --flip do not apply "
-                         "(mirrored copies are always matched)")
-    if args.embeddings is not None:
-        raise SystemExit("--method copy computes its own embeddings (--model picks the model)")
-    return CopyConfig(neighbours=args.neighbours, min_similarity=args.min_similarity,
-                      hash_threshold=args.hash_threshold, min_inliers=args.min_inliers,
-                      min_coverage=args.min_coverage, hash_accept=args.hash_accept, features=args.features,
-                      keep=args.keep,
-                      clusters=args.clusters, model=args.model, model_inference_batch_size=args.embedding_batch_size,
-                      on_error=args.on_error)
+    from imagesieve.cli_find import option
+
+    tuning = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in (
+        "neighbours", "min_similarity", "hash_threshold", "min_inliers", "min_coverage", "hash_accept", "features")}
+    return CopyConfig(**tuning, keep=args.keep, clusters=option(args, "clusters"), model=option(args, "model"),
+                      model_inference_batch_size=option(args, "embedding_batch_size"), on_error=args.on_error)
 
 
 def cmd_find_copy(args: argparse.Namespace, make_executor: Callable) -> int:

