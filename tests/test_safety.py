@@ -174,7 +174,7 @@ def test_files_named_like_temp_files_in_an_existing_output_folder_survive(datase
     (out / ".notes.txt.tmp-12").write_text("and this")
     find_duplicates(str(dataset), str(out / "found"), FindConfig(method="exact"), executor=ONE)
     find_duplicates(str(dataset), str(out), FindConfig(method="exact"), executor=ONE)
-    remove_duplicates(str(dataset), str(out), str(out / "found" / "duplicates"), executor=ONE)
+    remove_duplicates(str(dataset), str(out / "drafts"), str(out / "found" / "duplicates"), executor=ONE)
     assert (out / "drafts" / "thesis.tmp-final.docx").read_text() == "mine"
     assert (out / "runs" / "exp.tmp-3" / "log.txt").read_text() == "mine too"
     assert (out / ".notes.txt.tmp-12").read_text() == "and this"

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.dedup.groups import best_of_components, group_exact, group_stars
+from imagesieve.dedup.groups import group_exact
 from imagesieve.dedup.hashes import EXACT, PERCEPTUAL
 from imagesieve.dedup.keep import keep_policy
-from imagesieve.dedup.near_search import near_pairs, popcount64
+from imagesieve.dedup.near_search import popcount64
+from imagesieve.dedup.stream_groups import near_keepers, nearest_in
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, check_input_outside, input_units
@@ -182,7 +181,6 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
         config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
     remove_stale_temp_files(output_dir, so)
     executor = executor or LocalExecutor()
-    search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
     if reference is not None:  # before any work
         check_reference_apart(input_units(input_path, output_dir, storage_options=so),
                               input_units(reference, output_dir, storage_options=so))
@@ -197,10 +195,10 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
     t = config.max_distance
 
     with phase("search and group", progress):
-        if reference is None:
-            groups = _within_set(table, config, t, search)
-        else:
-            groups = _cross_set(table, ref, config, t, search)
+        search = {"parts": executor.parallelism(), "run_jobs": executor.map,
+                  "threads": min(executor.parallelism(), os.cpu_count() or 1)}  # streamed search: here, in threads
+        groups = _within_set(table, config, t, search) if reference is None else \
+            _cross_set(table, ref, config, t, search)
 
     removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
     if reference is not None:  # reference members are listed in groups but never removed
@@ -238,30 +236,21 @@ def _codes(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).to_numpy().astype(np.uint64)
 
 
-def _within_set(table: pa.Table, config: FindConfig, t: int, search: Callable) -> pa.Table:
+def _within_set(table: pa.Table, config: FindConfig, t: int, search: dict) -> pa.Table:
     n = table.num_rows
     rank = keep_policy(config.keep).rank(table)
     rep = group_exact(_exact_labels(table, config), rank)
     if config.method == "exact":
         keeper = rep
-    else:
+    else:  # the near search among the exact groups' representatives, grouped as it goes (no pairs held)
         reps = np.flatnonzero(rep == np.arange(n))
-        i, j = near_edges(_codes(table, config.method)[reps], t, config, table, reps, search)
-        group = best_of_components if config.chaining else group_stars
-        keeper = group(n, reps[i], reps[j], rank)[rep]
+        flipped = _codes(table, f"{config.method}_flip")[reps] if config.flip else None
+        keeper_of_rep = near_keepers(_codes(table, config.method)[reps], t, rank[reps], flipped, config.chaining,
+                                     **search)
+        keeper = np.arange(n)
+        keeper[reps] = reps[keeper_of_rep]
+        keeper = keeper[rep]
     return _groups_table(table, table, keeper, rep, config)
-
-
-def near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
-                search: Callable) -> tuple[np.ndarray, np.ndarray]:
-    i, j, _ = search(codes, t)
-    if config.flip:
-        flipped = _codes(table, f"{config.method}_flip")[rows]
-        fi, fj, _ = search(codes, t, other=flipped)
-        keep = fi != fj
-        i = np.concatenate([i, np.minimum(fi, fj)[keep]])
-        j = np.concatenate([j, np.maximum(fi, fj)[keep]])
-    return i, j
 
 
 def _distances(config: FindConfig, members: pa.Table, keepers: pa.Table) -> np.ndarray:
@@ -304,24 +293,23 @@ def _groups_table(members: pa.Table, keepers_from: pa.Table, keeper: np.ndarray,
     })
 
 
-def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int, search: Callable) -> pa.Table:
+def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int, search: dict) -> pa.Table:
     """Every input image within t of any reference image is a duplicate of its nearest one."""
     best = np.full(table.num_rows, -1, dtype=np.int64)
     best_dist = np.full(table.num_rows, 65, dtype=np.int64)
     for column in _exact_columns(config):
-        ref_index = {h: k for k, h in enumerate(ref.column(column).to_pylist()) if h is not None}
-        for row, h in enumerate(table.column(column).to_pylist()):
-            if h in ref_index and best[row] < 0:
-                best[row], best_dist[row] = ref_index[h], 0
+        at = pc.index_in(table.column(column), value_set=ref.column(column).combine_chunks(), skip_nulls=True)
+        at = pc.fill_null(at, -1).to_numpy().astype(np.int64)
+        same = np.flatnonzero((at >= 0) & (best < 0))
+        best[same], best_dist[same] = at[same], 0
     if config.method != "exact":
         codes = _codes(table, config.method)
-        others = [_codes(ref, config.method)] + ([_codes(ref, f"{config.method}_flip")] if config.flip else [])
-        for other in others:
-            i, j, d = search(codes, t, other=other)
-            order = np.lexsort((j, d, i))  # per input row, nearest reference first
-            i, j, d = i[order], j[order], d[order]
-            first = np.ones(len(i), dtype=bool)
-            first[1:] = i[1:] != i[:-1]
-            better = d[first] < best_dist[i[first]]
-            best[i[first][better]], best_dist[i[first][better]] = j[first][better], d[first][better]
+        nearest = nearest_in(codes, _codes(ref, config.method), t,
+                             _codes(ref, f"{config.method}_flip") if config.flip else None, search["threads"])
+        found = np.flatnonzero(nearest >= 0)
+        d = popcount64(codes[found] ^ _codes(ref, config.method)[nearest[found]])
+        if config.flip:
+            d = np.minimum(d, popcount64(codes[found] ^ _codes(ref, f"{config.method}_flip")[nearest[found]]))
+        better = d < best_dist[found]
+        best[found[better]], best_dist[found[better]] = nearest[found[better]], d[better]
     return _groups_table(table, ref, best, None, config)
