@@ -98,10 +98,7 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
     shown = _shown_column(data.members.num_rows, rows, shown)
     for k, (name, groups) in enumerate(filters.items()):
         folder = f"f{k}"
-        if name != "all" and len(groups) == data.groups:
-            folder = "f0"  # the same groups as "all": its pages serve
-        else:
-            written.update(write_filter_pages(out_dir, folder, name, data, groups, shown))
+        written.update(write_filter_pages(out_dir, folder, name, data, groups, shown))
         label = {"all": "all groups", WITH_THUMBNAILS: "groups with thumbnails"}.get(name,
                                                                                       f"groups with {name} duplicates")
         meta["filters"][name] = {"dir": folder, "label": f"{label} ({len(groups):,})", "groups": len(groups),
@@ -149,10 +146,10 @@ def _thumbnails(data: ReportData, rows: np.ndarray, thumbs_dir: str, size: int, 
 
 
 def _shown_column(members: int, rows: np.ndarray, shown: list[tuple[str, str]]) -> pa.Array:
-    """Per member row, `"caption","thumb"` as JSON for the rows with a thumbnail, null for the others."""
+    """Per member row, `"caption", "thumb"` as JSON for the rows with a thumbnail, null for the others."""
     mask = np.zeros(members, bool)
     mask[rows] = True
-    values = pa.array([f"{js_json(caption)},{js_json(name)}" for name, caption in shown], TEXT)
+    values = pa.array([f"{js_json(caption)}, {js_json(name)}" for name, caption in shown], TEXT)
     return pc.replace_with_mask(pa.nulls(members, TEXT), pa.array(mask), values)
 
 

@@ -44,11 +44,8 @@ function script(src, loaded) {
 }
 const file = n => String(n).padStart(5, "0") + ".js";
 async function load(filter, page) {
-  // a file holds R.pagesPerFile pages; a filter with the same groups as "all" shares its files, which
-  // are keyed by the filter that wrote them
-  const owner = Object.keys(R.filters).find(k => R.filters[k].dir === R.filters[filter].dir);
-  const n = Math.floor(page / R.pagesPerFile), first = (page % R.pagesPerFile) * R.perPage;
-  const groups = await script("data/" + R.filters[filter].dir + "/" + file(n), () => pages[owner + "/" + n]);
+  const n = Math.floor(page / R.pagesPerFile), first = (page % R.pagesPerFile) * R.perPage;  // R.pagesPerFile a file
+  const groups = await script("data/" + R.filters[filter].dir + "/" + file(n), () => pages[filter + "/" + n]);
   return groups.slice(first, first + R.perPage);
 }
 function fnv1a(text) {  // the bucket hash of report/search.py: 32-bit FNV-1a of the UTF-8 bytes

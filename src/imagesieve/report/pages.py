@@ -67,20 +67,20 @@ def member_json(members: pa.Table, shown: pa.Array | None = None) -> pa.Array:
     whole = pc.equal(pc.round(distance), distance)
     distance = pc.if_else(whole, pc.cast(pc.cast(pc.round(distance), pa.int64()), TEXT),
                           pc.cast(pc.round(distance, 6), TEXT))
-    extra = pc.fill_null(shown, '"",null') if shown is not None else _text('"",null')
+    extra = pc.fill_null(shown, '"", null') if shown is not None else _text('"", null')
     fields = [json_strings(members.column("id")), pc.if_else(members.column("kept"), _text("true"), _text("false")),
               json_strings(members.column("method")), distance, json_numbers(members.column("width")),
               json_numbers(members.column("height")), json_numbers(members.column("file_size")), extra,
               json_numbers(members.column("inliers")), json_numbers(pc.round(members.column("coverage"), 3))]
-    return _join("[", _join(*fields, separator=","), "]")
+    return _join("[", _join(*fields, separator=", "), "]")
 
 
 def _lists(values: pa.Array, lengths: np.ndarray) -> pa.Array:
-    """Consecutive runs of `values` of the given lengths, each joined by commas."""
+    """Consecutive runs of `values` of the given lengths, each joined by ", " (as json.dumps separates)."""
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
     values = pc.cast(values, TEXT)
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _text(","))
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), _text(", "))
 
 
 def group_rows(starts: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def file_bodies(data: ReportData, groups: np.ndarray, shown: pa.Array) -> Iterat
         rows = pa.array(group_rows(data.starts, batch))
         members = member_json(data.members.take(rows), shown.take(rows))
         sizes = data.starts[batch + 1] - data.starts[batch]
-        group_json = _join("[", pc.cast(pa.array(batch + 1), TEXT), ",[", _lists(members, sizes), "]]")
+        group_json = _join("[", pc.cast(pa.array(batch + 1), TEXT), ", [", _lists(members, sizes), "]]")
         files = _lists(group_json, np.diff(np.append(np.arange(0, len(batch), per_file), len(batch))))
         for body in files.to_pylist():
             yield f"[{body}]"
@@ -126,7 +126,7 @@ def write_id_index(out_dir: str, data: ReportData) -> tuple[int, list[str]]:
         return 0, []
     numbers = np.repeat(np.arange(1, data.groups + 1), np.diff(data.starts))
     files, order, bounds = id_buckets(ids)
-    pairs = _join("[", json_strings(ids.take(pa.array(order))), ",", pc.cast(pa.array(numbers[order]), TEXT), "]")
+    pairs = _join("[", json_strings(ids.take(pa.array(order))), ", ", pc.cast(pa.array(numbers[order]), TEXT), "]")
     written = []
     for n, body in enumerate(_lists(pairs, np.diff(bounds)).to_pylist()):
         rel = f"data/ids/{n:05d}.js"
