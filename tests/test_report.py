@@ -10,7 +10,6 @@ import subprocess
 import time
 from urllib.parse import quote
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -46,7 +45,8 @@ def make_shards(tmp_path) -> str:
 def page_data(report_dir: str, filter_dir: str = "f0") -> list:
     """The groups of every page of one filter, parsed back from the data files."""
     groups = []
-    for name in sorted(n for n in os.listdir(os.path.join(report_dir, "data", filter_dir)) if re.fullmatch(r"\d{5}\.js", n)):
+    folder = os.path.join(report_dir, "data", filter_dir)
+    for name in sorted(n for n in os.listdir(folder) if re.fullmatch(r"\d{5}\.js", n)):  # the pages, not a user's file
         text = open(os.path.join(report_dir, "data", filter_dir, name), encoding="utf-8").read()
         groups += json.loads(text[text.index("[", text.index(",", text.index(",") + 1)):text.rindex(")")])
     return groups
