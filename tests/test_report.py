@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +21,8 @@ from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.report import write_report
 from imagesieve.report.build import GROUPS_PER_PAGE
+from imagesieve.report.search import fnv1a
+from imagesieve.report.thumbs import make_thumbnail
 from imagesieve.workflows.dedup import dedup
 from imagesieve.workflows.find import FindConfig, find_duplicates
 
@@ -42,7 +45,8 @@ def make_shards(tmp_path) -> str:
 def page_data(report_dir: str, filter_dir: str = "f0") -> list:
     """The groups of every page of one filter, parsed back from the data files."""
     groups = []
-    for name in sorted(os.listdir(os.path.join(report_dir, "data", filter_dir))):
+    folder = os.path.join(report_dir, "data", filter_dir)
+    for name in sorted(n for n in os.listdir(folder) if re.fullmatch(r"\d{5}\.js", n)):  # the pages, not a user's file
         text = open(os.path.join(report_dir, "data", filter_dir, name), encoding="utf-8").read()
         groups += json.loads(text[text.index("[", text.index(",", text.index(",") + 1)):text.rindex(")")])
     return groups
@@ -109,12 +113,13 @@ def test_dedup_report_in_a_browser_shows_every_group_loads_every_thumbnail_and_r
     assert "3 samples were removed from the output shards" in dom and "removed.parquet" in dom
 
 
-def synthetic_run(folder: str, n_groups: int) -> None:
-    """A find run folder of `n_groups` groups of two (no shards: thumbnails show as missing)."""
+def synthetic_run(folder: str, n_groups: int, prefix: str = "") -> None:
+    """A find run folder of `n_groups` groups of two (no shards: thumbnails show as missing); IDs are
+    `prefix` + k (kept) or d (removed) + the group's number."""
     os.makedirs(os.path.join(folder, "groups"))
     os.makedirs(os.path.join(folder, "hashes"))
-    kept = [f"k{g:07d}" for g in range(n_groups)]
-    dup = [f"d{g:07d}" for g in range(n_groups)]
+    kept = [f"{prefix}k{g:07d}" for g in range(n_groups)]
+    dup = [f"{prefix}d{g:07d}" for g in range(n_groups)]
     pq.write_table(pa.table({
         "group_id": pa.array(list(range(n_groups)) * 2, pa.int64()), "kept_id": kept + kept, "id": kept + dup,
         "method": ["kept"] * n_groups + ["phash" if g % 3 else "exact" for g in range(n_groups)],
@@ -145,3 +150,147 @@ def test_a_report_of_100k_groups_opens_in_under_two_seconds(tmp_path):
     assert dom.count("<section class=\"group\"") == GROUPS_PER_PAGE
     assert "page 1 of 1667" in dom and "100,000 groups" in dom.replace("100000", "100,000")
     assert 0 < shown_ms < 2000
+
+
+ONE = LocalExecutor(1)
+
+
+def pairs_shard(tmp_path, n: int, tiles: dict[str, int] | None = None) -> str:
+    """A folder with one shard of `n` distinct photo tiles, each stored twice byte for byte (keys NNN and
+    NNN-copy): n groups of two. `tiles` puts another tile under a key (an image changed in place)."""
+    folder = tmp_path / "pairs"
+    os.makedirs(folder, exist_ok=True)
+    with wds.TarWriter(str(folder / "00000.tar"), encoder=False) as sink:
+        for i in range(n):
+            for key in (f"{i:03d}", f"{i:03d}-copy"):
+                data = encode(photo_tiles()[(tiles or {}).get(key, i)])
+                sink.write({"__key__": key, "jpg": data, "txt": f"caption {key}".encode()})
+    return str(folder)
+
+
+def meta(report_dir: str) -> dict:
+    text = open(os.path.join(report_dir, "data", "meta.js"), encoding="utf-8").read()
+    return json.loads(text[text.index("{"):text.rindex(";")])
+
+
+def id_index(report_dir: str) -> dict[str, int]:
+    """ID -> group number, read back from the search index, each pair checked to be in its ID's bucket."""
+    buckets, found = meta(report_dir)["ids"], {}
+    for name in sorted(os.listdir(os.path.join(report_dir, "data", "ids"))):
+        text = open(os.path.join(report_dir, "data", "ids", name), encoding="utf-8").read()
+        pairs = json.loads(text[text.index("["):text.rindex(")")])
+        assert all(int(fnv1a(pa.array([id_]))[0]) % buckets == int(name[:5]) for id_, _ in pairs)
+        found.update(pairs)
+    return found
+
+
+def run_of_pairs(tmp_path, n: int) -> str:
+    run = str(tmp_path / "run")
+    find_duplicates(pairs_shard(tmp_path, n), run, FindConfig(), executor=ONE)
+    return run
+
+
+def test_thumbnails_are_bounded_and_every_group_is_still_listed_and_findable(tmp_path):
+    run = run_of_pairs(tmp_path, 24)
+    report = os.path.dirname(write_report(run, executor=ONE, max_thumbnails=10))
+    groups = page_data(report)
+    members = [m for _, g in groups for m in g]
+    truth = pq.read_table(os.path.join(run, "groups"))
+    assert [n for n, _ in groups] == list(range(1, len(truth.column("group_id").unique()) + 1)) and len(groups) == 24
+    assert sorted(m[0] for m in members) == sorted(truth.column("id").to_pylist())
+    assert len([m for m in members if m[8]]) == 10 == len(os.listdir(os.path.join(report, "thumbs")))
+    assert all(m[8] is None and m[7] == "" for m in members if not m[8])  # listed as data only
+    assert all(m[2] in ("kept", "exact") and m[3] == 0 and m[4] == 64 and m[6] > 0 for m in members)
+    shown = sorted(n for n, g in groups if any(m[8] for m in g))
+    assert shown[:3] == [1, 2, 3] and shown[3:] != [4, 5] and len(shown) == 5  # the first ones, then a sample
+    sampled = meta(report)["filters"]["with thumbnails"]
+    assert [n for n, _ in page_data(report, sampled["dir"])] == shown and sampled["groups"] == 5
+    assert id_index(report) == {m[0]: n for n, g in groups for m in g}  # every ID is findable
+    again = tmp_path / "again"
+    write_report(run, executor=ONE, max_thumbnails=10, out_dir=str(again))
+    assert page_data(str(again)) == groups  # the sample is deterministic
+
+
+def test_data_files_hold_every_id_exactly_and_escaped(tmp_path):
+    run = str(tmp_path / "run")
+    synthetic_run(run, 1500, prefix=f"{HOSTILE} \\ \" \x01\x1f \u2028 é🙂 & ")
+    report = os.path.dirname(write_report(run, executor=ONE))
+    groups = page_data(report)
+    assert len(groups) == 1500 and len(os.listdir(os.path.join(report, "data", "f0"))) == 3  # 600 groups a file
+    table = pq.read_table(os.path.join(run, "groups"))
+    assert {m[0]: n for n, g in groups for m in g} == id_index(report)
+    assert sorted(id_index(report)) == sorted(table.column("id").to_pylist())
+    for root, _, names in os.walk(os.path.join(report, "data")):
+        assert all("<" not in open(os.path.join(root, n), encoding="utf-8").read() for n in names)
+    assert groups[1] == [2, [[f"{HOSTILE} \\ \" \x01\x1f \u2028 é🙂 & k0000001", True, "kept", 0, 256, 256, 20000,
+                               "", "", None, None],
+                              [f"{HOSTILE} \\ \" \x01\x1f \u2028 é🙂 & d0000001", False, "phash", 1, 256, 256, 20000,
+                               "", "", None, None]]]  # thumb "": tried, but the run's shards are gone
+
+
+def test_a_smaller_rebuild_deletes_only_the_files_it_wrote_and_no_longer_shows(tmp_path):
+    run = run_of_pairs(tmp_path, 24)
+    report = tmp_path / "run" / "report"
+    write_report(run, executor=ONE, max_thumbnails=10)
+    assert sorted(os.listdir(report / "data")) == ["f0", "f1", "f2", "ids", "meta.js"]  # all, exact, with thumbnails
+    outside = tmp_path / "outside"
+    (outside / "pages").mkdir(parents=True)
+    (outside / "pages" / "00000.js").write_text("theirs")
+    (outside / "0123456789abcdef.jpg").write_text("theirs")
+    planted = [report / "data" / "notes.txt", report / "data" / "f0" / "keep.txt", report / "thumbs" / "mine.jpg",
+               report / "data" / "f0" / "00099.js.bak"]
+    for path in planted:
+        path.write_text("mine")
+    os.symlink(outside / "pages", report / "data" / "f7")
+    os.symlink(outside / "0123456789abcdef.jpg", report / "thumbs" / "0123456789abcdef.jpg")
+    write_report(run, executor=ONE, max_groups=2, max_thumbnails=10)
+    assert len(page_data(str(report))) == 2 and len(id_index(str(report))) == 4
+    thumbs = sorted(n for n in os.listdir(report / "thumbs") if n not in ("mine.jpg", "0123456789abcdef.jpg"))
+    assert thumbs == sorted(m[8] for _, g in page_data(str(report)) for m in g) and len(thumbs) == 4
+    assert not (report / "data" / "f2").exists()  # every member has a thumbnail now: no sample filter
+    assert all(path.read_text() == "mine" for path in planted)
+    assert (report / "data" / "f7").is_symlink() and (outside / "pages" / "00000.js").read_text() == "theirs"
+    assert (report / "thumbs" / "0123456789abcdef.jpg").is_symlink()
+    assert (outside / "0123456789abcdef.jpg").read_text() == "theirs"
+
+
+def test_a_rebuild_after_fewer_groups_drops_the_stale_pages(tmp_path):
+    run = tmp_path / "run"
+    synthetic_run(str(run), 2000)
+    write_report(str(run), executor=ONE)
+    assert len(os.listdir(run / "report" / "data" / "f0")) == 4
+    write_report(str(run), executor=ONE, max_groups=100)
+    assert sorted(os.listdir(run / "report" / "data" / "f0")) == ["00000.js"]
+    assert len(page_data(str(run / "report"))) == 100 and len(id_index(str(run / "report"))) == 200
+
+
+def test_an_image_changed_under_the_same_key_gets_a_new_thumbnail(tmp_path):
+    run = run_of_pairs(tmp_path, 3)
+    report = os.path.dirname(write_report(run, executor=ONE))
+    before = {m[0]: m[8] for _, g in page_data(report) for m in g}
+    pairs_shard(tmp_path, 3, tiles={"001": 40})  # the same keys; 001 now holds another photo
+    write_report(run, executor=ONE)
+    after = {m[0]: m[8] for _, g in page_data(report) for m in g}
+    assert after["001"] != before["001"] and {k: after[k] for k in after if k != "001"} == \
+        {k: before[k] for k in before if k != "001"}
+    assert not os.path.exists(os.path.join(report, "thumbs", before["001"]))  # the stale one is gone
+    with open(os.path.join(report, "thumbs", after["001"]), "rb") as f:
+        assert f.read() == make_thumbnail(encode(photo_tiles()[40]), "tile 40", 150)
+
+
+def test_the_search_box_finds_any_id_in_a_browser(tmp_path):
+    browser()
+    run = str(tmp_path / "run")
+    prefix = "é🙂 "
+    synthetic_run(run, 3000, prefix=prefix)
+    index = write_report(run, executor=ONE)
+    dom = render_dom(index + "#id=" + quote(f"{prefix}d0002345"), str(tmp_path / "profile"))
+    assert body_data(dom, "found-group") == 2346  # on page 40 of the pager
+    assert '<section class="group found" id="group-2346">' in dom and "page 40 of 50" in dom
+    dom = render_dom(index + "#id=" + quote("nothing-like-it"), str(tmp_path / "profile"))
+    assert "no group holds" in dom and body_data(dom, "found-group") == 0
+    out = str(tmp_path / "out")
+    dedup(make_shards(tmp_path), out, FindConfig(), executor=ONE)
+    dom = render_dom(os.path.join(out, "report", "index.html") + "#id=" + quote(HOSTILE_IMG),
+                     str(tmp_path / "profile"))
+    assert body_data(dom, "found-group") > 0 and "pwned" not in dom.split("</title>")[0]

@@ -1,38 +1,38 @@
 """Build the report folder of a run:
 
-REPORT/index.html            counts, distance histograms, and a pager over the groups
-REPORT/data/meta.js          filters (all, and one per method) with their group and page counts
-REPORT/data/<filter>/NNNNN.js  one page of groups each, loaded when shown
-REPORT/thumbs/<digest>.jpg   one small JPEG per shown image, made once, in parallel
+REPORT/index.html              counts, distance histograms, a pager over the groups, a search by ID
+REPORT/data/meta.js            filters (all, one per method, groups with thumbnails) with their counts
+REPORT/data/<filter>/NNNNN.js  ten pages of groups each, loaded when shown
+REPORT/data/ids/NNNNN.js       [ID, group] pairs by hash bucket, loaded when an ID is searched
+REPORT/thumbs/<digest>.jpg     one small JPEG per image with a thumbnail, made once, in parallel
 
-A report of 100k groups opens as fast as one of ten: the page loads one page of groups at a time.
+A report of 100k groups opens as fast as one of ten (the page loads one page of groups at a time) and
+costs little more to build: thumbnails are bounded (`report.sample`), and the groups are sorted and
+paged as Arrow columns. A rebuild deletes the files of the earlier build that it no longer shows.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.report.data import Member, load_report_data
+from imagesieve.report.data import SOURCES, ReportData, load_report_data
 from imagesieve.report.page import render_index
+from imagesieve.report.pages import GROUPS_PER_PAGE, PAGES_PER_FILE, TEXT, js_json, write_filter_pages, write_id_index
+from imagesieve.report.prune import prune_report
+from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
 from imagesieve.report.thumbs import add_thumbnails
 from imagesieve.runfolder import write_text_atomic
 from imagesieve.storage import is_remote, join, storage_for
 from imagesieve.storage.spool import spool_folder
 
-GROUPS_PER_PAGE = 60
+__all__ = ["GROUPS_PER_PAGE", "js_json", "write_report"]
 
-
-def js_json(value: object) -> str:
-    """JSON for a .js data file, with <, > and & escaped: no key or caption can close or open a tag."""
-    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def member_row(m: Member) -> list:
-    distance = int(m.distance) if float(m.distance).is_integer() else round(m.distance, 6)
-    coverage = None if m.coverage is None else round(m.coverage, 3)
-    return [m.id, m.kept, m.method, distance, m.width, m.height, m.file_size, m.caption, m.thumb, m.inliers, coverage]
+WITH_THUMBNAILS = "with thumbnails"
 
 
 def headline(summary: dict, removal: dict | None) -> list[tuple[str, str]]:
@@ -61,7 +61,8 @@ def _report_input(rel: str) -> bool:
 
 
 def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, executor: BaseExecutor | None = None,
-                 out_dir: str | None = None, storage_options: dict | None = None) -> str:
+                 out_dir: str | None = None, storage_options: dict | None = None,
+                 max_thumbnails: int = MAX_THUMBNAILS) -> str:
     """Write the report folder (default `run_dir/report`); returns the path of its index.html.
 
     When the run folder's summary.json holds a `removal` (as `imagesieve dedup` writes), the report
@@ -75,7 +76,7 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
         store = storage_for(run_dir, storage_options)
         out_dir = out_dir or join(run_dir, "report")
         with store.local_tree(run_dir, _report_input) as local_run, spool_folder() as local_out:
-            write_report(local_run, max_groups, size, executor, local_out, storage_options)
+            write_report(local_run, max_groups, size, executor, local_out, storage_options, max_thumbnails)
             for root, _, names in os.walk(local_out):
                 for name in sorted(names):
                     rel = os.path.relpath(os.path.join(root, name), local_out)
@@ -84,29 +85,72 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
 
     out_dir = out_dir or os.path.join(run_dir, "report")
     data = load_report_data(run_dir, max_groups)
-    add_thumbnails(data.groups, data.summary, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor(),
-                   storage_options)
-    removal, removed_list = data.summary.get("removal"), data.summary.get("removed_list")
-    numbered = list(enumerate(data.groups, 1))  # groups are numbered in size order, 1 = largest
-    filters = {"all": numbered}
-    for method in sorted({m.method for g in data.groups for m in g if not m.kept}):
-        filters[method] = [(k, g) for k, g in numbered if any(m.method == method for m in g)]
-    meta = {"filters": {}}
+    filters = _filters(data)
+    rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
+    shown = _thumbnails(data, rows, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor(),
+                        storage_options)
+    made = rows[np.array([bool(name) for name, _ in shown], bool)] if len(rows) else rows
+    with_thumbnails = np.unique(np.searchsorted(data.starts, made, side="right") - 1)
+    if 0 < len(with_thumbnails) < data.groups:  # the sample, to page through alone
+        filters[WITH_THUMBNAILS] = with_thumbnails
+    meta: dict = {"filters": {}, "perPage": GROUPS_PER_PAGE, "pagesPerFile": PAGES_PER_FILE}
+    written = {"data/meta.js", "index.html"} | {f"thumbs/{name}" for name, _ in shown if name}
+    shown = _shown_column(data.members.num_rows, rows, shown)
     for k, (name, groups) in enumerate(filters.items()):
-        pages = [groups[i:i + GROUPS_PER_PAGE] for i in range(0, len(groups), GROUPS_PER_PAGE)] or [[]]
         folder = f"f{k}"
-        for n, page in enumerate(pages):
-            rows = [[number, [member_row(m) for m in g]] for number, g in page]
-            write_text_atomic(f"window.reportPage({js_json(name)}, {n}, {js_json(rows)});\n",
-                              os.path.join(out_dir, "data", folder, f"{n:05d}.js"))
-        label = "all groups" if name == "all" else f"groups with {name} duplicates"
+        written.update(write_filter_pages(out_dir, folder, name, data, groups, shown))
+        label = {"all": "all groups", WITH_THUMBNAILS: "groups with thumbnails"}.get(name,
+                                                                                      f"groups with {name} duplicates")
         meta["filters"][name] = {"dir": folder, "label": f"{label} ({len(groups):,})", "groups": len(groups),
-                                 "pages": len(pages)}
+                                 "pages": max(1, -(-len(groups) // GROUPS_PER_PAGE))}
+    meta["ids"], id_files = write_id_index(out_dir, data)
+    written.update(id_files)
     write_text_atomic(f"window.REPORT = {js_json(meta)};\n", os.path.join(out_dir, "data", "meta.js"))
+    removal, removed_list = data.summary.get("removal"), data.summary.get("removed_list")
     write_text_atomic(render_index(_title(data.summary), headline(data.summary, removal), data.histograms,
-                                   _note(len(data.groups), removal, removed_list)),
+                                   _note(data.groups, len(rows), data.members.num_rows, removal, removed_list)),
                       os.path.join(out_dir, "index.html"))
+    prune_report(out_dir, written)
     return os.path.join(out_dir, "index.html")
+
+
+def _filters(data: ReportData) -> dict[str, np.ndarray]:
+    """Filter name -> the groups it shows (indices, largest first): all, and one per method of a removed member."""
+    filters = {"all": np.arange(data.groups)}
+    group_of_row = np.repeat(np.arange(data.groups), np.diff(data.starts))
+    methods = data.members.column("method")
+    removed = pc.invert(data.members.column("kept"))
+    for method in sorted(pc.unique(pc.filter(methods, removed)).to_pylist()):
+        rows = pc.and_(pc.equal(methods, method), removed).to_numpy(zero_copy_only=False)
+        filters[method] = np.unique(group_of_row[rows])
+    return filters
+
+
+def _first_pages(filters: dict[str, np.ndarray], groups: int) -> np.ndarray:
+    """For each group, the earliest page on which any filter shows it."""
+    first = np.full(groups, np.iinfo(np.int64).max, np.int64)
+    for members in filters.values():
+        np.minimum.at(first, members, np.arange(len(members)) // GROUPS_PER_PAGE)
+    return first
+
+
+def _thumbnails(data: ReportData, rows: np.ndarray, thumbs_dir: str, size: int, executor: BaseExecutor,
+                storage_options: dict | None) -> list[tuple[str, str]]:
+    """(thumbnail name or "", caption) of each of `rows`."""
+    if not len(rows):
+        return []
+    columns = [data.members.column(c).take(rows).to_pylist() for c in ("source", "shard", "id")]
+    wanted = [(SOURCES[source], shard or "", key) for source, shard, key in zip(*columns, strict=True)]
+    made = add_thumbnails(wanted, data.summary, thumbs_dir, size, executor, storage_options)
+    return [made.get((source, key), ("", "")) for source, _, key in wanted]
+
+
+def _shown_column(members: int, rows: np.ndarray, shown: list[tuple[str, str]]) -> pa.Array:
+    """Per member row, `"caption", "thumb"` as JSON for the rows with a thumbnail, null for the others."""
+    mask = np.zeros(members, bool)
+    mask[rows] = True
+    values = pa.array([f"{js_json(caption)}, {js_json(name)}" for name, caption in shown], TEXT)
+    return pc.replace_with_mask(pa.nulls(members, TEXT), pa.array(mask), values)
 
 
 def _title(summary: dict) -> str:
@@ -114,11 +158,15 @@ def _title(summary: dict) -> str:
     return "duplicates in " + ", ".join(source if isinstance(source, list) else [str(source)])
 
 
-def _note(groups: int, removal: dict | None, removed_list: str | None) -> str:
+def _note(groups: int, thumbnails: int, members: int, removal: dict | None, removed_list: str | None) -> str:
     note = f"{groups:,} groups, largest first."
     if removal:
         note += (f" {removal['removed']:,} samples were removed from the output shards; the list, with the reason "
                  f"for each, is {removed_list or 'removed.parquet'}.")
     else:
         note += " Nothing has been removed yet: this lists what `imagesieve remove` would drop."
+    if thumbnails < members:
+        note += (f" Thumbnails were made for {thumbnails:,} of the {members:,} images: the first pages and a sample "
+                 "of the other groups (the filter 'groups with thumbnails'); every group is listed, and the box "
+                 "finds any ID.")
     return note

@@ -26,21 +26,45 @@ figure.kept{outline:3px solid #2a7;outline-offset:-1px}figure.removed{outline:2p
 figure img{width:150px;height:150px;object-fit:contain;background:#eee;display:block}
 figure .missing{width:150px;height:150px;background:#eee;display:flex;align-items:center;justify-content:center}
 figure .caption{color:#666;font-style:italic}
+.group.found{border:2px solid #e90}#found{margin-left:.5em;color:#555}
 """
 
 SCRIPT = r"""
 "use strict";
-const R = window.REPORT, pages = {}, state = {filter: "all", page: 0};
+const R = window.REPORT, pages = {}, ids = {}, state = {filter: "all", page: 0};
 window.reportPage = (filter, n, groups) => { pages[filter + "/" + n] = groups; };
-function load(filter, n) {
-  const key = filter + "/" + n;
-  if (pages[key]) return Promise.resolve(pages[key]);
+window.reportIds = (n, pairs) => { ids[n] = pairs; };
+function script(src, loaded) {
+  if (loaded()) return Promise.resolve(loaded());
   return new Promise((resolve, reject) => {
     const s = document.createElement("script");
-    s.src = "data/" + R.filters[filter].dir + "/" + String(n).padStart(5, "0") + ".js";
-    s.onload = () => resolve(pages[key]); s.onerror = () => reject(new Error("cannot load " + s.src));
+    s.src = src; s.onload = () => resolve(loaded()); s.onerror = () => reject(new Error("cannot load " + src));
     document.head.appendChild(s);
   });
+}
+const file = n => String(n).padStart(5, "0") + ".js";
+async function load(filter, page) {
+  const n = Math.floor(page / R.pagesPerFile), first = (page % R.pagesPerFile) * R.perPage;  // R.pagesPerFile a file
+  const groups = await script("data/" + R.filters[filter].dir + "/" + file(n), () => pages[filter + "/" + n]);
+  return groups.slice(first, first + R.perPage);
+}
+function fnv1a(text) {  // the bucket hash of report/search.py: 32-bit FNV-1a of the UTF-8 bytes
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(text)) h = Math.imul(h ^ b, 16777619) >>> 0;
+  return h;
+}
+async function find(id) {
+  const out = document.getElementById("found");
+  const n = R.ids ? fnv1a(id) % R.ids : -1;
+  const pairs = n >= 0 ? await script("data/ids/" + file(n), () => ids[n]) : [];
+  const groups = pairs.filter(p => p[0] === id).map(p => p[1]);
+  document.body.dataset.foundGroup = String(groups[0] || 0);
+  if (!groups.length) { out.textContent = "no group holds " + JSON.stringify(id); return; }
+  state.filter = "all"; select.value = "all"; state.page = Math.floor((groups[0] - 1) / R.perPage);
+  await show();
+  const s = document.getElementById("group-" + groups[0]);
+  s.classList.add("found"); s.scrollIntoView();
+  out.textContent = "in group " + groups.join(", ");
 }
 function count(what) { document.body.dataset[what] = String(Number(document.body.dataset[what] || 0) + 1); }
 function el(tag, cls, text) {
@@ -59,7 +83,7 @@ function figure(m) {
     img.src = "thumbs/" + m[8];
     f.append(img);
   }
-  else f.append(el("div", "missing", "(no image)"));
+  else f.append(el("div", "missing", m[8] === null ? "(no thumbnail)" : "(no image)"));
   const c = el("figcaption");
   c.append(el("div", "id", m[0]));
   let how = Number.isInteger(m[3]) ? "distance " + m[3] : "similarity " + (1 - m[3]).toFixed(3);
@@ -77,6 +101,7 @@ async function show() {
   const box = document.getElementById("groups");
   box.replaceChildren(...groups.map(g => {
     const s = el("section", "group");
+    s.id = "group-" + g[0];
     s.append(el("h3", null, "group " + g[0] + " \u00b7 " + g[1].length + " images"));
     g[1].forEach(m => s.append(figure(m)));
     return s;
@@ -93,7 +118,11 @@ document.getElementById("next").onclick = () => { state.page++; show(); window.s
 const select = document.getElementById("filter");
 Object.keys(R.filters).forEach(k => select.append(new Option(R.filters[k].label, k)));
 select.onchange = () => { state.filter = select.value; state.page = 0; show(); };
-show().catch(e => { document.getElementById("groups").textContent = String(e); });
+const box = document.getElementById("find");
+document.getElementById("search").onsubmit = e => { e.preventDefault(); if (box.value) find(box.value); };
+const asked = location.hash.startsWith("#id=") ? decodeURIComponent(location.hash.slice(4)) : "";
+if (asked) box.value = asked;
+(asked ? find(asked) : show()).catch(e => { document.getElementById("groups").textContent = String(e); });
 """
 
 
@@ -132,6 +161,8 @@ def render_index(title: str, counts: list[tuple[str, str]], histograms: dict[str
 <div class="hists">{hists}</div>
 <div class="controls"><label>show <select id="filter"></select></label>
 <button id="prev">&larr; previous</button><span id="where"></span><button id="next">next &rarr;</button>
+<form id="search" style="display:inline"><input id="find" placeholder="find an ID" size="24">
+<button>find</button><span id="found"></span></form>
 <span> &middot; kept images outlined in green, removed ones in red</span></div>
 <main id="groups"></main>
 <script src="data/meta.js"></script><script>{SCRIPT}</script>

@@ -1,8 +1,9 @@
 """Thumbnails and captions for the report: one small JPEG file per shown image, made once.
 
 Jobs are grouped by shard (each reads its shard once) and run through an executor's `map`, so they
-run in parallel processes locally or as tasks on Ray. A thumbnail's file name is a digest of its
-set and key, so keys with any characters make safe names, and a rerun skips thumbnails that exist.
+run in parallel processes locally or as tasks on Ray. A thumbnail's file name is a digest of its set,
+key, size and the image's bytes as read: keys with any characters make safe names, a rerun skips
+thumbnails that exist, and an image changed under the same key gets a new one, never the stale one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import xxhash
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.imageio import ImageDecodeError, load, open_image
-from imagesieve.report.data import Member
 from imagesieve.runfolder import write_bytes_atomic
 from imagesieve.shards import ShardError, image_extension, iter_samples
 from imagesieve.stages.io.partitioning import list_shards
@@ -24,8 +24,22 @@ from imagesieve.storage import storage_for
 CAPTION_CHARS = 300
 
 
-def thumb_name(source: str, key: str) -> str:
-    return xxhash.xxh3_64_hexdigest(f"{source}\0{key}".encode()) + ".jpg"
+def thumb_name(source: str, key: str, size: int, data: bytes) -> str:
+    digest = xxhash.xxh3_128(f"{source}\0{key}\0{size}\0".encode())
+    digest.update(data)
+    return digest.hexdigest() + ".jpg"
+
+
+def _thumbnail_file(source: str, key: str, data: bytes, where: str, thumbs_dir: str, size: int) -> str:
+    """The name of the thumbnail of `data` under thumbs_dir, made unless it exists; "" when undecodable."""
+    name = thumb_name(source, key, size, data)
+    path = os.path.join(thumbs_dir, name)
+    if not os.path.exists(path):
+        thumb = make_thumbnail(data, where, size)
+        if thumb is None:
+            return ""
+        write_bytes_atomic(thumb, path)
+    return name
 
 
 def make_thumbnail(data: bytes, where: str, size: int) -> bytes | None:
@@ -60,14 +74,8 @@ def _shard_thumbnails(shard: str, local: str, source: str, keys: list[str], thum
             if sample.key not in wanted:
                 continue
             ext = image_extension(sample.members)
-            name = thumb_name(source, sample.key)
-            path = os.path.join(thumbs_dir, name)
-            if not os.path.exists(path) and ext is not None:
-                thumb = make_thumbnail(sample.members[ext].read(), f"{shard}: sample {sample.key!r}", size)
-                if thumb is None:
-                    name = ""
-                else:
-                    write_bytes_atomic(thumb, path)
+            name = "" if ext is None else _thumbnail_file(source, sample.key, sample.members[ext].read(),
+                                                          f"{shard}: sample {sample.key!r}", thumbs_dir, size)
             caption = ""
             if "txt" in sample.members:
                 caption = sample.members["txt"].read()[:CAPTION_CHARS * 4].decode("utf-8", "replace")
@@ -89,36 +97,34 @@ def folder_thumbnails(root: str, source: str, keys: list[str], thumbs_dir: str, 
     """Thumbnails of images of an image folder (an ID is the path under `root`); no captions."""
     found = {}
     for key in keys:
-        name, path = thumb_name(source, key), os.path.join(root, key)
-        if not os.path.exists(os.path.join(thumbs_dir, name)):
-            try:
-                with open(path, "rb") as f:
-                    thumb = make_thumbnail(f.read(), path, size)
-            except OSError:
-                thumb = None
-            if thumb is None:
-                name = ""
-            else:
-                write_bytes_atomic(thumb, os.path.join(thumbs_dir, name))
-        found[key] = (name, "")
+        path = os.path.join(root, key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            found[key] = ("", "")  # moved or deleted since the run: shows as missing
+            continue
+        found[key] = (_thumbnail_file(source, key, data, path, thumbs_dir, size), "")
     return found
 
 
-def add_thumbnails(groups: list[list[Member]], summary: dict, thumbs_dir: str, size: int,
-                   executor: BaseExecutor, storage_options: dict | None = None) -> None:
-    """Fill in `thumb` and `caption` of every member, one job per shard (or 500 images of a folder)."""
+def add_thumbnails(members: list[tuple[str, str, str]], summary: dict, thumbs_dir: str, size: int,
+                   executor: BaseExecutor, storage_options: dict | None = None) -> dict[tuple[str, str], tuple]:
+    """Thumbnails and captions of `members` ((set, shard, ID); set "hashes" is the input, "reference_hashes"
+    the reference set), one job per shard (or 500 images of a folder); returns (set, ID) -> (thumb
+    file name or "", caption)."""
     os.makedirs(thumbs_dir, exist_ok=True)
     inputs = {"hashes": (summary.get("input"), summary.get("input_root")),
               "reference_hashes": (summary.get("reference"), summary.get("reference_root"))}
     shard_paths = {source: _shards_by_name(src, storage_options) for source, (src, root) in inputs.items()
-                   if src and not root}
+                   if src and not root and any(m[0] == source for m in members)}
     wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
     jobs: list[tuple] = []
-    for member in (m for g in groups for m in g):
-        root = inputs[member.source][1]
-        path = root or shard_paths.get(member.source, {}).get(member.shard)
+    for source, shard, key in members:
+        root = inputs[source][1]
+        path = root or shard_paths.get(source, {}).get(shard)
         if path:
-            wanted[member.source, path].append(member.id)
+            wanted[source, path].append(key)
     for (source, path), keys in sorted(wanted.items()):
         if inputs[source][1]:  # an image folder: `path` is its root
             jobs += [(folder_thumbnails, (path, source, keys[k:k + 500], thumbs_dir, size))
@@ -126,9 +132,7 @@ def add_thumbnails(groups: list[list[Member]], summary: dict, thumbs_dir: str, s
         else:
             jobs.append((shard_thumbnails, (path, source, keys, thumbs_dir, size, storage_options)))
     results = executor.map(_run_job, jobs) if jobs else []
-    made = {(job[1][1], key): value for job, found in zip(jobs, results, strict=True) for key, value in found.items()}
-    for member in (m for g in groups for m in g):
-        member.thumb, member.caption = made.get((member.source, member.id), ("", ""))
+    return {(job[1][1], key): value for job, found in zip(jobs, results, strict=True) for key, value in found.items()}
 
 
 def _run_job(fn, args: tuple) -> dict[str, tuple]:
