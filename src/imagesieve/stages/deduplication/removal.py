@@ -113,6 +113,14 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         if self.verbose:
             logger.info("Loaded %d IDs to remove from %r", len(self._index), self.removal_parquets_dir)
 
+    def use_id_scheme(self, scheme: str) -> None:
+        """Fix what the IDs name ("key" or "curator") once it is decided for a whole run (`remove`)."""
+        self.id_scheme = scheme
+        if scheme == "key":
+            self._curator = None
+        elif self._curator is None and self._index is not None:
+            self._curator = CuratorIds(self._index, self.storage_options)
+
     def __getstate__(self) -> dict:
         # workers map the index themselves; never ship the mapped arrays between processes
         return {**self.__dict__, "_index": None, "_curator": None}
