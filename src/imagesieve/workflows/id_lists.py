@@ -63,8 +63,8 @@ def check_ids_matched(removal: ImageDuplicatesRemovalStage, units: list[InputUni
         hint = "check the ID folder and the ID column (--id-field)"
     raise UnmatchedIdsError(
         f"none of the {removal.listed_ids} IDs listed in {removal.removal_parquets_dir} (such as {listed}) names a "
-        f"sample of the input ({len(units)} shard{'s' * (len(units) != 1)}, keys such as {keys}), so nothing was removed; {hint}. When the "
-        "input is only part of the shards the list was made for, pass --allow-unmatched-ids "
+        f"sample of the input ({len(units)} shard{'s' * (len(units) != 1)}, keys such as {keys}), so nothing was "
+        f"removed; {hint}. When the input is only part of the shards the list was made for, pass --allow-unmatched-ids "
         "(allow_unmatched_ids=True)")
 
 
