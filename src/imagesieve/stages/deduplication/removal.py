@@ -166,6 +166,7 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
                 if self._curator is not None and not listed.any() and images:
                     listed = self._curator_listed(task, images, guessed=True)
             task.drop([image for image, drop in zip(images, listed, strict=True) if drop], REMOVAL_REASON)
+        task.task_id = f"{task.task_id}_{self.name}"  # as the reference names its output batch
         if self.verbose:
             logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",
                         task.num_items, len(listed), len(listed) - task.num_items)
