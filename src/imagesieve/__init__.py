@@ -27,8 +27,10 @@ _EXPORTS = {
     "FilePartitioningStage": "imagesieve.stages.io",
     "ImageReaderStage": "imagesieve.stages.io",
     "ImageWriterStage": "imagesieve.stages.io",
-    **{name: "imagesieve.tasks" for name in ("EmptyTask", "FileGroupTask", "ImageBatch", "ImageObject", "Ledger",
-                                              "MemberRef", "Removal", "Task")},
+    "ConvertImageBatchToDocumentBatchStage": "imagesieve.stages.io.documents",
+    "ParquetWriter": "imagesieve.stages.io.documents",
+    **{name: "imagesieve.tasks" for name in ("DocumentBatch", "EmptyTask", "FileGroupTask", "ImageBatch",
+                                              "ImageObject", "Ledger", "MemberRef", "Removal", "Task")},
 }
 
 if TYPE_CHECKING:
@@ -42,14 +44,24 @@ if TYPE_CHECKING:
     from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
     from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
     from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
-    from imagesieve.tasks import EmptyTask, FileGroupTask, ImageBatch, ImageObject, Ledger, MemberRef, Removal, Task
+    from imagesieve.stages.io.documents import ConvertImageBatchToDocumentBatchStage, ParquetWriter
+    from imagesieve.tasks import (
+        DocumentBatch,
+        EmptyTask,
+        FileGroupTask,
+        ImageBatch,
+        ImageObject,
+        Ledger,
+        MemberRef,
+        Removal,
+        Task,
+    )
 
-__all__ = ["AccountingError", "BaseExecutor", "EmptyTask", "FileGroupTask", "FilePartitioningStage",
-           "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage", "ImageHashStage", "ImageObject",
-           "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor", "MemberRef", "NodeInfo", "Pipeline",
-           "PipelineError", "ProcessingStage", "RayExecutor", "RayOptions", "Removal", "Resources", "Task",
-           "WorkerDied",
-           "WorkerMetadata"]
+__all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "DocumentBatch", "EmptyTask",
+           "FileGroupTask", "FilePartitioningStage", "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage",
+           "ImageHashStage", "ImageObject", "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor",
+           "MemberRef", "NodeInfo", "ParquetWriter", "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor",
+           "RayOptions", "Removal", "Resources", "Task", "WorkerDied", "WorkerMetadata"]
 __version__ = "0.1.0"
 
 

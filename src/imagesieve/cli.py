@@ -54,7 +54,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
     summary = remove_duplicates(args.input, args.output, args.duplicates, id_field=args.id_field,
                                 executor=make_executor(args), progress=not args.quiet, fsync=args.fsync,
                                 cache_dir=args.cache_dir, check_id_folder=not args.any_id_folder, link=args.link,
-                                storage_options=storage_options(args))
+                                storage_options=storage_options(args), id_scheme=args.id_scheme,
+                                allow_unmatched_ids=args.allow_unmatched_ids)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     from imagesieve.cli_find import print_summary
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--duplicates", required=True, metavar="DIR",
                         help="folder of Parquet files listing the IDs to remove (searched recursively)")
     remove.add_argument("--id-field", default="id", help="column holding the IDs (default: id)")
+    remove.add_argument("--id-scheme", choices=["auto", "key", "curator"], default="auto",
+                        help="what the IDs name: sample keys (key), NeMo Curator reader IDs {tar stem}_{index:06d}, "
+                             "mapped by shard and position (curator), or decided from the list and the input "
+                             "(auto, the default)")
+    remove.add_argument("--allow-unmatched-ids", action="store_true",
+                        help="accept a list of which no ID names a sample of the input (a run over part of the "
+                             "shards the list was made for); refused by default")
     remove.add_argument("--quiet", action="store_true", help="no progress output")
     remove.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     remove.add_argument("--cache-dir", default=default_cache_dir(), metavar="DIR",

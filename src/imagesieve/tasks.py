@@ -339,6 +339,25 @@ class FileGroupTask(Task[list[str]]):
 
 
 @dataclass
+class DocumentBatch(Task[Any]):
+    """A table of rows (a `pyarrow.Table`, or a pandas DataFrame as Curator's stages make them)."""
+
+    data: Any = None
+
+    @property
+    def num_items(self) -> int:
+        return 0 if self.data is None else len(self.data)
+
+    def to_pyarrow(self) -> Any:
+        import pyarrow as pa
+
+        return self.data if isinstance(self.data, pa.Table) else pa.Table.from_pandas(self.data, preserve_index=False)
+
+    def to_pandas(self) -> Any:
+        return self.data.to_pandas() if hasattr(self.data, "to_pandas") else self.data
+
+
+@dataclass
 class EmptyTask(Task[None]):
     """The input of a source stage, which makes its own tasks."""
 

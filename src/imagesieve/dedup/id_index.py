@@ -212,6 +212,16 @@ class IdIndex:
         return cls(hashes, offsets, blob, notes=list(meta.get("notes", [])),
                    fence=fence)
 
+    def ids(self, start: int, stop: int) -> pa.LargeStringArray:
+        """The stored IDs at positions `start` to `stop` (hash order, so any run of them is a spread sample)."""
+        stop = max(start, min(stop, len(self)))
+        offsets = np.asarray(self.offsets[start:stop + 1], np.int64)
+        if stop == start:
+            return pa.array([], pa.large_string())
+        blob = np.asarray(self.blob[int(offsets[0]):int(offsets[-1])])
+        return pa.LargeStringArray.from_buffers(stop - start, pa.py_buffer((offsets - offsets[0]).tobytes()),
+                                                pa.py_buffer(blob.tobytes()))
+
     def contains(self, ids: Sequence[str]) -> np.ndarray:
         """A boolean mask: which of `ids` are in the set (exact)."""
         ids = pa.array(ids, pa.large_string())

@@ -68,6 +68,11 @@ class ProcessingStage(ABC, Generic[X, Y]):
     resources: Resources = Resources()
     batch_size: int = 1
 
+    @property
+    def _name(self) -> str:
+        """`name`, under the read-only alias Curator's code and tests use."""
+        return self.name
+
     def inputs(self) -> tuple[list[str], list[str]]:
         """(task attributes, item fields) this stage reads."""
         return [], []

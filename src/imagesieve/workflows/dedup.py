@@ -142,7 +142,8 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
         removal = remove_duplicates(input_path, join(output_dir, "shards"), join(output_dir, "duplicates"),
                                     executor=executor, progress=progress, cache_dir=cache_dir,
                                     removed_path=join(output_dir, "removed.parquet"), link=link, exclude=output_dir,
-                                    storage_options=so, replace_changed=True)
+                                    storage_options=so, replace_changed=True,
+                                    id_scheme="key")  # its own find's list: keys, never guessed
         seconds["remove"] = time.monotonic() - started
     summary_path = join(output_dir, "summary.json")
     record = read_json(summary_path, so)  # find's: input, config, counts

@@ -32,6 +32,7 @@ from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import is_remote, join, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.id_lists import check_ids_matched, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
 
 
@@ -47,6 +48,7 @@ class RemoveSummary:
     elapsed_seconds: float
     notes: list[str]
     loose_members: int = 0  # tar members that belong to no sample, copied unchanged
+    id_scheme: str = "key"  # what the IDs named: sample keys, or NeMo Curator reader IDs ("curator")
 
     def lines(self) -> list[str]:
         return [
@@ -55,6 +57,8 @@ class RemoveSummary:
             f"kept             {self.kept}",
             f"removed          {self.removed}",
             f"IDs listed       {self.ids_listed} ({self.ids_not_found} not found in the input)",
+            *(["ID scheme        NeMo Curator reader IDs, mapped to samples by shard and position"]
+              if self.id_scheme == "curator" else []),
             *([f"other members    {self.loose_members} (in no sample, e.g. README or ._x.jpg; copied unchanged)"]
               if self.loose_members else []),
             f"elapsed          {self.elapsed_seconds:.1f} s",
@@ -82,7 +86,10 @@ def check_same_run(output_dir: str, config: dict, storage_options: dict | None =
     store = storage_for(output_dir, storage_options)
     if store.exists(path):
         previous = read_json(path, storage_options)
-        changed = [k for k in ("command", "input", "id_field", "ids_fingerprint") if previous.get(k) != config[k]]
+        changed = [k for k in ("command", "input", "id_field", "ids_fingerprint")
+                   if previous.get(k) != config[k]]
+        if previous.get("id_scheme", "key") != config.get("id_scheme", "key"):  # runs before it was recorded: keys
+            changed.append("id_scheme")
         if changed and store.isdir(join(output_dir, WORK_DIR, "done")):
             if not replace_changed or is_remote(output_dir):
                 raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
@@ -96,8 +103,14 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                       cache_dir: str | None = None, check_id_folder: bool = True,
                       removed_path: str | None = None, link: bool = False,
                       exclude: str | None = None, storage_options: dict | None = None,
-                      replace_changed: bool = False) -> RemoveSummary:
+                      replace_changed: bool = False, id_scheme: str = "auto",
+                      allow_unmatched_ids: bool = False) -> RemoveSummary:
     """Copy every shard of `input_path` to `output_dir` without the samples listed in `duplicates_dir`.
+
+    `id_scheme` says what the IDs name (see `ImageDuplicatesRemovalStage`); "auto" is decided once for
+    the run (`id_lists.resolve_id_scheme`). A list of which no ID names a sample of the run is refused
+    after the shards are written (`UnmatchedIdsError`), unless `allow_unmatched_ids` (a run over part
+    of the shards the list was made for).
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). The input may
     not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder). Outputs of
@@ -116,11 +129,13 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         remove_stale_temp_files(output_dir, so)
         removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
                                               cache_dir=cache_dir, check_id_folder=check_id_folder,
-                                              storage_options=so)
+                                              storage_options=so, id_scheme=id_scheme)
         removal.setup()  # fail fast on a bad ID folder, before any worker starts
         check_integer_ids(removal, units, so)
+        removal.use_id_scheme(resolve_id_scheme(removal, units, so))
         job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
-               "ids_fingerprint": removal.ids_digest, "removal_stage": removal.config()}
+               "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
+               "removal_stage": removal.config()}
         check_same_run(output_dir, job, so, replace_changed)
         if not is_remote(output_dir):
             current = {unit.rel for unit in units}
@@ -137,6 +152,9 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
                              started, removed_path or join(output_dir, "removed.parquet"), so)
         summary.loose_members += others
+        summary.id_scheme = removal.id_scheme
+        if not allow_unmatched_ids:
+            check_ids_matched(removal, units, summary.removed, removal.id_scheme, so)
         write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
     return summary
 

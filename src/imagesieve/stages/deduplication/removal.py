@@ -11,17 +11,20 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from imagesieve.dedup.id_cache import build_shared_index
 from imagesieve.dedup.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
+from imagesieve.stages.deduplication.curator_ids import CuratorIds, looks_like_curator
 from imagesieve.storage import is_remote, storage_for
 from imagesieve.tasks import ImageBatch
 
 logger = logging.getLogger(__name__)
 
 REMOVAL_REASON = "listed as duplicate"
+ID_SCHEMES = ("auto", "key", "curator")
 
 
 def _is_parquet(name: str) -> bool:
@@ -41,6 +44,11 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     like a `find` output root, a groups table or a hash table (refused by default: those list images
     that must stay). An ID folder on object storage (`s3://...`, with `storage_options`) is downloaded
     into a private spool folder to build the index, then deleted.
+
+    `id_scheme` says what the IDs name: "key" the WebDataset key; "curator" NeMo Curator's reader IDs
+    (`{tar stem}_{index:06d}`, mapped by shard and position: see `curator_ids`); "auto" a shard's
+    samples by key, and by Curator position when none of its keys is listed but the list is shaped
+    as Curator's (the `remove` workflow decides once for the whole run instead).
     """
 
     removal_parquets_dir: str
@@ -51,8 +59,14 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     cache_dir: str | None = None
     check_id_folder: bool = True
     storage_options: dict | None = field(default=None, repr=False)
+    id_scheme: str = "auto"
     _index: IdIndex | None = field(default=None, init=False, repr=False)
+    _curator: CuratorIds | None = field(default=None, init=False, repr=False)
     _index_dir: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.id_scheme not in ID_SCHEMES:
+            raise ValueError(f"id_scheme={self.id_scheme!r}: expected one of {', '.join(ID_SCHEMES)}")
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id"]
@@ -94,12 +108,22 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         self._index = IdIndex.load(self._index_dir)
         if located_here:
             self._log_notes(self._index.notes)
+        curator = self.id_scheme == "curator" or (self.id_scheme == "auto" and looks_like_curator(self._index))
+        self._curator = CuratorIds(self._index, self.storage_options) if curator else None
         if self.verbose:
             logger.info("Loaded %d IDs to remove from %r", len(self._index), self.removal_parquets_dir)
 
+    def use_id_scheme(self, scheme: str) -> None:
+        """Fix what the IDs name ("key" or "curator") once it is decided for a whole run (`remove`)."""
+        self.id_scheme = scheme
+        if scheme == "key":
+            self._curator = None
+        elif self._curator is None and self._index is not None:
+            self._curator = CuratorIds(self._index, self.storage_options)
+
     def __getstate__(self) -> dict:
         # workers map the index themselves; never ship the mapped arrays between processes
-        return {**self.__dict__, "_index": None}
+        return {**self.__dict__, "_index": None, "_curator": None}
 
     @property
     def listed_ids(self) -> int:
@@ -126,12 +150,45 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         rows = task.lazy_rows
         if rows is not None:  # straight from the reader: no image objects made, keys hashed as read
             table = task.lazy_table
-            listed = self._index.contains_hashed(table.key_hashes[rows], table.key_array.take(pa.array(rows)))
+            if self.id_scheme == "curator":
+                listed = np.isin(rows, self._curator.listed_rows(table))
+            else:
+                listed = self._index.contains_hashed(table.key_hashes[rows], table.key_array.take(pa.array(rows)))
+                if self._curator is not None and not listed.any():
+                    listed = self._by_curator_position(table, rows)
             task.drop_rows(listed, REMOVAL_REASON)
         else:
-            listed = self._index.contains(task.image_ids())
-            task.drop([image for image, drop in zip(task.data, listed, strict=True) if drop], REMOVAL_REASON)
+            images = task.data
+            if self.id_scheme == "curator":
+                listed = self._curator_listed(task, images)
+            else:
+                listed = self._index.contains(task.image_ids())
+                if self._curator is not None and not listed.any() and images:
+                    listed = self._curator_listed(task, images, guessed=True)
+            task.drop([image for image, drop in zip(images, listed, strict=True) if drop], REMOVAL_REASON)
+        task.task_id = f"{task.task_id}_{self.name}"  # as the reference names its output batch
         if self.verbose:
             logger.info("Dedup filtering: kept %d/%d images, removed %d by ID",
                         task.num_items, len(listed), len(listed) - task.num_items)
         return task
+
+    def _by_curator_position(self, table: object, rows: np.ndarray) -> np.ndarray:
+        """"auto", none of the shard's keys listed: the samples its Curator IDs name (said once)."""
+        listed = np.isin(rows, self._curator.listed_rows(table))
+        if listed.any():
+            self._log_notes([f"the IDs in {self.removal_parquets_dir} are NeMo Curator reader IDs "
+                             "({tar stem}_{index:06d}), not sample keys: mapped to samples by shard and position"])
+        return listed
+
+    def _curator_listed(self, task: ImageBatch, images: list, guessed: bool = False) -> np.ndarray:
+        """Which of `images` (made from the reader's shard table) the Curator IDs name."""
+        table = task._metadata.get("shard_table")
+        if table is None:
+            if guessed:
+                return np.zeros(len(images), bool)
+            raise ValueError(f"{task.task_id}: Curator IDs name samples of tar shards by position, but this batch "
+                             "was not read from a tar shard; use id_scheme='key'")
+        sources = [image.__dict__.get("_source") or (None, -1) for image in images]
+        rows = np.array([row if source is table else -1 for source, row in sources], np.int64)
+        listed = self._by_curator_position(table, rows) if guessed else np.isin(rows, self._curator.listed_rows(table))
+        return listed & (rows >= 0)

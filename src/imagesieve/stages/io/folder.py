@@ -35,8 +35,8 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
     name: str = "image_folder_reader"
 
-    def outputs(self) -> tuple[list[str], list[str]]:
-        return ["data"], ["image_id", "members"]
+    def outputs(self) -> tuple[list[str], list[str]]:  # image_data: decoded on first access
+        return ["data"], ["image_id", "image_path", "image_data", "members"]
 
     def process(self, task: FileGroupTask) -> ImageBatch:
         root = task._metadata["root"]
@@ -48,7 +48,8 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
             images.append(ImageObject(image_path=path, image_id=rel, members={ext: MemberRef(rel, path, 0, size)},
                                       shard=path, image_ext=ext))
         return ImageBatch(dataset_name=task.dataset_name, data=images, task_id=task.task_id,
-                          _metadata={**task._metadata, "shard": task.task_id, "loose_members": []})
+                          _metadata={"relative_path": task.task_id, **task._metadata, "shard": task.task_id,
+                                     "loose_members": []})
 
 
 def place_file(source: str, target: str, link: bool) -> None:
@@ -81,7 +82,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         return ["data"], ["image_id"]
 
     def process(self, task: ImageBatch) -> FileGroupTask:
-        relative = task.task_id
+        relative = task._metadata.get("relative_path") or task.task_id  # later stages may rename the task
         removed, samples_in = task.removed, task.samples_in
         check_accounting(relative, samples_in, len(task.data), len(removed))
         kept_files = {}

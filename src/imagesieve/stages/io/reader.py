@@ -49,8 +49,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
-    def outputs(self) -> tuple[list[str], list[str]]:
-        return ["data"], ["image_id", "members"]
+    def outputs(self) -> tuple[list[str], list[str]]:  # image_data: decoded on first access
+        return ["data"], ["image_id", "image_path", "image_data", "members"]
 
     def teardown(self) -> None:
         self._spools.close()

@@ -1,0 +1,82 @@
+"""What a remove run's ID list names, decided once for the whole run; and the refusal of a list that
+names no sample of the run, which would otherwise copy every shard and look successful."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from imagesieve.inputs import InputUnit
+from imagesieve.shards import iter_samples, read_table
+from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.storage import storage_for
+
+logger = logging.getLogger(__name__)
+
+
+class UnmatchedIdsError(ValueError):
+    """No listed ID names a sample of the run."""
+
+
+def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
+                      storage_options: dict | None = None) -> str:
+    """"key" or "curator" for `removal.id_scheme`: "auto" means Curator reader IDs when the list is
+    shaped as Curator's, names shards of the input, and none of the first such shard's keys is
+    listed (then the IDs are keys that happen to look alike). Said once, here on the driver; `removal`
+    is set up."""
+    if removal.id_scheme != "auto":
+        return removal.id_scheme
+    curator = removal._curator
+    if curator is None or units[0].is_folder_chunk:
+        return "key"
+    named = next((unit.paths[0] for unit in units if curator.names_shard(unit.paths[0])), None)
+    if named is None:
+        return "key"
+    with storage_for(named, storage_options).local_copy(named) as local:
+        table = read_table(local)
+    if removal._index.contains_hashed(table.key_hashes, table.key_array).any():
+        return "key"
+    logger.warning("the IDs in %s are NeMo Curator reader IDs ({tar stem}_{index:06d}, e.g. %s), not sample keys: "
+                   "mapped to samples by shard and position (right only for the shards Curator read, unchanged); "
+                   "pass id_scheme / --id-scheme to choose", removal.removal_parquets_dir,
+                   ", ".join(examples(removal._index, 2)))
+    return "curator"
+
+
+def check_ids_matched(removal: ImageDuplicatesRemovalStage, units: list[InputUnit], removed: int,
+                      id_scheme: str, storage_options: dict | None = None) -> None:
+    """Refuse a run in which no listed ID removed anything, over all its shards (those done by an
+    earlier run too), naming the ID folder, a few listed IDs and a few keys of the input."""
+    if removed or not removal.listed_ids:
+        return
+    listed = ", ".join(repr(i) for i in examples(removal._index))
+    keys = ", ".join(repr(k) for k in input_keys(units, storage_options))
+    if id_scheme == "curator":
+        hint = ("read as NeMo Curator reader IDs they name no sample of these shards: were they made from other "
+                "shards, or have these changed since Curator read them?")
+    elif looks_like_curator(removal._index) and not units[0].is_folder_chunk:
+        hint = (f"they are shaped as NeMo Curator reader IDs but name no shard of the input (its shards are named "
+                f"{', '.join(repr(stem(u.paths[0])) for u in units[:3])}); check the ID folder, or pass "
+                "--id-scheme curator")
+    else:
+        hint = "check the ID folder and the ID column (--id-field)"
+    raise UnmatchedIdsError(
+        f"none of the {removal.listed_ids} IDs listed in {removal.removal_parquets_dir} (such as {listed}) names a "
+        f"sample of the input ({len(units)} shard{'s' * (len(units) != 1)}, keys such as {keys}), so nothing was "
+        f"removed; {hint}. When the input is only part of the shards the list was made for, pass --allow-unmatched-ids "
+        "(allow_unmatched_ids=True)")
+
+
+def input_keys(units: list[InputUnit], storage_options: dict | None = None, count: int = 3) -> list[str]:
+    """The IDs of the first few samples of the input, for messages."""
+    unit = units[0]
+    if unit.is_folder_chunk:
+        return [os.path.relpath(path, unit.root) for path in unit.paths[:count]]
+    with storage_for(unit.paths[0], storage_options).local_copy(unit.paths[0]) as local:
+        keys = []
+        for sample in iter_samples(local, loose=[]):
+            keys.append(sample.key)
+            if len(keys) == count:
+                break
+    return keys
