@@ -164,3 +164,39 @@ def test_an_option_of_another_method_is_an_error(shards, tmp_path, capsys, optio
         main(["find", *option, str(shards), str(tmp_path / "out")])
     assert exit_.value.code == 2 and "does not apply to --method" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["true", '"high"', "[1]", "1" + "0" * 400, "1e999"])
+def test_a_keep_column_that_is_not_a_finite_number_is_an_error_naming_the_sample(tmp_path, value):
+    """Case 14: a bool, string, list or huge integer gave a raw Arrow or Overflow error naming no sample."""
+    import webdataset as wds
+
+    os.makedirs(tmp_path / "shards")
+    with wds.TarWriter(str(tmp_path / "shards" / "00000.tar"), encoder=False) as sink:
+        for k, score in enumerate(["1", value]):
+            sink.write({"__key__": f"s{k}", "jpg": encode(photo_tiles()[k]), "json": f'{{"score": {score}}}'.encode()})
+    with pytest.raises(ValueError, match=r"sample 's1'.*'score' must be a (finite )?number"):
+        find_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), FindConfig(keep="column:score"), executor=ONE)
+
+
+def test_a_non_utf8_file_name_is_an_error_naming_the_file(tmp_path):
+    """Case 12: a non-UTF-8 name failed the run with 'surrogates not allowed', naming no file."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "ok.jpg").write_bytes(encode(photo_tiles()[0]))
+    bad = os.path.join(os.fsencode(photos), b"caf\xe9.jpg")
+    with open(bad, "wb") as f:
+        f.write(encode(photo_tiles()[1]))
+    with pytest.raises(ValueError, match=r"caf\\udce9.jpg.*not valid UTF-8"):
+        dedup(str(photos), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_are_refused_before_any_work_and_leave_no_output_folder(shards, tmp_path, capsys):
+    """Case 16: --eps 2 was refused after embedding every image; refused runs left OUT/_imagesieve/lock."""
+    assert main(["find", "--method", "semantic", "--eps", "2", str(shards), str(tmp_path / "sem")]) == 1
+    assert "eps must be in (0, 1)" in capsys.readouterr().err
+    assert main(["remove", "--duplicates", str(tmp_path / "no-ids"), str(shards), str(tmp_path / "rm")]) == 1
+    (tmp_path / "empty-ids").mkdir()
+    assert main(["remove", "--duplicates", str(tmp_path / "empty-ids"), str(shards), str(tmp_path / "rm")]) == 1
+    assert not (tmp_path / "sem").exists() and not (tmp_path / "rm").exists()

@@ -178,6 +178,12 @@ def check_input_first(input_path: str | list[str], output_dir: str, storage_opti
 
 def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list[InputUnit]:
     """Chunks of the image files among `files` (the listing of `root`), in path order."""
+    for path in files:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # IDs are UTF-8 strings in every list: refuse the name, naming it
+            raise ValueError(f"{path!r}: the file name is not valid UTF-8, so it cannot be an image ID; rename it "
+                             "(e.g. convmv -f latin1 -t utf-8)") from None
     clashes = [p for p in files if os.path.relpath(p, root).split(os.sep)[0] in RESERVED]
     if clashes:
         raise ValueError(f"{clashes[0]}: the output keeps its own {', '.join(RESERVED)} at the top of the tree, so "

@@ -167,6 +167,37 @@ def _owner_before_records(output_dir: str, storage_options: dict | None) -> str 
 
 
 @contextmanager
+def removed_if_refused(output_dir: str) -> Iterator[None]:
+    """A run refused before it wrote anything leaves no output folder behind: when `output_dir` did not
+    exist before and, on an error, holds nothing but the run's own records (lock, run.json), those and
+    the folders are removed (object storage: left as is)."""
+    existed = is_remote(output_dir) or os.path.lexists(output_dir)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            _remove_bare_run_folder(output_dir)
+        raise
+
+
+def _remove_bare_run_folder(output_dir: str) -> None:
+    work = os.path.join(output_dir, WORK_DIR)
+    try:
+        if os.listdir(output_dir) not in ([], [WORK_DIR]):
+            return
+        records = os.listdir(work) if os.path.isdir(work) else []
+        if not set(records) <= {"lock", "run.json"}:
+            return
+        for name in records:
+            os.remove(os.path.join(work, name))
+        if os.path.isdir(work):
+            os.rmdir(work)
+        os.rmdir(output_dir)
+    except OSError:
+        pass  # something else is there now: leave it all
+
+
+@contextmanager
 def _local_lock(output_dir: str, command: str) -> Iterator[None]:
     work = os.path.join(output_dir, WORK_DIR)
     os.makedirs(work, exist_ok=True)

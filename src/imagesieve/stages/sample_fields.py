@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -24,7 +25,26 @@ def json_values(image: ImageObject, fields: tuple[str, ...], where: str) -> dict
         record = json.loads(image.read_bytes("json"))
     except ValueError as exc:
         raise ValueError(f"{where}: .json member is not valid JSON ({exc})") from exc
-    return {f"json.{name}": record.get(name) for name in fields}
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: .json member holds {type(record).__name__}, not an object with {list(fields)}")
+    return {f"json.{name}": json_number(record.get(name), name, where) for name in fields}
+
+
+def json_number(value: Any, name: str, where: str) -> float | None:
+    """A .json field a keep policy ranks by, as a float (None when absent): anything but a finite number
+    is refused naming the sample, never ranked by accident or left to a raw Arrow error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: .json field {name!r} must be a number to rank by, but holds {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: .json field {name!r} must be a finite number to rank by, but holds "
+                         f"{str(value)[:40]}")
+    return number
 
 
 def image_bytes(images: list[ImageObject]) -> list[bytes]:

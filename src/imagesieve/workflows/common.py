@@ -11,7 +11,7 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.pipeline import Pipeline
 from imagesieve.progress import ShardProgress
-from imagesieve.runfolder import run_lock
+from imagesieve.runfolder import removed_if_refused, run_lock
 from imagesieve.shards import SCAN_BEFORE_COMPILING
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
@@ -33,10 +33,11 @@ def run_in_locked_folder(input_path: str | list[str], output_dir: str, command: 
     """Check the input first (so that a refused run creates nothing), make the output folder, hold its
     lock for the whole run, and run."""
     check_input_first(input_path, output_dir, storage_options)
-    if not is_remote(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, command, storage_options):
-        return run()
+    with removed_if_refused(output_dir):
+        if not is_remote(output_dir):
+            os.makedirs(output_dir, exist_ok=True)
+        with run_lock(output_dir, command, storage_options):
+            return run()
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,

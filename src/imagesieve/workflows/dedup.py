@@ -26,7 +26,7 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
-from imagesieve.runfolder import WORK_DIR, read_json, run_lock, write_json_atomic
+from imagesieve.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
 from imagesieve.storage import is_remote, join, storage_for
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
@@ -75,12 +75,13 @@ def dedup(input_path: str | list[str], output_dir: str,
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     check_input_first(input_path, output_dir, storage_options)
     if link:
-        check_link(input_units(input_path, output_dir, output_dir, storage_options), link)
-    if not is_remote(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
-    with run_lock(output_dir, "dedup", storage_options):
-        return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
-                      progress, dry_run, cache_dir, link, storage_options)
+        check_link(input_units(input_path, output_dir, output_dir, storage_options), link, output_dir)
+    with removed_if_refused(output_dir):
+        if not is_remote(output_dir):
+            os.makedirs(output_dir, exist_ok=True)
+        with run_lock(output_dir, "dedup", storage_options):
+            return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
+                          progress, dry_run, cache_dir, link, storage_options)
 
 
 def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,

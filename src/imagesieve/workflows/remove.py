@@ -20,6 +20,7 @@ from imagesieve.runfolder import (
     is_done,
     read_json,
     remove_stale_temp_files,
+    removed_if_refused,
     run_lock,
     work_path,
     write_json_atomic,
@@ -119,51 +120,60 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     started = time.monotonic()
     so = storage_options
     units = input_units(input_path, output_dir, exclude, so)
-    check_link(units, link)
+    check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
     if folder and is_remote(output_dir):
         raise ValueError(f"{output_dir}: writing an image folder to object storage is not supported yet; write it "
                          "to a local folder and upload it")
-    check_output_dir(output_dir)
-    with run_lock(output_dir, "remove", so):
-        remove_stale_temp_files(output_dir, so)
-        removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
-                                              cache_dir=cache_dir, check_id_folder=check_id_folder,
-                                              storage_options=so, id_scheme=id_scheme)
-        removal.setup()  # fail fast on a bad ID folder, before any worker starts
-        check_integer_ids(removal, units, so)
-        removal.use_id_scheme(resolve_id_scheme(removal, units, so))
-        job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
-               "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
-               "removal_stage": removal.config()}
-        check_same_run(output_dir, job, so, replace_changed)
-        if not is_remote(output_dir):
-            current = {unit.rel for unit in units}
-            discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
+    with removed_if_refused(output_dir):
+        check_output_dir(output_dir)
+        with run_lock(output_dir, "remove", so):
+            remove_stale_temp_files(output_dir, so)
+            removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
+                                                  cache_dir=cache_dir, check_id_folder=check_id_folder,
+                                                  storage_options=so, id_scheme=id_scheme)
+            removal.setup()  # fail fast on a bad ID folder, before any worker starts
+            check_integer_ids(removal, units, so)
+            removal.use_id_scheme(resolve_id_scheme(removal, units, so))
+            job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
+                   "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
+                   "removal_stage": removal.config()}
+            check_same_run(output_dir, job, so, replace_changed)
+            if not is_remote(output_dir):
+                current = {unit.rel for unit in units}
+                discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
 
-        todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint, so)]
-        if not is_remote(output_dir):
-            discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
-        writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
-            ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
-        run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
-        others = copy_other_files(units[0].root, output_dir) if folder else 0
+            todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint, so)]
+            if not is_remote(output_dir):
+                discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
+            writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
+                ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
+            run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
+            others = copy_other_files(units[0].root, output_dir) if folder else 0
 
-        summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
-                             started, removed_path or join(output_dir, "removed.parquet"), so)
-        summary.loose_members += others
-        summary.id_scheme = removal.id_scheme
-        if not allow_unmatched_ids:
-            check_ids_matched(removal, units, summary.removed, removal.id_scheme, so)
-        write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
+            summary = finish_run(output_dir, units, len(units) - len(todo), removal.listed_ids, removal.notes,
+                                 started, removed_path or join(output_dir, "removed.parquet"), so)
+            summary.loose_members += others
+            summary.id_scheme = removal.id_scheme
+            if not allow_unmatched_ids:
+                check_ids_matched(removal, units, summary.removed, removal.id_scheme, so)
+            write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
     return summary
 
 
-def check_link(units: list[InputUnit], link: bool) -> None:
-    """`--link` means something only for image folders: say so rather than ignore it."""
+def check_link(units: list[InputUnit], link: bool, output_dir: str | None = None) -> None:
+    """`--link` means something only for image folders, and only within one file system: say so before
+    any work rather than ignore it or fail after the search."""
     if link and not units[0].is_folder_chunk:
         raise ValueError("link=True (--link) hard-links the kept files of an image folder; the input holds tar shards, "
                          "which are always written as new shards")
+    if link and output_dir is not None and not is_remote(output_dir):
+        existing = os.path.abspath(output_dir)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if os.stat(existing).st_dev != os.stat(units[0].root).st_dev:
+            raise ValueError(f"--link hard-links files, which needs {output_dir} on the same file system as the input "
+                             f"{units[0].root}; choose an output folder there, or copy (leave out --link)")
 
 
 def copy_other_files(root: str, output_dir: str) -> int:

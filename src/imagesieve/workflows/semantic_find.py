@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesieve.dedup.embeddings_io import EmbeddingsError, list_parquet
+from imagesieve.dedup.keep import keep_policy
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, input_units
@@ -24,6 +25,7 @@ from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
+from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
@@ -47,6 +49,17 @@ class SemanticConfig:
     flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
     random_state: int = 42
     max_iter: int = 10
+
+    def __post_init__(self) -> None:
+        """Every setting checked before any work (a bad --eps was refused only after embedding every image)."""
+        if self.eps is not None and not 0 < self.eps < 1:
+            raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {self.eps}")
+        if self.n_clusters is not None and self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be 1 or more, got {self.n_clusters}")
+        if self.model_inference_batch_size < 1:
+            raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
+        keep_policy(self.keep)
+        check_on_error(self.on_error)
 
     @property
     def threshold(self) -> float:
