@@ -205,3 +205,17 @@ def test_storage_options_from_the_command_line():
                                       "anon=false", "--storage-option", "secret=0123", "in", "out"])
     assert storage_options(args) == {"endpoint_url": "http://x:1", "client_kwargs": {"region_name": "eu"},
                                      "anon": False, "secret": "0123"}
+
+
+def test_a_dedup_rerun_on_s3_after_the_input_changed_ends_as_a_fresh_run(s3, endpoint, dataset, make_shard, tmp_path):
+    """Issue 20, case 7: find rewrote the lists, then remove refused ("another ids_fingerprint"), leaving lists
+    and shards that disagree. Now the earlier shards written from the old lists are replaced, as locally."""
+    source = upload(s3, dataset, "in")
+    out = f"s3://{s3.bucket}/out"
+    run_cli("dedup", source, out, endpoint=endpoint)
+    make_shard("00001.tar", n=3, keys=["new-0", "new-1", "new-2"], start=40)  # no longer copies: nothing to remove
+    s3.put_file(str(dataset / "00001.tar"), f"{s3.bucket}/in/00001.tar")
+    run_cli("dedup", source, out, endpoint=endpoint)
+    run_cli("dedup", str(dataset), str(tmp_path / "fresh"))
+    assert shards_of(s3, f"{out}/shards") == local_shards(tmp_path / "fresh" / "shards")
+    assert json.loads(s3.cat_file(f"{s3.bucket}/out/summary.json"))["removal"]["removed"] == 0

@@ -31,6 +31,17 @@ class LocalStorage:
         st = os.stat(local_path(path))
         return f"{st.st_size}-{st.st_mtime_ns}"
 
+    def list_files(self, folder: str) -> list[str]:
+        """Every regular file under `folder` (recursively, links not followed), sorted."""
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(local_path(folder)) for name in names)
+
+    def delete_file(self, path: str) -> None:
+        """Delete one regular file inside its folder, never through a link (only files the run's records name)."""
+        path = local_path(path)
+        if os.path.islink(path) or os.path.realpath(os.path.dirname(path)) != os.path.abspath(os.path.dirname(path)):
+            raise OSError(f"{path}: not deleted, a symlink is on its way")
+        os.unlink(path)
+
     def read_bytes(self, path: str) -> bytes:
         with open(local_path(path), "rb") as f:
             return f.read()

@@ -132,6 +132,11 @@ class RemoteStorage:
         with clear_errors(folder):
             return sorted(self.url(p) for p in self.fs.find(self._path(folder).rstrip("/")))
 
+    def delete_file(self, url: str) -> None:
+        """Delete one object (only ever one the run's records name)."""
+        with clear_errors(url):
+            self.fs.rm_file(self._path(url))
+
     def glob(self, pattern: str) -> list[str]:
         with clear_errors(pattern):
             return sorted(self.url(p) for p in self.fs.glob(self._path(pattern)) if self.fs.isfile(p))

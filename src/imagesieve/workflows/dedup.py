@@ -20,13 +20,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from imagesieve.dedup.id_folder import content_digest, list_parquet_files
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import is_remote, join, storage_for
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
@@ -102,18 +102,21 @@ def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | C
                          " use a new output folder, or delete this one to start over")
 
 
-def discard_stale_shards(output_dir: str) -> None:
+def discard_stale_shards(output_dir: str, storage_options: dict | None = None) -> None:
     """A dry run after a real one: shards written from duplicate lists that have changed since would
     disagree with the new lists and the report, so what that run recorded is deleted."""
-    shards = os.path.join(output_dir, "shards")
-    config = os.path.join(shards, WORK_DIR, "config.json")
-    if is_remote(output_dir) or not os.path.exists(config):
-        return  # object storage: not yet (the dry run's summary says no shards were written)
-    duplicates = os.path.join(output_dir, "duplicates")
-    if read_json(config).get("ids_fingerprint") != content_digest(list_parquet_files(duplicates), "id"):
-        discard_units(shards, recorded_units(shards))
-        if os.path.isfile(removed := os.path.join(output_dir, "removed.parquet")):
-            os.unlink(removed)
+    shards = join(output_dir, "shards")
+    config = join(shards, WORK_DIR, "config.json")
+    store = storage_for(output_dir, storage_options)
+    if not store.exists(config):
+        return
+    duplicates = join(output_dir, "duplicates")
+    current = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates, storage_options=storage_options).ids_digest
+    if read_json(config, storage_options).get("ids_fingerprint") != current:
+        discard_units(shards, recorded_units(shards, storage_options), storage_options)
+        removed = join(output_dir, "removed.parquet")
+        if store.isfile(removed):
+            store.delete_file(removed)
 
 
 def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,
@@ -137,7 +140,7 @@ def _dedup(input_path: str | list[str], output_dir: str, config: FindConfig | Se
     seconds["find"] = time.monotonic() - started
     removal = None
     if dry_run:
-        discard_stale_shards(output_dir)
+        discard_stale_shards(output_dir, so)
     else:
         started = time.monotonic()
         removal = remove_duplicates(input_path, join(output_dir, "shards"), join(output_dir, "duplicates"),

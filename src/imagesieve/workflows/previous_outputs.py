@@ -12,51 +12,59 @@ import os
 
 from imagesieve.runfolder import WORK_DIR, read_json, work_path
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
+from imagesieve.storage import is_remote, join, storage_for
 
 
-def recorded_units(output_dir: str) -> list[str]:
+def recorded_units(output_dir: str, storage_options: dict | None = None) -> list[str]:
     """The relative paths of every shard or folder chunk a done marker records."""
-    done = os.path.join(output_dir, WORK_DIR, "done")
+    done = join(output_dir, WORK_DIR, "done")
+    store = storage_for(output_dir, storage_options)
+    if not store.isdir(done):
+        return []
+    sep = "/" if is_remote(done) else os.sep
+    mark = f"{sep}{WORK_DIR}{sep}done{sep}"
     found = []
-    for folder, _, files in os.walk(done):
-        for name in files:
-            if name.endswith(".json") and not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(folder, name), done)[: -len(".json")])
+    for path in store.list_files(done):
+        rel = path.split(mark, 1)[-1]
+        if rel.endswith(".json") and not rel.rsplit(sep, 1)[-1].startswith("."):
+            found.append(rel[: -len(".json")])
     return sorted(found)
 
 
-def discard_unit(output_dir: str, relative_path: str) -> int:
+def discard_unit(output_dir: str, relative_path: str, storage_options: dict | None = None) -> int:
     """Delete what the run recorded for one unit; returns how many output files went."""
     marker = work_path(output_dir, "done", relative_path, ".json")
     try:
-        stats = read_json(marker)
+        stats = read_json(marker, storage_options)
     except (OSError, ValueError):
         return 0
     sized = stats.get("kept_files") or {relative_path: stats.get("output_size")}
-    deleted = sum(delete_if_ours(output_dir, rel, size) for rel, size in sized.items())
+    deleted = sum(delete_if_ours(output_dir, rel, size, storage_options) for rel, size in sized.items())
     if stats.get("sidecar") == "filtered":
-        deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None)
+        deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None, storage_options)
     if stats.get("img2dataset_stats") == "updated":
-        deleted += delete_if_ours(output_dir, stats_path(relative_path), None)
+        deleted += delete_if_ours(output_dir, stats_path(relative_path), None, storage_options)
     for kind in ("index", "removed"):
-        delete_if_ours(output_dir, os.path.join(WORK_DIR, kind, relative_path + ".parquet"), None)
-    os.unlink(marker)  # last: until here a rerun still knows what to delete
+        delete_if_ours(output_dir, join(WORK_DIR, kind, relative_path + ".parquet"), None, storage_options)
+    storage_for(marker, storage_options).delete_file(marker)  # last: until here a rerun still knows what to delete
     return deleted
 
 
-def discard_units(output_dir: str, relative_paths: list[str]) -> int:
-    return sum(discard_unit(output_dir, rel) for rel in relative_paths)
+def discard_units(output_dir: str, relative_paths: list[str], storage_options: dict | None = None) -> int:
+    return sum(discard_unit(output_dir, rel, storage_options) for rel in relative_paths)
 
 
-def delete_if_ours(output_dir: str, relative_path: str, size: int | None) -> int:
+def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None) -> int:
     """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still has
     the size we recorded (None: any size); returns 1 if deleted."""
-    path = os.path.join(output_dir, relative_path)
-    inside = os.path.realpath(os.path.dirname(path)).startswith(os.path.realpath(output_dir) + os.sep) or \
-        os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
-    if not inside or os.path.islink(path) or not os.path.isfile(path):
+    path = join(output_dir, relative_path)
+    store = storage_for(path, storage_options)
+    if not is_remote(path):
+        inside = os.path.realpath(os.path.dirname(path)).startswith(os.path.realpath(output_dir) + os.sep) or \
+            os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
+        if not inside or os.path.islink(path):
+            return 0
+    if not store.isfile(path) or (size is not None and store.size(path) != size):
         return 0
-    if size is not None and os.path.getsize(path) != size:
-        return 0
-    os.unlink(path)
+    store.delete_file(path)
     return 1

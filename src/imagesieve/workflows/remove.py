@@ -92,10 +92,10 @@ def check_same_run(output_dir: str, config: dict, storage_options: dict | None =
         if previous.get("id_scheme", "key") != config.get("id_scheme", "key"):  # runs before it was recorded: keys
             changed.append("id_scheme")
         if changed and store.isdir(join(output_dir, WORK_DIR, "done")):
-            if not replace_changed or is_remote(output_dir):
+            if not replace_changed:
                 raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
                                  "use a new output folder, or delete this one to start over")
-            discard_units(output_dir, recorded_units(output_dir))
+            discard_units(output_dir, recorded_units(output_dir, storage_options), storage_options)
     write_json_atomic(config, path, storage_options)
 
 
@@ -139,13 +139,11 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config()}
             check_same_run(output_dir, job, so, replace_changed)
-            if not is_remote(output_dir):
-                current = {unit.rel for unit in units}
-                discard_units(output_dir, [rel for rel in recorded_units(output_dir) if rel not in current])
+            current = {unit.rel for unit in units}
+            discard_units(output_dir, [rel for rel in recorded_units(output_dir, so) if rel not in current], so)
 
             todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint, so)]
-            if not is_remote(output_dir):
-                discard_units(output_dir, [unit.rel for unit in todo])  # a redone folder chunk may keep fewer files
+            discard_units(output_dir, [unit.rel for unit in todo], so)  # a redone folder chunk may keep fewer files
             writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
                 ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
             run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
