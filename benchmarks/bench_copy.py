@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.near_search import popcount64
 from imagesieve.evaluate import LabelledSet, score, split, subset
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.near_search import popcount64
 from imagesieve.sample_data import COPY_EASY, COPY_HARD, TRANSFORMS, distinct_images, encode, write_shard
 from imagesieve.workflows.copy_find import CopyConfig, find_copies, is_copy
 from imagesieve.workflows.find import FindConfig, find_duplicates

@@ -34,9 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.embeddings_io import list_parquet, load_embeddings
-from imagesieve.dedup.semantic import cluster_jobs, similar_pairs
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.embeddings_io import list_parquet, load_embeddings
+from imagesieve.matching.semantic import cluster_jobs, similar_pairs
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, auto_clusters
 
 CHUNK = 100_000

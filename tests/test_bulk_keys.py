@@ -134,8 +134,8 @@ def test_a_shard_that_shrank_before_the_copy_is_an_error_not_a_crash(tmp_path):
 def test_hash_collisions_are_settled_by_the_ids_bytes(tmp_path, monkeypatch, on_disk):
     """IDs forced to share hashes: only an ID stored byte for byte is found, wherever it sits in its run,
     by the compiled check and by the Python one."""
-    from imagesieve.dedup import id_index
-    from imagesieve.dedup.id_index import IdIndex
+    from imagesieve.matching import id_index
+    from imagesieve.matching.id_index import IdIndex
 
     forged = IdIndex(np.array([5, 5, 5, 9, 11], np.uint64), np.array([0, 1, 3, 4, 5, 8], np.uint32),
                      np.frombuffer(b"abbcdccc", np.uint8))  # a, bb, c share hash 5

@@ -20,8 +20,8 @@ cv2 = pytest.importorskip("cv2")
 pytest.importorskip("faiss")
 pytest.importorskip("onnxruntime")
 
-from imagesieve.dedup.copy_match import KeypointExtractor, verify  # noqa: E402
 from imagesieve.executors.local import LocalExecutor  # noqa: E402
+from imagesieve.matching.copy_match import KeypointExtractor, verify  # noqa: E402
 from imagesieve.workflows.copy_find import CopyConfig, find_copies  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def test_unreadable_image_is_listed_as_skipped(tmp_path):
 
 
 def test_compiled_ratio_test_finds_what_bfmatcher_finds():
-    from imagesieve.dedup.copy_kernel import ratio_matches
+    from imagesieve.matching.copy_kernel import ratio_matches
 
     extract = KeypointExtractor()
     tiles = [extract(encode(image), name) for name, image in photo_tiles()[:4]]
@@ -156,7 +156,7 @@ def test_compiled_ratio_test_finds_what_bfmatcher_finds():
 
 
 def test_verification_jobs_keep_an_image_pairs_together_whatever_the_workers():
-    from imagesieve.dedup.copy_jobs import verification_jobs
+    from imagesieve.matching.copy_jobs import verification_jobs
 
     rng = np.random.default_rng(0)
     i, j = rng.integers(0, 3000, 20000), rng.integers(0, 3000, 20000)

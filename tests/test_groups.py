@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from imagesieve.dedup.groups import best_of_components, group_exact, group_stars
-from imagesieve.dedup.keep import keep_policy
+from imagesieve.matching.groups import best_of_components, group_exact, group_stars
+from imagesieve.matching.keep import keep_policy
 
 
 def test_chain_is_one_component_but_stars_do_not_chain():

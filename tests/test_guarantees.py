@@ -17,8 +17,8 @@ from conftest import write_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagesieve.dedup.id_index import IdIndex
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.id_index import IdIndex
 from imagesieve.pipeline import Pipeline
 from imagesieve.runfolder import read_json, work_path, write_json_atomic
 from imagesieve.sample_data import write_shard

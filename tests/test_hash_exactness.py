@@ -12,10 +12,10 @@ import pytest
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
-from imagesieve.dedup import hash_kernels
-from imagesieve.dedup.hashes import DRAFT_SIZE, PERCEPTUAL, hash_image, hash_images, pack_bits
-from imagesieve.dedup.near_search import brute_force_pairs, near_pairs
 from imagesieve.imageio import ImageDecodeError
+from imagesieve.matching import hash_kernels
+from imagesieve.matching.hashes import DRAFT_SIZE, PERCEPTUAL, hash_image, hash_images, pack_bits
+from imagesieve.matching.near_search import brute_force_pairs, near_pairs
 from imagesieve.sample_data import photo_crops
 from imagesieve.stages.hashing import hash_stage
 from imagesieve.stages.hashing.hash_stage import ImageHashStage
@@ -192,7 +192,7 @@ def test_the_exhaustive_small_search_and_the_indexed_search_agree(n, other_n, t,
     codes[n // 2:] = codes[: n - n // 2] ^ np.uint64(0b1101)  # planted near pairs
     other = None if other_n is None else codes[rng.integers(0, n, size=other_n)] ^ np.uint64(1 << 40)
     small = near_pairs(codes, t, other=other)
-    monkeypatch.setattr("imagesieve.dedup.near_search.EXHAUSTIVE_PAIRS", -1)
+    monkeypatch.setattr("imagesieve.matching.near_search.EXHAUSTIVE_PAIRS", -1)
     indexed = near_pairs(codes, t, other=other)
     for a, b in zip(small, indexed, strict=True):
         assert np.array_equal(a, b)

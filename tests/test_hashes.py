@@ -10,9 +10,9 @@ import pytest
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
-from imagesieve.dedup.hashes import PERCEPTUAL, hash_image, pack_bits, unpack_bits
-from imagesieve.dedup.near_search import popcount64
 from imagesieve.imageio import ImageDecodeError
+from imagesieve.matching.hashes import PERCEPTUAL, hash_image, pack_bits, unpack_bits
+from imagesieve.matching.near_search import popcount64
 
 KINDS = ("bytes_hash", "pixel_hash", "phash", "dhash", "ahash", "whash")
 

@@ -200,3 +200,15 @@ def test_bad_arguments_are_refused_before_any_work_and_leave_no_output_folder(sh
     (tmp_path / "empty-ids").mkdir()
     assert main(["remove", "--duplicates", str(tmp_path / "empty-ids"), str(shards), str(tmp_path / "rm")]) == 1
     assert not (tmp_path / "sem").exists() and not (tmp_path / "rm").exists()
+
+
+def test_the_workflows_the_readme_names_are_importable_from_the_package():
+    """Case 18: `from imagesieve import dedup` returned a subpackage; find_duplicates and remove_duplicates
+    were not importable from imagesieve."""
+    import imagesieve.matching.near_search  # noqa: F401  (a subpackage imported first must not shadow a name)
+    from imagesieve import FindConfig as Config
+    from imagesieve import dedup as run_dedup
+    from imagesieve import find_duplicates as find
+    from imagesieve import remove_duplicates as remove
+
+    assert (run_dedup, find, remove, Config) == (dedup, find_duplicates, remove_duplicates, FindConfig)

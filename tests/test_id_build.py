@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_ids
 
-from imagesieve.dedup.id_build import build_index, partition_bits
-from imagesieve.dedup.id_folder import list_parquet_files
-from imagesieve.dedup.id_index import IdIndex, hash_ids, sorted_unique
+from imagesieve.matching.id_build import build_index, partition_bits
+from imagesieve.matching.id_folder import list_parquet_files
+from imagesieve.matching.id_index import IdIndex, hash_ids, sorted_unique
 
 
 def ids_files(folder, chunks: list[list]) -> list[str]:
@@ -93,7 +93,7 @@ def test_block_lookup_equals_a_binary_search_over_all_hashes():
 
 
 def test_a_large_build_runs_in_a_child_process_with_the_same_result(tmp_path):
-    from imagesieve.dedup.id_build import build_index_isolated
+    from imagesieve.matching.id_build import build_index_isolated
 
     ids = [f"id-{i}" for i in range(3000)]
     files = ids_files(tmp_path / "ids", [ids[:2000], ids[1000:], [7]])
@@ -106,7 +106,7 @@ def test_a_large_build_runs_in_a_child_process_with_the_same_result(tmp_path):
 
 
 def test_a_failing_child_build_reports_the_file(tmp_path):
-    from imagesieve.dedup.id_build import build_index_isolated
+    from imagesieve.matching.id_build import build_index_isolated
 
     path = tmp_path / "ids" / "bad.parquet"
     path.parent.mkdir()

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import imagesieve.dedup.near_search as ns
-from imagesieve.dedup.hashes import hash_image
-from imagesieve.dedup.near_search import brute_force_pairs, near_pairs
+import imagesieve.matching.near_search as ns
+from imagesieve.matching.hashes import hash_image
+from imagesieve.matching.near_search import brute_force_pairs, near_pairs
 
 
 @pytest.fixture(autouse=True)

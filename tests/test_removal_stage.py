@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 from conftest import write_ids
 
-from imagesieve.dedup.id_index import FlatFile, IdIndex, hash_ids
 from imagesieve.executors.plan import worker_caps
+from imagesieve.matching.id_index import FlatFile, IdIndex, hash_ids
 from imagesieve.stages.deduplication.removal import REMOVAL_REASON, ImageDuplicatesRemovalStage
 from imagesieve.tasks import ImageBatch, ImageObject
 

@@ -21,10 +21,10 @@ import pytest
 import webdataset as wds
 from conftest import write_ids
 
-from imagesieve.dedup.id_cache import INDEX_FOLDER, CacheError, build_shared_index, prune
-from imagesieve.dedup.id_folder import WrongIdFolderError
-from imagesieve.dedup.id_index import IdIndex
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.id_cache import INDEX_FOLDER, CacheError, build_shared_index, prune
+from imagesieve.matching.id_folder import WrongIdFolderError
+from imagesieve.matching.id_index import IdIndex
 from imagesieve.runfolder import OutputInUseError, naming_errors, run_lock
 from imagesieve.shards import ShardError, iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
@@ -390,7 +390,7 @@ def test_a_threshold_past_the_limit_is_refused_up_front():
 def test_too_many_pairs_is_a_clear_error_not_memory_exhaustion():
     import numpy as np
 
-    from imagesieve.dedup.near_search import TooManyPairsError, near_pairs
+    from imagesieve.matching.near_search import TooManyPairsError, near_pairs
 
     codes = np.random.default_rng(0).integers(0, 2**63, 2000, dtype=np.uint64)
     with pytest.raises(TooManyPairsError, match="threshold is too loose"):

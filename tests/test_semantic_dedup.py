@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imagesieve.dedup.embeddings_io import EmbeddingsError
-from imagesieve.dedup.semantic import resolve_no_chaining
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.embeddings_io import EmbeddingsError
+from imagesieve.matching.semantic import resolve_no_chaining
 from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow
 
 INLINE = LocalExecutor(num_workers=1)

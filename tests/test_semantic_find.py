@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from imagesieve.cli import main
-from imagesieve.dedup.embeddings_io import EmbeddingsError
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.embeddings_io import EmbeddingsError
 from imagesieve.report import write_report
 from imagesieve.sample_data import encode, write_shard
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagesieve.dedup.groups import best_of_components, group_stars
-from imagesieve.dedup.near_search import brute_force_pairs, popcount64
-from imagesieve.dedup.stream_groups import chain_keepers, near_keepers, nearest_in, star_keepers
+from imagesieve.matching.groups import best_of_components, group_stars
+from imagesieve.matching.near_search import brute_force_pairs, popcount64
+from imagesieve.matching.stream_groups import chain_keepers, near_keepers, nearest_in, star_keepers
 
 
 def clustered_codes(seed: int, n: int, centres: int, max_flips: int) -> np.ndarray:

@@ -29,6 +29,16 @@ _EXPORTS = {
     "ImageWriterStage": "imagesieve.stages.io",
     "ConvertImageBatchToDocumentBatchStage": "imagesieve.stages.io.documents",
     "ParquetWriter": "imagesieve.stages.io.documents",
+    # the workflows, as the README names them
+    "find_duplicates": "imagesieve.workflows.find",
+    "FindConfig": "imagesieve.workflows.find",
+    "remove_duplicates": "imagesieve.workflows.remove",
+    "dedup": "imagesieve.workflows.dedup",
+    "SemanticConfig": "imagesieve.workflows.semantic_find",
+    "find_semantic": "imagesieve.workflows.semantic_find",
+    "CopyConfig": "imagesieve.workflows.copy_find",
+    "find_copies": "imagesieve.workflows.copy_find",
+    "write_report": "imagesieve.report",
     **{name: "imagesieve.tasks" for name in ("DocumentBatch", "EmptyTask", "FileGroupTask", "ImageBatch",
                                               "ImageObject", "Ledger", "MemberRef", "Removal", "Task")},
 }
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from imagesieve.executors.local import LocalExecutor
     from imagesieve.executors.ray import RayExecutor, RayOptions
     from imagesieve.pipeline import Pipeline, PipelineError
+    from imagesieve.report import write_report
     from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
     from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
     from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
@@ -56,12 +67,19 @@ if TYPE_CHECKING:
         Removal,
         Task,
     )
+    from imagesieve.workflows.copy_find import CopyConfig, find_copies
+    from imagesieve.workflows.dedup import dedup
+    from imagesieve.workflows.find import FindConfig, find_duplicates
+    from imagesieve.workflows.remove import remove_duplicates
+    from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
 
-__all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "DocumentBatch", "EmptyTask",
-           "FileGroupTask", "FilePartitioningStage", "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage",
-           "ImageHashStage", "ImageObject", "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor",
-           "MemberRef", "NodeInfo", "ParquetWriter", "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor",
-           "RayOptions", "Removal", "Resources", "Task", "WorkerDied", "WorkerMetadata"]
+__all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "CopyConfig", "DocumentBatch",
+           "EmptyTask", "FileGroupTask", "FilePartitioningStage", "FindConfig", "HashWriterStage",
+           "ImageBatch", "ImageDuplicatesRemovalStage", "ImageHashStage", "ImageObject", "ImageReaderStage",
+           "ImageWriterStage", "Ledger", "LocalExecutor", "MemberRef", "NodeInfo", "ParquetWriter",
+           "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor", "RayOptions", "Removal",
+           "Resources", "SemanticConfig", "Task", "WorkerDied", "WorkerMetadata", "dedup", "find_copies",
+           "find_duplicates", "find_semantic", "remove_duplicates", "write_report"]
 __version__ = "0.1.0"
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imagesieve.dedup.hashes import PERCEPTUAL, hash_image
-from imagesieve.dedup.near_search import popcount64
+from imagesieve.matching.hashes import PERCEPTUAL, hash_image
+from imagesieve.matching.near_search import popcount64
 from imagesieve.sample_data import HASH_TRANSFORMS, TRANSFORMS, distinct_images, encode
 
 

@@ -20,8 +20,8 @@ from numba import njit
 if TYPE_CHECKING:
     from imagesieve.shards import Grouping
 
-from imagesieve.dedup.id_verify import equal_bytes
 from imagesieve.key_hash_kernel import xxh64_many
+from imagesieve.matching.id_verify import equal_bytes
 
 OK, REPEATED = 0, 1
 

@@ -34,16 +34,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.dedup.copy_jobs import ROW_GROUP, verification_jobs, verify_job
-from imagesieve.dedup.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE
-from imagesieve.dedup.embeddings_io import load_embeddings
-from imagesieve.dedup.groups import group_exact
-from imagesieve.dedup.keep import keep_policy
-from imagesieve.dedup.near_search import near_pairs, popcount64
-from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, check_input_outside
+from imagesieve.matching.copy_jobs import ROW_GROUP, verification_jobs, verify_job
+from imagesieve.matching.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE
+from imagesieve.matching.embeddings_io import load_embeddings
+from imagesieve.matching.groups import group_exact
+from imagesieve.matching.keep import keep_policy
+from imagesieve.matching.near_search import near_pairs, popcount64
+from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     WORK_DIR,

@@ -17,14 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.dedup.groups import group_exact
-from imagesieve.dedup.hashes import EXACT, PERCEPTUAL
-from imagesieve.dedup.keep import keep_policy
-from imagesieve.dedup.near_search import popcount64
-from imagesieve.dedup.stream_groups import near_keepers, nearest_in
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, check_input_outside, input_units
+from imagesieve.matching.groups import group_exact
+from imagesieve.matching.hashes import EXACT, PERCEPTUAL
+from imagesieve.matching.keep import keep_policy
+from imagesieve.matching.near_search import popcount64
+from imagesieve.matching.stream_groups import near_keepers, nearest_in
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,

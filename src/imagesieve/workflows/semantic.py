@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.dedup.embeddings_io import LoadedEmbeddings, list_parquet, load_embeddings
-from imagesieve.dedup.keep import keep_policy
-from imagesieve.dedup.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.matching.embeddings_io import LoadedEmbeddings, list_parquet, load_embeddings
+from imagesieve.matching.keep import keep_policy
+from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.progress import phase
 from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 

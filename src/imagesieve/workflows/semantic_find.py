@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.embeddings_io import EmbeddingsError, list_parquet
-from imagesieve.dedup.keep import keep_policy
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, input_units
+from imagesieve.matching.embeddings_io import EmbeddingsError, list_parquet
+from imagesieve.matching.keep import keep_policy
 from imagesieve.progress import phase
 from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.shards import iter_samples

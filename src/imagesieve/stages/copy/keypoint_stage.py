@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesieve.dedup.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE, KeypointExtractor
 from imagesieve.imageio import ImageDecodeError
+from imagesieve.matching.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE, KeypointExtractor
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.tasks import ImageBatch

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.dedup.id_index import IdIndex
+from imagesieve.matching.id_index import IdIndex
 from imagesieve.shards import ShardTable, read_table
 from imagesieve.storage import is_remote, storage_for
 

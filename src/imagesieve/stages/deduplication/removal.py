@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from imagesieve.dedup.id_cache import build_shared_index
-from imagesieve.dedup.id_index import IdIndex
+from imagesieve.matching.id_cache import build_shared_index
+from imagesieve.matching.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.stages.deduplication.curator_ids import CuratorIds, looks_like_curator
 from imagesieve.storage import is_remote, storage_for

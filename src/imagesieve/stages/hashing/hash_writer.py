@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from imagesieve.dedup.hashes import PERCEPTUAL
+from imagesieve.matching.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
 from imagesieve.shards import ShardError, check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata

@@ -124,7 +124,7 @@ def verify_many(a: Keypoints, others: list[Keypoints], ratio: float = RATIO) -> 
     usable = [k for k, b in enumerate(others) if len(b.descriptors) >= 2]
     if len(a.descriptors) < 2 or not usable:
         return out
-    from imagesieve.dedup.copy_kernel import ratio_matches  # here: it loads numba, which `find` needs only here
+    from imagesieve.matching.copy_kernel import ratio_matches  # here: it loads numba, which `find` needs only here
 
     query = np.concatenate([a.descriptors, a.descriptors[:, MIRROR]]).astype(np.float32)
     train = np.concatenate([others[k].descriptors for k in usable]).astype(np.float32)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imagesieve.dedup.near_search import MAX_PAIRS, TooManyPairsError, choose_split, flip_masks, near_pairs
+from imagesieve.matching.near_search import MAX_PAIRS, TooManyPairsError, choose_split, flip_masks, near_pairs
 
 MAX_TABLE_BITS = 24  # a block's bucket table: at most 2^24 entries; wider blocks are hashed into it
 SMALL = 1 << 15  # up to this many codes are decided one at a time, against an index that stays in cache
@@ -44,7 +44,7 @@ def _sorted_index(codes: np.ndarray, owners: np.ndarray, mirrored: np.ndarray, s
                   widths: np.ndarray) -> tuple:
     """The entries sorted by bucket in each block, with each block's bucket table (as `near_search` keeps
     them): a batch probing in key order then reads the table and the entries almost in order."""
-    from imagesieve.dedup.stream_kernel import bucket_of
+    from imagesieve.matching.stream_kernel import bucket_of
 
     bits = np.minimum(widths, MAX_TABLE_BITS)
     start_at = np.cumsum([0, *((1 << bits) + 1)]).astype(np.int64)
@@ -69,7 +69,7 @@ def _group(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshol
     which settles every member near an earlier kept image; the rest of the batch, a smaller set, is
     decided the same way (recursively), and its kept images join the index (re-sorted: with batches
     doubling, O(n log n) in all)."""
-    from imagesieve.dedup import stream_kernel as kernel  # here: importing numba costs every run ~0.15 s
+    from imagesieve.matching import stream_kernel as kernel  # here: importing numba costs every run ~0.15 s
 
     per = 2 if len(flipped) else 1
     if len(members) <= small:
@@ -123,7 +123,7 @@ def _run(codes: np.ndarray, flipped: np.ndarray | None, rank: np.ndarray, thresh
     keeper = np.empty(len(codes), np.int64)
     keeper[order] = _group(codes, flipped, order, threshold, mode, visit, parent, small, threads)
     if mode == CHAINS:
-        from imagesieve.dedup.stream_kernel import roots
+        from imagesieve.matching.stream_kernel import roots
 
         return roots(parent)
     return keeper
@@ -148,7 +148,7 @@ def nearest_in(codes: np.ndarray, base: np.ndarray, threshold: int, base_flipped
                threads: int = 1) -> np.ndarray:
     """For each code, the index of the nearest code of `base` within `threshold` (or of a mirror in
     `base_flipped`; an unmirrored one, then the lowest index, on a tie), or -1."""
-    from imagesieve.dedup import stream_kernel as kernel
+    from imagesieve.matching import stream_kernel as kernel
 
     if not 0 <= threshold <= 64:
         raise ValueError(f"threshold must be within 0..64, got {threshold}")
@@ -179,7 +179,7 @@ def near_keepers(codes: np.ndarray, threshold: int, rank: np.ndarray, flipped: n
     `near_pairs` in parallel jobs (`run_jobs`, an executor's `map`) and the pairs grouped; a search
     that finds more than `max_pairs` (default: `PAIRS_PER_CODE` per code, at most `MAX_PAIRS`) stops
     early and the groups are decided streamed, without pairs, in memory linear in the codes."""
-    from imagesieve.dedup.groups import best_of_components, group_stars
+    from imagesieve.matching.groups import best_of_components, group_stars
 
     budget = max_pairs if max_pairs is not None else min(MAX_PAIRS, PAIRS_PER_CODE * len(codes) + 10_000)
     try:

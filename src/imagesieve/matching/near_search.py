@@ -189,7 +189,7 @@ def _too_many(threshold: int, max_pairs: int) -> None:
 def _search_block(query: np.ndarray, other: np.ndarray | None, threshold: int, shift: int, width: int,
                   masks: list[int], max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `threshold` found by probing one block with the given flip masks."""
-    from imagesieve.dedup.near_kernel import probe  # here: importing numba costs every run ~0.15 s
+    from imagesieve.matching.near_kernel import probe  # here: importing numba costs every run ~0.15 s
 
     self_join = other is None
     base = query if self_join else other

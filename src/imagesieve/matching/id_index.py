@@ -241,7 +241,7 @@ class IdIndex:
             result[hit] = [self._stored(w.encode("utf-8"), int(p), q)
                            for w, p, q in zip(wanted, positions[hit].tolist(), query[hit], strict=True)]
             return result
-        from imagesieve.dedup.id_verify import verify_in_arrays, verify_in_files  # (loads numba)
+        from imagesieve.matching.id_verify import verify_in_arrays, verify_in_files  # (loads numba)
 
         keys, key_offsets = string_buffers(ids.take(pa.array(hit)))
         where = (positions[hit], query[hit], keys, key_offsets)

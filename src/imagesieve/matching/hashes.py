@@ -20,9 +20,9 @@ import numpy as np
 import xxhash
 from PIL import Image, ImageOps
 
-from imagesieve.dedup.hash_kernels import ahash_codes, dhash_codes, phash_codes
 from imagesieve.imageio import MAX_PIXELS, ImageDecodeError, load, open_image
 from imagesieve.jpeg_draft import draft_grey
+from imagesieve.matching.hash_kernels import ahash_codes, dhash_codes, phash_codes
 
 PERCEPTUAL = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
               "whash": imagehash.whash}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.copy_match import RATIO, Keypoints, Match, verify_many
+from imagesieve.matching.copy_match import RATIO, Keypoints, Match, verify_many
 
 ROW_GROUP = 32  # rows per row group of a keypoint table
 MAX_JOB_PAIRS = 4000

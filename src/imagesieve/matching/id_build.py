@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from imagesieve.dedup.id_folder import check_id_column, convert_id_batch
-from imagesieve.dedup.id_index import IndexWriter, sorted_unique
 from imagesieve.key_hash import hash_strings
+from imagesieve.matching.id_folder import check_id_column, convert_id_batch
+from imagesieve.matching.id_index import IndexWriter, sorted_unique
 
 DEFAULT_BUDGET = 64 << 20  # bytes of memory one partition may take while it is sorted
 BATCH_ROWS = 1 << 17
@@ -118,7 +118,7 @@ def build_index_isolated(files: list[str], id_field: str, target: str, budget: i
         return build_index(files, id_field, target, budget)
     request = json.dumps({"files": files, "id_field": id_field, "target": target, "budget": budget,
                           "parent": os.getpid()})
-    done = subprocess.run([sys.executable, "-m", "imagesieve.dedup.id_build"], input=request, text=True,
+    done = subprocess.run([sys.executable, "-m", "imagesieve.matching.id_build"], input=request, text=True,
                           capture_output=True)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]

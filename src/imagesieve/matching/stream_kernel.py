@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from imagesieve.dedup.near_kernel import _popcount
+from imagesieve.matching.near_kernel import _popcount
 
 NOT_FOUND = -1
 FAR = np.int64(1) << np.int64(62)
