@@ -212,3 +212,19 @@ def test_the_workflows_the_readme_names_are_importable_from_the_package():
     from imagesieve import remove_duplicates as remove
 
     assert (run_dedup, find, remove, Config) == (dedup, find_duplicates, remove_duplicates, FindConfig)
+
+
+def test_a_changed_img2dataset_table_beside_an_unchanged_shard_is_filtered_again(make_shard, tmp_path):
+    """Case 9: a rerun kept the output table filtered from the earlier version of 00000.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_shard("00000.tar", n=4)
+    table = tmp_path / "shards" / "00000.parquet"
+    pq.write_table(pa.table({"key": ["00000000", "00000001"], "caption": ["a", "b"]}), table)
+    write_ids(tmp_path / "ids", ["00000001"])
+    remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    pq.write_table(pa.table({"key": ["00000000", "00000001", "00000002"], "caption": ["a", "b", "c"]}), table)
+    again = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
+    assert again.shards_skipped == 0
+    assert pq.read_table(tmp_path / "out" / "00000.parquet").column("key").to_pylist() == ["00000000", "00000002"]

@@ -23,7 +23,7 @@ from imagesieve.runfolder import (
     strip_shard_suffix,
 )
 from imagesieve.stages.io.partitioning import list_shards, walk_files
-from imagesieve.stages.io.sidecar import sidecar_path
+from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
 from imagesieve.tasks import FileGroupTask
 
@@ -37,6 +37,7 @@ class InputUnit:
     paths: tuple[str, ...]  # the tar shard, or the chunk's files (absolute)
     root: str = ""  # image folders: INPUT, against which IDs are taken
     storage_options: dict | None = field(default=None, compare=False, repr=False)  # for a URL (s3://...)
+    sidecars: bool = False  # the version also covers img2dataset's .parquet and _stats.json beside the shard
 
     @property
     def is_folder_chunk(self) -> bool:
@@ -47,7 +48,13 @@ class InputUnit:
         """The input version this unit covers, taken once: the listing decides what is done and what is
         redone, and the task records the same value (a folder chunk costs a stat per file)."""
         if not self.is_folder_chunk:
-            return shard_fingerprint(self.paths[0], self.storage_options)
+            version = shard_fingerprint(self.paths[0], self.storage_options)
+            if self.sidecars:  # removal filters them too: a changed table beside an unchanged shard is redone
+                store = storage_for(self.paths[0], self.storage_options)
+                for kind, path in (("table", sidecar_path(self.paths[0])), ("stats", stats_path(self.paths[0]))):
+                    if store.exists(path):
+                        version += f"+{kind}:{store.fingerprint(path)}"
+            return version
         digest = xxhash.xxh3_128()
         for path in self.paths:
             digest.update(f"{os.path.relpath(path, self.root)}\0{shard_fingerprint(path)}\0".encode())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -119,7 +119,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
     so = storage_options
-    units = input_units(input_path, output_dir, exclude, so)
+    units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
     check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
     if folder and is_remote(output_dir):

@@ -28,7 +28,7 @@ from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
-from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, SemanticSummary
+from imagesieve.workflows.semantic import CENTROID_POLICIES, SemanticDeduplicationWorkflow, SemanticSummary
 
 # The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
 DEFAULT_EPS = 0.05
@@ -58,7 +58,8 @@ class SemanticConfig:
             raise ValueError(f"n_clusters must be 1 or more, got {self.n_clusters}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
-        keep_policy(self.keep)
+        if self.keep not in CENTROID_POLICIES:
+            keep_policy(self.keep)
         check_on_error(self.on_error)
 
     @property
