@@ -403,7 +403,8 @@ def test_keep_column_that_no_sample_has_is_an_error(dataset, tmp_path):
 
 
 def test_keep_column_that_is_not_a_number_is_an_error_naming_it(dataset, tmp_path):
-    with pytest.raises(ValueError, match="sample '00000000': .json field 'key' must be a number to rank by, but holds '00000000'"):
+    with pytest.raises(ValueError, match="sample '00000000': .json field 'key' must be a number to rank by, "
+                                         "but holds '00000000'"):
         find_duplicates(str(dataset), str(tmp_path / "f"), FindConfig(keep="column:key"), executor=ONE)
 
 
