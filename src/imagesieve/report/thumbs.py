@@ -17,7 +17,7 @@ import xxhash
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.imageio import ImageDecodeError, load, open_image
 from imagesieve.runfolder import write_bytes_atomic
-from imagesieve.shards import ShardError, image_extension, iter_samples
+from imagesieve.shards import ShardError, image_extension, samples_with_keys
 from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.storage import storage_for
 
@@ -68,11 +68,9 @@ def shard_thumbnails(shard: str, source: str, keys: list[str], thumbs_dir: str, 
 
 def _shard_thumbnails(shard: str, local: str, source: str, keys: list[str], thumbs_dir: str,
                       size: int) -> dict[str, tuple]:
-    wanted, found = set(keys), {}
+    found = {}
     try:
-        for sample in iter_samples(local, loose=[]):
-            if sample.key not in wanted:
-                continue
+        for sample in samples_with_keys(local, keys):
             ext = image_extension(sample.members)
             name = "" if ext is None else _thumbnail_file(source, sample.key, sample.members[ext].read(),
                                                           f"{shard}: sample {sample.key!r}", thumbs_dir, size)
