@@ -22,6 +22,10 @@ _EXPORTS = {
     "Resources": "imagesieve.stages.base",
     "WorkerMetadata": "imagesieve.stages.base",
     "ImageDuplicatesRemovalStage": "imagesieve.stages.deduplication.removal",
+    "EmbeddingWriterStage": "imagesieve.stages.embedding",
+    "ImageEmbeddingStage": "imagesieve.stages.embedding",
+    "SemanticDeduplicationWorkflow": "imagesieve.workflows.semantic",
+    "WorkflowRunResult": "imagesieve.workflows.semantic",
     "HashWriterStage": "imagesieve.stages.hashing",
     "ImageHashStage": "imagesieve.stages.hashing",
     "FilePartitioningStage": "imagesieve.stages.io",
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from imagesieve.pipeline import Pipeline, PipelineError
     from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
     from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+    from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
     from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
     from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
     from imagesieve.stages.io.documents import ConvertImageBatchToDocumentBatchStage, ParquetWriter
@@ -56,12 +61,15 @@ if TYPE_CHECKING:
         Removal,
         Task,
     )
+    from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, WorkflowRunResult
 
-__all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "DocumentBatch", "EmptyTask",
-           "FileGroupTask", "FilePartitioningStage", "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage",
-           "ImageHashStage", "ImageObject", "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor",
-           "MemberRef", "NodeInfo", "ParquetWriter", "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor",
-           "RayOptions", "Removal", "Resources", "Task", "WorkerDied", "WorkerMetadata"]
+__all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "DocumentBatch",
+           "EmbeddingWriterStage", "EmptyTask", "FileGroupTask", "FilePartitioningStage", "HashWriterStage",
+           "ImageBatch", "ImageDuplicatesRemovalStage", "ImageEmbeddingStage", "ImageHashStage", "ImageObject",
+           "ImageReaderStage", "ImageWriterStage", "Ledger", "LocalExecutor", "MemberRef", "NodeInfo",
+           "ParquetWriter", "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor", "RayOptions", "Removal",
+           "Resources", "SemanticDeduplicationWorkflow", "Task", "WorkerDied", "WorkerMetadata",
+           "WorkflowRunResult"]
 __version__ = "0.1.0"
 
 
