@@ -79,10 +79,14 @@ def _import_torch_transformers():
 
 
 class ClipEmbedder:
-    """Loads the CLIP folder once; `__call__(images)` gives (n, D) float32 unit rows."""
+    """Loads the CLIP folder once; `__call__(images)` gives (n, D) float32 unit rows. `threads`: torch's
+    CPU threads in this process (the executor already runs a worker per core; and a worker forked from a
+    process that ran torch on several threads would hang in OpenMP)."""
 
-    def __init__(self, model_dir: str, device: str | None = None) -> None:
+    def __init__(self, model_dir: str, device: str | None = None, threads: int | None = 1) -> None:
         torch, transformers = _import_torch_transformers()
+        if threads:
+            torch.set_num_threads(threads)
         self.folder = clip_folder(model_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:

@@ -41,7 +41,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     on_error: str = "fail"
     json_fields: tuple[str, ...] = ()
     flip: bool = False
-    threads: int = 1  # onnxruntime threads per worker: the executor already runs one worker per core
+    threads: int = 1  # onnxruntime (or torch) threads per worker: the executor already runs one worker per core
     # embed only the central share of each side (robust to crops, borders, caption bars); several shares:
     # one embedding of each, side by side (see OnnxEmbedder)
     centres: tuple[float, ...] = (1.0,)
@@ -82,7 +82,7 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         if self._embedder is None and self.model_dir is not None:
-            self._embedder = ClipEmbedder(self.model_dir)  # on the GPU when torch sees one here
+            self._embedder = ClipEmbedder(self.model_dir, threads=self.threads)  # on the GPU when torch sees one here
         elif self._embedder is None:
             self._embedder = OnnxEmbedder(self.model, threads=self.threads, centres=self.centres,
                                           input_size=self.input_size)
