@@ -120,7 +120,7 @@ class SemanticDeduplicationWorkflow:
                              ("cache_kwargs", cache_kwargs)):
             check_io_kwargs(name, kwargs)
         paths = [input_path] if isinstance(input_path, str) else list(input_path)
-        remote = [p for p in [*paths, output_path, cache_path or ""] if is_remote(p)]
+        remote = [p for p in map(str, [*paths, output_path, cache_path or ""]) if is_remote(p)]
         if remote:
             raise ValueError(f"SemanticDeduplicationWorkflow reads and writes local (or mounted) folders only, not "
                              f"{remote[0]}; copy the embeddings to local disk (storage_options have nothing to do)")
