@@ -141,17 +141,17 @@ def run_tutorial(args: argparse.Namespace) -> None:
 PLANTED = {"copy_a": "00000003", "copy_b": "00000017", "copy_c": "00000045", "copy_d": "00000070"}
 
 
-def planted_dataset(make_shard, tmp_path) -> str:
+def planted_dataset(make_shard, tmp_path, folder: str = "shards") -> str:
     """Three shards: 116 distinct noise images (JPEG) and exact copies of four of them under other keys;
     the tutorial clusters into 100, so it needs more images than that."""
     rng = np.random.default_rng(7)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(116)]
-    make_shard("00000.tar", images=images[:40])
-    make_shard("00001.tar", images=images[40:80], start=40)
+    make_shard("00000.tar", images=images[:40], folder=folder)
+    make_shard("00001.tar", images=images[40:80], start=40, folder=folder)
     copies = [images[int(original)] for original in PLANTED.values()]
     make_shard("00002.tar", images=images[80:] + copies,
-               keys=[f"{k:08d}" for k in range(80, 116)] + list(PLANTED))
-    return str(tmp_path / "shards")
+               keys=[f"{k:08d}" for k in range(80, 116)] + list(PLANTED), folder=folder)
+    return str(tmp_path / folder)
 
 
 def tutorial_args(tmp_path, shards: str, model_dir: str | None) -> argparse.Namespace:
@@ -314,3 +314,25 @@ def test_find_reads_a_clip_retrieval_folder_named_by_embeddings(make_shard, tmp_
     assert main(["find", "--quiet", "--method", "semantic", "--embeddings", folder, "--embeddings-key", "sample",
                  "--eps", "0.01", "--clusters", "2", "--keep", "first", str(tmp_path / "shards"), out]) == 0
     assert pq.read_table(os.path.join(out, "duplicates")).column("id").to_pylist() == ["00000004"]
+
+
+def test_readme_tutorial_block_runs_as_a_script(make_shard, tmp_path):
+    """The README's "Coming from NeMo Curator" code, saved to a file as written, on planted shards."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("### Coming from NeMo Curator"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    planted_dataset(make_shard, tmp_path, folder=os.path.join("demo", "shards"))
+    (tmp_path / "tutorial.py").write_text(code)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "tutorial.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    assert "duplicates: 4" in run.stdout
+    assert len(kept_keys(str(tmp_path / "demo" / "tutorial" / "clean"))) == 116
