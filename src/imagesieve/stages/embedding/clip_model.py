@@ -93,7 +93,7 @@ class ClipEmbedder:
             self.model = transformers.CLIPModel.from_pretrained(self.folder, local_files_only=True)
         except OSError as exc:
             raise ClipFolderError(f"{self.folder}: cannot load the CLIP weights ({exc})") from exc
-        self.model = self.model.to(self.device).eval()
+        self.model = self.model.to(self.device).train(False)  # inference mode (dropout off)
         if os.path.isfile(os.path.join(self.folder, "preprocessor_config.json")):
             self.processor = transformers.CLIPImageProcessor.from_pretrained(self.folder, local_files_only=True)
         else:  # the class defaults are CLIP's: 224, bicubic, centre crop, CLIP mean and std
