@@ -53,21 +53,22 @@ EXT_FORMAT = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "bmp"
 
 @pytest.fixture
 def make_shard(tmp_path) -> Callable[..., str]:
-    """make_shard(name, n=8, ext="jpg", start=0, keys=None) -> path of a tar written by webdataset.TarWriter.
+    """make_shard(name, n=8, ext="jpg", start=0, keys=None, images=None) -> path of a tar written by
+    webdataset.TarWriter.
 
-    Sample i has KEY.<ext> (a real photo tile), KEY.txt and KEY.json.
+    Sample i has KEY.<ext> (a real photo tile, or `images[i]`), KEY.txt and KEY.json.
     """
     import webdataset as wds
 
     def make(name: str = "00000.tar", n: int = 8, ext: str = "jpg", start: int = 0,
-             keys: list[str] | None = None, folder: str = "shards") -> str:
+             keys: list[str] | None = None, folder: str = "shards", images: list[np.ndarray] | None = None) -> str:
         tiles = photo_tiles()
-        keys = keys or [f"{start + i:08d}" for i in range(n)]
+        keys = keys or [f"{start + i:08d}" for i in range(n if images is None else len(images))]
         path = os.path.join(tmp_path, folder, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with wds.TarWriter(path, encoder=False, mtime=1_700_000_000) as sink:
             for i, key in enumerate(keys):
-                tile = tiles[(start + i) % len(tiles)]
+                tile = tiles[(start + i) % len(tiles)] if images is None else images[i]
                 sink.write({"__key__": key, ext: encode(tile, EXT_FORMAT[ext]),
                             "txt": f"caption {key}".encode(), "json": f'{{"key": "{key}"}}'.encode()})
         return path
@@ -88,3 +89,36 @@ def private_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     return home
+
+
+def build_tiny_clip(model_dir, patch_size: int = 32) -> str:
+    """A tiny randomly initialised CLIP saved as NeMo Curator's model_dir holds one
+    (`model_dir/openai/clip-vit-large-patch14/`: config.json, model.safetensors, preprocessor_config.json),
+    built with transformers, nothing downloaded. `patch_size=224` (one patch, the class embedding zeroed)
+    keeps distinct images apart: a random ViT over many patches gives nearly one embedding to every photo."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                     "num_attention_heads": 4, "vocab_size": 99, "max_position_embeddings": 16,
+                                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                                       "num_attention_heads": 4, "image_size": 224, "patch_size": patch_size},
+                        projection_dim=64)
+    model = CLIPModel(config).eval()
+    if patch_size == 224:
+        with torch.no_grad():
+            model.vision_model.embeddings.class_embedding.zero_()
+    folder = os.path.join(model_dir, "openai", "clip-vit-large-patch14")
+    model.save_pretrained(folder)
+    CLIPImageProcessor().save_pretrained(folder)  # CLIP's: 224, bicubic, centre crop, CLIP mean and std
+    return str(model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """The model_dir of `build_tiny_clip` (one patch), built once per session; skips without transformers."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"), patch_size=224)

@@ -22,6 +22,10 @@ _EXPORTS = {
     "Resources": "imagesieve.stages.base",
     "WorkerMetadata": "imagesieve.stages.base",
     "ImageDuplicatesRemovalStage": "imagesieve.stages.deduplication.removal",
+    "EmbeddingWriterStage": "imagesieve.stages.embedding",
+    "ImageEmbeddingStage": "imagesieve.stages.embedding",
+    "SemanticDeduplicationWorkflow": "imagesieve.workflows.semantic",
+    "WorkflowRunResult": "imagesieve.workflows.semantic",
     "HashWriterStage": "imagesieve.stages.hashing",
     "ImageHashStage": "imagesieve.stages.hashing",
     "FilePartitioningStage": "imagesieve.stages.io",
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from imagesieve.report import write_report
     from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
     from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+    from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
     from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
     from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
     from imagesieve.stages.io.documents import ConvertImageBatchToDocumentBatchStage, ParquetWriter
@@ -71,15 +76,17 @@ if TYPE_CHECKING:
     from imagesieve.workflows.dedup import dedup
     from imagesieve.workflows.find import FindConfig, find_duplicates
     from imagesieve.workflows.remove import remove_duplicates
+    from imagesieve.workflows.semantic import SemanticDeduplicationWorkflow, WorkflowRunResult
     from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
 
 __all__ = ["AccountingError", "BaseExecutor", "ConvertImageBatchToDocumentBatchStage", "CopyConfig", "DocumentBatch",
-           "EmptyTask", "FileGroupTask", "FilePartitioningStage", "FindConfig", "HashWriterStage",
-           "ImageBatch", "ImageDuplicatesRemovalStage", "ImageHashStage", "ImageObject", "ImageReaderStage",
-           "ImageWriterStage", "Ledger", "LocalExecutor", "MemberRef", "NodeInfo", "ParquetWriter",
-           "Pipeline", "PipelineError", "ProcessingStage", "RayExecutor", "RayOptions", "Removal",
-           "Resources", "SemanticConfig", "Task", "WorkerDied", "WorkerMetadata", "dedup", "find_copies",
-           "find_duplicates", "find_semantic", "remove_duplicates", "write_report"]
+           "EmbeddingWriterStage", "EmptyTask", "FileGroupTask", "FilePartitioningStage", "FindConfig",
+           "HashWriterStage", "ImageBatch", "ImageDuplicatesRemovalStage", "ImageEmbeddingStage",
+           "ImageHashStage", "ImageObject", "ImageReaderStage", "ImageWriterStage", "Ledger",
+           "LocalExecutor", "MemberRef", "NodeInfo", "ParquetWriter", "Pipeline", "PipelineError",
+           "ProcessingStage", "RayExecutor", "RayOptions", "Removal", "Resources", "SemanticConfig",
+           "SemanticDeduplicationWorkflow", "Task", "WorkerDied", "WorkerMetadata", "WorkflowRunResult",
+           "dedup", "find_copies", "find_duplicates", "find_semantic", "remove_duplicates", "write_report"]
 __version__ = "0.1.0"
 
 

@@ -21,6 +21,7 @@ METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
     "threshold": (HASHES, None), "chaining": (HASHES, False), "reference": (HASHES, None),
     "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
     "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),
+    "embeddings_key": (frozenset({"semantic"}), None),
     "clusters": (frozenset(ALONE), None), "model": (frozenset(ALONE), "default"),
     "embedding_batch_size": (frozenset(ALONE), 32),
     **{name: (frozenset({"copy"}), None) for name in ("neighbours", "min_similarity", "hash_threshold", "min_inliers",

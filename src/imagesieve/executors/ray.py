@@ -19,7 +19,7 @@ import numpy as np
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
-from imagesieve.executors.plan import StageGroup, fuse
+from imagesieve.executors.plan import StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
@@ -77,6 +77,7 @@ class RayExecutor(BaseExecutor):
             return tasks
         ray = self._connect()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
+        stages = with_cluster_resources(stages, any(n["Resources"].get("GPU", 0) > 0 for n in nodes))
         groups = fuse(stages)
         counts = self._plan_actors(groups, nodes, len(tasks))
         pools: list[_ActorPool] = []
@@ -148,6 +149,9 @@ class _ActorPool:
         actor_class = ray.remote(_GroupWorker)
         settings = {"num_cpus": res.cpus, "num_gpus": gpus, "max_restarts": options.max_restarts,
                     "max_task_retries": options.max_task_retries}
+        runtime_env = group.stages[0].__dict__.get("_runtime_env")  # Curator's with_(runtime_env=...)
+        if runtime_env:
+            settings["runtime_env"] = runtime_env
         self.actors = [actor_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
                                                                                             soft=False), **settings)
                        .remote(group, node["NodeID"], slot)

@@ -89,6 +89,11 @@ class ProcessingStage(ABC, Generic[X, Y]):
         """A cap on this stage's workers on each node, or None for no cap."""
         return self.__dict__.get("_num_workers_per_node")
 
+    def resources_on(self, has_gpus: bool) -> Resources:
+        """What a worker asks for on a cluster with (or without) GPUs, decided by the executor when it runs:
+        `resources`, unless a stage that can use a GPU but needs none says otherwise."""
+        return self.resources
+
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
         """Once per node before any worker starts: shared, node-local preparation (build an index)."""
 
@@ -114,9 +119,17 @@ class ProcessingStage(ABC, Generic[X, Y]):
         return type(self).process_batch is not ProcessingStage.process_batch
 
     def with_(self, name: str | None = None, resources: Resources | None = None, batch_size: int | None = None,
-              num_workers: int | None = _UNSET, num_workers_per_node: int | None = _UNSET) -> ProcessingStage[X, Y]:
-        """A copy of this stage with other settings; the original is unchanged."""
+              runtime_env: dict | None = None, ray_stage_spec: dict | None = None,
+              xenna_stage_spec: dict | None = None, num_workers: int | None = _UNSET,
+              num_workers_per_node: int | None = _UNSET) -> ProcessingStage[X, Y]:
+        """A copy of this stage with other settings; the original is unchanged. Curator's `runtime_env`
+        goes to the Ray workers' actors; `ray_stage_spec` and `xenna_stage_spec` (its backends' own
+        settings) are accepted and have no effect, except Xenna's `num_workers_per_node`."""
+        if xenna_stage_spec and "num_workers_per_node" in xenna_stage_spec and num_workers_per_node is _UNSET:
+            num_workers_per_node = xenna_stage_spec["num_workers_per_node"]
         clone = copy.deepcopy(self)
+        if runtime_env is not None:
+            clone.__dict__["_runtime_env"] = dict(runtime_env)
         if name is not None:
             clone.name = name
         if resources is not None:

@@ -8,6 +8,13 @@ OUT/groups/part-00000.parquet       group_id, kept_id, id, method ("kept" | "sem
                                     distance (1 - cosine similarity), similarity
 OUT/skipped.parquet                 images that had no embedding (unreadable): id, reason
 OUT/summary.json                    counts and the configuration
+
+With `eps=None` (Curator's meaning: compute the similarities, list no duplicates) it writes instead
+OUT/pairwise_results/part-00000.parquet  id, max_id, cosine_sim_score: each image's most similar other
+                                         image among those it was compared with, to choose eps from.
+
+`input_path` may also be a clip-retrieval / LAION folder (`img_emb/*.npy` beside `metadata/*.parquet`,
+see `embeddings_io`); there the ID column (`id_field`) defaults to `key`.
 """
 
 from __future__ import annotations
@@ -22,11 +29,14 @@ import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.matching.embeddings_io import LoadedEmbeddings, list_parquet, load_embeddings
+from imagesieve.matching.embeddings_io import LoadedEmbeddings, default_id_field, embedding_sources, load_embeddings
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.progress import phase
 from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
+from imagesieve.storage import is_remote
+from imagesieve.tasks import FileGroupTask
+from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
 
 CENTROID_POLICIES = ("hard", "easy", "random")
 
@@ -38,15 +48,42 @@ class SemanticSummary:
     groups: int
     duplicates: int
     clusters: int
-    threshold: float  # eps
+    threshold: float | None  # eps; None: similarities only (pairwise_results/), no duplicates listed
     by_method: dict[str, int] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
+    kmeans_seconds: float = 0.0
+    pairwise_seconds: float = 0.0
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # what each part wrote: "pairwise", "duplicates"
+
+    workflow_name = "semantic_deduplication"  # the rest of Curator's WorkflowRunResult, where a user reads it
+
+    @property
+    def metadata(self) -> dict:
+        """Curator's `WorkflowRunResult.metadata` keys, and this summary's counts."""
+        return {"total_time": self.elapsed_seconds, "kmeans_time": self.kmeans_seconds,
+                "pairwise_time": self.pairwise_seconds, "num_duplicates": self.duplicates, "images": self.images,
+                "skipped": self.skipped, "groups": self.groups, "clusters": self.clusters, "eps": self.threshold}
+
+    def get_metadata(self, key: str):
+        return self.metadata.get(key)
+
+    @property
+    def pipeline_tasks(self) -> dict[str, list[FileGroupTask]]:
+        """As Curator's: per part, tasks naming the files it wrote."""
+        return {part: [FileGroupTask(dataset_name="semantic_deduplication", data=list(paths), task_id=part)]
+                for part, paths in self.outputs.items()}
 
     def lines(self) -> list[str]:
+        found = (f"duplicates       {self.duplicates} (semantic; eps {self.threshold}, {self.clusters} clusters)"
+                 if self.threshold is not None else
+                 f"duplicates       not listed (eps=None: similarities in pairwise_results/, {self.clusters} "
+                 "clusters)")
         return [f"images           {self.images} ({self.skipped} skipped as unreadable)",
-                f"groups           {self.groups}",
-                f"duplicates       {self.duplicates} (semantic; eps {self.threshold}, {self.clusters} clusters)",
+                f"groups           {self.groups}", found,
                 f"elapsed          {self.elapsed_seconds:.1f} s"]
+
+
+WorkflowRunResult = SemanticSummary  # Curator's name for what `run()` returns
 
 
 def auto_clusters(n: int) -> int:
@@ -64,15 +101,32 @@ class SemanticDeduplicationWorkflow:
     `n_probe - 1` more clusters whose centroids are nearly as near (within the margin of cosine
     similarity), so that pairs split by a boundary are found (recall in BENCHMARKS.md). `max_iter` defaults to 10, not
     Curator's 300: k-means here only splits the work. The constructor does no I/O.
+
+    Curator's other keyword arguments are accepted (`curator_options` says what each means here);
+    `read_kwargs` / `write_kwargs` / `cache_kwargs` take `storage_options`, for local paths only.
+    `eps=None` lists no duplicates, as in Curator (see the module docstring). `run()` returns a
+    `SemanticSummary`, which also reads as Curator's `WorkflowRunResult` (`metadata`, `get_metadata`,
+    `pipeline_tasks`).
     """
 
     def __init__(self, input_path: str | list[str], output_path: str, n_clusters: int | None = None,
-                 cache_path: str | None = None, id_field: str = "id", embedding_field: str = "embeddings",
+                 cache_path: str | None = None, id_field: str | None = None, embedding_field: str = "embeddings",
                  metadata_fields: list[str] | None = None, max_iter: int = 10, random_state: int = 42,
                  fit_data_fraction: float | None = None, which_to_keep: str = "hard", pairwise_batch_size: int = 1024,
-                 eps: float = 0.05, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False) -> None:
-        if not 0 < eps < 1:
+                 eps: float | None = 0.05, n_probe: int = 5, probe_margin: float | None = None, verbose: bool = False,
+                 read_kwargs: dict | None = None, write_kwargs: dict | None = None, cache_kwargs: dict | None = None,
+                 **curator_options) -> None:
+        if eps is not None and not 0 < eps < 1:
             raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {eps}")
+        check_curator_options(curator_options)
+        for name, kwargs in (("read_kwargs", read_kwargs), ("write_kwargs", write_kwargs),
+                             ("cache_kwargs", cache_kwargs)):
+            check_io_kwargs(name, kwargs)
+        paths = [input_path] if isinstance(input_path, str) else list(input_path)
+        remote = [p for p in map(str, [*paths, output_path, cache_path or ""]) if is_remote(p)]
+        if remote:
+            raise ValueError(f"SemanticDeduplicationWorkflow reads and writes local (or mounted) folders only, not "
+                             f"{remote[0]}; copy the embeddings to local disk (storage_options have nothing to do)")
         if n_clusters is not None and n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if which_to_keep not in CENTROID_POLICIES:
@@ -86,35 +140,49 @@ class SemanticDeduplicationWorkflow:
         self.max_iter, self.random_state, self.fit_data_fraction = max_iter, random_state, fit_data_fraction
         self.which_to_keep, self.pairwise_batch_size, self.eps = which_to_keep, pairwise_batch_size, eps
         self.n_probe, self.verbose = n_probe, verbose
-        self.probe_margin = eps if probe_margin is None else probe_margin
+        self.probe_margin = (eps or 0.0) if probe_margin is None else probe_margin
+        self.curator_options = dict(curator_options)
 
-    def run(self, executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
+    def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
+            kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None
+            ) -> SemanticSummary:
+        """Curator's `pairwise_executor` is the executor (k-means runs in this process on faiss, so a
+        `kmeans_executor` is accepted and not used)."""
         started = time.monotonic()
-        executor = executor or LocalExecutor()
+        executor = executor or pairwise_executor or LocalExecutor()
         os.makedirs(self.output_path, exist_ok=True)
         remove_stale_temp_files(self.output_path)
         memmap = os.path.join(self.cache_path, "embeddings.f32")
+        sources = embedding_sources(self.input_path)
         with phase("read embeddings", progress):
-            data = load_embeddings(list_parquet(self.input_path), memmap, self.id_field, self.embedding_field,
+            data = load_embeddings(sources, memmap, self.id_field or default_id_field(sources), self.embedding_field,
                                    tuple(self._rank_columns()))
+        timing = {}
         try:
             k = self.n_clusters or auto_clusters(data.n)
             if k > data.n:
                 raise ValueError(f"n_clusters is {k}, more than the {data.n} images with embeddings; use at most "
                                  f"{data.n}")
+            step = time.monotonic()
             with phase(f"k-means ({k} clusters, {data.n} x {data.dim})", progress):
                 labels, sims = self._cluster(data, k)
+            timing["kmeans_seconds"], step = time.monotonic() - step, time.monotonic()
             rank = self._rank(data, sims[:, 0])
             with phase("pairwise similarity within clusters", progress):
                 jobs = cluster_jobs(labels, sims, self.probe_margin, 4 * executor.parallelism())
-                results = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, 1 - self.eps,
-                                                        self.pairwise_batch_size) for job in jobs])
+                # eps=None: each image's most similar partner (k=1), however far, to choose eps from
+                threshold, top = (1 - self.eps, None) if self.eps is not None else (-2.0, 1)
+                results = executor.map(similar_pairs, [(data.path, (data.n, data.dim), job, threshold,
+                                                        self.pairwise_batch_size, top) for job in jobs])
             i, j, s = _concat_pairs(results)
+            timing["pairwise_seconds"] = time.monotonic() - step
+            if self.eps is None:
+                return self._write_similarities(data, i, j, s, k, started, timing)
             keeper, similarity = resolve_no_chaining(data.n, i, j, s, rank)
         finally:
             os.remove(data.path)
         groups = groups_table(data.ids, keeper, similarity)
-        return self._write(data, groups, k, started)
+        return self._write(data, groups, k, started, timing)
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
         return cluster_rows(data.open(), k, self.max_iter, self.random_state, self.n_probe, self.fit_data_fraction)
@@ -162,17 +230,43 @@ class SemanticDeduplicationWorkflow:
                 table = table.append_column(policy.column, table.column(bare))
         return table
 
-    def _write(self, data: LoadedEmbeddings, groups: pa.Table, k: int, started: float) -> SemanticSummary:
+    def _write(self, data: LoadedEmbeddings, groups: pa.Table, k: int, started: float, timing: dict
+               ) -> SemanticSummary:
         removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
         ids = removed.column("id")
-        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                             os.path.join(self.output_path, "duplicates", "part-00000.parquet"))
-        write_parquet_atomic(groups, os.path.join(self.output_path, "groups", "part-00000.parquet"))
+        outputs = {"duplicates": [os.path.join(self.output_path, "duplicates", "part-00000.parquet")],
+                   "groups": [os.path.join(self.output_path, "groups", "part-00000.parquet")]}
+        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}), outputs["duplicates"][0])
+        write_parquet_atomic(groups, outputs["groups"][0])
+        return self._finish(data, k, started, timing, outputs, groups=len(pc.unique(removed.column("group_id"))),
+                            duplicates=removed.num_rows)
+
+    def _write_similarities(self, data: LoadedEmbeddings, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int,
+                            started: float, timing: dict) -> SemanticSummary:
+        """eps=None: each image's most similar partner (a pair counts for both sides); -1 when none."""
+        best = np.full(data.n, np.nan, dtype=np.float64)
+        partner = np.full(data.n, -1, dtype=np.int64)
+        rows, others, sims = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([s, s])
+        order = np.lexsort((sims, rows))  # by row, then similarity ascending: a row's last entry is its best
+        rows, others, sims = rows[order], others[order], sims[order]
+        last = np.flatnonzero(np.r_[rows[1:] != rows[:-1], True]) if len(rows) else np.zeros(0, np.int64)
+        partner[rows[last]], best[rows[last]] = others[last], sims[last]
+        found = partner >= 0
+        max_ids = data.ids.take(pa.array(np.where(found, partner, 0)))
+        table = pa.table({"id": data.ids,
+                          "max_id": pc.if_else(pa.array(found), max_ids, pa.nulls(data.n, pa.string())),
+                          "cosine_sim_score": pa.array(best, pa.float64(), from_pandas=True)})
+        path = os.path.join(self.output_path, "pairwise_results", "part-00000.parquet")
+        write_parquet_atomic(table, path)
+        return self._finish(data, k, started, timing, {"pairwise": [path]}, groups=0, duplicates=0)
+
+    def _finish(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
+                groups: int, duplicates: int) -> SemanticSummary:
         write_parquet_atomic(data.skipped, os.path.join(self.output_path, "skipped.parquet"))
         summary = SemanticSummary(images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows,
-                                  groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                                  clusters=k, threshold=self.eps, by_method={"semantic": removed.num_rows},
-                                  elapsed_seconds=time.monotonic() - started)
+                                  groups=groups, duplicates=duplicates, clusters=k, threshold=self.eps,
+                                  by_method={"semantic": duplicates}, elapsed_seconds=time.monotonic() - started,
+                                  outputs=outputs, **timing)
         config = {name: getattr(self, name) for name in ("n_clusters", "id_field", "embedding_field", "max_iter",
                                                          "random_state", "fit_data_fraction", "which_to_keep",
                                                          "eps", "n_probe", "probe_margin")}

@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, input_units
-from imagesieve.matching.embeddings_io import EmbeddingsError, list_parquet
+from imagesieve.matching.embeddings_io import EmbeddingsError, NpyPart, default_id_field, embedding_sources
 from imagesieve.matching.keep import keep_policy
 from imagesieve.progress import phase
 from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
+from imagesieve.stages.embedding.clip_model import clip_identity, is_clip_folder
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
 from imagesieve.stages.sample_fields import check_on_error
@@ -41,8 +42,9 @@ class SemanticConfig:
     eps: float | None = None  # None: DEFAULT_EPS, or DEFAULT_EPS_FLIP with flip
     n_clusters: int | None = None
     keep: str = "first"
-    model: str = DEFAULT_MODEL  # or the path of an ONNX file
-    embeddings: str | None = None  # precomputed embeddings (Parquet) instead of a model
+    model: str = DEFAULT_MODEL  # or the path of an ONNX file, or a CLIP folder (Curator's model_dir)
+    embeddings: str | None = None  # precomputed embeddings (Parquet, or a clip-retrieval folder) instead of a model
+    embeddings_key: str | None = None  # a clip-retrieval folder's ID column (default `key`)
     model_inference_batch_size: int = 32
     on_error: str = "fail"
     json_fields: tuple[str, ...] = ()
@@ -95,8 +97,8 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
         files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress)
         id_field, embedding_field = "id", "embeddings"
     else:
-        files = list_parquet(config.embeddings)
-        id_field, embedding_field = _fields(files[0])
+        files = embedding_sources(config.embeddings)
+        id_field, embedding_field = _fields(files[0], config.embeddings_key)
         with phase("check embedding IDs against the input", progress):
             check_ids_match(files, id_field, shards)
     workflow = SemanticDeduplicationWorkflow(files, output_dir, n_clusters=config.n_clusters, id_field=id_field,
@@ -116,11 +118,14 @@ def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticC
                  input_size: int | None = None) -> list[str]:
     """Embed every shard whose table is missing or stale; returns the tables in shard order. `centres`,
     `input_size`: see `ImageEmbeddingStage`."""
-    model_id = model_identity(config.model, config.flip, centres, input_size)
+    clip = is_clip_folder(config.model)
+    model_id = clip_identity(config.model) if clip else model_identity(config.model, config.flip, centres, input_size)
     needed = {f"json.{f}" for f in config.json_fields}
     todo = [unit for unit in shards
             if not is_current(embedding_table_path(embeddings_dir, unit.rel), unit.fingerprint, model_id, needed)]
-    embedder = ImageEmbeddingStage(model=config.model, model_inference_batch_size=config.model_inference_batch_size,
+    embedder = ImageEmbeddingStage(model=DEFAULT_MODEL if clip else config.model,
+                                   model_dir=config.model if clip else None,
+                                   model_inference_batch_size=config.model_inference_batch_size,
                                    on_error=config.on_error, json_fields=config.json_fields, flip=config.flip,
                                    centres=centres, input_size=input_size)
     run_on_units("embed", [reader_for(shards), embedder,
@@ -129,15 +134,21 @@ def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticC
     return [embedding_table_path(embeddings_dir, unit.rel) for unit in shards]
 
 
-def _fields(path: str) -> tuple[str, str]:
-    """Our column names (`id`, `embeddings`), or Curator's (`image_id`, `embedding`) when a file has those."""
-    names = set(pq.read_schema(path).names)
+def _fields(source: str | NpyPart, key: str | None = None) -> tuple[str, str]:
+    """Our column names (`id`, `embeddings`), or Curator's (`image_id`, `embedding`) when a file has those;
+    a clip-retrieval folder's ID column is `key` unless named."""
+    if isinstance(source, NpyPart):
+        return key or default_id_field([source]), "embeddings"
+    if key is not None:
+        raise ValueError("--embeddings-key names the ID column of a clip-retrieval folder (img_emb/, metadata/); "
+                         f"{source} is a Parquet file of embeddings")
+    names = set(pq.read_schema(source).names)
     if not {"id", "embeddings"} <= names and set(CURATOR_FIELDS) <= names:
         return CURATOR_FIELDS
     return "id", "embeddings"
 
 
-def check_ids_match(files: list[str], id_field: str, shards: list[InputUnit]) -> None:
+def check_ids_match(files: list[str | NpyPart], id_field: str, shards: list[InputUnit]) -> None:
     """Every embedding must belong to an input sample and every sample must have an embedding:
     otherwise a removal list would silently miss images or name images that are not there."""
     keys: dict[str, str] = {}
@@ -149,7 +160,8 @@ def check_ids_match(files: list[str], id_field: str, shards: list[InputUnit]) ->
             keys[sample.key] = unit.paths[0]
     key_set = pa.array(list(keys), pa.string())
     seen: set[str] = set()
-    for path in files:
+    for source in files:
+        path = source.parquet if isinstance(source, NpyPart) else source
         ids = pq.read_table(path, columns=[id_field]).column(id_field).cast(pa.string())
         unknown = pc.invert(pc.is_in(ids, value_set=key_set))
         if pc.any(unknown).as_py():
@@ -159,4 +171,4 @@ def check_ids_match(files: list[str], id_field: str, shards: list[InputUnit]) ->
     missing = [key for key in keys if key not in seen]
     if missing:
         raise EmbeddingsError(f"{keys[missing[0]]}: sample {missing[0]!r} has no embedding in "
-                              f"{', '.join(files)} ({len(missing)} samples have none)")
+                              f"{', '.join(map(str, files))} ({len(missing)} samples have none)")
