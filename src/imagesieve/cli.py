@@ -58,7 +58,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
                                 allow_unmatched_ids=args.allow_unmatched_ids)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
-    from imagesieve.cli_find import print_summary
+    from imagesieve.cli_options import print_summary
 
     print_summary(args, summary, [f"output           {args.output} (removed list: "
                                   f"{os.path.join(args.output, 'removed.parquet')})"])

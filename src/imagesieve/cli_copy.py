@@ -34,7 +34,7 @@ def add_copy_args(find: argparse.ArgumentParser) -> None:
 
 
 def copy_config(args: argparse.Namespace) -> CopyConfig:
-    from imagesieve.cli_find import option
+    from imagesieve.cli_options import option
 
     tuning = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in (
         "neighbours", "min_similarity", "hash_threshold", "min_inliers", "min_coverage", "hash_accept", "features")}
@@ -43,7 +43,7 @@ def copy_config(args: argparse.Namespace) -> CopyConfig:
 
 
 def cmd_find_copy(args: argparse.Namespace, make_executor: Callable) -> int:
-    from imagesieve.cli_find import print_find_summary
+    from imagesieve.cli_options import print_find_summary
     from imagesieve.workflows.copy_find import find_copies
 
     summary = find_copies(args.input, args.output, copy_config(args), executor=make_executor(args),

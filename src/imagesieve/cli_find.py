@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Callable
-from dataclasses import asdict
 
 from imagesieve.cli_copy import add_copy_args, cmd_find_copy, copy_config
+from imagesieve.cli_options import ALONE, check_method_options, option, print_find_summary, print_summary
 from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
 from imagesieve.cli_storage import add_storage_args, storage_options
-from imagesieve.storage import join
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, METHODS, FindConfig
 
-ALONE = ("semantic", "copy")  # methods that take no other method beside them
-HASHES = frozenset(METHODS)
-# options that mean something to some methods only (parsed with no default: present only when given)
-METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
-    "threshold": (HASHES, None), "chaining": (HASHES, False), "reference": (HASHES, None),
-    "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
-    "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),
-    "embeddings_key": (frozenset({"semantic"}), None),
-    "clusters": (frozenset(ALONE), None), "model": (frozenset(ALONE), "default"),
-    "embedding_batch_size": (frozenset(ALONE), 32),
-    **{name: (frozenset({"copy"}), None) for name in ("neighbours", "min_similarity", "hash_threshold", "min_inliers",
-                                                       "min_coverage", "features", "hash_accept")},
-}
-
-
-def option(args: argparse.Namespace, name: str) -> object:
-    """A method's option as given, or its default."""
-    return getattr(args, name, METHOD_OPTIONS[name][1])
-
-
-def check_method_options(args: argparse.Namespace) -> None:
-    """An option of another method is an error, never silently ignored (`--eps` without `--method
-    semantic` would run pHash and exit 0)."""
-    wrong = [name for name, (methods, _) in METHOD_OPTIONS.items()
-             if hasattr(args, name) and args.method not in methods]
-    if wrong:
-        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
-        owners = sorted({m if m in ALONE else "exact/phash/dhash/ahash/whash" for name in wrong
-                         for m in METHOD_OPTIONS[name][0]})
-        print(f"imagesieve: {flags} does not apply to --method {args.method} (it belongs to --method "
-              f"{' or '.join(owners)})", file=sys.stderr)
-        raise SystemExit(2)
 FIND_EXAMPLE = """example:
   imagesieve find --method phash --threshold 10 shards/ found/
   imagesieve remove --duplicates found/duplicates shards/ clean/"""
@@ -80,21 +45,6 @@ def find_config(args: argparse.Namespace) -> FindConfig:
     return FindConfig(method=args.method, threshold=option(args, "threshold"), keep=args.keep,
                       chaining=option(args, "chaining"), flip=option(args, "flip"), on_error=args.on_error,
                       exact_decode=option(args, "exact_decode"))
-
-
-def print_summary(args: argparse.Namespace, summary: object, extra_lines: list[str]) -> None:
-    """The summary table, or with --json one JSON object on stdout (and nothing else there)."""
-    if args.json:
-        print(json.dumps(asdict(summary), sort_keys=True))
-    else:
-        print("\n".join([*summary.lines(), *extra_lines]))
-
-
-def print_find_summary(args: argparse.Namespace, summary: object) -> None:
-    """A find's summary, and where its results are and what to do with them next."""
-    print_summary(args, summary, [
-        f"duplicate IDs    {join(args.output, 'duplicates')}  (imagesieve remove --duplicates ...)",
-        f"to look at them  imagesieve report {args.output}"])
 
 
 def cmd_find(args: argparse.Namespace, make_executor: Callable) -> int:
