@@ -228,3 +228,12 @@ def test_a_changed_img2dataset_table_beside_an_unchanged_shard_is_filtered_again
     again = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE)
     assert again.shards_skipped == 0
     assert pq.read_table(tmp_path / "out" / "00000.parquet").column("key").to_pylist() == ["00000000", "00000002"]
+
+
+def test_a_corrupt_embeddings_file_is_an_error_naming_it(shards, tmp_path, capsys):
+    """Case 15 (part): a corrupt Parquet file of embeddings failed with pyarrow's words and no file name."""
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "part-0.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert main(["find", "--method", "semantic", "--embeddings", str(tmp_path / "emb"), str(shards),
+                 str(tmp_path / "out")]) == 1
+    assert f"{tmp_path / 'emb' / 'part-0.parquet'}: not a readable Parquet file" in capsys.readouterr().err

@@ -146,17 +146,29 @@ def load_embeddings(files: list[str | NpyPart], memmap_path: str, id_field: str 
     return loaded
 
 
+def parquet_columns(path: str) -> set[str]:
+    """The column names of a Parquet file of embeddings; a file that is not one is named in the error
+    (pyarrow's own message names no file)."""
+    try:
+        return set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as exc:
+        raise EmbeddingsError(f"{path}: not a readable Parquet file of embeddings ({exc})") from exc
+
+
 def _rows(source: str | NpyPart, id_field: str, embedding_field: str) -> int:
     """The rows of one source, after checking that it has the columns (and, for .npy, the shape) needed."""
     path = source.parquet if isinstance(source, NpyPart) else source
-    names = set(pq.read_schema(path).names)
+    names = parquet_columns(path)
     for name in (id_field,) if isinstance(source, NpyPart) else (id_field, embedding_field):
         if name not in names:
             hint = " (name the ID column: id_field / --embeddings-key)" if isinstance(source, NpyPart) else ""
             raise EmbeddingsError(f"{path}: has no column {name!r} (columns: {', '.join(sorted(names))}){hint}")
     rows = pq.ParquetFile(path).metadata.num_rows
     if isinstance(source, NpyPart):
-        shape = np.load(source.npy, mmap_mode="r").shape
+        try:
+            shape = np.load(source.npy, mmap_mode="r").shape
+        except (ValueError, OSError) as exc:
+            raise EmbeddingsError(f"{source.npy}: not a readable .npy array of embeddings ({exc})") from exc
         if len(shape) != 2 or shape[0] != rows:
             raise EmbeddingsError(f"{source.npy}: shape {shape}, expected ({rows}, D): one row for each of the "
                                   f"{rows} rows of {source.parquet}")

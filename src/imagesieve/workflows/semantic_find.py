@@ -17,7 +17,13 @@ import pyarrow.parquet as pq
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.inputs import InputUnit, input_units
-from imagesieve.matching.embeddings_io import EmbeddingsError, NpyPart, default_id_field, embedding_sources
+from imagesieve.matching.embeddings_io import (
+    EmbeddingsError,
+    NpyPart,
+    default_id_field,
+    embedding_sources,
+    parquet_columns,
+)
 from imagesieve.matching.keep import keep_policy
 from imagesieve.progress import phase
 from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
@@ -142,7 +148,7 @@ def _fields(source: str | NpyPart, key: str | None = None) -> tuple[str, str]:
     if key is not None:
         raise ValueError("--embeddings-key names the ID column of a clip-retrieval folder (img_emb/, metadata/); "
                          f"{source} is a Parquet file of embeddings")
-    names = set(pq.read_schema(source).names)
+    names = parquet_columns(source)
     if not {"id", "embeddings"} <= names and set(CURATOR_FIELDS) <= names:
         return CURATOR_FIELDS
     return "id", "embeddings"
