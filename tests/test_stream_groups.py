@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from imagesieve.matching.groups import best_of_components, group_stars
 from imagesieve.matching.near_search import brute_force_pairs, popcount64
-from imagesieve.matching.stream_groups import chain_keepers, near_keepers, nearest_in, star_keepers
+from imagesieve.matching.stream_groups import Confirm, chain_keepers, near_keepers, nearest_in, star_keepers
 
 
 def clustered_codes(seed: int, n: int, centres: int, max_flips: int) -> np.ndarray:
@@ -79,3 +79,54 @@ def test_the_pair_search_and_the_streamed_grouping_agree(chaining, max_pairs):
     rank = np.random.default_rng(0).permutation(2_000)
     expected = (chain_keepers if chaining else star_keepers)(codes, 10, rank, flipped)
     assert (near_keepers(codes, 10, rank, flipped, chaining, max_pairs=max_pairs) == expected).all()
+
+
+def confirmed_pairs(codes, t, second, within, flipped=None, second_flipped=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair by brute force under the pair rule with a second code: both distances together within."""
+    found = set()
+    for a, b in brute_force_pairs(codes, t):
+        if popcount64(codes[a] ^ codes[b]) + popcount64(second[a] ^ second[b]) <= within:
+            found.add((a, b))
+    if flipped is not None:
+        for a, b in brute_force_pairs(codes, t, other=flipped):
+            if a != b and popcount64(codes[a] ^ flipped[b]) + popcount64(second[a] ^ second_flipped[b]) <= within:
+                found.add((min(a, b), max(a, b)))
+    ij = np.array(sorted(found), np.int64).reshape(-1, 2)
+    return ij[:, 0], ij[:, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), centres=st.integers(1, 20), t=st.integers(0, 14),
+       within=st.integers(0, 30), flip=st.booleans(), small=st.sampled_from([4, 16, 1 << 15]))
+def test_a_second_code_gives_the_groups_of_the_pairs_it_confirms(seed, n, centres, t, within, flip, small):
+    """Stars, chains and the pair search, with a second code each pair must agree on: exactly the groups
+    of the pairs that pass both (brute force)."""
+    codes = clustered_codes(seed, n, centres, max_flips=12)
+    second = clustered_codes(seed + 2, n, centres, max_flips=12)
+    flipped = clustered_codes(seed + 1, n, centres, max_flips=12) if flip else None
+    second_flipped = clustered_codes(seed + 3, n, centres, max_flips=12) if flip else None
+    confirm = Confirm(second, second_flipped, within)
+    rank = np.random.default_rng(seed).permutation(n)
+    i, j = confirmed_pairs(codes, t, second, within, flipped, second_flipped)
+    stars, chains = group_stars(n, i, j, rank), best_of_components(n, i, j, rank)
+    assert (star_keepers(codes, t, rank, flipped, threads=2, small=small, confirm=confirm) == stars).all()
+    assert (chain_keepers(codes, t, rank, flipped, small=small, confirm=confirm) == chains).all()
+    assert (near_keepers(codes, t, rank, flipped, confirm=confirm) == stars).all()
+    assert (near_keepers(codes, t, rank, flipped, chaining=True, confirm=confirm) == chains).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 200), refs=st.integers(1, 100), t=st.integers(0, 14),
+       within=st.integers(0, 30))
+def test_nearest_reference_with_a_second_code(seed, n, refs, t, within):
+    codes, second = clustered_codes(seed, n, 5, max_flips=10), clustered_codes(seed + 1, n, 5, max_flips=10)
+    base, base_second = clustered_codes(seed + 2, refs, 5, max_flips=10), clustered_codes(seed + 3, refs, 5, 10)
+    found = nearest_in(codes, base, t, None, threads=2, confirm=Confirm(base_second, None, within),
+                       query_second=second)
+    for x in range(n):
+        d = popcount64(codes[x] ^ base)
+        ok = (d <= t) & (d + popcount64(second[x] ^ base_second) <= within)
+        if not ok.any():
+            assert found[x] == -1
+        else:
+            assert ok[found[x]] and d[found[x]] == d[ok].min()

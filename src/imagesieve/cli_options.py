@@ -17,6 +17,7 @@ HASHES = frozenset(METHODS)
 # options that mean something to some methods only (parsed with no default: present only when given)
 METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
     "threshold": (HASHES, None), "chaining": (HASHES, False), "reference": (HASHES, None),
+    "confirm": (frozenset({"phash"}), True),
     "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
     "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),
     "embeddings_key": (frozenset({"semantic"}), None),

@@ -68,6 +68,11 @@ def dhash_codes(pixels: np.ndarray) -> np.ndarray:
     return pack_rows(pixels[:, :, 1:] > pixels[:, :, :-1])
 
 
+def dhash_vertical_codes(pixels: np.ndarray) -> np.ndarray:
+    """(n, 9, 8) uint8 -> vertical dHash codes: each pixel brighter than the one above it."""
+    return pack_rows(pixels[:, 1:, :] > pixels[:, :-1, :])
+
+
 def ahash_codes(pixels: np.ndarray) -> np.ndarray:
     """(n, 8, 8) uint8 -> aHash codes: each pixel above the image's mean (sums of integers: exact)."""
     return pack_rows(pixels > pixels.mean(axis=(1, 2), dtype=np.float64)[:, None, None])

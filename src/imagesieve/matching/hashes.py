@@ -1,4 +1,5 @@
-"""Per-image hashes: exact (encoded bytes, decoded pixels) and perceptual (pHash, dHash, aHash, wHash).
+"""Per-image hashes: exact (encoded bytes, decoded pixels) and perceptual (pHash, dHash, aHash, wHash, and
+the vertical dHash that, with dHash, confirms pHash's pairs).
 
 Perceptual hashes are the `imagehash` library's, packed into a 64-bit integer (bit i of the 8x8
 hash, row-major, is bit 63-i: the same order as `str(imagehash.phash(...))`). Each image is decoded
@@ -22,16 +23,17 @@ from PIL import Image, ImageOps
 
 from imagesieve.imageio import MAX_PIXELS, ImageDecodeError, load, open_image
 from imagesieve.jpeg_draft import draft_grey
-from imagesieve.matching.hash_kernels import ahash_codes, dhash_codes, phash_codes
+from imagesieve.matching.hash_kernels import ahash_codes, dhash_codes, dhash_vertical_codes, phash_codes
 
 PERCEPTUAL = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
-              "whash": imagehash.whash}
+              "whash": imagehash.whash, "dhash_vertical": imagehash.dhash_vertical}
 EXACT = ("bytes_hash", "pixel_hash")
 ALL_KINDS = (*EXACT, *PERCEPTUAL)
 DRAFT_SIZE = 32  # JPEGs are decoded to at least the pHash input size (32x32), by DCT scaling
 # the kinds computed over the batch: (width, height) imagehash resizes the grey image to, and the kernel
 BATCHED: dict[str, tuple[tuple[int, int], Callable[[np.ndarray], np.ndarray]]] = {
-    "phash": ((32, 32), phash_codes), "dhash": ((9, 8), dhash_codes), "ahash": ((8, 8), ahash_codes)}
+    "phash": ((32, 32), phash_codes), "dhash": ((9, 8), dhash_codes), "ahash": ((8, 8), ahash_codes),
+    "dhash_vertical": ((8, 9), dhash_vertical_codes)}
 
 
 def pack_bits(bits: np.ndarray) -> int:

@@ -13,19 +13,77 @@ order, against an index that only grows (`stream_kernel.py`), in memory linear i
 These are exactly the groups that `groups.group_stars` / `best_of_components` give over every pair
 that `near_search.near_pairs` finds (tests compare them). On sparse data the parallel pair search is
 faster (2.7x at 1M uniform codes, 2 cores), so `near_keepers` tries it first, within a pair budget.
+
+A pair may also have to agree on a second code (`Confirm`): the search finds the pairs within the
+threshold of the first code, and each counts only when both distances together are within
+`Confirm.within`. Every function here applies the same pair rule, so the equalities above still hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from imagesieve.matching.near_search import MAX_PAIRS, TooManyPairsError, choose_split, flip_masks, near_pairs
+from imagesieve.matching.near_search import (
+    MAX_PAIRS,
+    TooManyPairsError,
+    choose_split,
+    flip_masks,
+    near_pairs,
+    popcount64,
+)
 
 MAX_TABLE_BITS = 24  # a block's bucket table: at most 2^24 entries; wider blocks are hashed into it
 SMALL = 1 << 15  # up to this many codes are decided one at a time, against an index that stays in cache
 STARS, CHAINS, NEAREST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Second codes of each image (`codes[x]`: a row of 64-bit words; `flipped[x]`: its mirror's) that a
+    pair must agree on too: the pair counts when its distance plus the distances of these words is at
+    most `within`.
+
+    Why: chance pairs grow as n^2, so one 64-bit hash within a fixed distance matches unrelated images
+    once there are millions of them; a second hash of the same pixels rarely agrees by chance as well."""
+
+    codes: np.ndarray
+    flipped: np.ndarray | None
+    within: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codes", _words(self.codes))
+        if self.flipped is not None:
+            object.__setattr__(self, "flipped", _words(self.flipped))
+
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(second, second_flipped, within) as the kernels take them."""
+        flipped = np.zeros((0, self.codes.shape[1]), np.uint64) if self.flipped is None else self.flipped
+        return self.codes, flipped, self.within
+
+    def take(self, rows: np.ndarray) -> Confirm:
+        """The same rule for a subset of the images."""
+        return Confirm(self.codes[rows], None if self.flipped is None else self.flipped[rows], self.within)
+
+    def keep(self, i: np.ndarray, j: np.ndarray, dist: np.ndarray, mirrored: bool = False) -> np.ndarray:
+        """Which pairs (i, j at `dist`; j's mirror with `mirrored`) the rule keeps."""
+        other = self.flipped if mirrored else self.codes
+        return dist + popcount64(self.codes[i] ^ other[j]).sum(axis=1) <= self.within
+
+
+def _words(codes: np.ndarray) -> np.ndarray:
+    """Second codes as a C-contiguous (n, words) uint64 array (a single code per image is one word)."""
+    codes = np.asarray(codes, np.uint64)
+    return np.ascontiguousarray(codes.reshape(len(codes), -1))
+
+
+NO_CONFIRM = (np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), -1)
+
+
+def _kernel_confirm(confirm: Confirm | None) -> tuple[np.ndarray, np.ndarray, int]:
+    return NO_CONFIRM if confirm is None else confirm.kernel_args()
 
 
 def _index_layout(entries: int, threshold: int) -> tuple:
@@ -61,7 +119,7 @@ def _sorted_index(codes: np.ndarray, owners: np.ndarray, mirrored: np.ndarray, s
 
 
 def _group(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshold: int, mode: int,
-           visit: np.ndarray, parent: np.ndarray, small: int, threads: int) -> np.ndarray:
+           visit: np.ndarray, parent: np.ndarray, small: int, threads: int, second: tuple) -> np.ndarray:
     """Decide `members` (in keep order): stars return each one's keeper; chains join `parent`.
 
     Up to `small` members, one at a time (`one_by_one`). Beyond, in batches as large as the index of
@@ -74,13 +132,15 @@ def _group(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshol
     per = 2 if len(flipped) else 1
     if len(members) <= small:
         return kernel.one_by_one(codes, flipped, members, threshold, mode,
-                                 *_index_layout(len(members) * per, threshold), visit, parent)
+                                 *_index_layout(len(members) * per, threshold), visit, parent, *second)
     keeper = members.copy()
     entry_codes, entry_owners, entry_mirrored = [], [], []
     start, size = 0, small
     while start < len(members):
         batch = members[start:start + size]
         queries = codes[batch] if per == 1 else np.concatenate([codes[batch], flipped[batch]])
+        q_second = np.zeros((len(queries), 1), np.uint64) if second[2] < 0 else \
+            second[0][batch] if per == 1 else np.concatenate([second[0][batch], second[1][batch]])
         best = np.full(len(queries), -1, np.int64)
         best_key = np.full(len(queries), kernel.FAR, np.int64)
         if entry_codes:  # blocks split for the index's size: as wide as a bucket per entry, or so
@@ -89,18 +149,18 @@ def _group(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshol
                                   np.concatenate(entry_mirrored), shifts, widths)
             kernel.probe_sorted_index(queries, np.tile(batch, per), np.repeat(np.arange(per) == 1, len(batch)),
                                       threshold, mode, *index, shifts, widths, masks, mask_start, best, best_key,
-                                      visit, parent, len(index[0][0]), threads)
+                                      visit, parent, len(index[0][0]), threads, q_second, *second)
         if mode == STARS:
             pick = best_key.reshape(per, -1).argmin(axis=0)
             best = best.reshape(per, -1)[pick, np.arange(len(batch))]
             open_ = best < 0
             keeper[start:start + len(batch)][~open_] = best[~open_]
             rest = batch[open_]
-            rest_keeper = _group(codes, flipped, rest, threshold, mode, visit, parent, small, threads)
+            rest_keeper = _group(codes, flipped, rest, threshold, mode, visit, parent, small, threads, second)
             keeper[start:start + len(batch)][open_] = rest_keeper
             new = rest[rest_keeper == rest]
         else:
-            _group(codes, flipped, batch, threshold, mode, visit, parent, small, threads)
+            _group(codes, flipped, batch, threshold, mode, visit, parent, small, threads, second)
             new = batch
         entry_codes.append(codes[new] if per == 1 else np.concatenate([codes[new], flipped[new]]))
         entry_owners.append(np.tile(new, per))
@@ -111,7 +171,7 @@ def _group(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshol
 
 
 def _run(codes: np.ndarray, flipped: np.ndarray | None, rank: np.ndarray, threshold: int, mode: int,
-         small: int, threads: int) -> np.ndarray:
+         small: int, threads: int, confirm: Confirm | None) -> np.ndarray:
     if not 0 <= threshold <= 64:
         raise ValueError(f"threshold must be within 0..64, got {threshold}")
     codes = np.ascontiguousarray(codes, np.uint64)
@@ -121,7 +181,8 @@ def _run(codes: np.ndarray, flipped: np.ndarray | None, rank: np.ndarray, thresh
     visit[order] = np.arange(len(codes))
     parent = np.arange(len(codes))
     keeper = np.empty(len(codes), np.int64)
-    keeper[order] = _group(codes, flipped, order, threshold, mode, visit, parent, small, threads)
+    second = _kernel_confirm(confirm)
+    keeper[order] = _group(codes, flipped, order, threshold, mode, visit, parent, small, threads, second)
     if mode == CHAINS:
         from imagesieve.matching.stream_kernel import roots
 
@@ -130,24 +191,25 @@ def _run(codes: np.ndarray, flipped: np.ndarray | None, rank: np.ndarray, thresh
 
 
 def star_keepers(codes: np.ndarray, threshold: int, rank: np.ndarray, flipped: np.ndarray | None = None,
-                 threads: int = 1, small: int = SMALL) -> np.ndarray:
+                 threads: int = 1, small: int = SMALL, confirm: Confirm | None = None) -> np.ndarray:
     """keeper[x]: the best-ranked image within `threshold` of x that is itself kept (x when none).
     `threads` share the batch probes; `small` is the size decided one at a time (tests lower it to
     exercise the batches)."""
-    return _run(codes, flipped, rank, threshold, STARS, small, threads)
+    return _run(codes, flipped, rank, threshold, STARS, small, threads, confirm)
 
 
 def chain_keepers(codes: np.ndarray, threshold: int, rank: np.ndarray, flipped: np.ndarray | None = None,
-                  small: int = SMALL) -> np.ndarray:
+                  small: int = SMALL, confirm: Confirm | None = None) -> np.ndarray:
     """keeper[x]: the best-ranked image of x's connected component (images joined by pairs within
     `threshold`)."""
-    return _run(codes, flipped, rank, threshold, CHAINS, small, 1)
+    return _run(codes, flipped, rank, threshold, CHAINS, small, 1, confirm)
 
 
 def nearest_in(codes: np.ndarray, base: np.ndarray, threshold: int, base_flipped: np.ndarray | None = None,
-               threads: int = 1) -> np.ndarray:
+               threads: int = 1, confirm: Confirm | None = None, query_second: np.ndarray | None = None) -> np.ndarray:
     """For each code, the index of the nearest code of `base` within `threshold` (or of a mirror in
-    `base_flipped`; an unmirrored one, then the lowest index, on a tie), or -1."""
+    `base_flipped`; an unmirrored one, then the lowest index, on a tie), or -1. With `confirm` (the
+    base's second codes), a pair also needs the query's second code (`query_second`) to agree."""
     from imagesieve.matching import stream_kernel as kernel
 
     if not 0 <= threshold <= 64:
@@ -162,9 +224,11 @@ def nearest_in(codes: np.ndarray, base: np.ndarray, threshold: int, base_flipped
     best = np.full(len(codes), -1, np.int64)
     best_key = np.full(len(codes), kernel.FAR, np.int64)
     none = np.zeros(0, np.int64)
+    q_second = np.zeros((len(codes), 1), np.uint64) if confirm is None else _words(query_second)
     kernel.probe_sorted_index(np.ascontiguousarray(codes, np.uint64), np.arange(len(codes)),
                               np.zeros(len(codes), bool), threshold, NEAREST, *index, shifts, widths, masks,
-                              mask_start, best, best_key, none, none, len(entries), threads)
+                              mask_start, best, best_key, none, none, len(entries), threads, q_second,
+                              *_kernel_confirm(confirm))
     return best
 
 
@@ -173,7 +237,7 @@ PAIRS_PER_CODE = 8  # a search that finds more pairs than this per code is dense
 
 def near_keepers(codes: np.ndarray, threshold: int, rank: np.ndarray, flipped: np.ndarray | None = None,
                  chaining: bool = False, parts: int = 1, run_jobs: Callable | None = None, threads: int = 1,
-                 max_pairs: int | None = None) -> np.ndarray:
+                 max_pairs: int | None = None, confirm: Confirm | None = None) -> np.ndarray:
     """keeper[x] of star groups (or, with `chaining`, of connected components): the same answer by the
     faster of two ways. Sparse data (few pairs: most datasets) is searched for every pair by
     `near_pairs` in parallel jobs (`run_jobs`, an executor's `map`) and the pairs grouped; a search
@@ -183,15 +247,20 @@ def near_keepers(codes: np.ndarray, threshold: int, rank: np.ndarray, flipped: n
 
     budget = max_pairs if max_pairs is not None else min(MAX_PAIRS, PAIRS_PER_CODE * len(codes) + 10_000)
     try:
-        i, j, _ = near_pairs(codes, threshold, parts=parts, run_jobs=run_jobs, max_pairs=budget)
+        i, j, d = near_pairs(codes, threshold, parts=parts, run_jobs=run_jobs, max_pairs=budget)
+        if confirm is not None:
+            keep = confirm.keep(i, j, d)
+            i, j = i[keep], j[keep]
         if flipped is not None:
-            fi, fj, _ = near_pairs(codes, threshold, other=flipped, parts=parts, run_jobs=run_jobs, max_pairs=budget)
+            fi, fj, fd = near_pairs(codes, threshold, other=flipped, parts=parts, run_jobs=run_jobs, max_pairs=budget)
             keep = fi != fj
+            if confirm is not None:
+                keep &= confirm.keep(fi, fj, fd, mirrored=True)
             i = np.concatenate([i, np.minimum(fi, fj)[keep]])
             j = np.concatenate([j, np.maximum(fi, fj)[keep]])
     except TooManyPairsError:
         if chaining:
-            return chain_keepers(codes, threshold, rank, flipped)
-        return star_keepers(codes, threshold, rank, flipped, threads=threads)
+            return chain_keepers(codes, threshold, rank, flipped, confirm=confirm)
+        return star_keepers(codes, threshold, rank, flipped, threads=threads, confirm=confirm)
     group = best_of_components if chaining else group_stars
     return group(len(codes), i, j, rank)

@@ -61,6 +61,19 @@ def _add(code: np.uint64, owner: int, mirrored: bool, e: int, codes, owners, mir
 
 
 @njit(cache=True, inline="always")
+def _confirmed(d: int, q_second: np.ndarray, owner: int, mirrored: bool, second: np.ndarray,
+               second_flipped: np.ndarray, within: int) -> bool:
+    """The pair rule beyond the search's own distance: with second codes (a row of words per image),
+    all the distances together within `within` (-1: none, every pair within the threshold counts)."""
+    if within < 0:
+        return True
+    other = second_flipped[owner] if mirrored else second[owner]
+    for w in range(len(other)):
+        d += _popcount(q_second[w] ^ other[w])
+    return d <= within
+
+
+@njit(cache=True, inline="always")
 def _root(parent: np.ndarray, a: int) -> int:
     while parent[a] != a:
         parent[a] = parent[parent[a]]
@@ -91,7 +104,8 @@ def _take(mode: int, x: int, owner: int, d: int, mirrored: bool, best: np.ndarra
 @njit(cache=True)
 def _probe_one(query: np.uint64, x: int, query_mirrored: bool, threshold: int, mode: int, codes, owners, mirrors,
                heads, head_start, links, bits, shifts, widths, masks, mask_start, best: np.ndarray,
-               best_key: np.ndarray, visit: np.ndarray, parent: np.ndarray, capacity: int) -> None:
+               best_key: np.ndarray, visit: np.ndarray, parent: np.ndarray, capacity: int, q_second: np.ndarray,
+               second: np.ndarray, second_flipped: np.ndarray, within: int) -> None:
     """Probe one query against a growing index (into `best[0]`, `best_key[0]`)."""
     for b in range(len(shifts)):
         key = _block(query, shifts[b], widths[b])
@@ -100,7 +114,8 @@ def _probe_one(query: np.uint64, x: int, query_mirrored: bool, threshold: int, m
             while e >= 0:
                 if not (query_mirrored and mirrors[e]):
                     d = _popcount(query ^ codes[e])
-                    if d <= threshold:
+                    if d <= threshold and _confirmed(d, q_second, owners[e], mirrors[e], second, second_flipped,
+                                                     within):
                         _take(mode, x, owners[e], d, mirrors[e], best, best_key, 0, visit, parent, capacity)
                 e = links[b, e]
 
@@ -117,12 +132,14 @@ def bucket_of(codes: np.ndarray, shift: int, width: int, bits: int) -> np.ndarra
 @njit(cache=True, parallel=True)
 def probe_sorted_index(queries, query_of, query_mirrored, threshold, mode, codes, owners, mirrors, starts, start_at,
                        bits, shifts, widths, masks, mask_start, best, best_key, visit, parent, capacity,
-                       threads) -> None:
+                       threads, q_second, second, second_flipped, within) -> None:
     """Probe all `queries` against a sorted index (`codes[b]`, `owners[b]`, `mirrors[b]`: the entries in
     block b's bucket order; bucket k of block b holds positions starts[start_at[b] + k] up to the next):
     block by block and mask by mask, queries in key order, so both the table and the entries are read
     almost in order, as `near_kernel.probe` reads them. Stars and nearest (modes 0, 2) split the
-    queries among `threads` (each query's result is its own); chains (mode 1) join in one thread."""
+    queries among `threads` (each query's result is its own); chains (mode 1) join in one thread.
+    With `within` >= 0, a pair also needs its second codes (`q_second[q]`, `second[owner]` or, for a
+    mirrored entry, `second_flipped[owner]`) close enough (`_confirmed`)."""
     parts = threads if mode != 1 else 1
     for b in range(len(shifts)):
         keys = np.empty(len(queries), np.uint64)
@@ -138,7 +155,8 @@ def probe_sorted_index(queries, query_of, query_mirrored, threshold, mode, codes
                     for e in range(starts[slot], starts[slot + 1]):
                         if not (query_mirrored[q] and mirrors[b, e]):
                             d = _popcount(queries[q] ^ codes[b, e])
-                            if d <= threshold:
+                            if d <= threshold and _confirmed(d, q_second[q], owners[b, e], mirrors[b, e], second,
+                                                             second_flipped, within):
                                 _take(mode, query_of[q], owners[b, e], d, mirrors[b, e], best, best_key, q, visit,
                                       parent, capacity)
 
@@ -146,7 +164,8 @@ def probe_sorted_index(queries, query_of, query_mirrored, threshold, mode, codes
 @njit(cache=True)
 def one_by_one(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, threshold: int, mode: int,
                shifts: np.ndarray, widths: np.ndarray, max_bits: int, masks: np.ndarray, mask_start: np.ndarray,
-               visit: np.ndarray, parent: np.ndarray) -> np.ndarray:
+               visit: np.ndarray, parent: np.ndarray, second: np.ndarray, second_flipped: np.ndarray,
+               within: int) -> np.ndarray:
     """Decide `members` (in keep order) one at a time against an index of their own, which a small set
     keeps in cache. Stars (mode 0): returns each member's keeper. Chains (mode 1): joins components
     in `parent` (returns the members)."""
@@ -163,8 +182,10 @@ def one_by_one(codes: np.ndarray, flipped: np.ndarray, members: np.ndarray, thre
         for r in range(per):
             best[0], best_key[0] = NOT_FOUND, FAR
             query = codes[x] if r == 0 else flipped[x]
+            q_second = second[0] if within < 0 else (second[x] if r == 0 else second_flipped[x])
             _probe_one(query, x, r == 1, threshold, mode, codes_i, owners_i, mirrors_i, heads_i, start_i, links_i,
-                       bits_i, shifts, widths, masks, mask_start, best, best_key, visit, parent, capacity)
+                       bits_i, shifts, widths, masks, mask_start, best, best_key, visit, parent, capacity, q_second,
+                       second, second_flipped, within)
             if best[0] != NOT_FOUND and (found == NOT_FOUND or visit[best[0]] < visit[found]):
                 found = best[0]
         if mode == 0 and found != NOT_FOUND:

@@ -46,6 +46,8 @@ def headline(summary: dict, removal: dict | None) -> list[tuple[str, str]]:
         rows.append((f"  by {method}", f"{count:,}"))
     if summary.get("threshold") is not None:
         rows.append(("threshold", str(summary["threshold"])))
+    if summary.get("confirm") is not None:
+        rows.append(("confirmed by dHash", f"pHash + dHashes within {summary['confirm']} of 192 bits"))
     if removal:
         rows += [("samples in", f"{removal['samples_in']:,}"), ("kept", f"{removal['kept']:,}"),
                  ("removed", f"{removal['removed']:,}")]

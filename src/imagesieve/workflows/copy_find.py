@@ -163,7 +163,7 @@ def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, c
         config = replace(config, json_fields=(config.keep.split(":", 1)[1],))
     remove_stale_temp_files(output_dir)
     executor = executor or LocalExecutor()
-    hashing = FindConfig(method="phash", flip=True, threshold=config.hash_threshold, keep=config.keep,
+    hashing = FindConfig(method="phash", flip=True, threshold=config.hash_threshold, keep=config.keep, confirm=False,
                          on_error=config.on_error, json_fields=config.json_fields)
     clock = time.monotonic()
     units = hash_shards(input_path, output_dir, os.path.join(output_dir, "hashes"), hashing, executor, progress,

@@ -24,7 +24,7 @@ from imagesieve.matching.groups import group_exact
 from imagesieve.matching.hashes import EXACT, PERCEPTUAL
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import popcount64
-from imagesieve.matching.stream_groups import near_keepers, nearest_in
+from imagesieve.matching.stream_groups import Confirm, near_keepers, nearest_in
 from imagesieve.progress import phase
 from imagesieve.runfolder import (
     remove_stale_temp_files,
@@ -36,11 +36,17 @@ from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_proven
 from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 
-METHODS = ("exact", *PERCEPTUAL)
+METHODS = ("exact", "phash", "dhash", "ahash", "whash")
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
 # each hash, except pHash, where 10 keeps precision at 0.996 for an F1 within 0.01 of the best (12).
 DEFAULT_THRESHOLDS = {"phash": 10, "dhash": 7, "ahash": 3, "whash": 3}
 MAX_THRESHOLD = 32
+# A pHash pair counts only when pHash and the two dHashes (rows, columns; of the same decode) together
+# differ in at most this many of their 192 bits. Chance pairs grow as n^2: among 1M photo mosaics an image
+# with no copy has ~9 others within 10 bits of pHash; this rule keeps about 1 in 4,000 of those and every
+# planted copy. Chosen on generated mosaics, checked on the labelled photos (BENCHMARKS.md, "precision at scale").
+DEFAULT_CONFIRM = 26
+CONFIRMED_BY = {"phash": ("dhash", "dhash_vertical")}  # the hashes that confirm each method's pairs
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class FindConfig:
     on_error: str = "fail"
     exact_decode: bool = False
     json_fields: tuple[str, ...] = ()
+    # pHash: True confirms each pair by dHash (DEFAULT_CONFIRM bits of both), a number sets those bits,
+    # False takes every pair within the threshold
+    confirm: bool | int = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +69,12 @@ class FindConfig:
         if self.threshold is not None and not 0 <= self.threshold <= MAX_THRESHOLD:
             raise ValueError(f"threshold must be within 0..{MAX_THRESHOLD} bits of 64, got {self.threshold} "
                              "(beyond half the bits, unrelated images match)")
+        if not isinstance(self.confirm, bool):
+            if self.method not in CONFIRMED_BY:
+                raise ValueError(f"confirm applies to {', '.join(CONFIRMED_BY)} only, not to {self.method}")
+            if not isinstance(self.confirm, int) or not 0 <= self.confirm <= 192:
+                raise ValueError(f"confirm must be within 0..192 bits (the three hashes together), got "
+                                 f"{self.confirm!r}")
         keep_policy(self.keep)  # validates
 
     @property
@@ -69,8 +84,18 @@ class FindConfig:
         return DEFAULT_THRESHOLDS[self.method] if self.threshold is None else self.threshold
 
     @property
+    def confirm_within(self) -> int | None:
+        """The most bits the method's hash and its confirming hash may differ in together, or None."""
+        if self.method not in CONFIRMED_BY or self.confirm is False:
+            return None
+        return DEFAULT_CONFIRM if self.confirm is True else int(self.confirm)
+
+    @property
     def kinds(self) -> tuple[str, ...]:
-        return ("bytes_hash", "pixel_hash") if self.method == "exact" else ("bytes_hash", self.method)
+        if self.method == "exact":
+            return ("bytes_hash", "pixel_hash")
+        confirming = CONFIRMED_BY[self.method] if self.confirm_within is not None else ()
+        return ("bytes_hash", self.method, *confirming)
 
 
 @dataclass
@@ -82,12 +107,14 @@ class FindSummary:
     by_method: dict[str, int] = field(default_factory=dict)
     threshold: int = 0
     elapsed_seconds: float = 0.0
+    confirm: int | None = None  # pHash and both dHashes together within this many bits (None: not confirmed)
 
     def lines(self) -> list[str]:
         methods = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_method.items())) or "none"
+        confirmed = f", confirmed by dHash: all within {self.confirm} of 192" if self.confirm is not None else ""
         return [f"images           {self.images} ({self.skipped} skipped as unreadable)",
                 f"groups           {self.groups}",
-                f"duplicates       {self.duplicates} ({methods}; threshold {self.threshold})",
+                f"duplicates       {self.duplicates} ({methods}; threshold {self.threshold}{confirmed})",
                 f"elapsed          {self.elapsed_seconds:.1f} s"]
 
 
@@ -213,7 +240,8 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
     by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
     summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started)
+                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started,
+                          confirm=config.confirm_within)
     run = {"config": asdict(config), "input": absolute_paths(input_path),
            "input_root": shards[0].root or None,  # an image folder: IDs are paths under it
            "reference": absolute_paths(reference) if reference else None,
@@ -245,12 +273,28 @@ def _within_set(table: pa.Table, config: FindConfig, t: int, search: dict) -> pa
     else:  # the near search among the exact groups' representatives, grouped as it goes (no pairs held)
         reps = np.flatnonzero(rep == np.arange(n))
         flipped = _codes(table, f"{config.method}_flip")[reps] if config.flip else None
+        confirm = _confirm(table, config)
+        if confirm is not None:
+            confirm = confirm.take(reps)
         keeper_of_rep = near_keepers(_codes(table, config.method)[reps], t, rank[reps], flipped, config.chaining,
-                                     **search)
+                                     confirm=confirm, **search)
         keeper = np.arange(n)
         keeper[reps] = reps[keeper_of_rep]
         keeper = keeper[rep]
     return _groups_table(table, table, keeper, rep, config)
+
+
+def _confirm(table: pa.Table, config: FindConfig) -> Confirm | None:
+    """The second hash of each row (and of its mirror) that a pair must agree on, or None."""
+    if config.confirm_within is None:
+        return None
+    kinds = CONFIRMED_BY[config.method]
+    return Confirm(_code_words(table, kinds), _code_words(table, [f"{k}_flip" for k in kinds]) if config.flip else None,
+                   config.confirm_within)
+
+
+def _code_words(table: pa.Table, columns: list[str] | tuple[str, ...]) -> np.ndarray:
+    return np.stack([_codes(table, c) for c in columns], axis=1)
 
 
 def _distances(config: FindConfig, members: pa.Table, keepers: pa.Table) -> np.ndarray:
@@ -304,8 +348,10 @@ def _cross_set(table: pa.Table, ref: pa.Table, config: FindConfig, t: int, searc
         best[same], best_dist[same] = at[same], 0
     if config.method != "exact":
         codes = _codes(table, config.method)
+        confirm = _confirm(ref, config)
         nearest = nearest_in(codes, _codes(ref, config.method), t,
-                             _codes(ref, f"{config.method}_flip") if config.flip else None, search["threads"])
+                             _codes(ref, f"{config.method}_flip") if config.flip else None, search["threads"],
+                             confirm, None if confirm is None else _code_words(table, CONFIRMED_BY[config.method]))
         found = np.flatnonzero(nearest >= 0)
         d = popcount64(codes[found] ^ _codes(ref, config.method)[nearest[found]])
         if config.flip:
