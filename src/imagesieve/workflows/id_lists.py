@@ -8,7 +8,7 @@ import logging
 import os
 
 from imagesieve.inputs import InputUnit
-from imagesieve.shards import iter_samples, read_table
+from imagesieve.shards import SCAN_BEFORE_COMPILING, iter_samples, read_table
 from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
@@ -84,7 +84,7 @@ def names_a_sample(removal: ImageDuplicatesRemovalStage, unit: InputUnit,
     if curator is not None and not curator.names_shard(shard):
         return False
     with storage_for(shard, storage_options).local_copy(shard) as local:
-        table = read_table(local)
+        table = read_table(local, SCAN_BEFORE_COMPILING)  # a shard or two: not worth loading numba for
     table.display_shard = shard  # Curator IDs name it by its own name, not a spool copy's
     if curator is not None:
         return len(curator.listed_rows(table)) > 0
