@@ -73,6 +73,7 @@ def test_key_scheme_reads_curator_shaped_ids_as_keys(shards, tmp_path):
     with pytest.raises(UnmatchedIdsError):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"),
                           executor=LocalExecutor(1), id_scheme="key")
+    assert not os.path.exists(tmp_path / "out")  # refused before any output was written
 
 
 def test_keys_that_look_like_curator_ids_stay_keys(tmp_path):
@@ -157,3 +158,31 @@ def test_cli_id_scheme_and_allow_unmatched_ids(shards, tmp_path, capsys):
     assert "none of the 4 IDs listed in" in capsys.readouterr().err
     assert main([*args[:2], "--id-scheme", "key", "--allow-unmatched-ids", *args[2:], str(tmp_path / "o3")]) == 0
     assert "removed          0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("ids", "says"), [
+    (["00000_000100", "00001_000200"], "read as NeMo Curator reader IDs"),  # named shards, past their samples
+    (["99999_000001", "99999_000002"], "name no shard of the input"),  # shaped as Curator's, other shards
+])
+def test_auto_curator_list_matching_nothing_is_refused_before_any_output_is_written(shards, tmp_path, ids, says):
+    write_ids(tmp_path / "dups", ids)
+    out = tmp_path / "out"
+    with pytest.raises(UnmatchedIdsError) as error:
+        remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    assert str(tmp_path / "dups") in str(error.value) and says in str(error.value)
+    assert not out.exists()
+    out.mkdir()  # an existing OUT is left as it was too
+    with pytest.raises(UnmatchedIdsError):
+        remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    assert os.listdir(out) == []
+    summary = remove_duplicates(str(tmp_path / "shards"), str(out), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1), allow_unmatched_ids=True)
+    assert (summary.removed, sorted(os.listdir(out))[:2]) == (0, ["00000.tar", "00001.tar"])
+
+
+def test_curator_list_naming_only_a_later_shard_runs(shards, tmp_path):
+    write_ids(tmp_path / "dups", ["00001_000003"])  # 00001.tar's 4th .jpg sample: key 000000015
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1), id_scheme="curator")
+    assert summary.removed == 1
+    assert "000000015" not in keys_in(str(tmp_path / "out" / "00001.tar"))

@@ -171,7 +171,7 @@ def test_accounting_catches_tampered_shard_counts(make_shard, tmp_path):
 
 def test_output_path_that_is_a_file_is_a_clear_error(make_shard, tmp_path):
     make_shard(n=2)
-    write_ids(tmp_path / "dups", ["x"])
+    write_ids(tmp_path / "dups", ["00000001"])  # names a sample: a list naming none is refused first
     (tmp_path / "out").write_text("a file")
     with pytest.raises(OSError, match="out"):
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"))

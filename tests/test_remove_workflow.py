@@ -16,6 +16,7 @@ from conftest import write_ids
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline, PipelineError
+from imagesieve.shards import read_table
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.workflows.remove import remove_duplicates
@@ -226,3 +227,46 @@ def test_members_of_no_sample_are_copied_and_reported(tmp_path):
     with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
         assert [m.name for m in tar.getmembers()] == ["README", "._a.jpg", "b.jpg"]
         assert tar.extractfile("._a.jpg").read() == b"appledouble"
+
+
+@pytest.mark.parametrize("out_before", ["absent", "empty", "holding a file"])
+def test_list_matching_nothing_is_refused_before_any_output_is_written(make_shard, tmp_path, capsys, out_before):
+    make_shard("00000.tar", n=4)
+    make_shard("00001.tar", n=4, start=4)
+    dups = tmp_path / "dups"
+    write_ids(dups, ["photo-1", "photo-2"])
+    out = tmp_path / "out"
+    if out_before != "absent":
+        out.mkdir()
+    if out_before == "holding a file":
+        (out / "notes.txt").write_text("mine")
+    assert main(["remove", "--quiet", "--duplicates", str(dups), str(tmp_path / "shards"), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(dups) in err and "'photo-1'" in err and "'00000000'" in err and "--allow-unmatched-ids" in err
+    expected = {"absent": None, "empty": [], "holding a file": ["notes.txt"]}[out_before]
+    assert (sorted(os.listdir(out)) if out.exists() else None) == expected  # OUT as it was: no shard, no records
+
+    assert main(["remove", "--quiet", "--allow-unmatched-ids", "--duplicates", str(dups), str(tmp_path / "shards"),
+                 str(out)]) == 0
+    assert "removed          0" in capsys.readouterr().out
+    assert members_by_key(str(out / "00001.tar")).keys() == {f"{i:08d}" for i in range(4, 8)}
+
+
+def test_list_matching_some_samples_runs_and_the_check_stops_at_the_first_named_shard(make_shard, tmp_path,
+                                                                                     monkeypatch):
+    from imagesieve.workflows import id_lists
+
+    for n in range(3):
+        make_shard(f"{n:05d}.tar", n=4, start=4 * n)
+    write_ids(tmp_path / "dups", ["not-in-input", "00000005"])  # names a sample of the second shard only
+    read = []
+
+    def counted(path: str, scan_first: int = 0):
+        read.append(path)
+        return read_table(path, scan_first)
+
+    monkeypatch.setattr(id_lists, "read_table", counted)
+    summary = remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(tmp_path / "dups"),
+                                executor=LocalExecutor(1))
+    assert (summary.samples_in, summary.removed, summary.ids_not_found) == (12, 1, 1)
+    assert [os.path.basename(p) for p in read] == ["00000.tar", "00001.tar"]  # not the third: no read of every shard

@@ -1,5 +1,6 @@
-"""What a remove run's ID list names, decided once for the whole run; and the refusal of a list that
-names no sample of the run, which would otherwise copy every shard and look successful."""
+"""What a remove run's ID list names, decided once for the whole run; and the refusal, before any
+output is written, of a list that names no sample of the run, which would otherwise copy every shard
+and look successful."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import os
 
 from imagesieve.inputs import InputUnit
-from imagesieve.shards import iter_samples, read_table
+from imagesieve.shards import SCAN_BEFORE_COMPILING, iter_samples, read_table
 from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
@@ -44,15 +45,20 @@ def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUni
     return "curator"
 
 
-def check_ids_matched(removal: ImageDuplicatesRemovalStage, units: list[InputUnit], removed: int,
-                      id_scheme: str, storage_options: dict | None = None) -> None:
-    """Refuse a run in which no listed ID removed anything, over all its shards (those done by an
-    earlier run too), naming the ID folder, a few listed IDs and a few keys of the input."""
-    if removed or not removal.listed_ids:
+def check_ids_match(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
+                    storage_options: dict | None = None) -> None:
+    """Refuse, before any output is written, a list of which no ID names a sample of the run (those
+    done by an earlier run too): it would copy every shard unchanged and look successful. Shards are
+    looked at one by one until one is named, from their tar headers only, so a list that matches
+    costs about one shard's headers; Curator IDs look only at the shards they name. The error names
+    the ID folder, a few listed IDs and a few keys of the input. `removal` is set up, its scheme fixed."""
+    if not removal.listed_ids or (removal.id_scheme == "curator" and units[0].is_folder_chunk):
+        return  # curator IDs over an image folder: the stage refuses them, saying why
+    if any(names_a_sample(removal, unit, storage_options) for unit in units):
         return
     listed = ", ".join(repr(i) for i in examples(removal._index))
     keys = ", ".join(repr(k) for k in input_keys(units, storage_options))
-    if id_scheme == "curator":
+    if removal.id_scheme == "curator":
         hint = ("read as NeMo Curator reader IDs they name no sample of these shards: were they made from other "
                 "shards, or have these changed since Curator read them?")
     elif looks_like_curator(removal._index) and not units[0].is_folder_chunk:
@@ -63,9 +69,26 @@ def check_ids_matched(removal: ImageDuplicatesRemovalStage, units: list[InputUni
         hint = "check the ID folder and the ID column (--id-field)"
     raise UnmatchedIdsError(
         f"none of the {removal.listed_ids} IDs listed in {removal.removal_parquets_dir} (such as {listed}) names a "
-        f"sample of the input ({len(units)} shard{'s' * (len(units) != 1)}, keys such as {keys}), so nothing was "
-        f"removed; {hint}. When the input is only part of the shards the list was made for, pass --allow-unmatched-ids "
-        "(allow_unmatched_ids=True)")
+        f"sample of the input ({len(units)} shard{'s' * (len(units) != 1)}, keys such as {keys}), so the run would "
+        f"remove nothing; nothing was written; {hint}. When the input is only part of the shards the list was made "
+        "for, pass --allow-unmatched-ids (allow_unmatched_ids=True)")
+
+
+def names_a_sample(removal: ImageDuplicatesRemovalStage, unit: InputUnit,
+                   storage_options: dict | None = None) -> bool:
+    """Whether the list names a sample of `unit` as the stage will read it: by key, or by Curator ID."""
+    if unit.is_folder_chunk:
+        return bool(removal._index.contains([os.path.relpath(p, unit.root) for p in unit.paths]).any())
+    shard = unit.paths[0]
+    curator = removal._curator if removal.id_scheme == "curator" else None
+    if curator is not None and not curator.names_shard(shard):
+        return False
+    with storage_for(shard, storage_options).local_copy(shard) as local:
+        table = read_table(local, SCAN_BEFORE_COMPILING)  # a shard or two: not worth loading numba for
+    table.display_shard = shard  # Curator IDs name it by its own name, not a spool copy's
+    if curator is not None:
+        return len(curator.listed_rows(table)) > 0
+    return bool(removal._index.contains_hashed(table.key_hashes, table.key_array).any())
 
 
 def input_keys(units: list[InputUnit], storage_options: dict | None = None, count: int = 3) -> list[str]:

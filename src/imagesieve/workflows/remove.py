@@ -33,7 +33,7 @@ from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import is_remote, join, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
-from imagesieve.workflows.id_lists import check_ids_matched, resolve_id_scheme
+from imagesieve.workflows.id_lists import check_ids_match, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
 
 
@@ -110,8 +110,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
 
     `id_scheme` says what the IDs name (see `ImageDuplicatesRemovalStage`); "auto" is decided once for
     the run (`id_lists.resolve_id_scheme`). A list of which no ID names a sample of the run is refused
-    after the shards are written (`UnmatchedIdsError`), unless `allow_unmatched_ids` (a run over part
-    of the shards the list was made for).
+    before anything is written to `output_dir` (`UnmatchedIdsError`, `id_lists.check_ids_match`),
+    unless `allow_unmatched_ids` (a run over part of the shards the list was made for).
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). The input may
     not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder). Outputs of
@@ -125,16 +125,20 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     if folder and is_remote(output_dir):
         raise ValueError(f"{output_dir}: writing an image folder to object storage is not supported yet; write it "
                          "to a local folder and upload it")
+    # the ID list is read and checked against the input before OUT is touched: a list refused here
+    # leaves OUT as it was
+    removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
+                                          cache_dir=cache_dir, check_id_folder=check_id_folder,
+                                          storage_options=so, id_scheme=id_scheme)
+    removal.setup()  # fail fast on a bad ID folder, before any worker starts
+    check_integer_ids(removal, units, so)
+    removal.use_id_scheme(resolve_id_scheme(removal, units, so))
+    if not allow_unmatched_ids:
+        check_ids_match(removal, units, so)
     with removed_if_refused(output_dir):
         check_output_dir(output_dir)
         with run_lock(output_dir, "remove", so):
             remove_stale_temp_files(output_dir, so)
-            removal = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates_dir, duplicate_id_field=id_field,
-                                                  cache_dir=cache_dir, check_id_folder=check_id_folder,
-                                                  storage_options=so, id_scheme=id_scheme)
-            removal.setup()  # fail fast on a bad ID folder, before any worker starts
-            check_integer_ids(removal, units, so)
-            removal.use_id_scheme(resolve_id_scheme(removal, units, so))
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config()}
@@ -153,8 +157,6 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
                                  started, removed_path or join(output_dir, "removed.parquet"), so)
             summary.loose_members += others
             summary.id_scheme = removal.id_scheme
-            if not allow_unmatched_ids:
-                check_ids_matched(removal, units, summary.removed, removal.id_scheme, so)
             write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
     return summary
 

@@ -49,6 +49,11 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
     (`{tar stem}_{index:06d}`, mapped by shard and position: see `curator_ids`); "auto" a shard's
     samples by key, and by Curator position when none of its keys is listed but the list is shaped
     as Curator's (the `remove` workflow decides once for the whole run instead).
+
+    A list that names no sample of the input is not refused here: the stage sees one batch at a
+    time, and a batch with nothing listed is normal. The `remove` workflow checks the whole input
+    before it writes anything (`workflows.id_lists.check_ids_match`); a pipeline of your own can
+    compare the removed count with what it expected.
     """
 
     removal_parquets_dir: str
