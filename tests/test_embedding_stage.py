@@ -91,11 +91,28 @@ def test_user_onnx_model(make_shard, tmp_path):
     ({"input_shape": ("batch", 3, 16)}, "input .image. is .*; expected a float \\(batch, 3, H, W\\)"),
     ({"output_dim": None}, "output 'embedding' has shape"),
     ({"outputs": 2}, "has 2 outputs"),
+    ({"input_shape": (2, 3, 16, 16)}, "input .image. has shape \\[2, 3, 16, 16\\], its batch size fixed; export it "
+                                      "with a dynamic batch axis"),
 ])
 def test_onnx_model_that_does_not_fit_is_refused_naming_the_file(tmp_path, kwargs, message):
     model = tiny_model(tmp_path / "bad.onnx", **kwargs)
     with pytest.raises(ModelShapeError, match=f"bad.onnx: {message}"):
         ImageEmbeddingStage(model=model).setup()
+
+
+def test_a_model_with_a_batch_of_one_runs_one_image_at_a_time(make_shard, tmp_path):
+    """onnxruntime refused every batch but the first image's ('Got invalid dimensions')."""
+    shard = make_shard(n=7)
+    one, dynamic = (np.stack([image.embedding for image in ImageEmbeddingStage(
+        model=tiny_model(tmp_path / name, input_shape=shape), flip=True, model_inference_batch_size=3
+    ).process(read(shard)).data]) for name, shape in (("one.onnx", (1, 3, 16, 16)), ("any.onnx", ("b", 3, 16, 16))))
+    assert one.shape == (7, 8)
+    np.testing.assert_allclose(one, dynamic, atol=1e-5)
+
+
+def test_an_input_size_over_the_bound_is_refused():
+    with pytest.raises(ValueError, match="input_size must be in 1..1024, got 20000"):
+        ImageEmbeddingStage(input_size=20000)
 
 
 def test_writer_records_shard_and_model_and_rerun_rule(make_shard, tmp_path):

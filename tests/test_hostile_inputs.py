@@ -4,7 +4,9 @@ never reads an output back as input, never counts what it did not write."""
 from __future__ import annotations
 
 import os
+import re
 
+import numpy as np
 import pytest
 from conftest import encode, photo_tiles, write_ids
 from stages_for_tests import AddImageStage
@@ -237,3 +239,109 @@ def test_a_corrupt_embeddings_file_is_an_error_naming_it(shards, tmp_path, capsy
     assert main(["find", "--method", "semantic", "--embeddings", str(tmp_path / "emb"), str(shards),
                  str(tmp_path / "out")]) == 1
     assert f"{tmp_path / 'emb' / 'part-0.parquet'}: not a readable Parquet file" in capsys.readouterr().err
+
+
+def pool_model(path, input_shape=("batch", 3, 32, 32), output_shape=("batch", 3), kind: str = "pool") -> str:
+    """A real ONNX model built here: each channel's mean (GlobalAveragePool, Flatten) -> (batch, 3). `kind`:
+    "uint8" (a uint8 input, cast to float first), "int" (int64 output), "identity" (the image out),
+    "no input" (a constant out), "no output"."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8 if kind == "uint8" else TensorProto.FLOAT,
+                                          list(input_shape))
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT) if kind == "uint8" else
+             helper.make_node("Identity", ["image"], ["pixels"]),
+             helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["mean"], axis=1),
+             helper.make_node("Cast", ["mean"], ["embedding"], to=TensorProto.INT64) if kind == "int" else
+             helper.make_node("Identity", ["pixels" if kind == "identity" else "mean"], ["embedding"])]
+    out_type = TensorProto.INT64 if kind == "int" else TensorProto.FLOAT
+    outputs = [] if kind == "no output" else [helper.make_tensor_value_info("embedding", out_type, list(output_shape))]
+    inputs, initializer = [image], []
+    if kind == "no input":
+        nodes = [helper.make_node("Identity", ["constant"], ["embedding"])]
+        inputs, initializer = [], [numpy_helper.from_array(np.ones((1, 3), np.float32), "constant")]
+    graph = helper.make_graph(nodes, "pool", inputs, outputs, initializer=initializer)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def written(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def read_nothing(self, task):
+    raise AssertionError("a shard was read before the model was checked")
+
+
+def run_nothing(self, *args, **kwargs):
+    raise AssertionError("a pipeline (hashing, embedding) started before the model was checked")
+
+
+UNUSABLE_MODELS = {  # name: (how to make it in tmp_path, what the error says after the file's name)
+    "huge input": (lambda p: pool_model(p, (1, 3, 20000, 20000), (1, 3)),
+                   r": input 'image' has shape \[1, 3, 20000, 20000\]; a fixed side may be 1 to 1024 pixels"),
+    "one channel": (lambda p: pool_model(p, ("batch", 1, 32, 32), ("batch", 1)),
+                    r": input 'image' is tensor\(float\) \['batch', 1, 32, 32\]; expected a float"),
+    "uint8 input": (lambda p: pool_model(p, kind="uint8"), r": input 'image' is tensor\(uint8\)"),
+    "batch fixed at 4": (lambda p: pool_model(p, (4, 3, 32, 32), (4, 3)),
+                         r": input 'image' has shape \[4, 3, 32, 32\], its batch size fixed; export it with a "
+                         "dynamic batch axis"),
+    "not onnx": (lambda p: written(p, b"not a model"), ": the file is not an ONNX model"),
+    "empty file": (lambda p: written(p, b""), ": the file is not an ONNX model"),
+    "no input": (lambda p: pool_model(p, kind="no input"), ": has 0 inputs"),
+    "no output": (lambda p: pool_model(p, kind="no output"), ": has 0 outputs"),
+    "image out": (lambda p: pool_model(p, output_shape=("batch", 3, 32, 32), kind="identity"),
+                  r": output 'embedding' has shape \['batch', 3, 32, 32\]; expected \(batch, D\)"),
+    "integer out": (lambda p: pool_model(p, kind="int"), r": output 'embedding' is tensor\(int64\); expected floats"),
+    "folder": (lambda p: p.mkdir() or str(p), ": expected .*config.json"),
+}
+
+
+@pytest.mark.parametrize("method, case", [*(("semantic", case) for case in UNUSABLE_MODELS),
+                                          ("copy", "huge input"), ("copy", "not onnx")])
+def test_a_model_that_cannot_be_used_is_refused_before_any_work_naming_it(shards, tmp_path, capsys, monkeypatch,
+                                                                        method, case):
+    """Case 15 (model): a model with a 20000x20000 input was OOM-killed mid-run (three times, retried);
+    not ONNX, no input or output, an output not (batch, D): onnxruntime's words, in a worker, mid-run."""
+    make, message = UNUSABLE_MODELS[case]
+    model = make(tmp_path / "bad.onnx")
+    monkeypatch.setattr(Pipeline, "run", run_nothing)
+    assert main(["find", "--method", method, "--model", model, str(shards), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert re.search("bad.onnx" + message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_checks_its_model_before_a_worker_reads_a_shard(shards, tmp_path, monkeypatch):
+    """Case 15 (model): ImageEmbeddingStage loaded the model in each worker, after the shards were read."""
+    from imagesieve.stages.embedding import ImageEmbeddingStage
+    from imagesieve.stages.embedding.onnx_model import ModelShapeError
+
+    model = pool_model(tmp_path / "huge.onnx", (1, 3, 20000, 20000), (1, 3))
+    monkeypatch.setattr(ImageReaderStage, "process", read_nothing)
+    pipeline = Pipeline("embed", stages=[FilePartitioningStage(file_paths=str(shards)), ImageReaderStage(),
+                                         ImageEmbeddingStage(model=model)])
+    with pytest.raises(ModelShapeError, match=r"huge.onnx: input 'image' has shape \[1, 3, 20000, 20000\]"):
+        pipeline.run(LocalExecutor(2))
+
+
+def test_a_model_with_a_batch_of_one_runs_one_image_at_a_time(shards, tmp_path):
+    """Case 15 (model): a model exported with batch size 1 failed mid-run with onnxruntime's 'Got invalid
+    dimensions for input'; now it gives the embeddings a dynamic batch gives."""
+    import pyarrow.parquet as pq
+
+    embeddings = {}
+    for name, shape in (("one", (1, 3, 32, 32)), ("any", ("batch", 3, 32, 32))):
+        model = pool_model(tmp_path / f"{name}.onnx", shape, (shape[0], 3))
+        out = tmp_path / name
+        assert main(["find", "--quiet", "--method", "semantic", "--flip", "--embedding-batch-size", "4",
+                     "--model", model, str(shards), str(out)]) == 0
+        embeddings[name] = [pq.read_table(path).column("embeddings").to_pylist()
+                            for path in sorted(out.glob("embeddings/**/*.parquet"))]
+    assert sum(len(table) for table in embeddings["one"]) == 12
+    np.testing.assert_allclose(np.vstack(embeddings["one"]), np.vstack(embeddings["any"]), atol=1e-6)

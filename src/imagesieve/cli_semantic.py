@@ -17,7 +17,8 @@ def add_semantic_args(find: argparse.ArgumentParser) -> None:
                        help="k-means clusters (default: about the square root of the number of images)")
     source = group.add_mutually_exclusive_group()
     source.add_argument("--model", default=argparse.SUPPRESS, metavar="ONNX|DIR",
-                        help="an ONNX image model, (batch, 3, H, W) or (batch, H, W, 3) in, (batch, D) out, or a "
+                        help="an ONNX image model, (batch, 3, H, W) or (batch, H, W, 3) in (H, W at most 1024; a "
+                             "batch of 1 runs one image at a time), (batch, D) out, or a "
                              "CLIP folder in Hugging Face layout as NeMo Curator's model_dir holds it "
                              "(DIR/openai/clip-vit-large-patch14/, or DIR with a CLIP config.json; needs "
                              "pip install 'imagesieve[clip]') (default: the model that ships in the package "

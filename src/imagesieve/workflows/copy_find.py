@@ -65,7 +65,7 @@ from imagesieve.workflows.find import (
     table_is_current,
 )
 from imagesieve.workflows.semantic import auto_clusters, groups_table
-from imagesieve.workflows.semantic_find import SemanticConfig, embed_shards
+from imagesieve.workflows.semantic_find import SemanticConfig, check_model_option, embed_shards
 
 # embeddings of the central 70% of each side: free of the borders a rotation adds, of caption bars over
 # the bottom 15%, and of most of what a crop removes (rotated copies: neighbour rank < 5 for 0.90 -> 1.00);
@@ -123,6 +123,7 @@ class CopyConfig:
             raise ValueError(f"min_inliers must be 3 or more and min_coverage in [0, 1], got {self.min_inliers} "
                              f"and {self.min_coverage}")
         keep_policy(self.keep)  # validates
+        check_model_option(self.model)  # before any image is hashed
 
 
 @dataclass

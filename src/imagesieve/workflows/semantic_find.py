@@ -29,9 +29,9 @@ from imagesieve.progress import phase
 from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
-from imagesieve.stages.embedding.clip_model import clip_identity, is_clip_folder
+from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
-from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, model_identity
+from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
@@ -69,12 +69,24 @@ class SemanticConfig:
         if self.keep not in CENTROID_POLICIES:
             keep_policy(self.keep)
         check_on_error(self.on_error)
+        if self.embeddings is None:
+            check_model_option(self.model)
 
     @property
     def threshold(self) -> float:
         if self.eps is not None:
             return self.eps
         return DEFAULT_EPS_FLIP if self.flip else DEFAULT_EPS
+
+
+def check_model_option(model: str) -> None:
+    """A model that cannot be used is refused here, naming it, before any work: a folder must hold a CLIP
+    model (its config is read; torch loads the weights in the workers); an ONNX file is loaded once
+    (`check_model`)."""
+    if model != DEFAULT_MODEL and os.path.isdir(model):
+        clip_folder(model)
+    else:
+        check_model(model)
 
 
 def refuse_object_storage(input_path: str | list[str], output_dir: str, method: str = "semantic") -> None:

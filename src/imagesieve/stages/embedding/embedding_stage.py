@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from imagesieve.imageio import ImageDecodeError, load, open_image
-from imagesieve.stages.base import ProcessingStage, Resources, WorkerMetadata
+from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from imagesieve.stages.embedding.clip_model import ClipEmbedder
-from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OnnxEmbedder
+from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, MAX_INPUT_SIDE, OnnxEmbedder, check_model
 from imagesieve.stages.sample_fields import check_on_error, json_values
 from imagesieve.tasks import ImageBatch, ImageObject
 
@@ -29,7 +29,9 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
     `model_inference_batch_size` at a time, so a stage with `batch_size > 1` batches shards, not
     model calls. An unreadable image fails the run (`on_error="fail"`) or gets its `error` recorded
     and no embedding (`"skip"`). `flip` makes embeddings mirror-invariant (twice the model work).
-    The model loads in `setup` and is released in `teardown`.
+    The model loads in `setup` and is released in `teardown`; an ONNX file is first checked in
+    `setup_on_node` (on the driver with the local executor), so that one that cannot be used is refused
+    before any worker reads a shard.
     """
 
     model: str = DEFAULT_MODEL
@@ -65,6 +67,8 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
             raise ValueError(f"centres must be in (0, 1], got {self.centres}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be >= 1, got {self.model_inference_batch_size}")
+        if self.input_size is not None and not 1 <= self.input_size <= MAX_INPUT_SIDE:
+            raise ValueError(f"input_size must be in 1..{MAX_INPUT_SIDE}, got {self.input_size}")
         check_on_error(self.on_error)
 
     def inputs(self) -> tuple[list[str], list[str]]:
@@ -79,6 +83,10 @@ class ImageEmbeddingStage(ProcessingStage[ImageBatch, ImageBatch]):
         if has_gpus and self.model_dir is not None and self.num_gpus_per_worker > 0:
             return Resources(cpus=self.resources.cpus, gpus=self.num_gpus_per_worker)
         return self.resources
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        if self.model_dir is None:
+            check_model(self.model)
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
         if self._embedder is None and self.model_dir is not None:

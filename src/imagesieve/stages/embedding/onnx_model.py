@@ -12,8 +12,9 @@ run time and torch is never needed.
 
 A user's model must take one float image batch, NCHW or NHWC with 3 channels, and give one
 (batch, D) output (or (batch, D, 1, 1)). Images are resized to the input's fixed size (224 when
-the size is dynamic), scaled to [0, 1] and normalised with ImageNet's mean and std, unless the
-caller says otherwise.
+the size is dynamic; at most `MAX_INPUT_SIDE` a side), scaled to [0, 1] and normalised with
+ImageNet's mean and std, unless the caller says otherwise. A model whose batch size is fixed at 1
+is run one image at a time. `check_model` refuses a model that cannot be used before any work.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ DEFAULT_FEATURES = "Relu_48:0"  # the last residual block's output: (batch, 1024
 DEFAULT_OUTPUT = "imagesieve_mac"  # its max over the grid, added to the graph: (batch, 1024)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# pixels a side of a model's fixed input: image embedders take 224 to 518; a declared 20000x20000
+# input made every batch tens of GB and the machine killed the run (issue 20)
+MAX_INPUT_SIDE = 1024
 
 
 class ModelShapeError(ValueError):
-    """An ONNX model whose input or output does not fit an image embedder; names the file."""
+    """A model file that cannot be an image embedder (not ONNX, or an input or output that does not
+    fit); names the file."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,26 @@ def model_identity(model: str, flip: bool = False, centres: tuple[float, ...] = 
     return f"sha256:{digest.hexdigest()}{suffix}"
 
 
+_checked: set[tuple[str, int, int] | None] = set()  # (path, size, mtime) of the models check_model passed
+
+
+def check_model(model: str) -> None:
+    """Load a user's model once and drop it, so that one that cannot be used (no file, not ONNX, an input
+    or output that does not fit, an input too large) is refused, naming the file, in the driver before any
+    image is read, not in every worker mid-run. Once per file (size and mtime) in a process; the default
+    model ships with its package and is not loaded."""
+    if model == DEFAULT_MODEL:
+        return
+    try:
+        stat = os.stat(model)
+        key = (os.path.abspath(model), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None  # OnnxEmbedder says what is wrong
+    if key not in _checked:
+        OnnxEmbedder(model)
+        _checked.add(key)
+
+
 class OnnxEmbedder:
     """Loads the model (in the stage's setup) and maps PIL images to L2-normalised float32 rows.
 
@@ -139,9 +164,11 @@ class OnnxEmbedder:
         try:
             self.session = ort.InferenceSession(content, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ModelShapeError(f"ONNX model {path}: onnxruntime cannot load it ({exc})") from exc
+            garbage = type(exc).__name__ == "InvalidProtobuf" or os.path.getsize(path) == 0
+            what = "the file is not an ONNX model" if garbage else "onnxruntime cannot load it"
+            raise ModelShapeError(f"ONNX model {path}: {what} ({exc})") from exc
         self.path = path
-        self.input_name, fixed_size, layout = _check_input(self.session, path)
+        self.input_name, fixed_size, layout, self.one_at_a_time = _check_input(self.session, path)
         self.output_name, self.dim = _check_output(self.session, path,
                                                    DEFAULT_OUTPUT if model == DEFAULT_MODEL else None)
         if preprocess is None:
@@ -165,7 +192,14 @@ class OnnxEmbedder:
         if flip:
             axis = 3 if self.preprocess.layout == "NCHW" else 2
             batch = np.concatenate([batch, np.ascontiguousarray(np.flip(batch, axis=axis))])
-        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        rows = [batch[i:i + 1] for i in range(len(batch))] if self.one_at_a_time else [batch]
+        try:
+            out = np.concatenate([self.session.run([self.output_name], {self.input_name: x})[0] for x in rows])
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's own errors name no file
+            raise ModelShapeError(f"ONNX model {self.path}: fails on a batch of shape {list(batch.shape)} "
+                                  f"({exc})") from exc
         out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         if flip:
             out = out[:n] + out[n:]
@@ -202,8 +236,9 @@ def _with_output(path: str, output: str, input_size: int | None = None) -> bytes
     return model.SerializeToString()
 
 
-def _check_input(session, path: str) -> tuple[str, int | None, str]:
-    """(input name, fixed spatial size or None, layout); refuses what is not one image batch."""
+def _check_input(session, path: str) -> tuple[str, int | None, str, bool]:
+    """(input name, fixed spatial size or None, layout, batch fixed at 1); refuses what is not one image
+    batch, and a fixed size over `MAX_INPUT_SIDE` (every batch would be resized to it)."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelShapeError(f"ONNX model {path}: has {len(inputs)} inputs; an image embedder takes one "
@@ -215,12 +250,17 @@ def _check_input(session, path: str) -> tuple[str, int | None, str]:
     layout = "NCHW" if shape[1] == 3 else "NHWC"
     h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
     fixed = [d for d in (h, w) if isinstance(d, int)]
+    if any(not 1 <= d <= MAX_INPUT_SIDE for d in fixed):
+        raise ModelShapeError(f"ONNX model {path}: input {inputs[0].name!r} has shape {shape}; a fixed "
+                              f"side may be 1 to {MAX_INPUT_SIDE} pixels (image embedders take 224 to 518)")
     if fixed and (len(fixed) != 2 or h != w):
         raise ModelShapeError(f"ONNX model {path}: input {inputs[0].name!r} has shape {shape}; "
                               "expected square images of one fixed or dynamic size")
     if isinstance(shape[0], int) and shape[0] != 1:
-        raise ModelShapeError(f"ONNX model {path}: input batch size is fixed at {shape[0]}; export it dynamic")
-    return inputs[0].name, (h if fixed else None), layout
+        raise ModelShapeError(f"ONNX model {path}: input {inputs[0].name!r} has shape {shape}, its batch size "
+                              "fixed; export it with a dynamic batch axis (a batch of 1 is taken too, run one "
+                              "image at a time)")
+    return inputs[0].name, (h if fixed else None), layout, shape[0] == 1
 
 
 def _check_output(session, path: str, name: str | None) -> tuple[str, int]:
@@ -235,6 +275,8 @@ def _check_output(session, path: str, name: str | None) -> tuple[str, int]:
     shape = output.shape
     if name == DEFAULT_OUTPUT:
         return output.name, 1024
+    if output.type not in ("tensor(float)", "tensor(double)", "tensor(float16)"):
+        raise ModelShapeError(f"ONNX model {path}: output {output.name!r} is {output.type}; expected floats")
     ok = shape is not None and (len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1]))
     if not ok or not isinstance(shape[1], int) or shape[1] < 1:
         raise ModelShapeError(f"ONNX model {path}: output {output.name!r} has shape {shape}; expected "
