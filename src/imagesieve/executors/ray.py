@@ -19,6 +19,7 @@ import numpy as np
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
+from imagesieve.executors.lifeline import reap_ray_sessions
 from imagesieve.executors.plan import StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
@@ -37,7 +38,8 @@ class RayOptions:
 
 class RayExecutor(BaseExecutor):
     """Runs a pipeline on Ray. `address`: a cluster to join (`ray://...`, `host:port`, "auto"); None
-    starts a local Ray instance (or joins the one given by RAY_ADDRESS, as `ray.init` does)."""
+    starts a local Ray instance (or joins the one given by RAY_ADDRESS, as `ray.init` does), whose
+    processes all end with this process, even when it is killed (`lifeline.reap_ray_sessions`)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, options: RayOptions = RayOptions(),
                  on_task_done: ProgressCallback | None = None) -> None:
@@ -51,6 +53,8 @@ class RayExecutor(BaseExecutor):
 
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
+            if not self.address and not os.environ.get("RAY_ADDRESS"):  # a local instance of our own, not a cluster
+                reap_ray_sessions()
             ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
         return ray
 
