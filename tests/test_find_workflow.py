@@ -204,3 +204,32 @@ def test_cross_set_exact_matches_same_pixels_in_another_format(tmp_path):
     find_duplicates(str(tmp_path / "train"), str(tmp_path / "f"), FindConfig(method="exact"), reference=reference,
                     executor=LocalExecutor(1))
     assert pq.read_table(str(tmp_path / "f" / "duplicates")).column("id").to_pylist() == ["png4"]
+
+
+def test_chance_phash_pairs_are_not_duplicates_but_copies_are(tmp_path):
+    """Mosaics of distinct photo tiles: unrelated, yet some pairs fall within pHash's 10 bits by chance
+    (their number grows as n^2). By default such a pair needs the two dHashes to agree too, so only the
+    planted copies are listed; `--confirm off` lists the chance pairs as well."""
+    import numpy as np
+
+    from imagesieve.sample_data import distinct_images
+
+    tiles = [image for _, image in distinct_images(64)]
+    rng = np.random.default_rng(0)
+    samples, planted = {}, set()
+    for k in range(700):
+        mosaic = Image.new("RGB", (128, 128))
+        for q, pick in enumerate(rng.choice(len(tiles), 4, replace=False)):
+            mosaic.paste(tiles[pick], ((q % 2) * 64, (q // 2) * 64))
+        samples[f"m{k:04d}"] = encode(np.asarray(mosaic))
+        if k % 35 == 0:  # a recompressed and a resized copy
+            samples[f"m{k:04d}_q"] = encode(np.asarray(mosaic), quality=50)
+            samples[f"m{k:04d}_r"] = encode(np.asarray(mosaic.resize((100, 100), Image.Resampling.BILINEAR)))
+            planted |= {f"m{k:04d}_q", f"m{k:04d}_r"}
+    shard(str(tmp_path / "in" / "00000.tar"), samples)
+    listed = {}
+    for name, extra in (("default", []), ("off", ["--confirm", "off"])):
+        assert main(["find", "--quiet", *extra, str(tmp_path / "in"), str(tmp_path / name)]) == 0
+        listed[name] = set(pq.read_table(str(tmp_path / name / "duplicates")).column("id").to_pylist())
+    assert listed["default"] == planted
+    assert listed["off"] > planted  # pHash alone also pairs unrelated mosaics

@@ -40,7 +40,7 @@ def check_method_options(args: argparse.Namespace) -> None:
              if hasattr(args, name) and args.method not in methods]
     if wrong:
         flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
-        owners = sorted({m if m in ALONE else "exact/phash/dhash/ahash/whash" for name in wrong
+        owners = sorted({"/".join(METHODS) if METHOD_OPTIONS[name][0] == HASHES else m for name in wrong
                          for m in METHOD_OPTIONS[name][0]})
         print(f"imagesieve: {flags} does not apply to --method {args.method} (it belongs to --method "
               f"{' or '.join(owners)})", file=sys.stderr)

@@ -38,7 +38,8 @@ class RayOptions:
 
 class RayExecutor(BaseExecutor):
     """Runs a pipeline on Ray. `address`: a cluster to join (`ray://...`, `host:port`, "auto"); None
-    starts a local Ray instance (or joins the one given by RAY_ADDRESS, as `ray.init` does), whose
+    starts a new local Ray instance (or joins the one given by RAY_ADDRESS; never another user's
+    cluster found on this machine, which `ray.init()` alone would join), whose
     processes all end with this process, even when it is killed (`lifeline.reap_ray_sessions`)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, options: RayOptions = RayOptions(),
@@ -54,6 +55,8 @@ class RayExecutor(BaseExecutor):
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
             if not self.address and not os.environ.get("RAY_ADDRESS"):  # a local instance of our own, not a cluster
+                # "local": never join a cluster someone else started with `ray start` (ray.init's default)
+                kwargs["address"] = "local"
                 reap_ray_sessions()
             ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
         return ray
