@@ -14,7 +14,7 @@ from imagesieve.imageio import ImageDecodeError
 from imagesieve.matching.hashes import PERCEPTUAL, hash_image, pack_bits, unpack_bits
 from imagesieve.matching.near_search import popcount64
 
-KINDS = ("bytes_hash", "pixel_hash", "phash", "dhash", "ahash", "whash")
+KINDS = ("bytes_hash", "pixel_hash", "phash", "dhash", "ahash", "whash", "dhash_vertical")
 
 
 def reference_hash(kind: str, data: bytes) -> int:
