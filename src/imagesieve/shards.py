@@ -112,7 +112,8 @@ class ShardTable:
         if compiled:
             from imagesieve.grouping import group  # (loads numba)
 
-            grouping = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
+            fields = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
+            grouping = None if fields is None else Grouping(*fields)
         if grouping is None:  # a table read without numba, or something repeats (the exact path raises, naming it)
             sample_of, keys, _ = _group_members_one_by_one(shard, self.names)
             grouping = group_from_keys(self.names, sample_of, keys, names_checked=not compiled)
