@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 
 from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import COMPILE_FROM
-from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors, temp_name
+from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors
+from imagesieve.storage.base import temp_name
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
