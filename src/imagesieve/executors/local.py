@@ -16,10 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import terminate_cleanly, with_context
-from imagesieve.executors.lifeline import die_with
 from imagesieve.executors.plan import StageGroup, fuse
 from imagesieve.executors.processes import InlinePool, ProcessPool, wait_all
 from imagesieve.executors.scheduler import Scheduler
+from imagesieve.lifeline import die_with
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
