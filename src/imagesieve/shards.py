@@ -32,6 +32,7 @@ from imagesieve.storage.base import temp_name
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
+# What names an image, in any case: a sample's member in a tar, and a file in an image folder (`inputs`).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
 # Loading the compiled header parser (numba) costs a process ~0.5 s (and compiling it ~5 s on a
