@@ -64,11 +64,6 @@ class LocalExecutor(BaseExecutor):
         fit = group.workers_on_node(cpus, float("inf"), self.parallelism())
         return max(1, min([fit, *(c for c in (total, n_tasks) if c)]))
 
-    def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
-        """The largest pool this pipeline would start (for callers that size other work by it)."""
-        groups = fuse(stages)
-        return max(self.group_workers(g, n_tasks if g.index == 0 else None) for g in groups)
-
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)
         if not stages or not tasks:
