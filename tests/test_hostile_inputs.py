@@ -12,10 +12,10 @@ from conftest import encode, photo_tiles, write_ids
 from stages_for_tests import AddImageStage
 
 from imagesieve.cli import main
-from imagesieve.executors.accounting import AccountingError
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.tasks import AccountingError
 from imagesieve.workflows.dedup import dedup
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates

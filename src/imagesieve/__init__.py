@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 # name -> module. Imported on first use, so that the command line starts fast and a Ctrl-C while it
 # starts is handled by the command line, not shown as a traceback from some import.
 _EXPORTS = {
-    "AccountingError": "imagesieve.executors.accounting",
     "BaseExecutor": "imagesieve.executors.base",
     "WorkerDied": "imagesieve.executors.errors",
     "LocalExecutor": "imagesieve.executors.local",
@@ -43,12 +42,11 @@ _EXPORTS = {
     "CopyConfig": "imagesieve.workflows.copy_find",
     "find_copies": "imagesieve.workflows.copy_find",
     "write_report": "imagesieve.report",
-    **{name: "imagesieve.tasks" for name in ("DocumentBatch", "EmptyTask", "FileGroupTask", "ImageBatch",
-                                              "ImageObject", "Ledger", "MemberRef", "Removal", "Task")},
+    **{name: "imagesieve.tasks" for name in ("AccountingError", "DocumentBatch", "EmptyTask", "FileGroupTask",
+                                              "ImageBatch", "ImageObject", "Ledger", "MemberRef", "Removal", "Task")},
 }
 
 if TYPE_CHECKING:
-    from imagesieve.executors.accounting import AccountingError
     from imagesieve.executors.base import BaseExecutor
     from imagesieve.executors.errors import WorkerDied
     from imagesieve.executors.local import LocalExecutor
@@ -62,6 +60,7 @@ if TYPE_CHECKING:
     from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
     from imagesieve.stages.io.documents import ConvertImageBatchToDocumentBatchStage, ParquetWriter
     from imagesieve.tasks import (
+        AccountingError,
         DocumentBatch,
         EmptyTask,
         FileGroupTask,

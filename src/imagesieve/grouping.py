@@ -11,17 +11,11 @@ exact one-by-one path in `shards.py`, which says what is wrong.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 from numba import njit
 
-if TYPE_CHECKING:
-    from imagesieve.shards import Grouping
-
-from imagesieve.key_hash_kernel import xxh64_many
-from imagesieve.matching.id_verify import equal_bytes
+from imagesieve.key_hash_kernel import equal_bytes, xxh64_many
 
 OK, REPEATED = 0, 1
 
@@ -122,10 +116,10 @@ def _group(buf, offsets, is_dir, patterns, lengths):
 
 
 def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extensions: tuple[str, ...]
-          ) -> Grouping | None:
-    """Samples of the members named buf[offsets[j]:offsets[j + 1]] (UTF-8, already validated); None
+          ) -> tuple[np.ndarray, pa.LargeStringArray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Samples of the members named buf[offsets[j]:offsets[j + 1]] (UTF-8, already validated), as
+    `shards.Grouping`'s fields in order (shards wraps them, so this kernel needs nothing of it); None
     when a key or a member repeats (the one-by-one path then names it)."""
-    from imagesieve.shards import Grouping
     patterns, lengths = _pattern_table(image_extensions)
     sample_of, key_bytes, key_offsets, suspicious, image_member, status = _group(
         buf, offsets, is_dir, patterns, lengths)
@@ -136,4 +130,4 @@ def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extens
         return None  # a key seen twice (or, rarely, two keys sharing a hash: the exact path decides)
     keys = pa.LargeStringArray.from_buffers(len(key_offsets) - 1, pa.py_buffer(key_offsets),
                                             pa.py_buffer(key_bytes))
-    return Grouping(sample_of, keys, hashes, image_member, suspicious)
+    return sample_of, keys, hashes, image_member, suspicious

@@ -1,4 +1,5 @@
-"""xxh64 of many short strings at once, compiled (numba), over Arrow-style buffers (bytes + offsets).
+"""xxh64 of many short strings at once, compiled (numba), over Arrow-style buffers (bytes + offsets),
+and the byte comparison that the key and ID loops share (`equal_bytes`).
 
 The XXH64 algorithm (seed 0), bit-identical to `xxhash.xxh64_intdigest` (a test holds them equal on
 every length), run over a whole shard's keys, or a whole Parquet batch of IDs, in one call.
@@ -87,3 +88,12 @@ def xxh64_many(buf, offsets):
     for i in range(len(out)):
         out[i] = xxh64_one(buf, offsets[i], offsets[i + 1])
     return out
+
+
+@njit(cache=True)
+def equal_bytes(a, a_start, b, b_start, length):
+    """Whether a[a_start:a_start + length] == b[b_start:b_start + length]."""
+    for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
+        if a[a_start + q] != b[b_start + q]:
+            return False
+    return True

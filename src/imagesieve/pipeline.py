@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import typing
 import warnings
 from typing import Any
 
-from imagesieve.stages.base import ProcessingStage
+from imagesieve.executors.base import BaseExecutor
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.stages.base import ProcessingStage, stage_task_types
 from imagesieve.tasks import EmptyTask, Task
 
 # Fields every ImageObject carries once a reader made it.
@@ -15,17 +16,6 @@ BASE_IMAGE_FIELDS = {"image_id", "image_path", "metadata", "members", "shard", "
 
 class PipelineError(ValueError):
     """The stages of a pipeline do not fit together."""
-
-
-def stage_task_types(stage: ProcessingStage | type) -> tuple[type, type]:
-    """The (input, output) task classes a stage (or stage class) declares through `ProcessingStage[In, Out]`."""
-    for klass in (stage if isinstance(stage, type) else type(stage)).__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is ProcessingStage:
-                args = typing.get_args(base)
-                if len(args) == 2 and all(isinstance(a, type) for a in args):
-                    return args[0], args[1]
-    return Task, Task
 
 
 class Pipeline:
@@ -97,10 +87,8 @@ class Pipeline:
                       f"     inputs: {stage.inputs()}  outputs: {stage.outputs()}"]
         return "\n".join(lines)
 
-    def run(self, executor=None, initial_tasks: list[Task] | None = None) -> list[Task]:
+    def run(self, executor: BaseExecutor | None = None, initial_tasks: list[Task] | None = None) -> list[Task]:
         """Build, then run on `executor` (default: a `LocalExecutor`); returns the last stage's tasks."""
-        from imagesieve.executors.local import LocalExecutor
-
         self.build()
         executor = executor or LocalExecutor()
         return executor.execute(self.stages, initial_tasks or [EmptyTask()])

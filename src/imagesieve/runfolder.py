@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.base import OutputInUseError, is_temp_name, temp_name
 
 WORK_DIR = "_imagesieve"
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")  # compressed: read by tarfile, written alike
@@ -80,22 +80,6 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
     return all(store.isfile(p := join(output_dir, rel)) and store.size(p) == size for rel, size in outputs.items())
 
 
-_TEMP_MARK = ".imagesieve-tmp-"
-_TEMP_NAME = re.compile(r"^\..+" + re.escape(_TEMP_MARK) + r"\d+$")
-
-
-def temp_name(path: str) -> str:
-    """Where `path` is written before it is renamed into place: hidden (Parquet dataset readers and
-    globs skip it) and named `.NAME.imagesieve-tmp-PID`, a name no other program uses, so that a
-    rerun can delete what a killed run left without ever touching a file it did not write."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}{_TEMP_MARK}{os.getpid()}")
-
-
-def is_temp_name(name: str) -> bool:
-    return bool(_TEMP_NAME.match(name))
-
-
 def remove_stale_temp_files(folder: str, storage_options: dict | None = None) -> list[str]:
     """Delete the temp files a killed run left under `folder`; returns their paths.
 
@@ -114,10 +98,6 @@ def remove_stale_temp_files(folder: str, storage_options: dict | None = None) ->
     return removed
 
 
-class OutputInUseError(RuntimeError):
-    """Another run is writing to the same output folder."""
-
-
 @contextmanager
 def run_lock(output_dir: str, command: str, storage_options: dict | None = None) -> Iterator[None]:
     """Hold OUTPUT/_imagesieve/lock for a whole run: a second run into the same folder fails at once
@@ -126,7 +106,8 @@ def run_lock(output_dir: str, command: str, storage_options: dict | None = None)
     the lock is an object (see `RemoteStorage.lock`). The folder belongs to one command
     (`claim_for`): another command's folder is refused."""
     if is_remote(output_dir):
-        with storage_for(output_dir, storage_options).lock(output_dir, command):
+        lock = join(output_dir, WORK_DIR, "lock")
+        with storage_for(output_dir, storage_options).lock(output_dir, command, lock):
             claim_for(output_dir, command, storage_options)
             yield
         return

@@ -27,10 +27,12 @@ import pyarrow.compute as pc
 
 from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import COMPILE_FROM
-from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors, temp_name
+from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors
+from imagesieve.storage.base import temp_name
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
+# What names an image, in any case: a sample's member in a tar, and a file in an image folder (`inputs`).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
 # Loading the compiled header parser (numba) costs a process ~0.5 s (and compiling it ~5 s on a
@@ -112,7 +114,8 @@ class ShardTable:
         if compiled:
             from imagesieve.grouping import group  # (loads numba)
 
-            grouping = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
+            fields = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
+            grouping = None if fields is None else Grouping(*fields)
         if grouping is None:  # a table read without numba, or something repeats (the exact path raises, naming it)
             sample_of, keys, _ = _group_members_one_by_one(shard, self.names)
             grouping = group_from_keys(self.names, sample_of, keys, names_checked=not compiled)

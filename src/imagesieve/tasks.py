@@ -204,6 +204,18 @@ class Ledger:
     removed: list[Removal] = field(default_factory=list)
 
 
+class AccountingError(RuntimeError):
+    """Samples in != kept + removed: something was lost or counted twice."""
+
+
+def check_accounting(where: str, samples_in: int, kept: int, removed: int) -> None:
+    """Raise `AccountingError` unless samples in == kept + removed (the ledger's rule, checked by the
+    executors after each stage and by the writers per shard)."""
+    if samples_in != kept + removed:
+        raise AccountingError(f"{where}: {samples_in} samples in but {kept} kept + {removed} removed "
+                              f"= {kept + removed}; refusing to finish")
+
+
 @dataclass
 class ImageBatch(Task[list[ImageObject]]):
     """A list of images, usually the samples of one shard, in shard order.

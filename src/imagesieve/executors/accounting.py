@@ -15,11 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imagesieve.tasks import ImageBatch, Ledger, Removal, Task
-
-
-class AccountingError(RuntimeError):
-    """Samples in != kept + removed: something was lost or counted twice."""
+from imagesieve.tasks import ImageBatch, Ledger, Removal, Task, check_accounting
 
 
 @dataclass
@@ -70,8 +66,8 @@ def _settled_in_place(stage_name: str, before: Snapshot, per_input: list[list[Ta
         if len(now) + len(ledger.removed) - removed != len(rows) or not np.isin(now, rows).all():
             return False  # something went missing silently, or came from elsewhere: the full account says what
     for batch in before.batches:
-        check(f"stage {stage_name!r}: {_where(batch)}", batch.ledger.samples_in, batch.num_items,
-              len(batch.ledger.removed))
+        check_accounting(f"stage {stage_name!r}: {_where(batch)}", batch.ledger.samples_in, batch.num_items,
+                         len(batch.ledger.removed))
     return True
 
 
@@ -125,15 +121,8 @@ def settle(stage_name: str, before: Snapshot | None, per_input: list[list[Task]]
         ledger.samples_in += moved_in.get(id(out), 0) - moved_out.get(id(out), 0)
         ledger.samples_in += sum(1 for r in own if (r.shard, r.image_id) not in owner)  # images the stage made
         out.ledger = ledger
-        check(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, out.num_items, len(ledger.removed))
+        check_accounting(f"stage {stage_name!r}: {_where(out)}", ledger.samples_in, out.num_items, len(ledger.removed))
 
 
 def _where(batch: ImageBatch) -> str:
     return batch._metadata.get("shard") or batch.task_id or batch.dataset_name
-
-
-def check(where: str, samples_in: int, kept: int, removed: int) -> None:
-    """Raise `AccountingError` unless samples in == kept + removed."""
-    if samples_in != kept + removed:
-        raise AccountingError(f"{where}: {samples_in} samples in but {kept} kept + {removed} removed "
-                              f"= {kept + removed}; refusing to finish")

@@ -16,10 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import terminate_cleanly, with_context
-from imagesieve.executors.lifeline import die_with
 from imagesieve.executors.plan import StageGroup, fuse
 from imagesieve.executors.processes import InlinePool, ProcessPool, wait_all
 from imagesieve.executors.scheduler import Scheduler
+from imagesieve.lifeline import die_with
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 
@@ -63,11 +63,6 @@ class LocalExecutor(BaseExecutor):
                                f"executor has {self.parallelism()}; lower its resources or raise num_workers")
         fit = group.workers_on_node(cpus, float("inf"), self.parallelism())
         return max(1, min([fit, *(c for c in (total, n_tasks) if c)]))
-
-    def worker_count(self, stages: list[ProcessingStage], n_tasks: int) -> int:
-        """The largest pool this pipeline would start (for callers that size other work by it)."""
-        groups = fuse(stages)
-        return max(self.group_workers(g, n_tasks if g.index == 0 else None) for g in groups)
 
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task]) -> list[Task]:
         tasks, stages = split_planning(stages, initial_tasks)

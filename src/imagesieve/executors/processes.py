@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from imagesieve.executors.errors import CONTEXT_ATTR, WorkerDied, shard_of
-from imagesieve.executors.lifeline import die_with
 from imagesieve.executors.plan import StageGroup
 from imagesieve.executors.runner import GroupRunner
+from imagesieve.lifeline import die_with
 from imagesieve.stages.base import WorkerMetadata
 from imagesieve.tasks import Task
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
-from imagesieve.executors.lifeline import reap_ray_sessions
 from imagesieve.executors.plan import StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
+from imagesieve.lifeline import reap_ray_sessions
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
 

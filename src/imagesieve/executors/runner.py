@@ -13,7 +13,7 @@ import time
 
 from imagesieve.executors.accounting import settle, snapshot
 from imagesieve.executors.errors import note_context, task_context
-from imagesieve.stages.base import ProcessingStage, WorkerMetadata, as_task_list
+from imagesieve.stages.base import ProcessingStage, WorkerMetadata, as_task_list, stage_task_types
 from imagesieve.tasks import ImageBatch, Task
 
 
@@ -44,8 +44,6 @@ def call_stage(stage: ProcessingStage, tasks: list[Task]) -> list[list[Task]]:
 @functools.cache
 def _may_return_images(stage_class: type) -> bool:
     """False for stages declared to make other tasks (writers): their calls need no accounting."""
-    from imagesieve.pipeline import stage_task_types
-
     out_type = stage_task_types(stage_class)[1]
     return issubclass(out_type, ImageBatch) or issubclass(ImageBatch, out_type)
 

@@ -26,6 +26,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from imagesieve.key_hash import hash_strings
+from imagesieve.lifeline import die_with
 from imagesieve.matching.id_folder import check_id_column, convert_id_batch
 from imagesieve.matching.id_index import IndexWriter, sorted_unique
 
@@ -127,8 +128,6 @@ def build_index_isolated(files: list[str], id_field: str, target: str, budget: i
 
 
 def _child_main() -> None:
-    from imagesieve.executors.lifeline import die_with
-
     request = json.loads(sys.stdin.read())
     die_with(request["parent"])  # a killed driver leaves no build running
     try:

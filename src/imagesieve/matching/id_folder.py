@@ -91,13 +91,6 @@ def check_id_column(path: str, id_field: str) -> None:
                          "Pass the right column name (--id-field / duplicate_id_field).")
 
 
-def read_id_column(path: str, id_field: str, notes: list[str]) -> pa.Array:
-    """The ID column of one Parquet file as strings; ints are converted (and noted), nulls refused."""
-    check_id_column(path, id_field)
-    return convert_id_batch(pq.read_table(path, columns=[id_field]).column(id_field).combine_chunks(), path,
-                            id_field, notes)
-
-
 def convert_id_batch(column: pa.Array, path: str, id_field: str, notes: list[str]) -> pa.Array:
     """IDs as strings: integers converted (and noted, once per file), nulls and other types refused."""
     if column.null_count:
@@ -113,12 +106,6 @@ def convert_id_batch(column: pa.Array, path: str, id_field: str, notes: list[str
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
         return pc.cast(column, pa.string())
     raise ValueError(f"{path}: column {id_field!r} has type {kind}; expected strings (or integers)")
-
-
-def holds_integer_ids(files: list[str], id_field: str) -> bool:
-    """Whether any file stores its IDs as integers (which lose the leading zeros of keys such as 00000123)."""
-    return any(pa.types.is_integer(_schema(path).field(id_field).type) for path in files
-               if id_field in _schema(path).names)
 
 
 def content_digest(files: list[str], id_field: str) -> str:

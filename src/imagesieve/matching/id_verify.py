@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
+from imagesieve.key_hash_kernel import equal_bytes
+
 _pread = types.ExternalFunction("pread", types.int64(types.int32, types.voidptr, types.uint64, types.int64))
 
 
@@ -23,15 +25,6 @@ def _read_uint(fd, itemsize, index, scratch):
     for i in range(itemsize - 1, -1, -1):
         value = value * 256 + np.int64(scratch[i])
     return value
-
-
-@njit(cache=True)
-def equal_bytes(a, a_start, b, b_start, length):
-    """Whether a[a_start:a_start + length] == b[b_start:b_start + length]."""
-    for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
-        if a[a_start + q] != b[b_start + q]:
-            return False
-    return True
 
 
 @njit(cache=True)

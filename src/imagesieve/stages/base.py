@@ -8,6 +8,7 @@ executor runs them, and any stage can be called directly (`setup()`, `process()`
 from __future__ import annotations
 
 import copy
+import typing
 from abc import ABC
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -159,6 +160,17 @@ class ProcessingStage(ABC, Generic[X, Y]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def stage_task_types(stage: ProcessingStage | type) -> tuple[type, type]:
+    """The (input, output) task classes a stage (or stage class) declares through `ProcessingStage[In, Out]`."""
+    for klass in (stage if isinstance(stage, type) else type(stage)).__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is ProcessingStage:
+                args = typing.get_args(base)
+                if len(args) == 2 and all(isinstance(a, type) for a in args):
+                    return args[0], args[1]
+    return Task, Task
 
 
 def as_task_list(result: Task | list | None) -> list[Task]:

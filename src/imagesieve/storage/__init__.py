@@ -15,21 +15,17 @@ import os
 import posixpath
 from typing import TYPE_CHECKING
 
+from imagesieve.storage.local import LocalStorage, local_path
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from imagesieve.storage.local import LocalStorage
     from imagesieve.storage.remote import RemoteStorage
 
 
 def is_remote(path: str) -> bool:
     """A URL of a backend other than the local file system (`s3://`, `gs://`, `memory://`...)."""
     return "://" in path and not path.startswith("file://")
-
-
-def local_path(path: str) -> str:
-    """`file:///data/x` -> `/data/x`; anything else unchanged."""
-    return path[len("file://"):] if path.startswith("file://") else path
 
 
 def join(base: str, *parts: str) -> str:
@@ -59,8 +55,6 @@ def storage_for(path: str, storage_options: dict | None = None) -> LocalStorage 
         from imagesieve.storage.remote import RemoteStorage
 
         return RemoteStorage.for_url(path, storage_options)
-    from imagesieve.storage.local import LocalStorage
-
     return LocalStorage()
 
 

@@ -6,7 +6,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from imagesieve.storage import local_path
+
+def local_path(path: str) -> str:
+    """`file:///data/x` -> `/data/x`; anything else unchanged."""
+    return path[len("file://"):] if path.startswith("file://") else path
 
 
 class LocalStorage:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from imagesieve.storage.base import OutputInUseError, is_temp_name, temp_name
 from imagesieve.storage.spool import spool_folder
 
 logger = logging.getLogger(__name__)
@@ -178,8 +179,6 @@ class RemoteStorage:
 
     def publish(self, local: str, url: str) -> None:
         """Upload `local` to a temp key of ours, then copy it to `url` and delete the temp key."""
-        from imagesieve.runfolder import temp_name
-
         temp = self._path(temp_name(url))
         with clear_errors(url):
             try:
@@ -191,8 +190,6 @@ class RemoteStorage:
 
     def remove_stale_temp_files(self, folder: str) -> list[str]:
         """Delete the temp keys a killed run left under `folder` (only keys of our temp naming)."""
-        from imagesieve.runfolder import is_temp_name
-
         stale = [url for url in self.list_files(folder) if is_temp_name(posixpath.basename(url))] \
             if self.exists(folder) else []
         for url in stale:
@@ -203,8 +200,6 @@ class RemoteStorage:
     def _abort_stale_uploads(self, folder: str) -> list[str]:
         """Abort the S3 multipart uploads to temp keys of ours that a killed run left open: no listing
         shows them, but the bucket's owner pays for their parts until they are aborted."""
-        from imagesieve.runfolder import is_temp_name
-
         if "s3" not in tuple(self.fs.protocol) or not hasattr(self.fs, "call_s3"):
             return []
         bucket, _, prefix = self._path(folder).rstrip("/").partition("/")
@@ -224,13 +219,11 @@ class RemoteStorage:
                 markers = {"KeyMarker": listing["NextKeyMarker"], "UploadIdMarker": listing["NextUploadIdMarker"]}
 
     @contextmanager
-    def lock(self, folder: str, command: str) -> Iterator[None]:
-        """OUTPUT/_imagesieve/lock as an object created only if absent (a conditional put, `If-None-Match: *`
-        on S3), holding who runs. A second run fails at once; the lock of a run on this machine whose
-        process is gone is taken over; the object is deleted at the end only while it is still ours."""
-        from imagesieve.runfolder import WORK_DIR, OutputInUseError
-
-        url = posixpath.join(folder, WORK_DIR, "lock")
+    def lock(self, folder: str, command: str, url: str) -> Iterator[None]:
+        """The lock of `folder`: the object `url` (OUTPUT/_imagesieve/lock, which the run folder names),
+        created only if absent (a conditional put, `If-None-Match: *` on S3), holding who runs. A second
+        run fails at once; the lock of a run on this machine whose process is gone is taken over; the
+        object is deleted at the end only while it is still ours."""
         mine = {"command": command, "host": socket.gethostname(), "pid": os.getpid(),
                 "pid_started": _process_start(os.getpid()), "token": uuid.uuid4().hex,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -11,7 +11,7 @@ from imagesieve.matching.hashes import PERCEPTUAL
 from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
 from imagesieve.shards import ShardError, check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
-from imagesieve.storage import join, read_schema
+from imagesieve.storage import join
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 PROVENANCE_KEY = b"imagesieve.provenance"
@@ -24,11 +24,6 @@ BASE_COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(),
 def hash_table_path(hashes_dir: str, relative_path: str) -> str:
     """hashes/<shard path>.parquet: the whole shard name, so that x.tar and x.tar.gz differ."""
     return join(hashes_dir, relative_path + ".parquet")
-
-
-def table_provenance(path: str, storage_options: dict | None = None) -> dict:
-    """What a hash table was made from (the shard's fingerprint, the settings), {} if unknown."""
-    return schema_provenance(read_schema(path, storage_options))
 
 
 def schema_provenance(schema: pa.Schema) -> dict:

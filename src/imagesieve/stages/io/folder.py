@@ -19,13 +19,13 @@ from imagesieve.runfolder import (
     keep_mode_of,
     make_folder,
     naming_errors,
-    temp_name,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
+from imagesieve.storage.base import temp_name
 from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.executors.accounting import AccountingError, check
 from imagesieve.runfolder import (
     batch_relative_path,
     done_marker,
@@ -29,10 +28,17 @@ from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import join, storage_for
-from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef, table_rows
+from imagesieve.tasks import (
+    AccountingError,
+    FileGroupTask,
+    ImageBatch,
+    ImageObject,
+    MemberRef,
+    check_accounting,
+    table_rows,
+)
 
 logger = logging.getLogger(__name__)
-check_accounting = check
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
 

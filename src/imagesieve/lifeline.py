@@ -1,4 +1,5 @@
-"""Workers die with their driver: a parent-death signal on Linux, and a watchdog thread everywhere.
+"""Processes the driver starts (workers, the ID index's build) die with it: a parent-death signal on
+Linux, and a watchdog thread everywhere. It imports nothing of imagesieve, so any layer may use it.
 
 A worker killed with its driver (SIGKILL, out of memory) must not live on holding memory and the
 driver's stdout (which would keep `imagesieve remove ... | cat` from ever ending).
