@@ -18,7 +18,7 @@ ROW_GROUP = 32  # rows per row group of a keypoint table
 MAX_JOB_PAIRS = 4000
 MIN_JOB_PAIRS = 256
 MAX_OTHERS = 32  # images matched against one in one matrix product (bounds its memory)
-COLUMNS = ["kp_width", "kp_height", "kp_points", "kp_descriptors"]
+COLUMNS = ["kp_width", "kp_height", "kp_points", "kp_descriptors", "kp_thumb"]
 
 
 def verification_jobs(files: list[str], file_of: np.ndarray, position: np.ndarray, i: np.ndarray, j: np.ndarray,

@@ -25,6 +25,7 @@ DEFAULT_FEATURES = 200  # keypoints kept per image, strongest first (400: same h
 RATIO = 0.8  # Lowe's ratio test: a match counts when clearly nearer than the second nearest
 CONTRAST = 0.02  # SIFT's contrast threshold, below OpenCV's 0.04: low-contrast photos still get keypoints
 RANSAC_PIXELS = 0.015  # reprojection tolerance, a share of the larger side
+THUMB = 48  # side of the grey thumbnail kept per image for the pixel check (2.3 KB)
 
 
 def _mirror_permutation() -> np.ndarray:
@@ -49,28 +50,33 @@ def _cv2():
 @dataclass
 class Keypoints:
     """One image's keypoints: (n, 2) float32 positions and (n, 128) uint8 SIFT descriptors, in an image
-    of `width` x `height` pixels (the decoded, bounded size)."""
+    of `width` x `height` pixels (the decoded, bounded size), and a THUMB x THUMB uint8 grey thumbnail of
+    that image (stretched to a square), to compare pixels under a fit."""
 
     points: np.ndarray
     descriptors: np.ndarray
     width: int
     height: int
+    thumb: np.ndarray
 
     def mirrored(self) -> Keypoints:
         points = self.points.copy()
         points[:, 0] = self.width - 1 - points[:, 0]
-        return Keypoints(points, np.ascontiguousarray(self.descriptors[:, MIRROR]), self.width, self.height)
+        return Keypoints(points, np.ascontiguousarray(self.descriptors[:, MIRROR]), self.width, self.height,
+                         np.ascontiguousarray(self.thumb[:, ::-1]))
 
     def to_columns(self) -> dict[str, object]:
         return {"kp_width": self.width, "kp_height": self.height,
                 "kp_points": self.points.astype(np.float32).tobytes(),
-                "kp_descriptors": self.descriptors.astype(np.uint8).tobytes()}
+                "kp_descriptors": self.descriptors.astype(np.uint8).tobytes(),
+                "kp_thumb": self.thumb.astype(np.uint8).tobytes()}
 
     @classmethod
     def from_columns(cls, row: dict) -> Keypoints:
         points = np.frombuffer(row["kp_points"], np.float32).reshape(-1, 2)
         descriptors = np.frombuffer(row["kp_descriptors"], np.uint8).reshape(-1, 128)
-        return cls(points, descriptors, int(row["kp_width"]), int(row["kp_height"]))
+        thumb = np.frombuffer(row["kp_thumb"], np.uint8).reshape(THUMB, THUMB)
+        return cls(points, descriptors, int(row["kp_width"]), int(row["kp_height"]), thumb)
 
 
 class KeypointExtractor:
@@ -88,11 +94,13 @@ class KeypointExtractor:
             image.draft("L", (self.max_side, self.max_side))
         image = load(image, where).convert("L")
         image.thumbnail((self.max_side, self.max_side))
-        grey = self.cv2.equalizeHist(np.asarray(image))
+        pixels = np.asarray(image)
+        grey = self.cv2.equalizeHist(pixels)
         found, descriptors = self.sift.detectAndCompute(grey, None)
         points = np.array([k.pt for k in found], np.float32).reshape(-1, 2)
         descriptors = np.zeros((0, 128), np.uint8) if descriptors is None else descriptors
-        return Keypoints(points, np.clip(descriptors, 0, 255).astype(np.uint8), grey.shape[1], grey.shape[0])
+        thumb = self.cv2.resize(pixels, (THUMB, THUMB), interpolation=self.cv2.INTER_AREA)
+        return Keypoints(points, np.clip(descriptors, 0, 255).astype(np.uint8), grey.shape[1], grey.shape[0], thumb)
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyCo
     settings = {"max_side": config.max_side, "features": config.features}
     paths = [hash_table_path(keypoints_dir, unit.rel) for unit in units]
     todo = [unit for unit, path in zip(units, paths, strict=True)
-            if not table_is_current(path, unit.fingerprint, {"kp_points"}, settings)]
+            if not table_is_current(path, unit.fingerprint, {"kp_points", "kp_thumb"}, settings)]
     stages = [reader_for(units), ImageKeypointStage(max_side=config.max_side, features=config.features,
                                                   on_error=config.on_error),
               HashWriterStage(hashes_dir=keypoints_dir, settings=settings, row_group_size=ROW_GROUP)]
