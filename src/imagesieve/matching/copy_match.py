@@ -183,14 +183,10 @@ def agreement(a: Keypoints, b: Keypoints, fit: np.ndarray) -> float:
     texture agree only around the keypoints they share (grass tiles 0.37-0.66, copies 0.72 and up:
     BENCHMARKS.md). Measured both ways: the black corners a rotation adds lie inside the rotated
     image's frame, where they disagree with the other image, but outside the other image's frame."""
-    from imagesieve.matching.copy_kernel import agreeing_share
+    from imagesieve.matching.copy_kernel import pixel_agreement
 
     a_to_b = _thumb_frame(b) @ np.vstack([fit, [0, 0, 1]]) @ np.linalg.inv(_thumb_frame(a))
-    if abs(np.linalg.det(a_to_b[:2, :2])) < 1e-3:  # a degenerate fit maps an image onto a line
-        return 0.0
-    b_to_a = np.linalg.inv(a_to_b)
-    return max(agreeing_share(a.thumb, b.thumb, b_to_a[:2], AGREE_WINDOW, AGREE_CORRELATION, FLAT_STD ** 2),
-               agreeing_share(b.thumb, a.thumb, a_to_b[:2], AGREE_WINDOW, AGREE_CORRELATION, FLAT_STD ** 2))
+    return pixel_agreement(a.thumb, b.thumb, a_to_b[:2], AGREE_WINDOW, AGREE_CORRELATION, FLAT_STD ** 2)
 
 
 def _thumb_frame(image: Keypoints) -> np.ndarray:
