@@ -25,6 +25,9 @@ def add_copy_args(find: argparse.ArgumentParser) -> None:
     group.add_argument("--min-coverage", type=float, default=argparse.SUPPRESS,
                        help="... and they cover at least this share of each image's area "
                             f"(default {DEFAULTS.min_coverage})")
+    group.add_argument("--min-agreement", type=float, default=argparse.SUPPRESS,
+                       help="... and, aligned by that transform, the pixels agree over at least this share of "
+                            f"one of the two images (default {DEFAULTS.min_agreement})")
     group.add_argument("--features", type=int, default=argparse.SUPPRESS,
                        help=f"verification: at most this many keypoints per image, strongest first (default "
                             f"{DEFAULTS.features})")
@@ -37,7 +40,8 @@ def copy_config(args: argparse.Namespace) -> CopyConfig:
     from imagesieve.cli_options import option
 
     tuning = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in (
-        "neighbours", "min_similarity", "hash_threshold", "min_inliers", "min_coverage", "hash_accept", "features")}
+        "neighbours", "min_similarity", "hash_threshold", "min_inliers", "min_coverage", "min_agreement", "hash_accept",
+        "features")}
     return CopyConfig(**tuning, keep=args.keep, clusters=option(args, "clusters"), model=option(args, "model"),
                       model_inference_batch_size=option(args, "embedding_batch_size"), on_error=args.on_error)
 

@@ -24,7 +24,7 @@ METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
     "clusters": (frozenset(ALONE), None), "model": (frozenset(ALONE), "default"),
     "embedding_batch_size": (frozenset(ALONE), 32),
     **{name: (frozenset({"copy"}), None) for name in ("neighbours", "min_similarity", "hash_threshold", "min_inliers",
-                                                       "min_coverage", "features", "hash_accept")},
+                                                       "min_coverage", "min_agreement", "features", "hash_accept")},
 }
 
 

@@ -18,7 +18,7 @@ ROW_GROUP = 32  # rows per row group of a keypoint table
 MAX_JOB_PAIRS = 4000
 MIN_JOB_PAIRS = 256
 MAX_OTHERS = 32  # images matched against one in one matrix product (bounds its memory)
-COLUMNS = ["kp_width", "kp_height", "kp_points", "kp_descriptors"]
+COLUMNS = ["kp_width", "kp_height", "kp_points", "kp_descriptors", "kp_thumb"]
 
 
 def verification_jobs(files: list[str], file_of: np.ndarray, position: np.ndarray, i: np.ndarray, j: np.ndarray,
@@ -53,7 +53,7 @@ def _runs(values: np.ndarray) -> list[tuple[int, int]]:
 
 def verify_job(files: list[str], a_file: np.ndarray, a_pos: np.ndarray, b_file: np.ndarray, b_pos: np.ndarray,
                ratio: float, index: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(index, inliers, coverage_a, coverage_b, mirrored) of every pair of the job. One executor job.
+    """(index, inliers, coverage_a, coverage_b, mirrored, agreement) of every pair of the job. One executor job.
     The pairs of one first image (adjacent: jobs are sorted by it) are verified together."""
     from threadpoolctl import threadpool_limits
 
@@ -67,7 +67,8 @@ def verify_job(files: list[str], a_file: np.ndarray, a_pos: np.ndarray, b_file: 
                 out += verify_many(cache.get(int(a_file[start]), int(a_pos[start])), others[piece:piece + MAX_OTHERS],
                                    ratio)
     return (index, np.array([m.inliers for m in out], np.int32), np.array([m.coverage_a for m in out], np.float32),
-            np.array([m.coverage_b for m in out], np.float32), np.array([m.mirrored for m in out], bool))
+            np.array([m.coverage_b for m in out], np.float32), np.array([m.mirrored for m in out], bool),
+            np.array([m.agreement for m in out], np.float32))
 
 
 class _KeypointCache:

@@ -9,8 +9,10 @@
    clusters: sub-quadratic), plus every pair within `hash_threshold` bits of pHash, mirror included
    (multi-index hashing).
 4. Verification (`dedup.copy_match`), in jobs grouped by shard: a pair is a copy when at least
-   `min_inliers` keypoints agree on one similarity transform (mirror tried too) and their hull covers
-   at least `min_coverage` of each image; or when its pHash distance is within `hash_accept`, the
+   `min_inliers` keypoints agree on one similarity transform (mirror tried too), their hull covers
+   at least `min_coverage` of each image, and under that transform the pixels of the two agree over
+   at least `min_agreement` of one of them (two tiles of a repetitive texture pass the first two and
+   fail this); or when its pHash distance is within `hash_accept`, the
    pHash finder's precise default, which keeps featureless and heavily recompressed copies that
    carry too few keypoints (`hash_accept=-1` turns that off).
 5. Groups without chaining, in keep order (`dedup.semantic.resolve_no_chaining`).
@@ -97,6 +99,7 @@ class CopyConfig:
     hash_threshold: int = 16
     min_inliers: int = 10
     min_coverage: float = 0.15
+    min_agreement: float = 0.68
     hash_accept: int = 10
     max_side: int = DEFAULT_MAX_SIDE
     features: int = DEFAULT_FEATURES
@@ -119,9 +122,9 @@ class CopyConfig:
                              f"bits, got {self.hash_threshold} and {self.hash_accept}")
         if self.features < self.min_inliers:
             raise ValueError(f"features must be at least min_inliers ({self.min_inliers}), got {self.features}")
-        if self.min_inliers < 3 or not 0 <= self.min_coverage <= 1:
-            raise ValueError(f"min_inliers must be 3 or more and min_coverage in [0, 1], got {self.min_inliers} "
-                             f"and {self.min_coverage}")
+        if self.min_inliers < 3 or not 0 <= self.min_coverage <= 1 or not 0 <= self.min_agreement <= 1:
+            raise ValueError(f"min_inliers must be 3 or more and min_coverage and min_agreement in [0, 1], got "
+                             f"{self.min_inliers}, {self.min_coverage} and {self.min_agreement}")
         keep_policy(self.keep)  # validates
         check_model_option(self.model)  # before any image is hashed
 
@@ -191,9 +194,8 @@ def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, c
     seconds["verify"] = time.monotonic() - clock
     codes = table.column("phash").to_numpy().astype(np.uint64)
     hash_distance = popcount64(codes[i] ^ codes[j])
-    accepted = is_copy(scores["inliers"], np.minimum(scores["coverage_a"], scores["coverage_b"]), hash_distance,
-                       config)
     coverage = np.minimum(scores["coverage_a"], scores["coverage_b"])
+    accepted = is_copy(scores["inliers"], coverage, scores["agreement"], hash_distance, config)
     keeper_of_rep, _ = resolve_no_chaining(table.num_rows, i[accepted], j[accepted],
                                            (coverage + scores["inliers"] * 1e-6)[accepted], rank)
     keeper = keeper_of_rep[rep]
@@ -206,9 +208,11 @@ def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, c
     return _write(output_dir, input_path, units, table, skipped, groups, config, len(i), started, seconds)
 
 
-def is_copy(inliers: np.ndarray, coverage: np.ndarray, hash_distance: np.ndarray, config: CopyConfig) -> np.ndarray:
+def is_copy(inliers: np.ndarray, coverage: np.ndarray, agreement: np.ndarray, hash_distance: np.ndarray,
+            config: CopyConfig) -> np.ndarray:
     """The decision on verified pairs (see the module docstring, step 4)."""
-    return ((inliers >= config.min_inliers) & (coverage >= config.min_coverage)) | (hash_distance <= config.hash_accept)
+    keypoints = (inliers >= config.min_inliers) & (coverage >= config.min_coverage)
+    return (keypoints & (agreement >= config.min_agreement)) | (hash_distance <= config.hash_accept)
 
 
 def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyConfig, executor: BaseExecutor,
@@ -217,7 +221,7 @@ def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyCo
     settings = {"max_side": config.max_side, "features": config.features}
     paths = [hash_table_path(keypoints_dir, unit.rel) for unit in units]
     todo = [unit for unit, path in zip(units, paths, strict=True)
-            if not table_is_current(path, unit.fingerprint, {"kp_points"}, settings)]
+            if not table_is_current(path, unit.fingerprint, {"kp_points", "kp_thumb"}, settings)]
     stages = [reader_for(units), ImageKeypointStage(max_side=config.max_side, features=config.features,
                                                   on_error=config.on_error),
               HashWriterStage(hashes_dir=keypoints_dir, settings=settings, row_group_size=ROW_GROUP)]
@@ -301,7 +305,8 @@ def _verify(table: pa.Table, keypoint_files: list[str], units: list[InputUnit], 
     position = table.column("position").to_numpy()
     jobs = verification_jobs(keypoint_files, file_of, position, i, j, parallelism=executor.parallelism())
     scores = {"inliers": np.zeros(len(i), np.int32), "coverage_a": np.zeros(len(i), np.float32),
-              "coverage_b": np.zeros(len(i), np.float32), "mirrored": np.zeros(len(i), bool)}
+              "coverage_b": np.zeros(len(i), np.float32), "mirrored": np.zeros(len(i), bool),
+              "agreement": np.zeros(len(i), np.float32)}
     for index, *values in executor.map(verify_job, jobs) if jobs else []:
         for name, value in zip(scores, values, strict=True):
             scores[name][index] = value
@@ -348,7 +353,8 @@ def _write(output_dir: str, input_path: str | list[str], units: list[InputUnit],
     summary = CopySummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
                           groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
                           candidates=candidates, by_method=by_method,
-                          threshold=f"{config.min_inliers} inliers, coverage {config.min_coverage}",
+                          threshold=f"{config.min_inliers} inliers, coverage {config.min_coverage}, "
+                                    f"agreement {config.min_agreement}",
                           elapsed_seconds=time.monotonic() - started, seconds=seconds)
     run = {"config": asdict(config), "input": absolute_paths(input_path), "input_root": units[0].root or None,
            "reference": None}

@@ -10,13 +10,13 @@ from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.tasks import ImageBatch
 
-COLUMNS = ("kp_width", "kp_height", "kp_points", "kp_descriptors")
+COLUMNS = ("kp_width", "kp_height", "kp_points", "kp_descriptors", "kp_thumb")
 
 
 @dataclass
 class ImageKeypointStage(ProcessingStage[ImageBatch, ImageBatch]):
-    """Adds `kp_width`, `kp_height` (the decoded size, at most `max_side`), `kp_points` and
-    `kp_descriptors` (bytes, see `copy_match.Keypoints`) to each image's `metadata`, for a writer to
+    """Adds `kp_width`, `kp_height` (the decoded size, at most `max_side`), `kp_points`,
+    `kp_descriptors` and `kp_thumb` (bytes, see `copy_match.Keypoints`) to each image's `metadata`, for a writer to
     store per shard. An unreadable image fails the run (`on_error="fail"`) or gets its `error`
     recorded and empty columns (`"skip"`)."""
 
