@@ -23,20 +23,20 @@ class UnmatchedIdsError(ValueError):
 def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
                       storage_options: dict | None = None) -> str:
     """"key" or "curator" for `removal.id_scheme`: "auto" means Curator reader IDs when the list is
-    shaped as Curator's, names shards of the input, and none of the first such shard's keys is
-    listed (then the IDs are keys that happen to look alike). Said once, here on the driver; `removal`
-    is set up."""
+    shaped as Curator's, names shards of the input, and no listed ID is a key of any input shard (a
+    key read as a position names another sample: after re-sharding, `00001_000003` may be a key of
+    00000.tar). Said once, here on the driver; `removal` is set up."""
     if removal.id_scheme != "auto":
         return removal.id_scheme
     curator = removal._curator
     if curator is None or units[0].is_folder_chunk:
         return "key"
-    named = next((unit.paths[0] for unit in units if curator.names_shard(unit.paths[0])), None)
-    if named is None:
+    if not any(curator.names_shard(unit.paths[0]) for unit in units):
         return "key"
-    with storage_for(named, storage_options).local_copy(named) as local:
-        table = read_table(local)
-    if removal._index.contains_hashed(table.key_hashes, table.key_array).any():
+    # Every shard's tar headers, until a listed key is found: a full scan when none is, acceptable as
+    # it happens only for a list whose every sampled ID is Curator-shaped. While the scheme is "auto",
+    # `names_a_sample` looks IDs up as keys.
+    if any(names_a_sample(removal, unit, storage_options) for unit in units):
         return "key"
     logger.warning("the IDs in %s are NeMo Curator reader IDs ({tar stem}_{index:06d}, e.g. %s), not sample keys: "
                    "mapped to samples by shard and position (right only for the shards Curator read, unchanged); "
