@@ -212,3 +212,22 @@ def test_auto_reads_curator_shaped_ids_as_keys_when_one_is_a_key_of_another_shar
     assert keys_in(str(out / "00001.tar")) == ["00000_000000", "00000_000002", "00001_000000", "00001_000001",
                                               "00001_000002"]
 
+
+def test_curator_id_naming_two_shards_of_one_stem_is_refused_before_any_output_is_written(tmp_path):
+    write_keys(tmp_path / "amb" / "a" / "00000.tar", ["a0", "a1", "a2"])
+    write_keys(tmp_path / "amb" / "b" / "00000.tar", ["b0", "b1", "b2"])
+    write_ids(tmp_path / "ids", ["00000_000001"])
+    out = tmp_path / "out"
+    for scheme in ("auto", "curator"):
+        with pytest.raises(ValueError) as error:
+            remove_duplicates(str(tmp_path / "amb"), str(out), str(tmp_path / "ids"), executor=LocalExecutor(1),
+                              id_scheme=scheme)
+        message = str(error.value)
+        assert "'00000'" in message and "00000_000001" in message and "--id-scheme key" in message
+        assert str(tmp_path / "amb" / "a" / "00000.tar") in message
+        assert str(tmp_path / "amb" / "b" / "00000.tar") in message
+        assert not out.exists()
+    # one folder given: the stem names one shard, and its sample is removed
+    summary = remove_duplicates(str(tmp_path / "amb" / "b"), str(out), str(tmp_path / "ids"),
+                                executor=LocalExecutor(1))
+    assert summary.removed == 1 and keys_in(str(out / "00000.tar")) == ["b0", "b2"]

@@ -20,6 +20,10 @@ class UnmatchedIdsError(ValueError):
     """No listed ID names a sample of the run."""
 
 
+class AmbiguousIdsError(ValueError):
+    """A listed Curator ID names two shards of the run."""
+
+
 def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
                       storage_options: dict | None = None) -> str:
     """"key" or "curator" for `removal.id_scheme`: "auto" means Curator reader IDs when the list is
@@ -43,6 +47,27 @@ def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUni
                    "pass id_scheme / --id-scheme to choose", removal.removal_parquets_dir,
                    ", ".join(examples(removal._index, 2)))
     return "curator"
+
+
+def check_curator_stems(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]) -> None:
+    """Curator IDs name a shard by its stem alone: refuse, before any output is written, an input where
+    a stem the list names is the stem of two shards (in two sub-folders). Mapped to both, one ID would
+    remove a sample from each, and the run fail its count after writing them."""
+    if removal.id_scheme != "curator" or units[0].is_folder_chunk:
+        return
+    curator = removal._curator
+    seen: dict[str, str] = {}
+    for unit in units:
+        shard = unit.paths[0]
+        if not curator.names_shard(shard):
+            continue
+        other = seen.setdefault(stem(shard), shard)
+        if other != shard:
+            raise AmbiguousIdsError(
+                f"the NeMo Curator reader IDs in {removal.removal_parquets_dir} (such as {curator.first_id(shard)!r}) "
+                f"name shards by their stem, and {stem(shard)!r} is the stem of both {other} and {shard}, so which "
+                "sample they mean is unclear; nothing was written. If the IDs are sample keys pass --id-scheme key "
+                "(id_scheme='key'); else give as input only the folder whose shards Curator read")
 
 
 def check_ids_match(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
