@@ -186,3 +186,48 @@ def test_curator_list_naming_only_a_later_shard_runs(shards, tmp_path):
                                 executor=LocalExecutor(1), id_scheme="curator")
     assert summary.removed == 1
     assert "000000015" not in keys_in(str(tmp_path / "out" / "00001.tar"))
+
+
+def write_keys(path, keys: list[str]) -> None:
+    """A shard of real JPEGs under the given keys."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tiles = photo_tiles()
+    with wds.TarWriter(str(path), encoder=False, mtime=1_700_000_000) as sink:
+        for i, key in enumerate(keys):
+            sink.write({"__key__": key, "jpg": encode(tiles[i])})
+
+
+def test_auto_reads_curator_shaped_ids_as_keys_when_one_is_a_key_of_another_shard(tmp_path, caplog):
+    # re-sharded: 00001_000003 is a key of 00000.tar; read by position it would name 00001.tar's 00001_000001
+    write_keys(tmp_path / "resharded" / "00000.tar", ["00001_000003", "00001_000004", "00000_000001"])
+    write_keys(tmp_path / "resharded" / "00001.tar",
+               ["00000_000000", "00000_000002", "00001_000000", "00001_000001", "00001_000002"])
+    write_ids(tmp_path / "ids", ["00001_000003"], name="dups.parquet")
+    out = tmp_path / "rs_out"
+    with caplog.at_level(logging.WARNING):
+        assert main(["remove", "--quiet", "--duplicates", str(tmp_path / "ids"), str(tmp_path / "resharded"),
+                     str(out)]) == 0
+    assert "NeMo Curator reader IDs" not in caplog.text
+    assert keys_in(str(out / "00000.tar")) == ["00001_000004", "00000_000001"]
+    assert keys_in(str(out / "00001.tar")) == ["00000_000000", "00000_000002", "00001_000000", "00001_000001",
+                                              "00001_000002"]
+
+
+def test_curator_id_naming_two_shards_of_one_stem_is_refused_before_any_output_is_written(tmp_path):
+    write_keys(tmp_path / "amb" / "a" / "00000.tar", ["a0", "a1", "a2"])
+    write_keys(tmp_path / "amb" / "b" / "00000.tar", ["b0", "b1", "b2"])
+    write_ids(tmp_path / "ids", ["00000_000001"])
+    out = tmp_path / "out"
+    for scheme in ("auto", "curator"):
+        with pytest.raises(ValueError) as error:
+            remove_duplicates(str(tmp_path / "amb"), str(out), str(tmp_path / "ids"), executor=LocalExecutor(1),
+                              id_scheme=scheme)
+        message = str(error.value)
+        assert "'00000'" in message and "00000_000001" in message and "--id-scheme key" in message
+        assert str(tmp_path / "amb" / "a" / "00000.tar") in message
+        assert str(tmp_path / "amb" / "b" / "00000.tar") in message
+        assert not out.exists()
+    # one folder given: the stem names one shard, and its sample is removed
+    summary = remove_duplicates(str(tmp_path / "amb" / "b"), str(out), str(tmp_path / "ids"),
+                                executor=LocalExecutor(1))
+    assert summary.removed == 1 and keys_in(str(out / "00000.tar")) == ["b0", "b2"]

@@ -270,3 +270,15 @@ def test_list_matching_some_samples_runs_and_the_check_stops_at_the_first_named_
                                 executor=LocalExecutor(1))
     assert (summary.samples_in, summary.removed, summary.ids_not_found) == (12, 1, 1)
     assert [os.path.basename(p) for p in read] == ["00000.tar", "00001.tar"]  # not the third: no read of every shard
+
+
+def test_id_file_with_two_id_columns_is_refused_naming_file_and_column(dataset, tmp_path):
+    folder = tmp_path / "two_columns"
+    folder.mkdir()
+    path = folder / "ids.parquet"
+    keys = [s["__key__"] for s in read_with_webdataset(dataset[0][0])]
+    pq.write_table(pa.Table.from_arrays([pa.array(keys[:1]), pa.array(keys[1:2])], names=["id", "id"]), path)
+    with pytest.raises(ValueError) as error:
+        remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(folder), executor=LocalExecutor(1))
+    assert str(path) in str(error.value) and "'id'" in str(error.value) and "2 columns" in str(error.value)
+    assert not (tmp_path / "out").exists()

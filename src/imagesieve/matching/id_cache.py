@@ -23,7 +23,7 @@ import xxhash
 
 from imagesieve.cache_dir import default_cache_dir
 from imagesieve.matching.id_build import DEFAULT_BUDGET, build_index_isolated
-from imagesieve.matching.id_folder import check_id_folder, content_digest, list_parquet_files
+from imagesieve.matching.id_folder import check_id_column, check_id_folder, content_digest, list_parquet_files
 from imagesieve.matching.id_index import FORMAT, IdIndex
 
 MAX_ENTRIES = 8
@@ -62,6 +62,8 @@ def build_shared_index(directory: str, id_field: str, cache_dir: str | None = No
     files = list_parquet_files(directory)
     if check_folder:
         check_id_folder(directory, files)
+    for path in files:  # here too, not only when building: an index cached by an older version is no answer
+        check_id_column(path, id_field)
     root = private_folder(os.path.join(cache_dir or default_cache_dir(), INDEX_FOLDER))
     key = content_digest(files, id_field)
     target = os.path.join(root, key)

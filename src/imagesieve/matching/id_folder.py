@@ -85,10 +85,14 @@ def _schema(path: str) -> pa.Schema:
 
 
 def check_id_column(path: str, id_field: str) -> None:
+    """The file has exactly one ID column: with two of that name, readers silently take the first."""
     schema = _schema(path)
     if id_field not in schema.names:
         raise ValueError(f"{path}: no column {id_field!r}; the file has columns {schema.names}. "
                          "Pass the right column name (--id-field / duplicate_id_field).")
+    if (count := schema.names.count(id_field)) > 1:
+        raise ValueError(f"{path}: {count} columns are named {id_field!r}, so which holds the IDs is unclear; "
+                         "write the file with one column of that name")
 
 
 def convert_id_batch(column: pa.Array, path: str, id_field: str, notes: list[str]) -> pa.Array:

@@ -20,29 +20,54 @@ class UnmatchedIdsError(ValueError):
     """No listed ID names a sample of the run."""
 
 
+class AmbiguousIdsError(ValueError):
+    """A listed Curator ID names two shards of the run."""
+
+
 def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],
                       storage_options: dict | None = None) -> str:
     """"key" or "curator" for `removal.id_scheme`: "auto" means Curator reader IDs when the list is
-    shaped as Curator's, names shards of the input, and none of the first such shard's keys is
-    listed (then the IDs are keys that happen to look alike). Said once, here on the driver; `removal`
-    is set up."""
+    shaped as Curator's, names shards of the input, and no listed ID is a key of any input shard (a
+    key read as a position names another sample: after re-sharding, `00001_000003` may be a key of
+    00000.tar). Said once, here on the driver; `removal` is set up."""
     if removal.id_scheme != "auto":
         return removal.id_scheme
     curator = removal._curator
     if curator is None or units[0].is_folder_chunk:
         return "key"
-    named = next((unit.paths[0] for unit in units if curator.names_shard(unit.paths[0])), None)
-    if named is None:
+    if not any(curator.names_shard(unit.paths[0]) for unit in units):
         return "key"
-    with storage_for(named, storage_options).local_copy(named) as local:
-        table = read_table(local)
-    if removal._index.contains_hashed(table.key_hashes, table.key_array).any():
+    # Every shard's tar headers, until a listed key is found: a full scan when none is, acceptable as
+    # it happens only for a list whose every sampled ID is Curator-shaped. While the scheme is "auto",
+    # `names_a_sample` looks IDs up as keys.
+    if any(names_a_sample(removal, unit, storage_options) for unit in units):
         return "key"
     logger.warning("the IDs in %s are NeMo Curator reader IDs ({tar stem}_{index:06d}, e.g. %s), not sample keys: "
                    "mapped to samples by shard and position (right only for the shards Curator read, unchanged); "
                    "pass id_scheme / --id-scheme to choose", removal.removal_parquets_dir,
                    ", ".join(examples(removal._index, 2)))
     return "curator"
+
+
+def check_curator_stems(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]) -> None:
+    """Curator IDs name a shard by its stem alone: refuse, before any output is written, an input where
+    a stem the list names is the stem of two shards (in two sub-folders). Mapped to both, one ID would
+    remove a sample from each, and the run fail its count after writing them."""
+    if removal.id_scheme != "curator" or units[0].is_folder_chunk:
+        return
+    curator = removal._curator
+    seen: dict[str, str] = {}
+    for unit in units:
+        shard = unit.paths[0]
+        if not curator.names_shard(shard):
+            continue
+        other = seen.setdefault(stem(shard), shard)
+        if other != shard:
+            raise AmbiguousIdsError(
+                f"the NeMo Curator reader IDs in {removal.removal_parquets_dir} (such as {curator.first_id(shard)!r}) "
+                f"name shards by their stem, and {stem(shard)!r} is the stem of both {other} and {shard}, so which "
+                "sample they mean is unclear; nothing was written. If the IDs are sample keys pass --id-scheme key "
+                "(id_scheme='key'); else give as input only the folder whose shards Curator read")
 
 
 def check_ids_match(removal: ImageDuplicatesRemovalStage, units: list[InputUnit],

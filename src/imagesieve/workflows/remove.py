@@ -33,7 +33,7 @@ from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import is_remote, join, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
-from imagesieve.workflows.id_lists import check_ids_match, resolve_id_scheme
+from imagesieve.workflows.id_lists import check_curator_stems, check_ids_match, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
 
 
@@ -133,6 +133,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     removal.setup()  # fail fast on a bad ID folder, before any worker starts
     check_integer_ids(removal, units, so)
     removal.use_id_scheme(resolve_id_scheme(removal, units, so))
+    check_curator_stems(removal, units)
     if not allow_unmatched_ids:
         check_ids_match(removal, units, so)
     with removed_if_refused(output_dir):

@@ -90,6 +90,17 @@ class CuratorIds:
         """Whether the list names samples of `shard` (alone or in a group)."""
         return stem(shard) in self.prefixes or bool(self._groups_of(shard))
 
+    def first_id(self, shard: str) -> str | None:
+        """A listed ID that names `shard` (alone or in a group), for messages."""
+        prefixes = [p for p in (stem(shard), *(g for g, _ in self._groups_of(shard))) if p in self.prefixes]
+        for start in range(0, len(self.index), _CHUNK):
+            ids = self.index.ids(start, start + _CHUNK)
+            for prefix in prefixes:
+                found = ids.filter(pc.match_substring_regex(ids, f"^{re.escape(prefix)}_\\d{{6,}}$"))
+                if len(found):
+                    return found[0].as_py()
+        return None
+
     def listed_rows(self, table: ShardTable) -> np.ndarray:
         """The rows of `table` whose Curator ID (alone, or in any listed group) is in the list."""
         shard = table.display_shard
