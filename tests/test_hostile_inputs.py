@@ -150,6 +150,7 @@ def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
     (tmp_path / "out" / "_imagesieve").mkdir(parents=True)
+    (tmp_path / "out" / "_imagesieve" / "run.json").write_text('{"command": "remove"}')  # an earlier run's folder
     (tmp_path / "out" / "cats").symlink_to(victim)
     with pytest.raises(Exception, match="symlink or a file inside the output folder"):
         ids = os.path.dirname(write_ids(tmp_path / "ids", ["cats/a.jpg"]))
@@ -345,3 +346,41 @@ def test_a_model_with_a_batch_of_one_runs_one_image_at_a_time(shards, tmp_path):
                             for path in sorted(out.glob("embeddings/**/*.parquet"))]
     assert sum(len(table) for table in embeddings["one"]) == 12
     np.testing.assert_allclose(np.vstack(embeddings["one"]), np.vstack(embeddings["any"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["remove", "dedup", "find"])
+def test_a_folder_of_files_no_run_wrote_is_refused_as_output_and_left_as_it_was(shards, tmp_path, command):
+    """Hostile pass 2, case 1: another dataset given as OUT had its 00000.tar..00003.tar replaced."""
+    other = tmp_path / "other"
+    (other / "shards").mkdir(parents=True)
+    for name in ("00000.tar", "summary.json", "shards/00000.tar"):
+        (other / name).write_text(f"the user's {name}")
+    before = tree(other)
+    args = {"remove": ["remove", "--duplicates", str(tmp_path / "ids")], "dedup": ["dedup"], "find": ["find"]}[command]
+    assert main([*args, "--workers", "1", str(shards), str(other)]) == 1
+    assert tree(other) == before and sorted(os.listdir(other)) == ["00000.tar", "shards", "summary.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--workers", "1", "--quiet", str(shards), str(empty)]) == 0  # an empty folder is fine
+
+
+def test_dedup_never_writes_through_a_symlinked_shards_folder(shards, tmp_path, capsys):
+    """Hostile pass 2, case 2: `out/shards -> ../victim` received the clean shards over the user's file."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "00000.tar").write_text("precious")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "shards").symlink_to(victim)
+    assert main(["dedup", "--workers", "1", str(shards), str(tmp_path / "out")]) == 1
+    assert "is a symlink" in capsys.readouterr().err
+    assert tree(victim) == {"00000.tar": b"precious"}
+
+
+def test_a_summary_json_that_is_not_imagesieves_is_named_in_the_error(shards, tmp_path, capsys):
+    """Hostile pass 2, case 10: `Expecting value: line 1 column 1 (char 0)`, naming no file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("notes")
+    assert main(["dedup", "--workers", "1", str(shards), str(out)]) == 1
+    assert str(out / "summary.json") in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["summary.json"]  # nothing of ours left behind

@@ -132,15 +132,37 @@ def claim_for(output_dir: str, command: str, storage_options: dict | None = None
     if owner not in (None, command) and (owner, command) not in _TAKES_OVER:
         raise ValueError(f"{output_dir} holds the output of an imagesieve {owner} run; `imagesieve {command}` "
                          "cannot write into it: choose another output folder")
+    if owner is None:
+        refuse_foreign_files(output_dir, storage_options)
     if owner != command:
         write_json_atomic({"command": command}, record, storage_options)
+
+
+def refuse_foreign_files(output_dir: str, storage_options: dict | None = None) -> None:
+    """A folder that holds no imagesieve run must be empty (but for the lock just taken): a run writes
+    `summary.json`, `shards/00000.tar`, ... by name, and would replace a user's files of those names
+    (another dataset given as OUT by mistake)."""
+    store = storage_for(output_dir, storage_options)
+    if is_remote(output_dir):
+        prefix = join(output_dir, WORK_DIR).rstrip("/") + "/"
+        found = [f for f in store.list_files(output_dir) if not f.startswith(prefix)]
+    else:
+        found = sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir) if name != WORK_DIR)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ValueError(f"{output_dir} already holds files that no imagesieve run wrote ({shown}); imagesieve "
+                         "never replaces files it did not create: choose a new or empty output folder")
 
 
 def _owner_before_records(output_dir: str, storage_options: dict | None) -> str | None:
     """The command that made a folder written before run records existed, from what it holds."""
     store = storage_for(output_dir, storage_options)
     summary = join(output_dir, "summary.json")
-    if store.exists(summary) and "config" in read_json(summary, storage_options):
+    try:
+        made_by_a_run = store.exists(summary) and "config" in read_json(summary, storage_options)
+    except ValueError:
+        made_by_a_run = False  # a file of the user's: `refuse_foreign_files` names it
+    if made_by_a_run:
         return "dedup" if store.exists(join(output_dir, "shards")) else "find"
     if store.exists(join(output_dir, WORK_DIR, "done")):
         return "remove"
@@ -153,18 +175,29 @@ def removed_if_refused(output_dir: str) -> Iterator[None]:
     exist before and, on an error, holds nothing but the run's own records (lock, run.json), those and
     the folders are removed (object storage: left as is)."""
     existed = is_remote(output_dir) or os.path.lexists(output_dir)
+    records_existed = is_remote(output_dir) or os.path.lexists(os.path.join(output_dir, WORK_DIR))
+    before = set(os.listdir(output_dir)) if existed and not records_existed and os.path.isdir(output_dir) else set()
     try:
         yield
     except BaseException:
         if not existed:
             _remove_bare_run_folder(output_dir)
+        elif not records_existed and _listing(output_dir) - {WORK_DIR} == before:
+            _remove_bare_run_folder(output_dir, keep_folder=True)  # refused in a user's folder: only our records go
         raise
 
 
-def _remove_bare_run_folder(output_dir: str) -> None:
+def _listing(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def _remove_bare_run_folder(output_dir: str, keep_folder: bool = False) -> None:
     work = os.path.join(output_dir, WORK_DIR)
     try:
-        if os.listdir(output_dir) not in ([], [WORK_DIR]):
+        if not keep_folder and os.listdir(output_dir) not in ([], [WORK_DIR]):
             return
         records = os.listdir(work) if os.path.isdir(work) else []
         if not set(records) <= {"lock", "run.json"}:
@@ -173,7 +206,8 @@ def _remove_bare_run_folder(output_dir: str) -> None:
             os.remove(os.path.join(work, name))
         if os.path.isdir(work):
             os.rmdir(work)
-        os.rmdir(output_dir)
+        if not keep_folder:
+            os.rmdir(output_dir)
     except OSError:
         pass  # something else is there now: leave it all
 
@@ -283,10 +317,18 @@ def write_json_atomic(data: dict[str, Any], path: str, storage_options: dict | N
 
 
 def read_json(path: str, storage_options: dict | None = None) -> dict[str, Any]:
-    if is_remote(path):
-        return json.loads(storage_for(path, storage_options).read_bytes(path))
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON object imagesieve wrote; anything else is an error naming the file."""
+    try:
+        if is_remote(path):
+            data = json.loads(storage_for(path, storage_options).read_bytes(path))
+        else:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file imagesieve wrote ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON file imagesieve wrote (not an object)")
+    return data
 
 
 def parquet_files(folder: str, skip_prefixes: tuple[str, ...] = (".",)) -> list[str]:

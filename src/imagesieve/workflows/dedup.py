@@ -74,6 +74,9 @@ def dedup(input_path: str | list[str], output_dir: str,
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     check_input_first(input_path, output_dir, storage_options)
+    if not is_remote(output_dir) and os.path.islink(os.path.join(output_dir, "shards")):
+        raise ValueError(f"{os.path.join(output_dir, 'shards')} is a symlink; imagesieve never writes through a link "
+                         "in its output folder: remove it, or choose another output folder")
     if link:
         check_link(input_units(input_path, output_dir, output_dir, storage_options), link, output_dir)
     with removed_if_refused(output_dir):
@@ -82,6 +85,10 @@ def dedup(input_path: str | list[str], output_dir: str,
         with run_lock(output_dir, "dedup", storage_options):
             return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
                           progress, dry_run, cache_dir, link, storage_options)
+
+
+# what a setting added later meant in runs recorded before it (pHash pairs were not confirmed by dHash)
+SETTINGS_BEFORE_THEY_EXISTED = {"confirm": False}
 
 
 def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | CopyConfig,
@@ -93,7 +100,7 @@ def check_same_settings(output_dir: str, config: FindConfig | SemanticConfig | C
     store = storage_for(output_dir, storage_options)
     if not (store.exists(summary) and store.isdir(join(output_dir, "shards", WORK_DIR, "done"))):
         return
-    previous = read_json(summary, storage_options).get("config") or {}
+    previous = {**SETTINGS_BEFORE_THEY_EXISTED, **(read_json(summary, storage_options).get("config") or {})}
     current = json.loads(json.dumps(asdict(config)))
     changed = sorted(k for k in current if k != "json_fields" and k in previous and previous[k] != current[k])
     method = "semantic" if isinstance(config, SemanticConfig) else config.method
