@@ -345,3 +345,21 @@ def test_a_model_with_a_batch_of_one_runs_one_image_at_a_time(shards, tmp_path):
                             for path in sorted(out.glob("embeddings/**/*.parquet"))]
     assert sum(len(table) for table in embeddings["one"]) == 12
     np.testing.assert_allclose(np.vstack(embeddings["one"]), np.vstack(embeddings["any"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["remove", "dedup", "find"])
+@pytest.mark.parametrize("how", ["symlinked folder", "hard link"])
+def test_one_shard_under_two_names_is_refused_for_every_command_naming_both(shards, tmp_path, capsys, command, how):
+    """`remove` of a list naming shards/00000.tar and dlink/00000.tar wrote the shard twice (200 samples in)."""
+    if how == "symlinked folder":
+        (tmp_path / "dlink").symlink_to(shards)
+        other = tmp_path / "dlink" / "00000.tar"
+    else:
+        other = tmp_path / "hard.tar"
+        os.link(shards / "00000.tar", other)
+    listing = tmp_path / "twice.txt"
+    listing.write_text(f"{shards / '00000.tar'}\n{other}\n")
+    args = {"remove": ["remove", "--duplicates", str(tmp_path / "ids")], "dedup": ["dedup"], "find": ["find"]}[command]
+    assert main([*args, "--workers", "1", str(listing), str(tmp_path / "tw")]) == 1
+    assert f"{shards / '00000.tar'} and {other} are the same file under two names" in capsys.readouterr().err
+    assert not (tmp_path / "tw").exists()
