@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import encode, photo_tiles, write_ids
 from stages_for_tests import AddImageStage
@@ -363,3 +364,29 @@ def test_one_shard_under_two_names_is_refused_for_every_command_naming_both(shar
     assert main([*args, "--workers", "1", str(listing), str(tmp_path / "tw")]) == 1
     assert f"{shards / '00000.tar'} and {other} are the same file under two names" in capsys.readouterr().err
     assert not (tmp_path / "tw").exists()
+
+
+def _photos(folder, count: int = 5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        (folder / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+
+
+def test_a_linked_output_of_an_input_edited_in_place_is_replaced_and_never_left_as_removed(tmp_path):
+    """A --link output shares its inode with the input: editing the input in place changed the output too,
+    the rerun took it for a file the user replaced, and kept it while listing it as removed."""
+    photos, out = tmp_path / "imgs", tmp_path / "lo"
+    _photos(photos)
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    with open(photos / "3.jpg", "wb") as f:  # in place: same inode, another size
+        f.write((photos / "0.jpg").read_bytes())
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    removed = pq.read_table(out / "removed.parquet").column("id").to_pylist()
+    assert removed == ["3.jpg"] and not (out / "shards" / "3.jpg").exists()
+    assert (photos / "3.jpg").read_bytes() == (photos / "0.jpg").read_bytes()  # the input is untouched
+    # a file that is not ours where a removed image was: an error naming it, never a silent disagreement
+    (out / "shards" / "3.jpg").write_bytes(b"the user's own file")
+    os.utime(photos / "1.jpg")  # a changed chunk, redone
+    with pytest.raises(AccountingError, match="3.jpg is listed as removed but a file by that name is still"):
+        dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    assert (out / "shards" / "3.jpg").read_bytes() == b"the user's own file"

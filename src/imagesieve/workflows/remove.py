@@ -213,6 +213,18 @@ def check_integer_ids(removal: ImageDuplicatesRemovalStage, units: list[InputUni
                          "Write the IDs as strings, exactly as the keys are spelled")
 
 
+def check_removed_gone(output_dir: str, removed_ids: list[str]) -> None:
+    """An image folder's output is a tree of files, which a file left from an earlier run (one the user
+    replaced) can hold besides what this run wrote: a removed image still there would make the output
+    disagree with removed.parquet, so the run fails, naming it."""
+    for image_id in removed_ids:
+        path = os.path.join(output_dir, image_id)
+        if os.path.lexists(path):
+            raise AccountingError(f"{path}: {image_id} is listed as removed but a file by that name is still in the "
+                                  "output (not one this run wrote or may delete: replaced since an earlier run?); "
+                                  "move or delete it, then rerun")
+
+
 def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids_listed: int,
                notes: list[str], started: float, removed_path: str,
                storage_options: dict | None = None) -> RemoveSummary:
@@ -232,6 +244,8 @@ def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids
     check_accounting("whole run", samples_in, kept, removed)
     if removed_table.num_rows != removed:
         raise AccountingError(f"removed lists hold {removed_table.num_rows} rows but shards report {removed}")
+    if units and units[0].is_folder_chunk:
+        check_removed_gone(output_dir, removed_table.column("id").to_pylist())
     distinct_removed = len(pc.unique(removed_table.column("id")))
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")

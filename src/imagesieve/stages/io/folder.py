@@ -96,7 +96,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         stats = {"shard": relative, "relative_path": relative,
                  "input_fingerprint": task._metadata["input_fingerprint"], "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": sum(kept_files.values()),
-                 "kept_files": kept_files}
+                 "kept_files": kept_files, "input_root": task._metadata["root"]}  # a link to root/ID is ours
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=list(kept_files), task_id=task.task_id,
                              _metadata=stats)
