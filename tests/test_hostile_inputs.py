@@ -390,3 +390,39 @@ def test_a_linked_output_of_an_input_edited_in_place_is_replaced_and_never_left_
     with pytest.raises(AccountingError, match="3.jpg is listed as removed but a file by that name is still"):
         dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
     assert (out / "shards" / "3.jpg").read_bytes() == b"the user's own file"
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_outputs_are_never_more_open_than_their_input_or_the_umask(make_shard, tmp_path):
+    """A 0700 input folder became 0755 in OUT/shards, OUT/hashes and the report's thumbnails; under umask 077
+    copies kept their input's 0644; a setuid input stayed setuid."""
+    make_shard("00000.tar", n=4, folder="tars/sub")
+    top = make_shard("00001.tar", keys=["a", "b", "c"], folder="tars",
+                     images=[photo_tiles()[k] for k in (0, 5, 6)])  # "a" repeats 00000000: a group
+    os.chmod(top, 0o4755)
+    for folder in (tmp_path / "tars", tmp_path / "tars" / "sub"):
+        folder.chmod(0o700)
+    old = os.umask(0o022)
+    try:
+        dedup(str(tmp_path / "tars"), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert {p: _mode(out / p) for p in ("shards", "shards/sub", "hashes", "hashes/sub", "report/thumbs")} == \
+        dict.fromkeys(("shards", "shards/sub", "hashes", "hashes/sub", "report/thumbs"), 0o700)
+    assert os.listdir(out / "report" / "thumbs")
+    assert _mode(out / "shards" / "00001.tar") == 0o755  # no setuid
+    photos = tmp_path / "photos"
+    _photos(photos / "sub", 3)
+    photos.chmod(0o750)
+    write_ids(tmp_path / "ids", ["sub/1.jpg"])
+    old = os.umask(0o077)
+    try:
+        remove_duplicates(str(photos), str(tmp_path / "po"), str(tmp_path / "ids"), executor=ONE)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "po") == 0o700 and _mode(tmp_path / "po" / "sub") == 0o700
+    assert {p.name: _mode(p) for p in (tmp_path / "po" / "sub").iterdir()} == {"0.jpg": 0o600, "2.jpg": 0o600}

@@ -18,6 +18,7 @@ from imagesieve.runfolder import (
     WORK_DIR,
     done_marker,
     is_done,
+    mirror_folders,
     read_json,
     remove_stale_temp_files,
     removed_if_refused,
@@ -188,6 +189,7 @@ def copy_other_files(root: str, output_dir: str) -> int:
     for rel in files:
         target = os.path.join(output_dir, rel)
         source = os.path.join(root, rel)
+        mirror_folders(target, source, rel)
         if not (os.path.isfile(target) and os.path.getsize(target) == os.path.getsize(source)):
             place_file(source, target, link=False)
         copied[rel] = os.path.getsize(target)
