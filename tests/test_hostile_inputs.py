@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import encode, photo_tiles, write_ids
 from stages_for_tests import AddImageStage
@@ -384,3 +385,82 @@ def test_a_summary_json_that_is_not_imagesieves_is_named_in_the_error(shards, tm
     assert main(["dedup", "--workers", "1", str(shards), str(out)]) == 1
     assert str(out / "summary.json") in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["summary.json"]  # nothing of ours left behind
+
+
+@pytest.mark.parametrize("how", ["symlinked folder", "hard link"])
+def test_one_shard_under_two_names_is_refused_for_every_command_naming_both(shards, tmp_path, capsys, command, how):
+    """`remove` of a list naming shards/00000.tar and dlink/00000.tar wrote the shard twice (200 samples in)."""
+    if how == "symlinked folder":
+        (tmp_path / "dlink").symlink_to(shards)
+        other = tmp_path / "dlink" / "00000.tar"
+    else:
+        other = tmp_path / "hard.tar"
+        os.link(shards / "00000.tar", other)
+    listing = tmp_path / "twice.txt"
+    listing.write_text(f"{shards / '00000.tar'}\n{other}\n")
+    args = {"remove": ["remove", "--duplicates", str(tmp_path / "ids")], "dedup": ["dedup"], "find": ["find"]}[command]
+    assert main([*args, "--workers", "1", str(listing), str(tmp_path / "tw")]) == 1
+    assert f"{shards / '00000.tar'} and {other} are the same file under two names" in capsys.readouterr().err
+    assert not (tmp_path / "tw").exists()
+
+
+def _photos(folder, count: int = 5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        (folder / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+
+
+def test_a_linked_output_of_an_input_edited_in_place_is_replaced_and_never_left_as_removed(tmp_path):
+    """A --link output shares its inode with the input: editing the input in place changed the output too,
+    the rerun took it for a file the user replaced, and kept it while listing it as removed."""
+    photos, out = tmp_path / "imgs", tmp_path / "lo"
+    _photos(photos)
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    with open(photos / "3.jpg", "wb") as f:  # in place: same inode, another size
+        f.write((photos / "0.jpg").read_bytes())
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    removed = pq.read_table(out / "removed.parquet").column("id").to_pylist()
+    assert removed == ["3.jpg"] and not (out / "shards" / "3.jpg").exists()
+    assert (photos / "3.jpg").read_bytes() == (photos / "0.jpg").read_bytes()  # the input is untouched
+    # a file that is not ours where a removed image was: an error naming it, never a silent disagreement
+    (out / "shards" / "3.jpg").write_bytes(b"the user's own file")
+    os.utime(photos / "1.jpg")  # a changed chunk, redone
+    with pytest.raises(AccountingError, match="3.jpg is listed as removed but a file by that name is still"):
+        dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    assert (out / "shards" / "3.jpg").read_bytes() == b"the user's own file"
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_outputs_are_never_more_open_than_their_input_or_the_umask(make_shard, tmp_path):
+    """A 0700 input folder became 0755 in OUT/shards, OUT/hashes and the report's thumbnails; under umask 077
+    copies kept their input's 0644; a setuid input stayed setuid."""
+    make_shard("00000.tar", n=4, folder="tars/sub")
+    top = make_shard("00001.tar", keys=["a", "b", "c"], folder="tars",
+                     images=[photo_tiles()[k] for k in (0, 5, 6)])  # "a" repeats 00000000: a group
+    os.chmod(top, 0o4755)
+    for folder in (tmp_path / "tars", tmp_path / "tars" / "sub"):
+        folder.chmod(0o700)
+    old = os.umask(0o022)
+    try:
+        dedup(str(tmp_path / "tars"), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert {p: _mode(out / p) for p in ("shards", "shards/sub", "hashes", "hashes/sub", "report/thumbs")} == \
+        dict.fromkeys(("shards", "shards/sub", "hashes", "hashes/sub", "report/thumbs"), 0o700)
+    assert os.listdir(out / "report" / "thumbs")
+    assert _mode(out / "shards" / "00001.tar") == 0o755  # no setuid
+    photos = tmp_path / "photos"
+    _photos(photos / "sub", 3)
+    photos.chmod(0o750)
+    write_ids(tmp_path / "ids", ["sub/1.jpg"])
+    old = os.umask(0o077)
+    try:
+        remove_duplicates(str(photos), str(tmp_path / "po"), str(tmp_path / "ids"), executor=ONE)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "po") == 0o700 and _mode(tmp_path / "po" / "sub") == 0o700
+    assert {p.name: _mode(p) for p in (tmp_path / "po" / "sub").iterdir()} == {"0.jpg": 0o600, "2.jpg": 0o600}

@@ -246,8 +246,13 @@ def test_list_matching_nothing_is_refused_before_any_output_is_written(make_shar
     expected = {"absent": None, "empty": [], "holding a file": ["notes.txt"]}[out_before]
     assert (sorted(os.listdir(out)) if out.exists() else None) == expected  # OUT as it was: no shard, no records
 
-    assert main(["remove", "--quiet", "--allow-unmatched-ids", "--duplicates", str(dups), str(tmp_path / "shards"),
-                 str(out)]) == 0
+    code = main(["remove", "--quiet", "--allow-unmatched-ids", "--duplicates", str(dups), str(tmp_path / "shards"),
+                 str(out)])
+    if out_before == "holding a file":  # a folder of the user's files is never an output
+        assert code == 1 and "no imagesieve run wrote" in capsys.readouterr().err
+        assert sorted(os.listdir(out)) == ["notes.txt"]
+        return
+    assert code == 0
     assert "removed          0" in capsys.readouterr().out
     assert members_by_key(str(out / "00001.tar")).keys() == {f"{i:08d}" for i in range(4, 8)}
 

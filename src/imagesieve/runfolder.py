@@ -282,10 +282,53 @@ def make_folder(folder: str) -> None:
                               "writes through a link there: remove it, or choose another output folder") from None
 
 
+def current_umask() -> int:
+    """The process umask, read without setting it: `os.umask` would, for a moment, set it for every thread."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set a narrow one for that moment, never a wider one
+    os.umask(mask)
+    return mask
+
+
 def keep_mode_of(source: str, path: str) -> None:
-    """Give `path` the permission bits of the input file it copies: a 0600 input stays 0600."""
+    """Give `path` the permission bits of the input file it copies, never wider than the umask allows and
+    without setuid/setgid/sticky: a 0600 input stays 0600, and a copy never runs as its input's owner."""
     if not is_remote(source) and os.path.isfile(source):
-        os.chmod(path, stat.S_IMODE(os.stat(source).st_mode))
+        os.chmod(path, stat.S_IMODE(os.stat(source).st_mode) & 0o777 & ~current_umask())
+
+
+def narrow_mode(folder: str, source: str, umask: int | None = None) -> None:
+    """Take from `folder` the permission bits the input folder `source` (or the umask) denies; the owner
+    keeps rwx, to write. An output folder holding copies of what a 0700 input folder guards must not
+    let other users in."""
+    try:
+        want = stat.S_IMODE(os.stat(source).st_mode) & ~(current_umask() if umask is None else umask) | 0o700
+        have = stat.S_IMODE(os.stat(folder).st_mode)
+        if have & 0o777 & ~want:
+            os.chmod(folder, have & (want | 0o7000))
+    except FileNotFoundError:
+        return
+
+
+def mirror_folders(path: str, source: str, relative: str) -> None:
+    """Make the folder of output file `path`, the copy of input `source` listed as `relative` (its path
+    from the input root), each folder from the output root down no more open than the input folder it
+    mirrors (`narrow_mode`)."""
+    if is_remote(path):
+        return
+    make_folder(os.path.dirname(path))
+    if is_remote(source) or not os.path.abspath(source).endswith(os.sep + relative):
+        return
+    folder, src, umask = os.path.dirname(path), os.path.dirname(os.path.abspath(source)), current_umask()
+    for _ in range(relative.count(os.sep) + 1):
+        narrow_mode(folder, src, umask)
+        folder, src = os.path.dirname(folder), os.path.dirname(src)
 
 
 def write_atomic(path: str, write: Callable[[str], object], storage_options: dict | None = None,

@@ -16,10 +16,10 @@ import xxhash
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.imageio import ImageDecodeError, load, open_image
-from imagesieve.runfolder import write_bytes_atomic
+from imagesieve.runfolder import narrow_mode, write_bytes_atomic
 from imagesieve.shards import ShardError, image_extension, samples_with_keys
 from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.storage import storage_for
+from imagesieve.storage import is_remote, storage_for
 
 CAPTION_CHARS = 300
 
@@ -123,6 +123,11 @@ def add_thumbnails(members: list[tuple[str, str, str]], summary: dict, thumbs_di
         path = root or shard_paths.get(source, {}).get(shard)
         if path:
             wanted[source, path].append(key)
+    # thumbnails show what the input folders guard: no more open than any of them
+    folders = {os.path.dirname(os.path.join(path, key)) if inputs[source][1] else os.path.dirname(path)
+               for (source, path), keys in wanted.items() if not is_remote(path) for key in keys}
+    for folder in folders:
+        narrow_mode(thumbs_dir, folder)
     for (source, path), keys in sorted(wanted.items()):
         if inputs[source][1]:  # an image folder: `path` is its root
             jobs += [(folder_thumbnails, (path, source, keys[k:k + 500], thumbs_dir, size))

@@ -3,7 +3,8 @@
 A rerun must not leave behind a shard (or a kept file) that the new run would not write: a shard
 that left the input, or, in `dedup`, every output written from a duplicate list that has since
 changed. Only files a done marker names are deleted, and only while they still have the size the
-marker recorded (a file the user replaced since is left alone); markers and work files go with them.
+marker recorded (a file the user replaced since is left alone) or are a hard link to the input file
+(`--link`); markers and work files go with them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def discard_unit(output_dir: str, relative_path: str, storage_options: dict | No
     except (OSError, ValueError):
         return 0
     sized = stats.get("kept_files") or {relative_path: stats.get("output_size")}
-    deleted = sum(delete_if_ours(output_dir, rel, size, storage_options) for rel, size in sized.items())
+    root = stats.get("input_root")  # an image folder: a kept file may be a --link to root/ID
+    deleted = sum(delete_if_ours(output_dir, rel, size, storage_options, root and os.path.join(root, rel))
+                  for rel, size in sized.items())
     if stats.get("sidecar") == "filtered":
         deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None, storage_options)
     if stats.get("img2dataset_stats") == "updated":
@@ -54,9 +57,11 @@ def discard_units(output_dir: str, relative_paths: list[str], storage_options: d
     return sum(discard_unit(output_dir, rel, storage_options) for rel in relative_paths)
 
 
-def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None) -> int:
+def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None,
+                   source: str | None = None) -> int:
     """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still has
-    the size we recorded (None: any size); returns 1 if deleted."""
+    the size we recorded (None: any size), or is a hard link to the input file `source` (a --link run
+    made it; editing the input in place changed its size too); returns 1 if deleted."""
     path = join(output_dir, relative_path)
     store = storage_for(path, storage_options)
     if not is_remote(path):
@@ -64,7 +69,15 @@ def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storag
             os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
         if not inside or os.path.islink(path):
             return 0
-    if not store.isfile(path) or (size is not None and store.size(path) != size):
+    if not store.isfile(path) or (size is not None and store.size(path) != size and not same_file(path, source)):
         return 0
     store.delete_file(path)
     return 1
+
+
+def same_file(path: str, source: str | None) -> bool:
+    """Whether local `path` and `source` are one file (same device and inode): a hard link."""
+    try:
+        return source is not None and os.path.samestat(os.stat(path), os.stat(source))
+    except OSError:
+        return False

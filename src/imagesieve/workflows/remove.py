@@ -18,6 +18,7 @@ from imagesieve.runfolder import (
     WORK_DIR,
     done_marker,
     is_done,
+    mirror_folders,
     read_json,
     remove_stale_temp_files,
     removed_if_refused,
@@ -189,6 +190,7 @@ def copy_other_files(root: str, output_dir: str) -> int:
     for rel in files:
         target = os.path.join(output_dir, rel)
         source = os.path.join(root, rel)
+        mirror_folders(target, source, rel)
         if not (os.path.isfile(target) and os.path.getsize(target) == os.path.getsize(source)):
             place_file(source, target, link=False)
         copied[rel] = os.path.getsize(target)
@@ -214,6 +216,18 @@ def check_integer_ids(removal: ImageDuplicatesRemovalStage, units: list[InputUni
                          "Write the IDs as strings, exactly as the keys are spelled")
 
 
+def check_removed_gone(output_dir: str, removed_ids: list[str]) -> None:
+    """An image folder's output is a tree of files, which a file left from an earlier run (one the user
+    replaced) can hold besides what this run wrote: a removed image still there would make the output
+    disagree with removed.parquet, so the run fails, naming it."""
+    for image_id in removed_ids:
+        path = os.path.join(output_dir, image_id)
+        if os.path.lexists(path):
+            raise AccountingError(f"{path}: {image_id} is listed as removed but a file by that name is still in the "
+                                  "output (not one this run wrote or may delete: replaced since an earlier run?); "
+                                  "move or delete it, then rerun")
+
+
 def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids_listed: int,
                notes: list[str], started: float, removed_path: str,
                storage_options: dict | None = None) -> RemoveSummary:
@@ -233,6 +247,8 @@ def finish_run(output_dir: str, units: list[InputUnit], shards_skipped: int, ids
     check_accounting("whole run", samples_in, kept, removed)
     if removed_table.num_rows != removed:
         raise AccountingError(f"removed lists hold {removed_table.num_rows} rows but shards report {removed}")
+    if units and units[0].is_folder_chunk:
+        check_removed_gone(output_dir, removed_table.column("id").to_pylist())
     distinct_removed = len(pc.unique(removed_table.column("id")))
     if distinct_removed > ids_listed:
         raise AccountingError(f"{distinct_removed} distinct IDs removed but only {ids_listed} listed")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from imagesieve.matching.hashes import PERCEPTUAL
-from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
+from imagesieve.runfolder import batch_relative_path, mirror_folders, shard_fingerprint, write_parquet_atomic
 from imagesieve.shards import ShardError, check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage import join
@@ -80,6 +81,8 @@ class HashWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         provenance = {"shard_fingerprint": fingerprint, **self.settings}
         table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
         path = hash_table_path(self.hashes_dir, relative)
+        root = task._metadata.get("root")  # an image folder: its chunks' tables mirror the folder itself
+        mirror_folders(path, os.path.join(root, relative) if root else task._metadata.get("shard", ""), relative)
         errors = sum(1 for image in task.data if "error" in image.metadata)
         metadata = {"samples_in": len(task.data), "errors": errors, "relative_path": relative}
         if "part" in task._metadata:  # the shard's table is written once every part is in (`write_parts`)

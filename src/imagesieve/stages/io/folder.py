@@ -18,6 +18,7 @@ from imagesieve.runfolder import (
     done_marker,
     keep_mode_of,
     make_folder,
+    mirror_folders,
     naming_errors,
     work_path,
     write_json_atomic,
@@ -86,8 +87,12 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         removed, samples_in = task.removed, task.samples_in
         check_accounting(relative, samples_in, len(task.data), len(removed))
         kept_files = {}
+        mirrored = set()
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
+            if os.path.dirname(image.image_id) not in mirrored:
+                mirror_folders(target, image.image_path, image.image_id)
+                mirrored.add(os.path.dirname(image.image_id))
             place_file(image.image_path, target, self.link)
             kept_files[image.image_id] = os.path.getsize(target)
         write_parquet_atomic(pa.table([[r.image_id for r in removed], [relative] * len(removed),
@@ -96,7 +101,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         stats = {"shard": relative, "relative_path": relative,
                  "input_fingerprint": task._metadata["input_fingerprint"], "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": sum(kept_files.values()),
-                 "kept_files": kept_files}
+                 "kept_files": kept_files, "input_root": task._metadata["root"]}  # a link to root/ID is ours
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=list(kept_files), task_id=task.task_id,
                              _metadata=stats)

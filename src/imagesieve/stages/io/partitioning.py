@@ -44,10 +44,25 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     if len({is_remote(p) for p in matched}) > 1:
         raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
+    if paths is os.path:
+        refuse_two_names(list(matched))
     roots = set(matched.values())
     common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
     found = {path: paths.relpath(path, common) for path in matched}
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def refuse_two_names(paths: list[str]) -> None:
+    """One shard listed under two names (a symlinked folder, a hard link) would be read, counted and
+    written twice, once under each name: refuse the input, naming both."""
+    seen: dict[object, str] = {}
+    for path in paths:
+        st = os.stat(path)
+        for key in (os.path.realpath(path), (st.st_dev, st.st_ino)):
+            if key in seen:
+                raise ValueError(f"{seen[key]} and {path} are the same file under two names (a symlink or a hard "
+                                 "link): list it once")
+            seen[key] = path
 
 
 class _UrlPaths:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from imagesieve.runfolder import (
     batch_relative_path,
     done_marker,
+    mirror_folders,
     shard_fingerprint,
     work_path,
     write_json_atomic,
@@ -154,6 +155,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         table = task._metadata.get("shard_table")
         rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
+        mirror_folders(out_path, shard, relative)
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
             versions = {table.shard: table.version} if table is not None and table.version else None
             compression = table.compression if table is not None else "by name"
