@@ -387,6 +387,7 @@ def test_a_summary_json_that_is_not_imagesieves_is_named_in_the_error(shards, tm
     assert sorted(os.listdir(out)) == ["summary.json"]  # nothing of ours left behind
 
 
+@pytest.mark.parametrize("command", ["remove", "dedup", "find"])
 @pytest.mark.parametrize("how", ["symlinked folder", "hard link"])
 def test_one_shard_under_two_names_is_refused_for_every_command_naming_both(shards, tmp_path, capsys, command, how):
     """`remove` of a list naming shards/00000.tar and dlink/00000.tar wrote the shard twice (200 samples in)."""
