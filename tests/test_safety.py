@@ -166,16 +166,22 @@ def test_find_remove_find_remove_with_the_same_result_resumes(dataset, tmp_path)
 
 
 def test_files_named_like_temp_files_in_an_existing_output_folder_survive(dataset, tmp_path):
+    """The cleanup of a rerun's temp files spares a user's files named alike, put into a run's folders."""
     out = tmp_path / "out"
-    (out / "drafts").mkdir(parents=True)
-    (out / "drafts" / "thesis.tmp-final.docx").write_text("mine")
+    find_duplicates(str(dataset), str(tmp_path / "found"), FindConfig(method="exact"), executor=ONE)
+    find_duplicates(str(dataset), str(out), FindConfig(method="exact"), executor=ONE)
+    remove_duplicates(str(dataset), str(out / "clean"), str(tmp_path / "found" / "duplicates"), executor=ONE)
+    (out / "clean" / "drafts").mkdir(parents=True)
+    (out / "clean" / "drafts" / "thesis.tmp-final.docx").write_text("mine")
     (out / "runs" / "exp.tmp-3").mkdir(parents=True)
     (out / "runs" / "exp.tmp-3" / "log.txt").write_text("mine too")
     (out / ".notes.txt.tmp-12").write_text("and this")
-    find_duplicates(str(dataset), str(out / "found"), FindConfig(method="exact"), executor=ONE)
     find_duplicates(str(dataset), str(out), FindConfig(method="exact"), executor=ONE)
-    remove_duplicates(str(dataset), str(out / "drafts"), str(out / "found" / "duplicates"), executor=ONE)
-    assert (out / "drafts" / "thesis.tmp-final.docx").read_text() == "mine"
+    remove_duplicates(str(dataset), str(out / "clean"), str(tmp_path / "found" / "duplicates"), executor=ONE)
+    with pytest.raises(ValueError, match="no imagesieve run wrote"):  # a folder of the user's is no output
+        remove_duplicates(str(dataset), str(out / "clean" / "drafts"), str(tmp_path / "found" / "duplicates"),
+                          executor=ONE)
+    assert (out / "clean" / "drafts" / "thesis.tmp-final.docx").read_text() == "mine"
     assert (out / "runs" / "exp.tmp-3" / "log.txt").read_text() == "mine too"
     assert (out / ".notes.txt.tmp-12").read_text() == "and this"
 
