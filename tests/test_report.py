@@ -294,3 +294,21 @@ def test_the_search_box_finds_any_id_in_a_browser(tmp_path):
     dom = render_dom(os.path.join(out, "report", "index.html") + "#id=" + quote(HOSTILE_IMG),
                      str(tmp_path / "profile"))
     assert body_data(dom, "found-group") > 0 and "pwned" not in dom.split("</title>")[0]
+
+
+def test_a_symlinked_report_folder_is_refused_before_anything_is_made_in_it(tmp_path):
+    """Hostile pass: `report` with OUT/report -> elsewhere made an empty thumbs/ there before refusing."""
+    run = run_of_pairs(tmp_path, 4)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_path / "run" / "report")
+    with pytest.raises(ValueError, match="is a symlink"):
+        write_report(run, executor=ONE)
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_run_without_summary_says_so(tmp_path):
+    run = run_of_pairs(tmp_path, 4)
+    os.remove(os.path.join(run, "summary.json"))
+    with pytest.raises(FileNotFoundError, match="no summary.json"):
+        write_report(run, executor=ONE)

@@ -86,6 +86,9 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
         return join(out_dir, "index.html")
 
     out_dir = out_dir or os.path.join(run_dir, "report")
+    if os.path.islink(out_dir):  # checked before anything is made in it
+        raise ValueError(f"{out_dir} is a symlink; imagesieve never writes through a link: remove it, or pass "
+                         "another report folder")
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)

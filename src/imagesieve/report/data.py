@@ -58,8 +58,11 @@ def read_table_dir(folder: str, columns: list[str] | None = None) -> pa.Table | 
 
 def load_report_data(run_dir: str, max_groups: int | None = None) -> ReportData:
     table = read_table_dir(os.path.join(run_dir, "groups"), GROUP_COLUMNS)
-    if table is None or not os.path.exists(os.path.join(run_dir, "summary.json")):
+    if table is None:
         raise FileNotFoundError(f"{run_dir} has no groups/: run `imagesieve find` or `imagesieve dedup` into it first")
+    if not os.path.exists(os.path.join(run_dir, "summary.json")):
+        raise FileNotFoundError(f"{run_dir} has groups/ but no summary.json (deleted?): rerun `imagesieve find` or "
+                                "`imagesieve dedup` into it to write it again")
     summary = read_json(os.path.join(run_dir, "summary.json"))
     kept = pc.equal(table.column("method"), "kept").combine_chunks()
     distance = pc.cast(pc.fill_null(table.column("distance"), 0), pa.float64()).combine_chunks()
