@@ -9,7 +9,7 @@ from imagesieve.cli_copy import add_copy_args, cmd_find_copy, copy_config
 from imagesieve.cli_options import ALONE, check_method_options, option, print_find_summary, print_summary
 from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
 from imagesieve.cli_storage import add_storage_args, storage_options
-from imagesieve.workflows.find import DEFAULT_CONFIRM, DEFAULT_THRESHOLDS, METHODS, FindConfig
+from imagesieve.workflows.find import DEFAULT_CONFIRM, DEFAULT_THRESHOLDS, MAX_CONFIRM, METHODS, FindConfig
 
 FIND_EXAMPLE = """example:
   imagesieve find --method phash --threshold 10 shards/ found/
@@ -42,15 +42,17 @@ def parse_method(text: str) -> str:
 
 
 def parse_confirm(text: str) -> bool | int:
-    """`off` or a number of bits, 0..192."""
+    """`off` or a number of bits, 0..MAX_CONFIRM."""
     if text.strip().lower() == "off":
         return False
     try:
         bits = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of bits (0..192) or 'off', got {text!r}") from None
-    if not 0 <= bits <= 192:
-        raise argparse.ArgumentTypeError(f"expected 0..192 bits (pHash and both dHashes together), got {bits}")
+        raise argparse.ArgumentTypeError(f"expected a number of bits (0..{MAX_CONFIRM}) or 'off', got {text!r}") \
+            from None
+    if not 0 <= bits <= MAX_CONFIRM:
+        raise argparse.ArgumentTypeError(f"expected 0..{MAX_CONFIRM} bits (pHash and both dHashes together), "
+                                         f"got {bits}")
     return bits
 
 
@@ -96,7 +98,8 @@ def add_find_options(parser: argparse.ArgumentParser) -> None:
                         help=f"max Hamming distance of 64 bits, 0..32 (defaults: {DEFAULT_THRESHOLDS})")
     parser.add_argument("--confirm", type=parse_confirm, default=argparse.SUPPRESS, metavar="BITS|off",
                         help=f"pHash: a pair within --threshold counts only when pHash and the dHashes of rows and "
-                             f"columns together differ in at most BITS of their 192 (default {DEFAULT_CONFIRM}): "
+                             f"columns together differ in at most BITS of their {MAX_CONFIRM} "
+                             f"(default {DEFAULT_CONFIRM}): "
                              "unrelated images stay apart at millions of images; off: every pair within --threshold "
                              "counts")
     parser.add_argument("--keep", default="first",

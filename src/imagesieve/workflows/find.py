@@ -43,9 +43,11 @@ DEFAULT_THRESHOLDS = {"phash": 10, "dhash": 7, "ahash": 3, "whash": 3}
 MAX_THRESHOLD = 32
 # A pHash pair counts only when pHash and the two dHashes (rows, columns; of the same decode) together
 # differ in at most this many of their 192 bits. Chance pairs grow as n^2: among 1M photo mosaics an image
-# with no copy has ~9 others within 10 bits of pHash; this rule keeps about 1 in 4,000 of those and every
-# planted copy. Chosen on generated mosaics, checked on the labelled photos (BENCHMARKS.md, "precision at scale").
+# with no copy has ~9 others within 10 bits of pHash; this rule keeps about 1 in 4,400 of those and 99.99% of
+# the planted copies. Chosen on generated mosaics, checked on the labelled photos (BENCHMARKS.md, "Precision at
+# scale").
 DEFAULT_CONFIRM = 26
+MAX_CONFIRM = 192  # the bits of pHash and both dHashes
 CONFIRMED_BY = {"phash": ("dhash", "dhash_vertical")}  # the hashes that confirm each method's pairs
 
 
@@ -59,8 +61,8 @@ class FindConfig:
     on_error: str = "fail"
     exact_decode: bool = False
     json_fields: tuple[str, ...] = ()
-    # pHash: True confirms each pair by dHash (DEFAULT_CONFIRM bits of both), a number sets those bits,
-    # False takes every pair within the threshold
+    # pHash: True confirms each pair by both dHashes (all three within DEFAULT_CONFIRM bits), a number sets
+    # those bits, False takes every pair within the threshold
     confirm: bool | int = True
 
     def __post_init__(self) -> None:
@@ -72,8 +74,8 @@ class FindConfig:
         if not isinstance(self.confirm, bool):
             if self.method not in CONFIRMED_BY:
                 raise ValueError(f"confirm applies to {', '.join(CONFIRMED_BY)} only, not to {self.method}")
-            if not isinstance(self.confirm, int) or not 0 <= self.confirm <= 192:
-                raise ValueError(f"confirm must be within 0..192 bits (the three hashes together), got "
+            if not isinstance(self.confirm, int) or not 0 <= self.confirm <= MAX_CONFIRM:
+                raise ValueError(f"confirm must be within 0..{MAX_CONFIRM} bits (the three hashes together), got "
                                  f"{self.confirm!r}")
         keep_policy(self.keep)  # validates
 
@@ -85,7 +87,7 @@ class FindConfig:
 
     @property
     def confirm_within(self) -> int | None:
-        """The most bits the method's hash and its confirming hash may differ in together, or None."""
+        """The most bits the method's hash and its confirming hashes may differ in together, or None."""
         if self.method not in CONFIRMED_BY or self.confirm is False:
             return None
         return DEFAULT_CONFIRM if self.confirm is True else int(self.confirm)
