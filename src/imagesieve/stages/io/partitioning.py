@@ -55,14 +55,14 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
 def refuse_two_names(paths: list[str]) -> None:
     """One shard listed under two names (a symlinked folder, a hard link) would be read, counted and
     written twice, once under each name: refuse the input, naming both."""
-    seen: dict[object, str] = {}
+    seen: dict[tuple[int, int], str] = {}
     for path in paths:
-        st = os.stat(path)
-        for key in (os.path.realpath(path), (st.st_dev, st.st_ino)):
-            if key in seen:
-                raise ValueError(f"{seen[key]} and {path} are the same file under two names (a symlink or a hard "
-                                 "link): list it once")
-            seen[key] = path
+        st = os.stat(path)  # follows links: one device and inode for every name of the file
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {path} are the same file under two names (a symlink or a hard "
+                             "link): list it once")
+        seen[key] = path
 
 
 class _UrlPaths:
