@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from collections.abc import Callable
 from functools import cache
 
@@ -122,3 +123,31 @@ def tiny_clip(tmp_path_factory) -> str:
     pytest.importorskip("transformers")
     pytest.importorskip("torch")
     return build_tiny_clip(tmp_path_factory.mktemp("clip"), patch_size=224)
+
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """An S3-compatible server (moto) on 127.0.0.1 for the tests of one module; its URL."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(endpoint, request):
+    """An s3fs file system on the server and a fresh bucket for this test."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, use_listings_cache=False,
+                           skip_instance_cache=True)
+    name = request.node.name
+    bucket = f"b-{name.replace('_', '-')[:40].lower().strip('-')}-{zlib.crc32(name.encode()):08x}"
+    fs.mkdir(bucket)
+    fs.bucket = bucket
+    return fs

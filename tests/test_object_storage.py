@@ -14,36 +14,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ids
+from conftest import CREDENTIALS, write_ids
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 wds = pytest.importorskip("webdataset")
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(endpoint, request):
-    """An s3fs file system on the server and a fresh bucket for this test."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, use_listings_cache=False,
-                           skip_instance_cache=True)
-    bucket = "b-" + request.node.name.replace("_", "-")[:50].lower().strip("-")
-    fs.mkdir(bucket)
-    fs.bucket = bucket
-    return fs
-
 
 def run_cli(*args: str, endpoint: str | None = None, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import COMPILE_FROM
 from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors
 from imagesieve.storage.base import temp_name
+from imagesieve.storage.shard_copy import ShardCopy
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 
@@ -100,7 +101,8 @@ class ShardTable:
     def __init__(self, shard: str, names: pa.Array, header_offsets: np.ndarray, data_offsets: np.ndarray,
                  sizes: np.ndarray, is_dir: np.ndarray | None = None, data: list[bytes | None] | None = None,
                  headers: list[tuple[int, int]] | None = None, compiled: bool = True) -> None:
-        self.shard = shard
+        self._shard = shard
+        self.source: ShardCopy | None = None  # an object's shard: its URL and version, read in any process
         self.name_array = names  # per member; "" for a PAX global header
         self.header_offsets, self.data_offsets, self.sizes = header_offsets, data_offsets, sizes
         self.ends = data_offsets + (sizes + BLOCK - 1) // BLOCK * BLOCK  # the next entry starts here
@@ -130,6 +132,11 @@ class ShardTable:
 
     def __len__(self) -> int:
         return len(self.key_array)
+
+    @property
+    def shard(self) -> str:
+        """A local file holding the shard's bytes in this process: the shard, or a copy of the object."""
+        return self._shard if self.source is None else self.source.path()
 
     @property
     def key_hashes(self) -> np.ndarray:
@@ -186,10 +193,10 @@ class ShardTable:
         name = self.names[j] if "names" in self.__dict__ else self._name(j)
         if self.data is not None:
             mtime, mode = self.headers[j]
-            return MemberRef(name, self.shard, int(self.data_offsets[j]), int(self.sizes[j]), mtime, mode,
+            return MemberRef(name, self._shard, int(self.data_offsets[j]), int(self.sizes[j]), mtime, mode,
                              data=self.data[j])
-        return MemberRef(name, self.shard, int(self.data_offsets[j]), int(self.sizes[j]),
-                         header_offset=int(self.header_offsets[j]))
+        return MemberRef(name, self._shard, int(self.data_offsets[j]), int(self.sizes[j]),
+                         header_offset=int(self.header_offsets[j]), source=self.source)
 
     def _name(self, j: int) -> str:
         name = self.name_array[j].as_py()
@@ -508,7 +515,7 @@ class AtomicShardWriter:
 
     def _add(self, ref: MemberRef) -> None:
         if ref.data is None and ref.header_offset >= 0:
-            self._add_range(ref.shard, ref.header_offset, ref.offset + padded(ref.size))
+            self._add_range(ref.local_path(), ref.header_offset, ref.offset + padded(ref.size))
             return
         self._flush()
         info = tarfile.TarInfo(ref.name)

@@ -32,11 +32,17 @@ class MemberRef:
     mode: int = 0o644
     header_offset: int = -1  # start of the member's headers in the tar, so they can be copied verbatim
     data: bytes | None = None  # set when the bytes are not in a seekable file (compressed tars)
+    # an object's shard: its URL and version, for a process where `shard` (a spool path) does not exist
+    source: Any = field(default=None, compare=False, repr=False)
+
+    def local_path(self) -> str:
+        """A local file holding the member's bytes in this process (`shard`, or a copy of the object)."""
+        return self.shard if self.source is None else self.source.path()
 
     def read(self) -> bytes:
         if self.data is not None:
             return self.data
-        with open(self.shard, "rb") as f:
+        with open(self.local_path(), "rb") as f:
             f.seek(self.offset)
             content = f.read(self.size)
         if len(content) != self.size:

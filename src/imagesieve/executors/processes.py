@@ -27,6 +27,7 @@ from imagesieve.executors.plan import StageGroup
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.lifeline import die_with
 from imagesieve.stages.base import WorkerMetadata
+from imagesieve.storage.shard_copy import release_local_copies
 from imagesieve.tasks import Task
 
 IN_FLIGHT_PER_WORKER = 2
@@ -234,6 +235,7 @@ def _worker_main(group: StageGroup, number: int, inbox: Connection, outbox: Conn
         outbox.send(("error", None, _portable(exc)))
     finally:
         error = runner.teardown()
+        release_local_copies()
         outbox.send(("exit", None, _portable(error) if error else None))
         sys.stdout.flush()
         sys.stderr.flush()

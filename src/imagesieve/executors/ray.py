@@ -24,6 +24,7 @@ from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
 from imagesieve.lifeline import reap_ray_sessions
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
+from imagesieve.storage.shard_copy import release_local_copies
 from imagesieve.tasks import Task
 
 
@@ -236,4 +237,6 @@ class _GroupWorker:
         return self.runner.run(tasks)
 
     def teardown(self) -> BaseException | None:
-        return self.runner.teardown()
+        error = self.runner.teardown()
+        release_local_copies()
+        return error

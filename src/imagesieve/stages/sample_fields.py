@@ -62,7 +62,7 @@ def image_bytes(images: list[ImageObject]) -> list[bytes]:
                 if fd >= 0:
                     os.close(fd)
                 fd = -1
-                fd, shard = os.open(ref.shard, os.O_RDONLY), ref.shard
+                fd, shard = os.open(ref.local_path(), os.O_RDONLY), ref.shard
             content = os.pread(fd, ref.size, ref.offset)
             if len(content) != ref.size:
                 raise ValueError(f"{ref.shard}: member {ref.name!r} is truncated")

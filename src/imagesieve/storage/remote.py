@@ -109,7 +109,7 @@ class RemoteStorage:
         with clear_errors(url):
             info = self.fs.info(self._path(url))
         version = (info.get("ETag") or info.get("etag") or info.get("generation") or info.get("md5Hash")
-                   or info.get("LastModified") or info.get("mtime") or info.get("updated") or "")
+                   or info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created") or "")
         return f"{info['size']}-{str(version).strip(chr(34))}"
 
     def missing(self, url: str) -> FileNotFoundError:
@@ -142,13 +142,17 @@ class RemoteStorage:
         with clear_errors(pattern):
             return sorted(self.url(p) for p in self.fs.glob(self._path(pattern)) if self.fs.isfile(p))
 
+    def get_file(self, url: str, local: str) -> None:
+        """Stream the object (one GET) into the local file `local`."""
+        with clear_errors(url):
+            self.fs.get_file(self._path(url), local)
+
     @contextmanager
     def local_copy(self, url: str) -> Iterator[str]:
         """The object streamed (one GET) into a private spool file, deleted when the block ends."""
         with spool_folder() as folder:
             local = os.path.join(folder, posixpath.basename(url.rstrip("/")) or "object")
-            with clear_errors(url):
-                self.fs.get_file(self._path(url), local)
+            self.get_file(url, local)
             yield local
 
     @contextmanager

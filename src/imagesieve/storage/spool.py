@@ -15,9 +15,14 @@ from contextlib import contextmanager
 SPOOL_PREFIX = "imagesieve-spool-"
 
 
+def spool_folder_path() -> str:
+    """A fresh private spool folder; the caller deletes it."""
+    return tempfile.mkdtemp(prefix=SPOOL_PREFIX)
+
+
 @contextmanager
 def spool_folder() -> Iterator[str]:
-    folder = tempfile.mkdtemp(prefix=SPOOL_PREFIX)
+    folder = spool_folder_path()
     try:
         yield folder
     finally:

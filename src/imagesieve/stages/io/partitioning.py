@@ -49,6 +49,10 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     roots = set(matched.values())
     common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
     found = {path: paths.relpath(path, common) for path in matched}
+    for path, relative in found.items():  # names an output: it must lie inside OUT
+        if relative == ".." or relative.startswith(("../", ".." + os.sep)) or os.path.isabs(relative):
+            raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
+                             "list the shards under one folder")
     return sorted(found.items(), key=lambda item: item[1])
 
 
@@ -69,13 +73,17 @@ class _UrlPaths:
     """`commonpath` and `relpath` for URLs of one scheme, standing in for `os.path`."""
 
     @staticmethod
+    def _path(url: str) -> str:  # memory:///a and memory://a name the same object; so do s3://b/k and s3:///b/k
+        return url.split("://", 1)[1].lstrip("/")
+
+    @staticmethod
     def commonpath(urls: list[str]) -> str:
         scheme = urls[0].split("://", 1)[0] + "://"
-        return scheme + posixpath.commonpath([u[len(scheme):] for u in urls])
+        return scheme + posixpath.commonpath([_UrlPaths._path(u) for u in urls])
 
     @staticmethod
     def relpath(url: str, start: str) -> str:
-        return posixpath.relpath(url.split("://", 1)[1], start.split("://", 1)[1])
+        return posixpath.relpath(_UrlPaths._path(url), _UrlPaths._path(start))
 
 
 def _expand(spec: str) -> list[str]:

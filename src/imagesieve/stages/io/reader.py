@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
-from imagesieve.storage import is_remote, storage_for
+from imagesieve.storage import is_remote
+from imagesieve.storage.shard_copy import ShardCopy
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     access). Each batch's ledger starts at its sample count (`ImageBatch.samples_in`).
 
     A shard on object storage (`s3://...`, with `storage_options`) is streamed once into a private
-    spool file that its member references point to; it is deleted when the reader takes its next
-    task and at teardown, so the stages fused after the reader (removal, writer, hasher) read it.
+    spool file. Its batch and member references carry the object's URL and the version read
+    (`ShardCopy`), so a stage in another worker pool or on another node makes its own copy of that
+    version; each copy is deleted when no task of that shard in its process is left.
     """
 
     # the reference's DALI settings: accepted so its pipelines run unchanged; nothing is decoded here
@@ -44,7 +45,6 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     name: str = "image_reader"
     scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`shards.read_table`)
     storage_options: dict | None = field(default=None, repr=False)
-    _spools: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
@@ -52,14 +52,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     def outputs(self) -> tuple[list[str], list[str]]:  # image_data: decoded on first access
         return ["data"], ["image_id", "image_path", "image_data", "members"]
 
-    def teardown(self) -> None:
-        self._spools.close()
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_spools": ExitStack()}  # spool files stay with the worker that made them
-
     def process(self, task: FileGroupTask) -> list[ImageBatch]:
-        self._spools.close()  # the previous task's spool files: its fused stages are done with them
         relative = task._metadata.get("relative_paths", {})
         if self.verbose:
             logger.info("Reading %d shard(s): %s", len(task.data), ", ".join(task.data))
@@ -74,12 +67,15 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                    part: tuple[int, int] | None = None) -> ImageBatch:
         if not is_remote(shard):
             return self._read_local(shard, shard, relative_path, dataset_name, part)
-        local = self._spools.enter_context(storage_for(shard, self.storage_options).local_copy(shard))
+        copy = ShardCopy(shard, storage_options=self.storage_options)
+        local = copy.path()
         try:
             batch = self._read_local(shard, local, relative_path, dataset_name, part)
         except ShardError as exc:
             raise ShardError(str(exc).replace(local, shard)) from exc
-        batch._metadata["shard_table"].version = None  # a spool copy: the listing's ETag names the version
+        table = batch._metadata["shard_table"]
+        table.version = None  # a spool copy: the object's version is the copy's (checked by every process)
+        table.source = copy
         return batch
 
     def _read_local(self, shard: str, local: str, relative_path: str, dataset_name: str,
