@@ -183,7 +183,8 @@ def test_curator_style_pipeline_on_ray_equals_local_with_teardown_in_every_actor
     assert sum(r._metadata["kept"] + r._metadata["removed"] for r in results) == 36
     setups, teardowns = lines(str(logs), "setup"), lines(str(logs), "teardown")
     assert setups and sorted(setups) == sorted(teardowns) and len(set(setups)) == len(setups)
-    assert sorted(int(n) for n in lines(str(logs), "batches")) and sum(int(n) for n in lines(str(logs), "batches")) == 6
+    batches = [int(n) for n in lines(str(logs), "batches")]
+    assert batches and all(1 <= n <= 2 for n in batches) and sum(batches) == 6  # batches of up to two
 
 
 def test_exception_in_a_ray_actor_keeps_type_message_stage_and_shard(cluster, dataset, tmp_path):
