@@ -322,3 +322,22 @@ def test_an_unguarded_script_with_a_gpu_stage_is_told_what_to_add(tmp_path):
     assert (f"{WorkerDied.__name__}: a GPU worker of stage 'on_gpu' could not start (exit code 1; its error is "
             "above): GPU workers start fresh (spawn), so the script that starts a run needs") in stderr
     assert "a pipeline was started while a GPU worker (started fresh, with spawn) imported the main script" in stderr
+
+
+@pytest.mark.ray
+def test_ray_gives_each_half_gpu_actor_its_own_device(no_devices):
+    """On a local Ray instance declaring 2 (fake) GPUs, Resources(gpus=0.5) becomes each actor's num_gpus
+    and Ray sets every actor's CUDA_VISIBLE_DEVICES: two actors a device."""
+    ray = pytest.importorskip("ray")
+    from imagesieve.executors.ray import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(address="local", num_cpus=2, num_gpus=2, log_to_driver=False, include_dashboard=False)
+    try:
+        results = RayExecutor().execute([RecordDevice(resources=Resources(cpus=0.5, gpus=0.5))], file_tasks(8))
+    finally:
+        ray.shutdown()
+    assert sorted(t.task_id for t in results) == sorted(f"t{i}" for i in range(8))
+    seen = workers_seen(results, "record_device")
+    assert len(seen) == 4 and all(len(devices) == 1 for devices in seen.values())  # set before unpickling too
+    assert Counter(next(iter(devices)) for devices in seen.values()) == {"0": 2, "1": 2}
