@@ -64,7 +64,7 @@ def assign_devices(groups: list[StageGroup], wanted: list[int], devices: list[st
 
     def take(need: float) -> str | None:
         if need <= 1:
-            device = max(devices, key=lambda d: free[d], default=None)  # the first of the least used
+            device = max(devices, key=lambda d: free[d], default=None)  # the first of those with most left
             if device is None or free[device] + _EPS < need:
                 return None
             free[device] -= need
