@@ -4,6 +4,9 @@ As Ray Data fuses operators, consecutive stages with equal resources and worker 
 worker, one task after another, so no task (and no image byte) crosses processes between them.
 A stage with `batch_size > 1` starts a new group: the group's input is cut into batches for it,
 and the stages after it, if they fit, run in the same worker on what it returns.
+
+A worker's GPUs (`gpus_per_worker`) are `Resources.gpus`, or for a `gpu_memory_gb` stage its share of
+one device, as NeMo Curator computes `Resources.gpus`: `gpu_memory_gb` / a device's memory.
 """
 
 from __future__ import annotations
@@ -12,6 +15,25 @@ import math
 from dataclasses import dataclass
 
 from imagesieve.stages.base import ProcessingStage, Resources
+
+# a device's memory when the executor is not told (NeMo Curator's figure when it cannot ask the driver)
+DEVICE_MEMORY_GB = 24.0
+
+
+def gpus_per_worker(resources: Resources, name: str, device_memory_gb: float = DEVICE_MEMORY_GB) -> float:
+    """GPUs one worker of stage `name` needs: `gpus`, or for `gpu_memory_gb` its share of one device of
+    `device_memory_gb`; 0 for a CPU stage. A share above one device, or a fraction above 1, is refused."""
+    if resources.gpu_memory_gb > 0:
+        share = resources.gpu_memory_gb / device_memory_gb
+        if share > 1 + 1e-9:
+            raise ValueError(f"stage {name!r} asks for gpu_memory_gb={resources.gpu_memory_gb}, more than one "
+                             f"device has ({device_memory_gb} GB, the executor's device_memory_gb); give "
+                             "Resources(gpus=n) for a stage that needs several devices")
+        return min(1.0, max(share, 1e-4))  # Ray counts GPUs in steps of 0.0001
+    if resources.gpus > 1 and resources.gpus != int(resources.gpus):
+        raise ValueError(f"stage {name!r} asks for gpus={resources.gpus}: above 1, give a whole number "
+                         "(a worker has whole devices, or a share of one)")
+    return resources.gpus
 
 
 def worker_caps(stage: ProcessingStage) -> tuple[int | None, int | None]:
@@ -44,14 +66,19 @@ class StageGroup:
     def name(self) -> str:
         return "+".join(stage.name for stage in self.stages)
 
-    def workers_on_node(self, cpus: float, gpus: float, wanted: int) -> int:
-        """How many workers of this group fit on a node with `cpus` and `gpus`, capped by `wanted`
-        and the per-node cap."""
+    def gpus(self, device_memory_gb: float = DEVICE_MEMORY_GB) -> float:
+        """GPUs one worker of this group needs (`gpus_per_worker`)."""
+        return gpus_per_worker(self.resources, self.name, device_memory_gb)
+
+    def workers_on_node(self, cpus: float, gpus: float | None, wanted: int,
+                        device_memory_gb: float = DEVICE_MEMORY_GB) -> int:
+        """How many workers of this group fit on a node with `cpus` and `gpus` (None: GPUs are counted
+        elsewhere), capped by `wanted` and the per-node cap."""
         fit = wanted
         if self.resources.cpus > 0:
             fit = min(fit, math.floor(cpus / self.resources.cpus + 1e-9))
-        needs_gpus = self.resources.gpus or (1.0 if self.resources.gpu_memory_gb else 0.0)
-        if needs_gpus > 0:
+        needs_gpus = self.gpus(device_memory_gb)
+        if needs_gpus > 0 and gpus is not None:
             fit = min(fit, math.floor(gpus / needs_gpus + 1e-9))
         per_node = self.caps[1]
         return max(0, min(fit, per_node) if per_node else fit)

@@ -4,12 +4,18 @@ Protocol of a worker process: the driver sends `(ticket, tasks)` on the worker's
 to stop; the worker answers `("done", ticket, outputs)`, `("error", ticket, exception)` and, last,
 `("exit", None, teardown error or None)`. A thread in the worker reads the inbox at once, so the
 driver never blocks sending while the worker is busy sending a result.
+
+A pool of GPU workers (`devices`: one `CUDA_VISIBLE_DEVICES` value per worker) starts them fresh
+(`spawn`): each sets its own `CUDA_VISIBLE_DEVICES` first, then unpickles its stages (importing their
+modules) and sets them up, so no stage code runs before it, and no driver state (an initialised CUDA
+context) is inherited. A worker that dies keeps its devices for its replacement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import multiprocessing
 import os
 import pickle
 import queue
@@ -60,6 +66,8 @@ class _Worker:
     process: object
     inbox: Connection
     outbox: Connection
+    device: str | None = None  # its CUDA_VISIBLE_DEVICES (GPU pools)
+    heard: bool = False  # it sent something: it started
     tickets: dict[int, list[Task]] = field(default_factory=dict)
     stopping: bool = False
     exited: bool = False
@@ -70,32 +78,40 @@ class ProcessPool:
     """`workers` processes running one fused group; a worker that dies is replaced and its tasks
     retried, each at most `max_retries` times."""
 
-    def __init__(self, group: StageGroup, workers: int, context, max_retries: int) -> None:
+    def __init__(self, group: StageGroup, workers: int, context, max_retries: int,
+                 devices: list[str] | None = None) -> None:
+        """`devices`: a GPU pool, one worker per entry (its CUDA_VISIBLE_DEVICES), started with `spawn`
+        whatever `context` is; else `workers` workers started by `context`."""
+        if devices is not None:
+            context, workers = multiprocessing.get_context("spawn"), len(devices)
         self.group, self.context, self.max_retries = group, context, max_retries
         self.slots = workers * IN_FLIGHT_PER_WORKER
         self.attempts: dict[int, int] = {}
         self.teardown_error: BaseException | None = None
         self._started = 0
+        self.spawned = devices is not None
+        self.payload = _pickled(group) if self.spawned else group
         self.workers: list[_Worker] = []
         try:
-            for _ in range(workers):
-                self.workers.append(self._start())
+            for device in devices if devices is not None else [None] * workers:
+                self.workers.append(self._start(device))
         except BaseException:  # Ctrl-C while starting: no caller holds this pool yet, so stop what started here
             for worker in self.workers:
                 _stop(worker.process)
             raise
 
-    def _start(self) -> _Worker:
+    def _start(self, device: str | None) -> _Worker:
         task_r, task_w = self.context.Pipe(duplex=False)
         result_r, result_w = self.context.Pipe(duplex=False)
         self._started += 1
+        env = {"CUDA_VISIBLE_DEVICES": device} if device is not None else None
         process = self.context.Process(target=_worker_main, name=f"imagesieve-{self.group.index}-{self._started}",
-                                       args=(self.group, self._started, task_r, result_w, os.getpid()))
+                                       args=(self.payload, self._started, task_r, result_w, os.getpid(), env))
         try:
             process.start()
             task_r.close()
             result_w.close()
-            return _Worker(process, task_w, result_r)
+            return _Worker(process, task_w, result_r, device)
         except BaseException:  # interrupted mid-start: a worker left waiting would keep the driver from exiting
             _stop(process)
             raise
@@ -132,6 +148,7 @@ class ProcessPool:
             except (EOFError, OSError):
                 worker.eof = True
                 break
+            worker.heard = True
             if kind == "done":
                 worker.tickets.pop(ticket, None)
                 done.append((ticket, payload))
@@ -149,13 +166,17 @@ class ProcessPool:
         if worker.stopping:
             return
         how = _exit_reason(worker.process.exitcode)
+        if self.spawned and not worker.heard and (worker.process.exitcode or 0) > 0:  # the same again if retried
+            raise WorkerDied(f"a GPU worker of stage {self.group.name!r} could not start ({how}; its error is "
+                             "above): GPU workers start fresh (spawn), so the script that starts a run needs "
+                             "`if __name__ == \"__main__\":` and its stages must be importable")
         for ticket, tasks in worker.tickets.items():
             self.attempts[ticket] = self.attempts.get(ticket, 0) + 1
             if self.attempts[ticket] > self.max_retries:
                 where = ", ".join(dict.fromkeys(shard_of(t) for t in tasks))
                 raise WorkerDied(f"a worker of stage {self.group.name!r} died ({how}) {self.attempts[ticket]} times "
                                  f"running shard {where!r}; finished shards are kept, rerun to resume")
-        replacement = self._start()
+        replacement = self._start(worker.device)
         self.workers.append(replacement)
         for ticket, tasks in worker.tickets.items():
             replacement.tickets[ticket] = tasks
@@ -216,14 +237,30 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker_main(group: StageGroup, number: int, inbox: Connection, outbox: Connection, driver_pid: int) -> None:
+def _pickled(group: StageGroup) -> bytes:
+    """A GPU group as its spawned workers get it, so that they set their devices before its modules load."""
+    try:
+        return pickle.dumps(group)
+    except Exception as exc:
+        exc.add_note(f"stage {group.name!r} runs on GPU workers, which start fresh (spawn) and get their "
+                     "stages pickled: each stage must pickle (load models in setup(), not in the constructor)")
+        raise
+
+
+def _worker_main(group: StageGroup | bytes, number: int, inbox: Connection, outbox: Connection, driver_pid: int,
+                 env: dict[str, str] | None = None) -> None:
+    if env:
+        os.environ.update(env)  # first: before any stage module is imported (unpickled below) or set up
     die_with(driver_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it stops us in order
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tasks: queue.Queue = queue.Queue()
     threading.Thread(target=_read_inbox, args=(inbox, tasks), daemon=True).start()
-    runner = GroupRunner(group.stages, WorkerMetadata(worker_id=f"{group.index}-{number}-{os.getpid()}"))
+    runner = GroupRunner([], WorkerMetadata())
     try:
+        if isinstance(group, bytes):
+            group = pickle.loads(group)
+        runner = GroupRunner(group.stages, WorkerMetadata(worker_id=f"{group.index}-{number}-{os.getpid()}"))
         runner.setup()
         while (message := tasks.get()) is not None:
             ticket, batch = message
@@ -231,7 +268,7 @@ def _worker_main(group: StageGroup, number: int, inbox: Connection, outbox: Conn
                 outbox.send(("done", ticket, runner.run(batch)))
             except Exception as exc:
                 outbox.send(("error", ticket, _portable(exc)))
-    except Exception as exc:  # setup failed
+    except Exception as exc:  # the stages could not be loaded or set up
         outbox.send(("error", None, _portable(exc)))
     finally:
         error = runner.teardown()

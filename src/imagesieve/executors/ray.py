@@ -19,7 +19,7 @@ import numpy as np
 
 from imagesieve.executors.base import BaseExecutor, ProgressCallback, split_planning
 from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly, with_context
-from imagesieve.executors.plan import StageGroup, fuse, with_cluster_resources
+from imagesieve.executors.plan import DEVICE_MEMORY_GB, StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
 from imagesieve.lifeline import reap_ray_sessions
@@ -35,6 +35,7 @@ class RayOptions:
     max_task_retries: int = 3  # retries of a task whose worker died
     max_restarts: int = 3  # restarts of a worker that died
     in_flight_per_worker: int = 2
+    device_memory_gb: float = DEVICE_MEMORY_GB  # one GPU's memory, which a `gpu_memory_gb` stage takes a share of
 
 
 class RayExecutor(BaseExecutor):
@@ -111,14 +112,16 @@ class RayExecutor(BaseExecutor):
         counts = [[0] * len(nodes) for _ in groups]
         wanted = [min(c for c in (g.caps[0], n_tasks if g.index == 0 else None, 1 << 30) if c) for g in groups]
 
+        memory = self.options.device_memory_gb
+
         def place(g: int, k: int) -> bool:
             group, per_node = groups[g], groups[g].caps[1]
             if (sum(counts[g]) >= wanted[g] or (per_node and counts[g][k] >= per_node)
-                    or group.workers_on_node(*free[k], 1) < 1):
+                    or group.workers_on_node(*free[k], 1, memory) < 1):
                 return False
             counts[g][k] += 1
             free[k][0] -= group.resources.cpus
-            free[k][1] -= group.resources.gpus or (1.0 if group.resources.gpu_memory_gb else 0.0)
+            free[k][1] -= group.gpus(memory)
             return True
 
         for g, group in enumerate(groups):
@@ -145,6 +148,17 @@ class RayExecutor(BaseExecutor):
                  .remote(stages, n["NodeID"]) for n in nodes])
 
 
+def actor_options(group: StageGroup, options: RayOptions) -> dict:
+    """Ray's options for an actor of `group`: its `Resources` as `num_cpus` and `num_gpus` (Ray then gives
+    the actor its own `CUDA_VISIBLE_DEVICES`), restarts and retries, and Curator's `runtime_env`."""
+    settings = {"num_cpus": group.resources.cpus, "num_gpus": group.gpus(options.device_memory_gb),
+                "max_restarts": options.max_restarts, "max_task_retries": options.max_task_retries}
+    runtime_env = group.stages[0].__dict__.get("_runtime_env")  # Curator's with_(runtime_env=...)
+    if runtime_env:
+        settings["runtime_env"] = runtime_env
+    return settings
+
+
 class _ActorPool:
     """The actors of one group; free slots are `in_flight_per_worker` per actor."""
 
@@ -152,14 +166,8 @@ class _ActorPool:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.ray, self.group, self.options = ray, group, options
-        res = group.resources
-        gpus = res.gpus or (1.0 if res.gpu_memory_gb else 0.0)
         actor_class = ray.remote(_GroupWorker)
-        settings = {"num_cpus": res.cpus, "num_gpus": gpus, "max_restarts": options.max_restarts,
-                    "max_task_retries": options.max_task_retries}
-        runtime_env = group.stages[0].__dict__.get("_runtime_env")  # Curator's with_(runtime_env=...)
-        if runtime_env:
-            settings["runtime_env"] = runtime_env
+        settings = actor_options(group, options)
         self.actors = [actor_class.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"],
                                                                                             soft=False), **settings)
                        .remote(group, node["NodeID"], slot)
