@@ -16,7 +16,7 @@ from imagesieve.shards import read_table
 from imagesieve.stages.deduplication.curator_ids import jpg_numbers
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage
-from imagesieve.workflows.id_lists import UnmatchedIdsError
+from imagesieve.workflows.id_lists import AmbiguousIdsError, UnmatchedIdsError
 from imagesieve.workflows.remove import remove_duplicates
 
 # 00000.tar: every sample a .jpg; 00001.tar: samples 1 and 4 are .png, which Curator's reader skips,
@@ -88,6 +88,25 @@ def test_keys_that_look_like_curator_ids_stay_keys(tmp_path):
                                 executor=LocalExecutor(1))
     assert summary.id_scheme == "key"
     assert keys_in(str(tmp_path / "out" / "00000.tar")) == ["00000_000000", "00000_000001", "00000_000002"]
+
+
+def test_auto_refuses_curator_shaped_ids_over_curator_shaped_keys_that_none_of_them_is(tmp_path):
+    """Keys shaped as Curator IDs and a list of such IDs naming none of them (keys removed since, or
+    positions): read by position they would remove other samples, so `auto` asks which they are."""
+    folder = tmp_path / "shards"
+    os.makedirs(folder)
+    with wds.TarWriter(str(folder / "00000.tar"), encoder=False, mtime=1_700_000_000) as sink:
+        for i, tile in zip([0, 1, 3, 4, 6], photo_tiles(), strict=False):
+            sink.write({"__key__": f"00000_{i:06d}", "jpg": encode(tile)})
+    write_ids(tmp_path / "dups", ["00000_000002", "00000_000005"])
+    with pytest.raises(AmbiguousIdsError, match=r"so are the input's own keys \(such as '00000_000000'"):
+        remove_duplicates(str(folder), str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    assert not (tmp_path / "out").exists()
+    summary = remove_duplicates(str(folder), str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1),
+                                id_scheme="curator", allow_unmatched_ids=True)  # said: positions, as Curator numbers
+    assert (summary.removed, summary.ids_not_found) == (1, 1)  # the 3rd sample; there is no 6th
+    assert keys_in(str(tmp_path / "out" / "00000.tar")) == ["00000_000000", "00000_000001", "00000_000004",
+                                                             "00000_000006"]
 
 
 def test_group_ids_are_numbered_across_the_group(shards, tmp_path):

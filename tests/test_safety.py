@@ -204,6 +204,24 @@ def test_a_find_output_root_as_id_folder_is_refused_naming_the_right_one(dataset
     assert not list((tmp_path / "out").rglob("*.tar"))
 
 
+def test_a_runs_own_records_or_a_trimmed_groups_table_as_id_folder_is_refused(dataset, tmp_path):
+    """A run's `_imagesieve/` tables list every sample it kept; a groups table with columns dropped still
+    names the kept image of every group: either would remove what must stay."""
+    write_ids(tmp_path / "ids", ["copy-0"])
+    remove_duplicates(str(dataset), str(tmp_path / "ref"), str(tmp_path / "ids"), executor=ONE)
+    for records in (tmp_path / "ref" / "_imagesieve", tmp_path / "ref" / "_imagesieve" / "index"):
+        with pytest.raises(WrongIdFolderError, match=r"lies in a run's own records \(_imagesieve/\)"):
+            remove_duplicates(str(dataset), str(tmp_path / "out"), str(records), executor=ONE, id_field="key")
+    found = tmp_path / "found"
+    find_duplicates(str(dataset), str(found), FindConfig(method="exact"), executor=ONE)
+    (tmp_path / "trimmed").mkdir()
+    pq.write_table(pq.read_table(found / "groups").select(["id", "kept_id", "method"]),
+                   tmp_path / "trimmed" / "groups.parquet")
+    with pytest.raises(WrongIdFolderError, match="table of duplicate groups"):
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "trimmed"), executor=ONE)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_table_of_embeddings_as_id_folder_is_refused(dataset, tmp_path):
     folder = tmp_path / "embeddings"
     folder.mkdir()

@@ -60,12 +60,17 @@ def check_id_folder(directory: str, files: list[str]) -> None:
         raise WrongIdFolderError(
             f"{directory} is the output folder of `imagesieve find`: its tables list every image, not only the "
             f"duplicates. Pass {os.path.join(directory, 'duplicates')} instead")
+    inside = [p for p in [directory, *files] if WORK_DIR in os.path.realpath(p).split(os.sep)]
+    if inside:
+        raise WrongIdFolderError(f"{inside[0]} lies in a run's own records ({WORK_DIR}/): its tables list samples a "
+                                 "run read, kept or wrote, not IDs to remove; pass the duplicates/ folder of "
+                                 "`imagesieve find`")
     if os.path.isdir(os.path.join(directory, WORK_DIR)):
         raise WrongIdFolderError(f"{directory} is the output folder of `imagesieve remove`, not a list of IDs "
                                  "to remove; pass the duplicates/ folder of `imagesieve find`")
     for path in files:
         names = set(_schema(path).names)
-        if names >= _GROUPS_COLUMNS:
+        if names & _GROUPS_COLUMNS:  # a groups table, even with columns dropped: it names the kept images
             raise WrongIdFolderError(
                 f"{path} is a table of duplicate groups: it lists the kept image of every group too, so using it "
                 "would remove every copy. Pass the duplicates/ folder beside it instead")

@@ -9,7 +9,7 @@ import os
 
 from imagesieve.inputs import InputUnit
 from imagesieve.shards import SCAN_BEFORE_COMPILING, iter_samples, read_table
-from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
+from imagesieve.stages.deduplication.curator_ids import CURATOR_ID, examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
 
@@ -42,6 +42,14 @@ def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUni
     # `names_a_sample` looks IDs up as keys.
     if any(names_a_sample(removal, unit, storage_options) for unit in units):
         return "key"
+    keys = input_keys(units, storage_options)
+    if keys and all(CURATOR_ID.match(key) for key in keys):
+        raise AmbiguousIdsError(
+            f"the IDs in {removal.removal_parquets_dir} (such as {', '.join(map(repr, examples(removal._index, 2)))}) "
+            f"are shaped as NeMo Curator reader IDs, but so are the input's own keys (such as "
+            f"{', '.join(map(repr, keys))}) and no listed ID is one of them: they may be keys removed since, or "
+            "positions; read by position they would remove other samples. Nothing was written: pass --id-scheme key "
+            "(id_scheme='key') if they are keys, --id-scheme curator if they are Curator's reader IDs")
     logger.warning("the IDs in %s are NeMo Curator reader IDs ({tar stem}_{index:06d}, e.g. %s), not sample keys: "
                    "mapped to samples by shard and position (right only for the shards Curator read, unchanged); "
                    "pass id_scheme / --id-scheme to choose", removal.removal_parquets_dir,
