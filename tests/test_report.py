@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -305,6 +306,21 @@ def test_a_symlinked_report_folder_is_refused_before_anything_is_made_in_it(tmp_
     with pytest.raises(ValueError, match="is a symlink"):
         write_report(run, executor=ONE)
     assert os.listdir(elsewhere) == []
+
+
+def test_a_report_folder_holding_a_users_files_is_refused_and_an_earlier_report_is_rebuilt(tmp_path):
+    """Hostile pass: a user's report/index.html was silently replaced."""
+    run = run_of_pairs(tmp_path, 4)
+    mine = Path(run, "report", "index.html")
+    mine.parent.mkdir()
+    mine.write_text("<h1>mine</h1>")
+    with pytest.raises(ValueError, match=r"already holds files that no imagesieve report wrote \(.*index\.html\)"):
+        write_report(run, executor=ONE)
+    assert mine.read_text() == "<h1>mine</h1>" and os.listdir(mine.parent) == ["index.html"]
+    mine.unlink()
+    write_report(run, executor=ONE)
+    first = mine.read_text()
+    assert "<h1>mine</h1>" not in first and write_report(run, executor=ONE) == str(mine)  # a rebuild is ours
 
 
 def test_a_run_without_summary_says_so(tmp_path):

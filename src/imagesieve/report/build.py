@@ -89,6 +89,7 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
     if os.path.islink(out_dir):  # checked before anything is made in it
         raise ValueError(f"{out_dir} is a symlink; imagesieve never writes through a link: remove it, or pass "
                          "another report folder")
+    refuse_foreign_report_folder(out_dir)
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
@@ -117,6 +118,17 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
                       os.path.join(out_dir, "index.html"))
     prune_report(out_dir, written)
     return os.path.join(out_dir, "index.html")
+
+
+def refuse_foreign_report_folder(out_dir: str) -> None:
+    """A report is written over an earlier report only (its data/meta.js says so): a folder holding a
+    user's own files (an index.html of theirs) is refused, naming one, before anything is written."""
+    if not os.path.isdir(out_dir) or os.path.isfile(os.path.join(out_dir, "data", "meta.js")):
+        return
+    for root, _, names in os.walk(out_dir):
+        if names:
+            raise ValueError(f"{out_dir} already holds files that no imagesieve report wrote "
+                             f"({os.path.join(root, sorted(names)[0])}); pass another report folder, or empty it")
 
 
 def _filters(data: ReportData) -> dict[str, np.ndarray]:
