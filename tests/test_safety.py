@@ -189,6 +189,44 @@ def test_files_named_like_temp_files_in_an_existing_output_folder_survive(datase
     assert (out / ".notes.txt.tmp-12").read_text() == "and this"
 
 
+def curator_style_pipeline(shards: str, ids: str, out: str):
+    from imagesieve import (
+        FilePartitioningStage,
+        ImageDuplicatesRemovalStage,
+        ImageReaderStage,
+        ImageWriterStage,
+        Pipeline,
+    )
+
+    return Pipeline(name="x", stages=[FilePartitioningStage(file_paths=shards, files_per_partition=1),
+                                      ImageReaderStage(), ImageDuplicatesRemovalStage(removal_parquets_dir=ids),
+                                      ImageWriterStage(output_dir=out)])
+
+
+def tree_digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_writer_stage_alone_never_writes_over_its_input_or_a_folder_it_did_not_make(make_shard, tmp_path):
+    """Hostile pass: a pipeline ending in ImageWriterStage, given the input folder or another dataset's
+    folder as output_dir, replaced their shards. The commands' run-folder checks now hold for the stage."""
+    for k in range(3):
+        make_shard(f"{k:05d}.tar", n=4, start=4 * k)
+    make_shard("00000.tar", n=2, start=50, folder="other")
+    write_ids(tmp_path / "ids", ["00000001", "00000006"])
+    shards, other = tmp_path / "shards", tmp_path / "other"
+    before = tree_digest(tmp_path)
+    for out, says in ((shards, "lies inside the output folder"), (tmp_path, "lies inside the output folder"),
+                      (other, "already holds files that no imagesieve run wrote")):
+        with pytest.raises(Exception, match=says):
+            curator_style_pipeline(str(shards), str(tmp_path / "ids"), str(out)).run(LocalExecutor(2))
+        assert tree_digest(tmp_path) == before  # nothing written, nothing made
+    results = curator_style_pipeline(str(shards), str(tmp_path / "ids"), str(tmp_path / "clean")).run(ONE)
+    assert sum(r._metadata["removed"] for r in results) == 2
+    again = curator_style_pipeline(str(shards), str(tmp_path / "ids"), str(tmp_path / "clean")).run(ONE)
+    assert sum(r._metadata["removed"] for r in again) == 2  # its own output folder: rewritten, not refused
+
+
 # 3. the wrong ID folder is refused
 
 

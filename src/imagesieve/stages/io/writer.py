@@ -17,9 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.runfolder import (
+    WORK_DIR,
     batch_relative_path,
     done_marker,
+    make_folder,
     mirror_folders,
+    refuse_foreign_files,
     shard_fingerprint,
     work_path,
     write_json_atomic,
@@ -28,7 +31,7 @@ from imagesieve.runfolder import (
 from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.storage import join, storage_for
+from imagesieve.storage import is_remote, is_under, join, storage_for
 from imagesieve.tasks import (
     AccountingError,
     FileGroupTask,
@@ -137,6 +140,21 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id", "members"]
 
+    def refuse_overwriting(self, shard: str, out_path: str) -> None:
+        """The checks a run folder gets from the commands, for the stage used alone in a pipeline: never
+        write over the input (an input shard inside `output_dir`), never replace a file that no imagesieve
+        run wrote: a folder without `_imagesieve/` records (made before the first shard) must be empty."""
+        if is_under(shard, self.output_dir):
+            raise ValueError(f"{shard}: this input shard lies inside the output folder {self.output_dir}, so writing "
+                             "would replace input; nothing was written for it: write to a folder outside the input")
+        store = storage_for(out_path, self.storage_options)
+        records = join(self.output_dir, WORK_DIR)
+        if not store.isdir(records):
+            if store.isdir(self.output_dir):
+                refuse_foreign_files(self.output_dir, self.storage_options)
+            if not is_remote(records):
+                make_folder(records)
+
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
@@ -152,6 +170,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
         out_path = join(self.output_dir, relative)
         options = self.storage_options
+        self.refuse_overwriting(shard, out_path)
         table = task._metadata.get("shard_table")
         rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
