@@ -58,9 +58,13 @@ from imagesieve.workflows.semantic import (
 THUMBNAIL = OPEN_NSFW.thumbnail  # 48 pixels
 INPUT_SIZE = 64
 DEFAULT_EPS = 0.035
-DEFAULT_EPS_FLIP = 0.035
 DEFAULT_HASH_ACCEPT = 14
 DEFAULT_HASH_EPS = 0.15
+# with --flip (mirror-invariant embeddings, pHash's mirror too): no setting met the rule's floors on the
+# tuning half, so the rule's fallback, the most precise setting
+DEFAULT_EPS_FLIP = 0.02
+DEFAULT_HASH_ACCEPT_FLIP = 8
+DEFAULT_HASH_EPS_FLIP = 0.1
 CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
 
 
@@ -77,9 +81,10 @@ class SemanticConfig:
     json_fields: tuple[str, ...] = ()
     flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
     # pHash pairs within this many bits (mirror included with flip) whose cosine distance is within hash_eps
-    # are duplicates too; -1: embeddings alone. Only where images are embedded (not with `embeddings`)
-    hash_accept: int = DEFAULT_HASH_ACCEPT
-    hash_eps: float = DEFAULT_HASH_EPS
+    # are duplicates too; -1: embeddings alone. Only where the default model embeds the images. None: the
+    # defaults (DEFAULT_HASH_ACCEPT / _EPS, or their _FLIP values with flip)
+    hash_accept: int | None = None
+    hash_eps: float | None = None
     random_state: int = 42
     max_iter: int = 10
 
@@ -89,7 +94,7 @@ class SemanticConfig:
             raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {self.eps}")
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ValueError(f"n_clusters must be 1 or more, got {self.n_clusters}")
-        if not -1 <= self.hash_accept <= MAX_THRESHOLD or not 0 <= self.hash_eps <= 2:
+        if not -1 <= self.hash_bits <= MAX_THRESHOLD or not 0 <= self.hash_distance <= 2:
             raise ValueError(f"hash_accept must be in -1..{MAX_THRESHOLD} bits and hash_eps in [0, 2], got "
                              f"{self.hash_accept} and {self.hash_eps}")
         if self.model_inference_batch_size < 1:
@@ -103,7 +108,19 @@ class SemanticConfig:
     @property
     def with_hashes(self) -> bool:
         """pHash pairs are added where the images are embedded by the default model."""
-        return self.hash_accept >= 0 and self.embeddings is None and self.model == DEFAULT_MODEL
+        return self.hash_bits >= 0 and self.embeddings is None and self.model == DEFAULT_MODEL
+
+    @property
+    def hash_bits(self) -> int:
+        if self.hash_accept is not None:
+            return self.hash_accept
+        return DEFAULT_HASH_ACCEPT_FLIP if self.flip else DEFAULT_HASH_ACCEPT
+
+    @property
+    def hash_distance(self) -> float:
+        if self.hash_eps is not None:
+            return self.hash_eps
+        return DEFAULT_HASH_EPS_FLIP if self.flip else DEFAULT_HASH_EPS
 
     @property
     def threshold(self) -> float:
@@ -179,7 +196,7 @@ def hash_candidates(input_path: str | list[str], output_dir: str, config: Semant
     from imagesieve.matching.near_search import near_pairs
     from imagesieve.workflows.copy_find import near_edges
 
-    hashing = FindConfig(method="phash", flip=config.flip, threshold=config.hash_accept, keep="first",
+    hashing = FindConfig(method="phash", flip=config.flip, threshold=config.hash_bits, keep="first",
                          confirm=False, on_error=config.on_error)
     hashes_dir = os.path.join(output_dir, "hashes")
     units = hash_shards(input_path, output_dir, hashes_dir, hashing, executor, progress, "hash")
@@ -188,11 +205,11 @@ def hash_candidates(input_path: str | list[str], output_dir: str, config: Semant
     codes = table.column("phash").to_numpy().astype(np.uint64)
     with phase("pHash pairs", progress):
         search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
-        i, j = near_edges(codes, config.hash_accept, hashing, table, rows, search)
+        i, j = near_edges(codes, config.hash_bits, hashing, table, rows, search)
     ids = table.column("id").combine_chunks()
     same_bytes = pc.equal(table.column("bytes_hash").take(pa.array(i)), table.column("bytes_hash").take(pa.array(j)))
     return ExtraPairs(ids.take(pa.array(i)), ids.take(pa.array(j)), same_bytes.to_numpy(zero_copy_only=False),
-                      config.hash_eps)
+                      config.hash_distance)
 
 
 def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticConfig,
