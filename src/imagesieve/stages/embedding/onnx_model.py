@@ -6,8 +6,9 @@ The default is the ResNet-50 (half width) of Yahoo's open_nsfw, as the `opennsfw
 ships it (Apache-2.0; the model BSD-2-Clause; 23.6 MB). Its last convolutional features, max-pooled
 over the 7x7 grid (MAC, the usual retrieval descriptor; it beat the classifier's average pool and
 GeM on our labelled photos), are a 1024-d image descriptor. It sees each image as a 48-pixel
-thumbnail scaled up to 224: near-duplicates differ in detail (JPEG artefacts, resolution), not in
-what the thumbnail shows. No CLIP-family weights ship in any registry package,
+thumbnail scaled up to its input (224; `find --method semantic` runs it at 64, the copy finder at 96):
+near-duplicates differ in detail (JPEG artefacts, resolution), not in what the thumbnail shows.
+No CLIP-family weights ship in any registry package,
 and this is the only ImageNet-pretrained CNN we found already in ONNX, so nothing is downloaded at
 run time and torch is never needed.
 
