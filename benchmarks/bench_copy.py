@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.evaluate import LabelledSet, score, split, subset
+from imagesieve.evaluate import SPLIT_SEED, LabelledSet, photo_of, score, split, subset
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.near_search import popcount64
 from imagesieve.sample_data import COPY_EASY, COPY_HARD, TRANSFORMS, distinct_images, encode, write_shard
@@ -50,7 +50,8 @@ def build(tile: int, limit: int | None, per_tile: int = PER_TILE) -> tuple[Label
             source.append(index)
             transform.append(name)
             keys.append(f"{len(keys):07d}")
-    return LabelledSet(images, np.array(source), transform), keys
+    photo = photo_of([name for name, _ in tiles])
+    return LabelledSet(images, np.array(source), transform, photo[np.array(source)]), keys
 
 
 def write_shards(root: str, labelled: LabelledSet, keys: list[str], size: int = 200) -> str:
@@ -164,8 +165,11 @@ def main() -> None:
         false_pairs[name] = int((keep & (labelled.source[i] != labelled.source[j])).sum())
 
     transforms = (*COPY_EASY, *COPY_HARD)
+    test_photos = len(np.unique(labelled.photo[split(labelled, 1)]))
     print(f"\nquality on {n} images ({len(set(labelled.source))} real-photo tiles of {args.tile} px, "
-          f"{args.per_tile} of the transforms each); thresholds chosen on one half, scored on the other")
+          f"{args.per_tile} of the transforms each); thresholds chosen on one half, scored on the other "
+          f"(split by source photo, seed {SPLIT_SEED}: {len(split(labelled, 1))} images of {test_photos} photos "
+          "held out)")
     print(f"| method | setting | precision | {' | '.join(transforms)} |")
     print("|---|---|---:|" + "---:|" * len(transforms))
     for name, setting, s in rows:
@@ -211,14 +215,15 @@ def cpu_seconds() -> float:
 
 
 def _semantic_embeddings(labelled: LabelledSet) -> np.ndarray:
-    """The semantic finder's default embeddings (whole image), as `find --method semantic` makes them."""
+    """The semantic finder's default embeddings (whole image, at its input size), embeddings alone."""
     import io
 
     from PIL import Image
 
     from imagesieve.stages.embedding.onnx_model import OnnxEmbedder
+    from imagesieve.workflows.semantic_find import INPUT_SIZE
 
-    model = OnnxEmbedder()
+    model = OnnxEmbedder(input_size=INPUT_SIZE)
     images = [Image.open(io.BytesIO(b)) for b in labelled.images]
     return np.concatenate([model(images[s:s + 64]) for s in range(0, len(images), 64)])
 

@@ -146,3 +146,23 @@ def test_unreadable_image_fails_or_is_recorded(tmp_path):
     skipped = ImageEmbeddingStage(model=tiny_model(tmp_path / "t.onnx"), on_error="skip").process(batch)
     assert skipped.data[0].embedding is not None and skipped.data[1].embedding is None
     assert "error" in skipped.data[1].metadata
+
+
+def test_the_cuda_provider_is_taken_when_onnxruntime_has_it(monkeypatch):
+    import onnxruntime
+
+    from imagesieve.stages.embedding.onnx_model import providers
+
+    class WithCuda:
+        @staticmethod
+        def get_available_providers() -> list[str]:
+            return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.delenv("IMAGESIEVE_ONNX_PROVIDER", raising=False)
+    assert providers(WithCuda) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("IMAGESIEVE_ONNX_PROVIDER", "cpu")
+    assert providers(WithCuda) == ["CPUExecutionProvider"]
+    monkeypatch.delenv("IMAGESIEVE_ONNX_PROVIDER")
+    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else \
+        "CPUExecutionProvider"
+    assert providers(onnxruntime)[0] == expected

@@ -180,3 +180,59 @@ def test_cli_semantic_options(photos, tmp_path, capsys):
     assert "n_clusters is 99, more than the 29 images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["find", "--method", "semantic", "--embeddings", embeddings, "--model", "m.onnx", photos, out])
+
+
+def test_defaults_find_recompressed_resized_and_slightly_cropped_copies(tmp_path):
+    """Issue 25: the easy copies are never missed at the defaults (pHash pairs the embeddings agree
+    with are duplicates too), and the groups say which rule found each."""
+    from imagesieve.sample_data import TRANSFORMS
+
+    images = tiles()[:12]
+    originals = [encode(im) for im in images]
+    samples = [{"jpg": data} for data in originals]
+    keys = [f"o{k:03d}" for k in range(len(images))]
+    copies = {"q": "jpeg_q25", "c": "crop_3pct", "r": "resize_0.5", "p": "to_png"}
+    for k, (prefix, name) in enumerate(copies.items()):
+        data, ext = TRANSFORMS[name].apply(images[k], originals[k])
+        samples.append({ext: data})
+        keys.append(f"{prefix}{k:03d}")
+    samples.append({"jpg": originals[5]})  # the same bytes
+    keys.append("x005")
+    write_shard(str(tmp_path / "shards" / "00000.tar"), samples, keys)
+    out = str(tmp_path / "out")
+    summary = find_semantic(str(tmp_path / "shards"), out, executor=LocalExecutor(num_workers=1))
+    copy_ids = sorted(keys[len(images):])
+    assert removed_ids(out) == copy_ids
+    groups = {row["id"]: row for row in pq.read_table(os.path.join(out, "groups")).to_pylist()}
+    assert {i: groups[i]["kept_id"] for i in copy_ids} == {"c001": "o001", "p003": "o003", "q000": "o000",
+                                                           "r002": "o002", "x005": "o005"}
+    assert groups["x005"]["method"] == "exact"
+    assert {groups[i]["method"] for i in copy_ids} <= {"exact", "phash", "semantic"}
+    assert sum(summary.by_method.values()) == len(copy_ids)
+    assert os.listdir(os.path.join(out, "hashes"))  # kept for reruns, as find --method phash keeps them
+
+    alone = str(tmp_path / "alone")  # embeddings alone: the pHash pairs are what finds some of them
+    find_semantic(str(tmp_path / "shards"), alone, SemanticConfig(hash_accept=-1),
+                  executor=LocalExecutor(num_workers=1))
+    assert set(removed_ids(alone)) <= set(copy_ids)
+    assert not os.path.exists(os.path.join(alone, "hashes"))
+
+
+def test_embeddings_of_the_recipe_before_are_recomputed(photos, tmp_path):
+    """A run folder made before issue 25 (a 48-pixel thumbnail at 224) is not mixed with the new recipe
+    (at INPUT_SIZE): the tables record the model's identity, and a rerun recomputes them."""
+    from imagesieve.inputs import input_units
+    from imagesieve.stages.embedding.embedding_writer import MODEL_KEY
+    from imagesieve.stages.embedding.onnx_model import model_identity
+    from imagesieve.workflows.semantic_find import INPUT_SIZE, embed_shards
+
+    out = str(tmp_path / "out")
+    executor = LocalExecutor(num_workers=1)
+    find_semantic(photos, out, executor=executor)  # a run folder, then its tables as the recipe before made them
+    embed_shards(input_units(photos, out), os.path.join(out, "embeddings"), SemanticConfig(), executor, False)
+    table = os.path.join(out, "embeddings", "00000.tar.parquet")
+    before = pq.read_schema(table).metadata[MODEL_KEY].decode()
+    assert before == model_identity("default")
+    find_semantic(photos, out, executor=executor)
+    after = pq.read_schema(table).metadata[MODEL_KEY].decode()
+    assert after == model_identity("default", input_size=INPUT_SIZE) != before

@@ -22,6 +22,7 @@ class LabelledSet:
     images: list[bytes]
     source: np.ndarray  # index of the original tile each image comes from
     transform: list[str]  # "original" or a TRANSFORMS name
+    photo: np.ndarray | None = None  # index of the photo the tile was cut from: its family, for `split`
 
 
 @dataclass
@@ -35,8 +36,9 @@ class Score:
 
 
 def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int = 128) -> LabelledSet:
-    images, source, names = [], [], []
-    for index, (_, image) in enumerate(distinct_images(tile)):
+    images, source, names, photos = [], [], [], []
+    tiles = distinct_images(tile)
+    for index, (_, image) in enumerate(tiles):
         original = encode(image)
         images.append(original)
         source.append(index)
@@ -46,7 +48,14 @@ def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int 
             images.append(data)
             source.append(index)
             names.append(name)
-    return LabelledSet(images, np.array(source), names)
+    photos = photo_of([name for name, _ in tiles])
+    return LabelledSet(images, np.array(source), names, photos[np.array(source)])
+
+
+def photo_of(tile_names: list[str]) -> np.ndarray:
+    """The photo index of each tile (`distinct_images` names tiles PHOTO_rROWcCOL)."""
+    names = [name.rsplit("_r", 1)[0] for name in tile_names]
+    return np.unique(names, return_inverse=True)[1]
 
 
 def hash_set(labelled: LabelledSet, method: str, flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -97,20 +106,34 @@ def sweep(labelled: LabelledSet, methods: tuple[str, ...] = tuple(PERCEPTUAL), t
     return scores
 
 
-def split(labelled: LabelledSet, half: int) -> np.ndarray:
-    """Rows of one half of the set, split by source tile (every copy of a tile lands in the same half),
-    so that a threshold chosen on one half can be scored on images it has never seen."""
-    return np.flatnonzero(labelled.source % 2 == half)
+SPLIT_SEED = 0  # the published held-out figures use this split
+
+
+def split(labelled: LabelledSet, half: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """Rows of one half of the set, split by source photo: every tile of a photo, and every copy of
+    those tiles, lands in the same half (neighbouring tiles of one photo, the hard negatives, never
+    straddle it), so that a setting chosen on half 0 is scored on half 1 on photos it has never seen.
+    Photos are taken in a seeded random order, each into the half with fewer images so far. A set
+    without photos (`photo` None) is split by source tile parity, as before."""
+    if labelled.photo is None:
+        return np.flatnonzero(labelled.source % 2 == half)
+    counts = np.bincount(labelled.photo)
+    sizes, side = [0, 0], np.zeros(len(counts), np.int64)
+    for photo in np.random.default_rng(seed).permutation(len(counts)):
+        side[photo] = int(sizes[1] < sizes[0])
+        sizes[side[photo]] += int(counts[photo])
+    return np.flatnonzero(side[labelled.photo] == half)
 
 
 def subset(labelled: LabelledSet, rows: np.ndarray) -> LabelledSet:
     return LabelledSet([labelled.images[i] for i in rows], labelled.source[rows],
-                       [labelled.transform[i] for i in rows])
+                       [labelled.transform[i] for i in rows],
+                       None if labelled.photo is None else labelled.photo[rows])
 
 
 def held_out(labelled: LabelledSet, dist: np.ndarray, method: str, thresholds: range = range(0, 17),
              exclude: tuple[str, ...] = ("hflip",)) -> tuple[int, Score]:
-    """The threshold with the best F1 on the tuning half (even tiles), and its score on the other half."""
+    """The threshold with the best F1 on the tuning half (`split` 0), and its score on the other half."""
     tune, test = split(labelled, 0), split(labelled, 1)
     tuned = [score(subset(labelled, tune), dist[np.ix_(tune, tune)], method, t, exclude) for t in thresholds]
     best = max(tuned, key=lambda s: (s.f1, -s.threshold)).threshold

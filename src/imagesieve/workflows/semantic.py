@@ -4,8 +4,9 @@ Input: Parquet files with an ID and an embedding per row (ours from `ImageEmbedd
 anyone's). Output, as the other finders write it, so `remove` and `report` read it unchanged:
 
 OUT/duplicates/part-00000.parquet   `id`: the images to remove
-OUT/groups/part-00000.parquet       group_id, kept_id, id, method ("kept" | "semantic"),
-                                    distance (1 - cosine similarity), similarity
+OUT/groups/part-00000.parquet       group_id, kept_id, id, method ("kept" | "semantic", or with
+                                    `extra_pairs` "phash" | "exact"), distance (1 - cosine
+                                    similarity), similarity
 OUT/skipped.parquet                 images that had no embedding (unreadable): id, reason
 OUT/summary.json                    counts and the configuration
 
@@ -86,6 +87,17 @@ class SemanticSummary:
 WorkflowRunResult = SemanticSummary  # Curator's name for what `run()` returns
 
 
+@dataclass(frozen=True)
+class ExtraPairs:
+    """Pairs found by other means (`find --method semantic`'s pHash pairs), by ID: a duplicate when the
+    two embeddings are within `max_distance` (cosine), or always where `exact` (the same bytes)."""
+
+    id_a: pa.Array
+    id_b: pa.Array
+    exact: np.ndarray
+    max_distance: float
+
+
 def auto_clusters(n: int) -> int:
     """About sqrt(n) clusters: cost ~ n^1.5 in all, and clusters big enough for k-means to mean much."""
     return max(1, min(n, round(np.sqrt(n))))
@@ -144,10 +156,11 @@ class SemanticDeduplicationWorkflow:
         self.curator_options = dict(curator_options)
 
     def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
-            kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None
-            ) -> SemanticSummary:
+            kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None,
+            extra_pairs: ExtraPairs | None = None) -> SemanticSummary:
         """Curator's `pairwise_executor` is the executor (k-means runs in this process on faiss, so a
-        `kmeans_executor` is accepted and not used)."""
+        `kmeans_executor` is accepted and not used). `extra_pairs`: more pairs to accept (see
+        `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps."""
         started = time.monotonic()
         executor = executor or pairwise_executor or LocalExecutor()
         os.makedirs(self.output_path, exist_ok=True)
@@ -178,10 +191,16 @@ class SemanticDeduplicationWorkflow:
             timing["pairwise_seconds"] = time.monotonic() - step
             if self.eps is None:
                 return self._write_similarities(data, i, j, s, k, started, timing)
+            exact = None
+            if extra_pairs is not None:
+                ei, ej, es, exact = _extra(data, extra_pairs)
+                i, j, s = np.concatenate([i, ei]), np.concatenate([j, ej]), np.concatenate([s, es])
             keeper, similarity = resolve_no_chaining(data.n, i, j, s, rank)
         finally:
             os.remove(data.path)
         groups = groups_table(data.ids, keeper, similarity)
+        if exact is not None:
+            groups = _label_extra(groups, data, keeper, similarity, self.eps, ei, ej, exact)
         return self._write(data, groups, k, started, timing)
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,8 +257,9 @@ class SemanticDeduplicationWorkflow:
                    "groups": [os.path.join(self.output_path, "groups", "part-00000.parquet")]}
         write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}), outputs["duplicates"][0])
         write_parquet_atomic(groups, outputs["groups"][0])
+        by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
         return self._finish(data, k, started, timing, outputs, groups=len(pc.unique(removed.column("group_id"))),
-                            duplicates=removed.num_rows)
+                            duplicates=removed.num_rows, by_method=by_method or {"semantic": 0})
 
     def _write_similarities(self, data: LoadedEmbeddings, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int,
                             started: float, timing: dict) -> SemanticSummary:
@@ -261,11 +281,12 @@ class SemanticDeduplicationWorkflow:
         return self._finish(data, k, started, timing, {"pairwise": [path]}, groups=0, duplicates=0)
 
     def _finish(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
-                groups: int, duplicates: int) -> SemanticSummary:
+                groups: int, duplicates: int, by_method: dict[str, int] | None = None) -> SemanticSummary:
+        by_method = {"semantic": duplicates} if by_method is None else by_method
         write_parquet_atomic(data.skipped, os.path.join(self.output_path, "skipped.parquet"))
         summary = SemanticSummary(images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows,
                                   groups=groups, duplicates=duplicates, clusters=k, threshold=self.eps,
-                                  by_method={"semantic": duplicates}, elapsed_seconds=time.monotonic() - started,
+                                  by_method=by_method, elapsed_seconds=time.monotonic() - started,
                                   outputs=outputs, **timing)
         config = {name: getattr(self, name) for name in ("n_clusters", "id_field", "embedding_field", "max_iter",
                                                          "random_state", "fit_data_fraction", "which_to_keep",
@@ -273,6 +294,38 @@ class SemanticDeduplicationWorkflow:
         write_json_atomic({**asdict(summary), "config": {"method": "semantic", **config}},
                           os.path.join(self.output_path, "summary.json"))
         return summary
+
+
+def _extra(data: LoadedEmbeddings, extra: ExtraPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, similarity, exact) of the extra pairs that are accepted, as rows of `data`; pairs with an
+    image that has no embedding (unreadable) are dropped."""
+    ia, ja = (pc.index_in(ids, value_set=data.ids) for ids in (extra.id_a, extra.id_b))
+    known = pc.and_(pc.is_valid(ia), pc.is_valid(ja)).to_numpy(zero_copy_only=False)
+    i, j = (a.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)[known] for a in (ia, ja))
+    exact = extra.exact[known]
+    vectors = data.open()
+    sim = np.zeros(len(i), np.float32)
+    for start in range(0, len(i), 1 << 16):
+        a, b = i[start:start + (1 << 16)], j[start:start + (1 << 16)]
+        sim[start:start + len(a)] = np.einsum("ij,ij->i", vectors[a], vectors[b])
+    accept = exact | (sim >= 1 - extra.max_distance)
+    return i[accept], j[accept], sim[accept], exact[accept]
+
+
+def _label_extra(groups: pa.Table, data: LoadedEmbeddings, keeper: np.ndarray, similarity: np.ndarray, eps: float,
+                 ei: np.ndarray, ej: np.ndarray, exact: np.ndarray) -> pa.Table:
+    """groups/ with each removed image's method: "exact" when it and its kept image are the same bytes,
+    "phash" when only the pHash pair made it a duplicate, else "semantic"."""
+    n = data.n
+    pair = np.minimum(ei, ej) * n + np.maximum(ei, ej)
+    removed = np.flatnonzero(keeper != np.arange(n))
+    found = np.minimum(removed, keeper[removed]) * n + np.maximum(removed, keeper[removed])
+    exact_pairs = np.unique(pair[exact])
+    method = np.where(np.isin(found, exact_pairs), "exact",
+                      np.where(similarity[removed] >= 1 - eps, "semantic", "phash"))
+    kept = groups.num_rows - len(removed)  # groups_table: the kept rows first, then the removed in row order
+    return groups.set_column(groups.schema.get_field_index("method"), "method",
+                             pa.array(["kept"] * kept + method.tolist(), pa.string()))
 
 
 def _concat_pairs(results: list[tuple[np.ndarray, np.ndarray, np.ndarray]]

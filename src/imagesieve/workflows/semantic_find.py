@@ -1,8 +1,12 @@
 """`find --method semantic`: embed the input shards (or take precomputed embeddings), then run
-`SemanticDeduplicationWorkflow` into the same output layout as the other finders.
+`SemanticDeduplicationWorkflow` into the same output layout as the other finders. Where it embeds the
+images with the default model it also hashes them (pHash), and a pHash match whose embeddings are close
+enough is a duplicate too (see `DEFAULT_HASH_ACCEPT`): exact, recompressed and resized copies are found
+as `find --method phash` finds them, without its false matches between look-alike textures.
 
 OUT/embeddings/<shard>.parquet   id, embeddings, ... per shard; reused by reruns while the shard and
                                  the model are unchanged (see `embedding_writer.is_current`)
+OUT/hashes/<shard>.parquet       pHash per image (as `find --method phash` writes it), also reused
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,15 +36,35 @@ from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
-from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, check_model, model_identity
+from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
-from imagesieve.workflows.semantic import CENTROID_POLICIES, SemanticDeduplicationWorkflow, SemanticSummary
+from imagesieve.workflows.find import MAX_THRESHOLD, FindConfig, hash_shards, load_hashes, split_readable
+from imagesieve.workflows.semantic import (
+    CENTROID_POLICIES,
+    ExtraPairs,
+    SemanticDeduplicationWorkflow,
+    SemanticSummary,
+)
 
-# The default model's eps: the best F1 on the labelled real photos (BENCHMARKS.md), without and with --flip
-DEFAULT_EPS = 0.05
-DEFAULT_EPS_FLIP = 0.04
+# The default model's recipe and the finder's defaults, chosen on one half of the labelled real photos
+# (split by source photo) and scored on the other (`benchmarks/bench_semantic.py quality`, BENCHMARKS.md):
+# the model sees a 48-pixel thumbnail at INPUT_SIZE pixels (224 before issue 25: 11x the work, no better);
+# a pair is a duplicate when its cosine distance is within eps, or when its pHash distance is within
+# DEFAULT_HASH_ACCEPT bits and its cosine distance within DEFAULT_HASH_EPS (the embeddings veto the
+# pHash matches of look-alike textures; pHash finds the recompressed and resized copies that the
+# embeddings put a little too far apart)
+THUMBNAIL = OPEN_NSFW.thumbnail  # 48 pixels
+INPUT_SIZE = 64
+DEFAULT_EPS = 0.035
+DEFAULT_HASH_ACCEPT = 14
+DEFAULT_HASH_EPS = 0.15
+# with --flip (mirror-invariant embeddings, pHash's mirror too): no setting met the rule's floors on the
+# tuning half, so the rule's fallback, the most precise setting
+DEFAULT_EPS_FLIP = 0.02
+DEFAULT_HASH_ACCEPT_FLIP = 8
+DEFAULT_HASH_EPS_FLIP = 0.1
 CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
 
 
@@ -55,6 +80,11 @@ class SemanticConfig:
     on_error: str = "fail"
     json_fields: tuple[str, ...] = ()
     flip: bool = False  # mirror-invariant embeddings: a mirrored copy is a duplicate
+    # pHash pairs within this many bits (mirror included with flip) whose cosine distance is within hash_eps
+    # are duplicates too; -1: embeddings alone. Only where the default model embeds the images. None: the
+    # defaults (DEFAULT_HASH_ACCEPT / _EPS, or their _FLIP values with flip)
+    hash_accept: int | None = None
+    hash_eps: float | None = None
     random_state: int = 42
     max_iter: int = 10
 
@@ -64,6 +94,9 @@ class SemanticConfig:
             raise ValueError(f"eps must be in (0, 1) (a cosine distance), got {self.eps}")
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ValueError(f"n_clusters must be 1 or more, got {self.n_clusters}")
+        if not -1 <= self.hash_bits <= MAX_THRESHOLD or not 0 <= self.hash_distance <= 2:
+            raise ValueError(f"hash_accept must be in -1..{MAX_THRESHOLD} bits and hash_eps in [0, 2], got "
+                             f"{self.hash_accept} and {self.hash_eps}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
         if self.keep not in CENTROID_POLICIES:
@@ -71,6 +104,23 @@ class SemanticConfig:
         check_on_error(self.on_error)
         if self.embeddings is None:
             check_model_option(self.model)
+
+    @property
+    def with_hashes(self) -> bool:
+        """pHash pairs are added where the images are embedded by the default model."""
+        return self.hash_bits >= 0 and self.embeddings is None and self.model == DEFAULT_MODEL
+
+    @property
+    def hash_bits(self) -> int:
+        if self.hash_accept is not None:
+            return self.hash_accept
+        return DEFAULT_HASH_ACCEPT_FLIP if self.flip else DEFAULT_HASH_ACCEPT
+
+    @property
+    def hash_distance(self) -> float:
+        if self.hash_eps is not None:
+            return self.hash_eps
+        return DEFAULT_HASH_EPS_FLIP if self.flip else DEFAULT_HASH_EPS
 
     @property
     def threshold(self) -> float:
@@ -111,9 +161,14 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
     executor = executor or LocalExecutor()
     shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
     remove_stale_temp_files(output_dir)
+    hash_pairs = None
     if config.embeddings is None:
-        files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress)
+        default = config.model == DEFAULT_MODEL
+        files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress,
+                             input_size=INPUT_SIZE if default else None)
         id_field, embedding_field = "id", "embeddings"
+        if config.with_hashes:
+            hash_pairs = hash_candidates(input_path, output_dir, config, executor, progress)
     else:
         files = embedding_sources(config.embeddings)
         id_field, embedding_field = _fields(files[0], config.embeddings_key)
@@ -123,12 +178,38 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
                                              embedding_field=embedding_field, which_to_keep=config.keep,
                                              eps=config.threshold, random_state=config.random_state,
                                              max_iter=config.max_iter)
-    summary = workflow.run(executor, progress)
+    summary = workflow.run(executor, progress, extra_pairs=hash_pairs)
     path = os.path.join(output_dir, "summary.json")
     write_json_atomic({**read_json(path), "config": {"method": "semantic", **asdict(config)},
                        "input": absolute_paths(input_path), "input_root": shards[0].root or None,
                        "reference": None}, path)
     return summary
+
+
+def hash_candidates(input_path: str | list[str], output_dir: str, config: SemanticConfig, executor: BaseExecutor,
+                    progress: bool) -> ExtraPairs:
+    """pHash (and its mirror with `flip`) of every image, kept in OUT/hashes/ as `find --method phash`
+    keeps it, and every pair within `hash_accept` bits, by ID: the pairs the workflow accepts when
+    their embeddings are within `hash_eps` too (exact copies, same bytes, always)."""
+    from functools import partial
+
+    from imagesieve.matching.near_search import near_pairs
+    from imagesieve.workflows.copy_find import near_edges
+
+    hashing = FindConfig(method="phash", flip=config.flip, threshold=config.hash_bits, keep="first",
+                         confirm=False, on_error=config.on_error)
+    hashes_dir = os.path.join(output_dir, "hashes")
+    units = hash_shards(input_path, output_dir, hashes_dir, hashing, executor, progress, "hash")
+    table, _ = split_readable(load_hashes(hashes_dir, units))
+    rows = np.arange(table.num_rows)
+    codes = table.column("phash").to_numpy().astype(np.uint64)
+    with phase("pHash pairs", progress):
+        search = partial(near_pairs, parts=executor.parallelism(), run_jobs=executor.map)
+        i, j = near_edges(codes, config.hash_bits, hashing, table, rows, search)
+    ids = table.column("id").combine_chunks()
+    same_bytes = pc.equal(table.column("bytes_hash").take(pa.array(i)), table.column("bytes_hash").take(pa.array(j)))
+    return ExtraPairs(ids.take(pa.array(i)), ids.take(pa.array(j)), same_bytes.to_numpy(zero_copy_only=False),
+                      config.hash_distance)
 
 
 def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticConfig,

