@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
@@ -63,6 +62,7 @@ from imagesieve.workflows.find import (
     check_unique_ids,
     hash_shards,
     load_hashes,
+    near_edges,
     split_readable,
     table_is_current,
 )
@@ -75,19 +75,6 @@ from imagesieve.workflows.semantic_find import SemanticConfig, check_model_optio
 CENTRES = (0.7, 0.56)
 INPUT_SIZE = 96  # the default model at 96 pixels: as good candidates as at 224, 6x less work (BENCHMARKS.md)
 PROBE_MARGIN = 0.05  # an image also searches clusters whose centroid is this nearly as similar
-
-
-def near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
-               search: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair within t bits of pHash, a mirrored copy included: the hash candidates to verify."""
-    i, j, _ = search(codes, t)
-    if config.flip:
-        flipped = table.column(f"{config.method}_flip").to_numpy().astype(np.uint64)[rows]
-        fi, fj, _ = search(codes, t, other=flipped)
-        keep = fi != fj
-        i = np.concatenate([i, np.minimum(fi, fj)[keep]])
-        j = np.concatenate([j, np.maximum(fi, fj)[keep]])
-    return i, j
 
 
 @dataclass(frozen=True)

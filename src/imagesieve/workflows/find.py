@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -264,6 +265,19 @@ def _exact_labels(table: pa.Table, config: FindConfig) -> list[np.ndarray]:
 
 def _codes(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).to_numpy().astype(np.uint64)
+
+
+def near_edges(codes: np.ndarray, t: int, config: FindConfig, table: pa.Table, rows: np.ndarray,
+               search: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair within t bits of pHash, a mirrored copy included: the hash candidates to verify."""
+    i, j, _ = search(codes, t)
+    if config.flip:
+        flipped = table.column(f"{config.method}_flip").to_numpy().astype(np.uint64)[rows]
+        fi, fj, _ = search(codes, t, other=flipped)
+        keep = fi != fj
+        i = np.concatenate([i, np.minimum(fi, fj)[keep]])
+        j = np.concatenate([j, np.maximum(fi, fj)[keep]])
+    return i, j
 
 
 def _within_set(table: pa.Table, config: FindConfig, t: int, search: dict) -> pa.Table:

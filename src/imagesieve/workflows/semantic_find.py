@@ -40,7 +40,14 @@ from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, che
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
-from imagesieve.workflows.find import MAX_THRESHOLD, FindConfig, hash_shards, load_hashes, split_readable
+from imagesieve.workflows.find import (
+    MAX_THRESHOLD,
+    FindConfig,
+    hash_shards,
+    load_hashes,
+    near_edges,
+    split_readable,
+)
 from imagesieve.workflows.semantic import (
     CENTROID_POLICIES,
     ExtraPairs,
@@ -194,7 +201,6 @@ def hash_candidates(input_path: str | list[str], output_dir: str, config: Semant
     from functools import partial
 
     from imagesieve.matching.near_search import near_pairs
-    from imagesieve.workflows.copy_find import near_edges
 
     hashing = FindConfig(method="phash", flip=config.flip, threshold=config.hash_bits, keep="first",
                          confirm=False, on_error=config.on_error)
