@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("pipeline", ("pipeline", "inputs"), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
     ("workflows", ("workflows", "evaluate", "sample_data"), "whole commands: pipelines, finders and reports"),
-    ("cli", ("cli", "cli_copy", "cli_find", "cli_options", "cli_semantic", "cli_storage", ""),
+    ("cli", ("cli", ""),
      "the command line and the package's public names, over everything"),
 ]
 
