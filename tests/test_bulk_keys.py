@@ -16,7 +16,6 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import hash_strings
 from imagesieve.key_hash_kernel import xxh64_many
 from imagesieve.shards import (
@@ -28,6 +27,7 @@ from imagesieve.shards import (
     image_extension,
     read_table,
 )
+from imagesieve.util.arrow_strings import string_buffers
 
 
 def test_xxh64_equals_the_xxhash_package_on_every_length():

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from imagesieve.runfolder import shard_fingerprint
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, ModelShapeError, model_identity
 from imagesieve.stages.io import ImageReaderStage
+from imagesieve.storage.runfolder import shard_fingerprint
 
 
 def read(shard: str):

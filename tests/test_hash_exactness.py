@@ -12,7 +12,7 @@ import pytest
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
-from imagesieve.imageio import ImageDecodeError
+from imagesieve.images.decode import ImageDecodeError
 from imagesieve.matching import hash_kernels
 from imagesieve.matching.hashes import DRAFT_SIZE, PERCEPTUAL, hash_image, hash_images, pack_bits
 from imagesieve.matching.near_search import brute_force_pairs, near_pairs

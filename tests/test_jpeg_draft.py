@@ -10,8 +10,8 @@ import pytest
 from conftest import photo_tiles
 from PIL import Image
 
-from imagesieve.imageio import MAX_PIXELS
-from imagesieve.jpeg_draft import draft_grey, draft_scale, jpeg_frame
+from imagesieve.images.decode import MAX_PIXELS
+from imagesieve.images.jpeg_draft import draft_grey, draft_scale, jpeg_frame
 from imagesieve.sample_data import photo_crops
 
 SIDE = 32

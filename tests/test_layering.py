@@ -16,8 +16,7 @@ PACKAGE = Path(imagesieve.__file__).parent
 
 # Lowest first: (layer, modules or packages under `imagesieve`, why it stands there). "" is the package itself.
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
-    ("util", ("arrow_strings", "cache_dir", "grouping", "imageio", "jpeg_draft", "key_hash", "key_hash_kernel",
-              "lifeline", "runfolder", "storage", "tar_headers", "tarscan"),
+    ("util", ("grouping", "images", "key_hash", "key_hash_kernel", "storage", "tar_headers", "tarscan", "util"),
      "bytes, files, paths and processes: nothing here knows a task"),
     ("model", ("tasks", "stages.base", "shards", "progress"),
      "tasks, the stage interface and the shards they come from: what every stage and executor shares"),

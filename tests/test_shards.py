@@ -123,7 +123,7 @@ def test_sample_without_image_member(tmp_path):
 
 def test_zero_byte_image_member_is_read_and_fails_only_where_decoded(tmp_path):
     """Removal copies it byte for byte; a stage that decodes it says what is wrong (or skips it)."""
-    from imagesieve.imageio import ImageDecodeError
+    from imagesieve.images.decode import ImageDecodeError
 
     path = raw_tar(tmp_path / "z.tar", [("a.jpg", b""), ("a.txt", b"x")])
     [image] = read(path).data

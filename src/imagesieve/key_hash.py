@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from imagesieve.arrow_strings import string_buffers
+from imagesieve.util.arrow_strings import string_buffers
 
 COMPILE_FROM = 80_000  # strings or tar members (`shards.SCAN_BEFORE_COMPILING`): what loading numba costs
 

@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.arrow_strings import string_buffers
 from imagesieve.key_hash import COMPILE_FROM
-from imagesieve.runfolder import keep_mode_of, make_folder, naming_errors
 from imagesieve.storage.base import temp_name
+from imagesieve.storage.runfolder import keep_mode_of, make_folder, naming_errors
 from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
+from imagesieve.util.arrow_strings import string_buffers
 
 # What names an image, in any case: a sample's member in a tar, and a file in an image folder (`inputs`).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")

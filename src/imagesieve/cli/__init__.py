@@ -14,8 +14,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from imagesieve.cache_dir import default_cache_dir
 from imagesieve.cli.storage import add_storage_args, storage_options
+from imagesieve.util.cache_dir import default_cache_dir
 
 if TYPE_CHECKING:  # the command line imports the heavy modules only once it runs, under its Ctrl-C handler
     from imagesieve.executors.base import BaseExecutor

@@ -47,15 +47,15 @@ from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import near_pairs, popcount64
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.progress import phase
-from imagesieve.runfolder import (
+from imagesieve.stages.copy import ImageKeypointStage
+from imagesieve.stages.hashing import HashWriterStage
+from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.storage.runfolder import (
     WORK_DIR,
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.stages.copy import ImageKeypointStage
-from imagesieve.stages.hashing import HashWriterStage
-from imagesieve.stages.hashing.hash_writer import hash_table_path
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,

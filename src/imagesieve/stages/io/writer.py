@@ -16,7 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.runfolder import (
+from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
+from imagesieve.storage import join, storage_for
+from imagesieve.storage.runfolder import (
     batch_relative_path,
     done_marker,
     mirror_folders,
@@ -25,10 +29,6 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
-from imagesieve.stages.base import ProcessingStage
-from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.storage import join, storage_for
 from imagesieve.tasks import (
     AccountingError,
     FileGroupTask,
