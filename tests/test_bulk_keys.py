@@ -16,9 +16,9 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagesieve.key_hash import hash_strings
-from imagesieve.key_hash_kernel import xxh64_many
-from imagesieve.shards import (
+from imagesieve.tar.key_hash import hash_strings
+from imagesieve.tar.key_hash_kernel import xxh64_many
+from imagesieve.tar.read import (
     AtomicShardWriter,
     MappedSource,
     ShardError,

@@ -16,9 +16,9 @@ PACKAGE = Path(imagesieve.__file__).parent
 
 # Lowest first: (layer, modules or packages under `imagesieve`, why it stands there). "" is the package itself.
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
-    ("util", ("grouping", "images", "key_hash", "key_hash_kernel", "storage", "tar_headers", "tarscan", "util"),
+    ("util", ("images", "storage", "util"),
      "bytes, files, paths and processes: nothing here knows a task"),
-    ("model", ("tasks", "stages.base", "shards", "progress"),
+    ("model", ("tasks", "stages.base", "tar", "progress"),
      "tasks, the stage interface and the shards they come from: what every stage and executor shares"),
     ("matching", ("matching",), "the finders' algorithms on arrays and files: no stage, no executor"),
     ("stages", ("stages",), "units of work on tasks, each usable alone, whatever runs them"),

@@ -25,9 +25,9 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.id_cache import INDEX_FOLDER, CacheError, build_shared_index, prune
 from imagesieve.matching.id_folder import WrongIdFolderError
 from imagesieve.matching.id_index import IdIndex
-from imagesieve.shards import ShardError, iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage.runfolder import OutputInUseError, naming_errors, run_lock
+from imagesieve.tar.read import ShardError, iter_samples
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 

@@ -9,9 +9,9 @@ import tarfile
 import pytest
 from conftest import encode, photo_tiles
 
-from imagesieve.shards import ShardError, iter_samples, split_key
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.tar.read import ShardError, iter_samples, split_key
 
 pytestmark = pytest.mark.usefixtures("both_tar_parsers")
 

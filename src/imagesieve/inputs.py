@@ -14,7 +14,6 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.shards import IMAGE_EXTENSIONS
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
@@ -26,6 +25,7 @@ from imagesieve.storage.runfolder import (
     shard_fingerprint,
     strip_shard_suffix,
 )
+from imagesieve.tar.read import IMAGE_EXTENSIONS
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000

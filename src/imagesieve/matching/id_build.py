@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from imagesieve.key_hash import hash_strings
 from imagesieve.matching.id_folder import check_id_column, convert_id_batch
 from imagesieve.matching.id_index import IndexWriter, sorted_unique
+from imagesieve.tar.key_hash import hash_strings
 from imagesieve.util.lifeline import die_with
 
 DEFAULT_BUDGET = 64 << 20  # bytes of memory one partition may take while it is sorted

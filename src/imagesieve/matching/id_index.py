@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.key_hash import compiled_pays, hash_strings
+from imagesieve.tar.key_hash import compiled_pays, hash_strings
 from imagesieve.util.arrow_strings import string_buffers
 
 FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3

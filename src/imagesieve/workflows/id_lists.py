@@ -8,10 +8,10 @@ import logging
 import os
 
 from imagesieve.inputs import InputUnit
-from imagesieve.shards import SCAN_BEFORE_COMPILING, iter_samples, read_table
 from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
+from imagesieve.tar.read import SCAN_BEFORE_COMPILING, iter_samples, read_table
 
 logger = logging.getLogger(__name__)
 

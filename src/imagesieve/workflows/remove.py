@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.inputs import InputUnit, input_units, other_files
-from imagesieve.shards import iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
@@ -33,6 +32,7 @@ from imagesieve.storage.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 from imagesieve.workflows.id_lists import check_curator_stems, check_ids_match, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units

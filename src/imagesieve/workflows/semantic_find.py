@@ -26,7 +26,6 @@ from imagesieve.matching.embeddings_io import (
 )
 from imagesieve.matching.keep import keep_policy
 from imagesieve.progress import phase
-from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
@@ -34,6 +33,7 @@ from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, check_model, m
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
 from imagesieve.storage.runfolder import read_json, remove_stale_temp_files, write_json_atomic
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.semantic import CENTROID_POLICIES, SemanticDeduplicationWorkflow, SemanticSummary
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import is_remote, storage_for
+from imagesieve.tar.read import ShardError, read_table
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 logger = logging.getLogger(__name__)

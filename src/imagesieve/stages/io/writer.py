@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import join, storage_for
@@ -29,6 +28,7 @@ from imagesieve.storage.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.tar.read import AtomicShardWriter, ShardTable, split_key
 from imagesieve.tasks import (
     AccountingError,
     FileGroupTask,

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.key_hash import COMPILE_FROM
 from imagesieve.storage.base import temp_name
 from imagesieve.storage.runfolder import keep_mode_of, make_folder, naming_errors
-from imagesieve.tarscan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
+from imagesieve.tar.key_hash import COMPILE_FROM
+from imagesieve.tar.scan import _KINDS, BLOCK, TarEntry, TarScanError, padded, scan
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 from imagesieve.util.arrow_strings import string_buffers
 
@@ -44,7 +44,7 @@ SCAN_BEFORE_COMPILING = COMPILE_FROM
 _members_scanned = 0  # by the Python scanner in this process
 
 if TYPE_CHECKING:
-    from imagesieve.tar_headers import Headers
+    from imagesieve.tar.headers import Headers
 
 
 class Grouping(NamedTuple):
@@ -112,7 +112,7 @@ class ShardTable:
         self.compression: str | None = None  # "gz", "bz2" or "xz": the input's, and so its output's
         grouping = None
         if compiled:
-            from imagesieve.grouping import group  # (loads numba)
+            from imagesieve.tar.grouping_kernel import group  # (loads numba)
 
             fields = group(*string_buffers(names), self.is_dir, IMAGE_EXTENSIONS)
             grouping = None if fields is None else Grouping(*fields)
@@ -135,7 +135,7 @@ class ShardTable:
     def key_hashes(self) -> np.ndarray:
         """xxh64 of each key (what removal looks up), made when first asked for."""
         if self._key_hashes is None:
-            from imagesieve.key_hash import hash_strings
+            from imagesieve.tar.key_hash import hash_strings
 
             self._key_hashes = hash_strings(self.key_array)
         return self._key_hashes
@@ -281,7 +281,7 @@ def _scanned_table(shard: str) -> ShardTable:
 
 def _parse_compiled(fd: int, size: int) -> Headers | None:
     """`tar_headers.parse_headers`, imported here: importing it loads numba."""
-    from imagesieve.tar_headers import BulkParseError, parse_headers
+    from imagesieve.tar.headers import BulkParseError, parse_headers
 
     try:
         return parse_headers(fd, size)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, types
 
-from imagesieve.tarscan import _DIRECTORY_WITH_DATA
+from imagesieve.tar.scan import _DIRECTORY_WITH_DATA
 
 BLOCK = 512
 OK, FALLBACK, FULL = 0, 1, 2

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from imagesieve.key_hash_kernel import equal_bytes, xxh64_many
+from imagesieve.tar.key_hash_kernel import equal_bytes, xxh64_many
 
 OK, REPEATED = 0, 1
 

@@ -33,6 +33,6 @@ def hash_strings(strings: pa.Array) -> np.ndarray:
     if not compiled_pays(len(strings)):
         digest = xxhash.xxh64_intdigest
         return np.fromiter((digest(s.encode("utf-8")) for s in strings.to_pylist()), np.uint64, len(strings))
-    from imagesieve.key_hash_kernel import xxh64_many
+    from imagesieve.tar.key_hash_kernel import xxh64_many
 
     return xxh64_many(*string_buffers(strings))

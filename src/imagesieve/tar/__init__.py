@@ -1,0 +1,1 @@
+"""WebDataset tar shards: their headers, their members grouped into samples, and shards written again."""
