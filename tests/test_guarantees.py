@@ -26,7 +26,8 @@ from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.writer import AccountingError
 from imagesieve.storage.runfolder import read_json, work_path, write_json_atomic
-from imagesieve.tar.read import AtomicShardWriter, iter_samples
+from imagesieve.tar.read import iter_samples
+from imagesieve.tar.write import AtomicShardWriter
 from imagesieve.tasks import ImageBatch, Removal
 from imagesieve.workflows.remove import remove_duplicates
 

@@ -27,7 +27,8 @@ from imagesieve.matching.id_folder import WrongIdFolderError
 from imagesieve.matching.id_index import IdIndex
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage.runfolder import OutputInUseError, naming_errors, run_lock
-from imagesieve.tar.read import ShardError, iter_samples
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 

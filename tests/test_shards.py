@@ -11,7 +11,8 @@ from conftest import encode, photo_tiles
 
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.tar.read import ShardError, iter_samples, split_key
+from imagesieve.tar.names import ShardError, split_key
+from imagesieve.tar.read import iter_samples
 
 pytestmark = pytest.mark.usefixtures("both_tar_parsers")
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagesieve.tar.headers import parse_headers
-from imagesieve.tar.read import ShardError, _table_from_entries, _table_from_headers, read_table
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.read import _table_from_entries, _table_from_headers, read_table
 from imagesieve.tar.scan import scan
 
 NAME_PART = st.text(alphabet=st.sampled_from("abcXYZ019_-é日"), min_size=1, max_size=12)

@@ -25,7 +25,7 @@ from imagesieve.storage.runfolder import (
     shard_fingerprint,
     strip_shard_suffix,
 )
-from imagesieve.tar.read import IMAGE_EXTENSIONS
+from imagesieve.tar.names import IMAGE_EXTENSIONS
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000

@@ -19,7 +19,8 @@ from imagesieve.images.decode import ImageDecodeError, load, open_image
 from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.storage import is_remote, storage_for
 from imagesieve.storage.runfolder import narrow_mode, write_bytes_atomic
-from imagesieve.tar.read import ShardError, image_extension, samples_with_keys
+from imagesieve.tar.names import ShardError, image_extension
+from imagesieve.tar.read import samples_with_keys
 
 CAPTION_CHARS = 300
 

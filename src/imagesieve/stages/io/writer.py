@@ -28,7 +28,9 @@ from imagesieve.storage.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.tar.read import AtomicShardWriter, ShardTable, split_key
+from imagesieve.tar.names import split_key
+from imagesieve.tar.table import ShardTable
+from imagesieve.tar.write import AtomicShardWriter
 from imagesieve.tasks import (
     AccountingError,
     FileGroupTask,
