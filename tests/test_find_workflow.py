@@ -16,7 +16,7 @@ from PIL import Image
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.images.decode import ImageDecodeError
-from imagesieve.inputs import split_tail
+from imagesieve.pipeline.inputs import split_tail
 from imagesieve.sample_data import make_sample_dataset
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.workflows import common

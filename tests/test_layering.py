@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("matching", ("matching",), "the finders' algorithms on arrays and files: no stage, no executor"),
     ("stages", ("stages",), "units of work on tasks, each usable alone, whatever runs them"),
     ("executors", ("executors",), "decide where stages run, knowing them only through the stage interface"),
-    ("pipeline", ("pipeline", "inputs"), "a checked list of stages, and the units of input it runs on"),
+    ("pipeline", ("pipeline",), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
     ("workflows", ("workflows", "evaluate", "sample_data"), "whole commands: pipelines, finders and reports"),
     ("cli", ("cli", ""),

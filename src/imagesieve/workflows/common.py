@@ -8,8 +8,8 @@ from typing import TypeVar
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.pipeline import Pipeline
+from imagesieve.pipeline.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import check_input_first, input_units
+from imagesieve.pipeline.inputs import check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage

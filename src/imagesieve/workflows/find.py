@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.matching.groups import group_exact
 from imagesieve.matching.hashes import EXACT, PERCEPTUAL
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import popcount64
 from imagesieve.matching.stream_groups import Confirm, near_keepers, nearest_in
+from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from imagesieve.inputs import InputUnit
+from imagesieve.pipeline.inputs import InputUnit
 from imagesieve.stages.deduplication.curator_ids import examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for

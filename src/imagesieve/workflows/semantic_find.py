@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, input_units
 from imagesieve.matching.embeddings_io import (
     EmbeddingsError,
     NpyPart,
@@ -25,6 +24,7 @@ from imagesieve.matching.embeddings_io import (
     parquet_columns,
 )
 from imagesieve.matching.keep import keep_policy
+from imagesieve.pipeline.inputs import InputUnit, input_units
 from imagesieve.progress import phase
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
