@@ -158,9 +158,9 @@ def embed(args: argparse.Namespace) -> dict:
     """Images per second per core: one worker, one onnxruntime thread, real photo tiles at two sizes."""
     from PIL import Image
 
-    from imagesieve.sample_data import distinct_images, encode
     from imagesieve.stages.embedding import ImageEmbeddingStage
     from imagesieve.tasks import ImageBatch, ImageObject, MemberRef
+    from imagesieve.workflows.sample_data import distinct_images, encode
 
     tiles = distinct_images()
     out = {"flip": args.flip}
@@ -185,8 +185,8 @@ def quality(args: argparse.Namespace) -> dict:
     and --flip), beside pHash at its default threshold (plain and --flip)."""
     from PIL import Image
 
-    from imagesieve.evaluate import build_labelled_set, hash_set, pair_distances, score
     from imagesieve.stages.embedding.onnx_model import OnnxEmbedder
+    from imagesieve.workflows.evaluate import build_labelled_set, hash_set, pair_distances, score
     from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP
 
     labelled = build_labelled_set()

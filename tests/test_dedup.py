@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from imagesieve.sample_data import make_sample_dataset
+from imagesieve.workflows.sample_data import make_sample_dataset
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,7 @@ def test_writer_records_shard_and_model_and_rerun_rule(make_shard, tmp_path):
 def test_unreadable_image_fails_or_is_recorded(tmp_path):
     from conftest import encode, photo_tiles
 
-    from imagesieve.sample_data import write_shard
+    from imagesieve.workflows.sample_data import write_shard
 
     shard = str(tmp_path / "bad.tar")
     write_shard(shard, [{"jpg": encode(photo_tiles()[0])}, {"jpg": b"not an image"}], ["good", "broken"])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from imagesieve.images.decode import MAX_PIXELS
 from imagesieve.images.jpeg_draft import draft_grey, draft_scale, jpeg_frame
-from imagesieve.sample_data import photo_crops
+from imagesieve.workflows.sample_data import photo_crops
 
 SIDE = 32
 ORIENTED = Image.Exif()

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("executors", ("executors",), "decide where stages run, knowing them only through the stage interface"),
     ("pipeline", ("pipeline",), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
-    ("workflows", ("workflows", "evaluate", "sample_data"), "whole commands: pipelines, finders and reports"),
+    ("workflows", ("workflows",), "whole commands: pipelines, finders and reports"),
     ("cli", ("cli", ""),
      "the command line and the package's public names, over everything"),
 ]

@@ -16,11 +16,11 @@ from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import EmbeddingsError
 from imagesieve.report import write_report
-from imagesieve.sample_data import encode, write_shard
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.sample_data import encode, write_shard
 from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
 
 MIRRORED = [f"m{k:03d}" for k in range(6)]

@@ -66,7 +66,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from imagesieve.sample_data import make_sample_dataset
+    from imagesieve.workflows.sample_data import make_sample_dataset
 
     started = time.monotonic()
     counts = make_sample_dataset(args.output, shard_size=args.shard_size)
