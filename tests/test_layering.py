@@ -17,15 +17,15 @@ PACKAGE = Path(imagesieve.__file__).parent
 # Lowest first: (layer, modules or packages under `imagesieve`, why it stands there). "" is the package itself.
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("util", ("images", "storage", "util"),
-     "bytes, files, paths and processes: nothing here knows a task"),
+     "bytes, pixels, files, paths and processes: nothing here knows a task"),
     ("model", ("tasks", "stages.base", "tar", "progress"),
-     "tasks, the stage interface and the shards they come from: what every stage and executor shares"),
+     "tasks, the stage interface and the tar shards they come from: what every stage and executor shares"),
     ("matching", ("matching",), "the finders' algorithms on arrays and files: no stage, no executor"),
     ("stages", ("stages",), "units of work on tasks, each usable alone, whatever runs them"),
     ("executors", ("executors",), "decide where stages run, knowing them only through the stage interface"),
     ("pipeline", ("pipeline",), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
-    ("workflows", ("workflows",), "whole commands: pipelines, finders and reports"),
+    ("workflows", ("workflows",), "whole commands: pipelines, finders and reports; the sample data"),
     ("cli", ("cli", ""),
      "the command line and the package's public names, over everything"),
 ]
