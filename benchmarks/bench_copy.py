@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.evaluate import SPLIT_SEED, LabelledSet, photo_of, score, split, subset
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.near_search import popcount64
-from imagesieve.sample_data import COPY_EASY, COPY_HARD, TRANSFORMS, distinct_images, encode, write_shard
 from imagesieve.workflows.copy_find import CopyConfig, find_copies, is_copy
+from imagesieve.workflows.evaluate import SPLIT_SEED, LabelledSet, photo_of, score, split, subset
 from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.sample_data import COPY_EASY, COPY_HARD, TRANSFORMS, distinct_images, encode, write_shard
 
 PER_TILE = 4  # 4 or 6 keep every transform equally often in each half (the windows of names rotate)
 TARGETS = {"images/s per core": 20.0, "hard recall": 0.90, "easy recall": 0.99, "precision": 0.95}

@@ -36,7 +36,7 @@ PLANTED = 0.16
 
 
 def _photos() -> list[np.ndarray]:
-    from imagesieve.sample_data import load_photos
+    from imagesieve.workflows.sample_data import load_photos
 
     return [p for _, p in load_photos() if min(p.shape[:2]) >= 300]
 
@@ -76,7 +76,7 @@ def _copy(rng: np.random.Generator, image: Image.Image) -> bytes:
 
 def _make_shard(args: tuple) -> list[tuple[str, str]]:
     """One shard; returns (copy key, original key) of its planted copies."""
-    from imagesieve.sample_data import write_shard
+    from imagesieve.workflows.sample_data import write_shard
 
     folder, number, density, seed = args
     rng = np.random.default_rng(seed * 100_003 + number)

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.sample_data import write_shard
+from imagesieve.workflows.sample_data import write_shard
 
 SET_PROBE = r"""
 import sys, pyarrow.parquet as pq

@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.sample_data import load_photos, write_shard
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.sample_data import load_photos, write_shard
 
 
 def make_dataset(root: str, samples: int, shard_size: int, listed_fraction: float, side: int = 256

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from imagesieve.sample_data import load_photos, write_shard
+from imagesieve.workflows.sample_data import load_photos, write_shard
 
 SHARD_SIZE = 1000
 CHILD = """

@@ -160,9 +160,9 @@ def embed(args: argparse.Namespace) -> dict:
     same images in the same process, alternating, `--repeats` times each; medians."""
     from PIL import Image
 
-    from imagesieve.sample_data import distinct_images, encode
     from imagesieve.stages.embedding import ImageEmbeddingStage
     from imagesieve.tasks import ImageBatch, ImageObject, MemberRef
+    from imagesieve.workflows.sample_data import distinct_images, encode
     from imagesieve.workflows.semantic_find import INPUT_SIZE
 
     tiles = distinct_images()
@@ -293,8 +293,8 @@ def quality(args: argparse.Namespace) -> dict:
     tuning half, then the best recipe by the same rule; the held-out half's figures of that choice only
     (and whether the code's defaults are that choice), beside pHash at its default and the finder before
     issue 25 (48-pixel thumbnail at 224, eps 0.05, embeddings alone)."""
-    from imagesieve.evaluate import SPLIT_SEED, build_labelled_set, hash_set, pair_distances, split
     from imagesieve.workflows import semantic_find as defaults
+    from imagesieve.workflows.evaluate import SPLIT_SEED, build_labelled_set, hash_set, pair_distances, split
 
     seed = SPLIT_SEED if args.seed is None else args.seed
     labelled = build_labelled_set(tuple(dict.fromkeys((*EASY, *HARD))))

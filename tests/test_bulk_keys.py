@@ -16,18 +16,15 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagesieve.arrow_strings import string_buffers
-from imagesieve.key_hash import hash_strings
-from imagesieve.key_hash_kernel import xxh64_many
-from imagesieve.shards import (
-    AtomicShardWriter,
-    MappedSource,
-    ShardError,
-    ShardTable,
-    _group_members_one_by_one,
-    image_extension,
-    read_table,
-)
+from imagesieve.tar.grouping import _group_members_one_by_one
+from imagesieve.tar.key_hash import hash_strings
+from imagesieve.tar.key_hash_kernel import xxh64_many
+from imagesieve.tar.mapped import MappedSource
+from imagesieve.tar.names import ShardError, image_extension
+from imagesieve.tar.read import read_table
+from imagesieve.tar.table import ShardTable
+from imagesieve.tar.write import AtomicShardWriter
+from imagesieve.util.arrow_strings import string_buffers
 
 
 def test_xxh64_equals_the_xxhash_package_on_every_length():

@@ -17,7 +17,7 @@ from conftest import write_ids
 import imagesieve.stages.hashing.hash_writer as hash_writer
 import imagesieve.stages.io.writer as shard_writer
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.shards import ShardError
+from imagesieve.tar.names import ShardError
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from imagesieve.cli import main
-from imagesieve.sample_data import COPY_HARD, TRANSFORMS, encode, write_shard
+from imagesieve.workflows.sample_data import COPY_HARD, TRANSFORMS, encode, write_shard
 
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("faiss")

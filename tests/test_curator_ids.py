@@ -12,10 +12,10 @@ from conftest import EXT_FORMAT, encode, photo_tiles, write_ids
 
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.shards import read_table
 from imagesieve.stages.deduplication.curator_ids import jpg_numbers
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage
+from imagesieve.tar.read import read_table
 from imagesieve.workflows.id_lists import AmbiguousIdsError, UnmatchedIdsError
 from imagesieve.workflows.remove import remove_duplicates
 

@@ -27,7 +27,7 @@ from imagesieve import (
 )
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import EmbeddingsError
-from imagesieve.shards import iter_samples
+from imagesieve.tar.read import iter_samples
 
 # ---- the tutorial's three pipelines, as written there ----
 

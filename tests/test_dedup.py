@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from imagesieve.sample_data import make_sample_dataset
+from imagesieve.workflows.sample_data import make_sample_dataset
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_dedup_killed_in_the_middle_then_rerun_ends_as_an_uninterrupted_run(samp
 
 
 def test_dedup_into_a_folder_in_use_fails_at_once(sample, tmp_path):
-    from imagesieve.runfolder import run_lock
+    from imagesieve.storage.runfolder import run_lock
 
     out = tmp_path / "out"
     out.mkdir()

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from imagesieve.runfolder import shard_fingerprint
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, ModelShapeError, model_identity
 from imagesieve.stages.io import ImageReaderStage
+from imagesieve.storage.runfolder import shard_fingerprint
 
 
 def read(shard: str):
@@ -136,7 +136,7 @@ def test_writer_records_shard_and_model_and_rerun_rule(make_shard, tmp_path):
 def test_unreadable_image_fails_or_is_recorded(tmp_path):
     from conftest import encode, photo_tiles
 
-    from imagesieve.sample_data import write_shard
+    from imagesieve.workflows.sample_data import write_shard
 
     shard = str(tmp_path / "bad.tar")
     write_shard(shard, [{"jpg": encode(photo_tiles()[0])}, {"jpg": b"not an image"}], ["good", "broken"])

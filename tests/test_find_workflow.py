@@ -15,13 +15,13 @@ from PIL import Image
 
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.imageio import ImageDecodeError
-from imagesieve.inputs import split_tail
-from imagesieve.sample_data import make_sample_dataset
+from imagesieve.images.decode import ImageDecodeError
+from imagesieve.pipeline.inputs import split_tail
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.workflows import common
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.sample_data import make_sample_dataset
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_chance_phash_pairs_are_not_duplicates_but_copies_are(tmp_path):
     planted copies are listed; `--confirm off` lists the chance pairs as well."""
     import numpy as np
 
-    from imagesieve.sample_data import distinct_images
+    from imagesieve.workflows.sample_data import distinct_images
 
     tiles = [image for _, image in distinct_images(64)]
     rng = np.random.default_rng(0)

@@ -21,15 +21,16 @@ from hypothesis import strategies as st
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.id_index import IdIndex
 from imagesieve.pipeline import Pipeline
-from imagesieve.runfolder import read_json, work_path, write_json_atomic
-from imagesieve.sample_data import write_shard
-from imagesieve.shards import AtomicShardWriter, iter_samples
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.stages.io.writer import AccountingError
+from imagesieve.storage.runfolder import read_json, work_path, write_json_atomic
+from imagesieve.tar.read import iter_samples
+from imagesieve.tar.write import AtomicShardWriter
 from imagesieve.tasks import ImageBatch, Removal
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.sample_data import write_shard
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "imagesieve"
 

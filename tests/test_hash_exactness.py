@@ -12,14 +12,14 @@ import pytest
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
-from imagesieve.imageio import ImageDecodeError
+from imagesieve.images.decode import ImageDecodeError
 from imagesieve.matching import hash_kernels
 from imagesieve.matching.hashes import DRAFT_SIZE, PERCEPTUAL, hash_image, hash_images, pack_bits
 from imagesieve.matching.near_search import brute_force_pairs, near_pairs
-from imagesieve.sample_data import photo_crops
 from imagesieve.stages.hashing import hash_stage
 from imagesieve.stages.hashing.hash_stage import ImageHashStage
 from imagesieve.stages.io.reader import ImageReaderStage
+from imagesieve.workflows.sample_data import photo_crops
 
 KINDS = tuple(PERCEPTUAL)
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
-from imagesieve.imageio import ImageDecodeError
+from imagesieve.images.decode import ImageDecodeError
 from imagesieve.matching.hashes import PERCEPTUAL, hash_image, pack_bits, unpack_bits
 from imagesieve.matching.near_search import popcount64
 
@@ -87,7 +87,7 @@ def test_truncated_jpeg_is_an_error_not_a_hash():
 
 @pytest.mark.parametrize("side, limit", [(20000, None), (2000, 1_000_000)])
 def test_decompression_bomb_is_refused(side, limit):
-    from imagesieve.imageio import MAX_PIXELS, open_image
+    from imagesieve.images.decode import MAX_PIXELS, open_image
 
     buffer = io.BytesIO()
     Image.new("L", (side, side)).save(buffer, format="PNG")

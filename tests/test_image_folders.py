@@ -11,7 +11,7 @@ import pytest
 from conftest import encode, photo_tiles
 
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import input_units
+from imagesieve.pipeline.inputs import input_units
 from imagesieve.workflows.dedup import dedup
 from imagesieve.workflows.find import FindConfig
 
@@ -67,7 +67,7 @@ def test_hard_links_on_request(photos, tmp_path):
 
 
 def test_rerun_redoes_only_a_changed_chunk(photos, tmp_path):
-    from imagesieve.inputs import folder_units
+    from imagesieve.pipeline.inputs import folder_units
     from imagesieve.stages.io.partitioning import walk_files
 
     units = folder_units(str(photos), list(walk_files(str(photos))), chunk=4)

@@ -10,9 +10,9 @@ import pytest
 from conftest import photo_tiles
 from PIL import Image
 
-from imagesieve.imageio import MAX_PIXELS
-from imagesieve.jpeg_draft import draft_grey, draft_scale, jpeg_frame
-from imagesieve.sample_data import photo_crops
+from imagesieve.images.decode import MAX_PIXELS
+from imagesieve.images.jpeg_draft import draft_grey, draft_scale, jpeg_frame
+from imagesieve.workflows.sample_data import photo_crops
 
 SIDE = 32
 ORIENTED = Image.Exif()

@@ -16,18 +16,17 @@ PACKAGE = Path(imagesieve.__file__).parent
 
 # Lowest first: (layer, modules or packages under `imagesieve`, why it stands there). "" is the package itself.
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
-    ("util", ("arrow_strings", "cache_dir", "grouping", "imageio", "jpeg_draft", "key_hash", "key_hash_kernel",
-              "lifeline", "runfolder", "storage", "tar_headers", "tarscan"),
-     "bytes, files, paths and processes: nothing here knows a task"),
-    ("model", ("tasks", "stages.base", "shards", "progress"),
-     "tasks, the stage interface and the shards they come from: what every stage and executor shares"),
+    ("util", ("images", "storage", "util"),
+     "bytes, pixels, files, paths and processes: nothing here knows a task"),
+    ("model", ("tasks", "stages.base", "tar", "progress"),
+     "tasks, the stage interface and the tar shards they come from: what every stage and executor shares"),
     ("matching", ("matching",), "the finders' algorithms on arrays and files: no stage, no executor"),
     ("stages", ("stages",), "units of work on tasks, each usable alone, whatever runs them"),
     ("executors", ("executors",), "decide where stages run, knowing them only through the stage interface"),
-    ("pipeline", ("pipeline", "inputs"), "a checked list of stages, and the units of input it runs on"),
+    ("pipeline", ("pipeline",), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
-    ("workflows", ("workflows", "evaluate", "sample_data"), "whole commands: pipelines, finders and reports"),
-    ("cli", ("cli", "cli_copy", "cli_find", "cli_options", "cli_semantic", "cli_storage", ""),
+    ("workflows", ("workflows",), "whole commands: pipelines, finders and reports; the sample data"),
+    ("cli", ("cli", ""),
      "the command line and the package's public names, over everything"),
 ]
 

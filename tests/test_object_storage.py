@@ -173,7 +173,7 @@ def test_bad_storage_paths_give_clear_errors(s3, endpoint, dataset, tmp_path):
 
 def test_storage_options_from_the_command_line():
     from imagesieve.cli import build_parser
-    from imagesieve.cli_storage import storage_options
+    from imagesieve.cli.storage import storage_options
 
     args = build_parser().parse_args(["remove", "--duplicates", "d", "--storage-option", "endpoint_url=http://x:1",
                                       "--storage-option", "client_kwargs.region_name=eu", "--storage-option",

@@ -239,8 +239,8 @@ def test_copy_finder_on_ray_equals_local(cluster, tmp_path):
     from PIL import ImageOps
 
     from imagesieve.executors.ray import RayExecutor
-    from imagesieve.sample_data import distinct_images, encode, write_shard
     from imagesieve.workflows.copy_find import find_copies
+    from imagesieve.workflows.sample_data import distinct_images, encode, write_shard
 
     tiles = [image for _, image in distinct_images(160)[:8]]
     samples = [{"jpg": encode(image)} for image in tiles] + [{"jpg": encode(ImageOps.mirror(image))}

@@ -16,9 +16,9 @@ from conftest import write_ids
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline, PipelineError
-from imagesieve.shards import read_table
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+from imagesieve.tar.read import read_table
 from imagesieve.workflows.remove import remove_duplicates
 
 

@@ -25,9 +25,10 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.id_cache import INDEX_FOLDER, CacheError, build_shared_index, prune
 from imagesieve.matching.id_folder import WrongIdFolderError
 from imagesieve.matching.id_index import IdIndex
-from imagesieve.runfolder import OutputInUseError, naming_errors, run_lock
-from imagesieve.shards import ShardError, iter_samples
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.storage.runfolder import OutputInUseError, naming_errors, run_lock
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 
@@ -339,7 +340,8 @@ def test_a_second_run_into_a_busy_output_folder_fails_at_once(dataset, tmp_path)
 def test_the_lock_of_a_killed_run_does_not_block_the_next(dataset, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from imagesieve.runfolder import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from imagesieve.storage.runfolder import run_lock\n"
                                f"with run_lock({str(out)!r}, 'remove'):\n    print('held', flush=True)\n"
                                "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -16,11 +16,11 @@ from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import EmbeddingsError
 from imagesieve.report import write_report
-from imagesieve.sample_data import encode, write_shard
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
+from imagesieve.workflows.sample_data import encode, write_shard
 from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
 
 MIRRORED = [f"m{k:03d}" for k in range(6)]
@@ -185,7 +185,7 @@ def test_cli_semantic_options(photos, tmp_path, capsys):
 def test_defaults_find_recompressed_resized_and_slightly_cropped_copies(tmp_path):
     """Issue 25: the easy copies are never missed at the defaults (pHash pairs the embeddings agree
     with are duplicates too), and the groups say which rule found each."""
-    from imagesieve.sample_data import TRANSFORMS
+    from imagesieve.workflows.sample_data import TRANSFORMS
 
     images = tiles()[:12]
     originals = [encode(im) for im in images]
@@ -221,7 +221,7 @@ def test_defaults_find_recompressed_resized_and_slightly_cropped_copies(tmp_path
 def test_embeddings_of_the_recipe_before_are_recomputed(photos, tmp_path):
     """A run folder made before issue 25 (a 48-pixel thumbnail at 224) is not mixed with the new recipe
     (at INPUT_SIZE): the tables record the model's identity, and a rerun recomputes them."""
-    from imagesieve.inputs import input_units
+    from imagesieve.pipeline.inputs import input_units
     from imagesieve.stages.embedding.embedding_writer import MODEL_KEY
     from imagesieve.stages.embedding.onnx_model import model_identity
     from imagesieve.workflows.semantic_find import INPUT_SIZE, embed_shards

@@ -9,9 +9,10 @@ import tarfile
 import pytest
 from conftest import encode, photo_tiles
 
-from imagesieve.shards import ShardError, iter_samples, split_key
 from imagesieve.stages.io import ImageReaderStage
 from imagesieve.stages.io.partitioning import list_shards
+from imagesieve.tar.names import ShardError, split_key
+from imagesieve.tar.read import iter_samples
 
 pytestmark = pytest.mark.usefixtures("both_tar_parsers")
 
@@ -123,7 +124,7 @@ def test_sample_without_image_member(tmp_path):
 
 def test_zero_byte_image_member_is_read_and_fails_only_where_decoded(tmp_path):
     """Removal copies it byte for byte; a stage that decodes it says what is wrong (or skips it)."""
-    from imagesieve.imageio import ImageDecodeError
+    from imagesieve.images.decode import ImageDecodeError
 
     path = raw_tar(tmp_path / "z.tar", [("a.jpg", b""), ("a.txt", b"x")])
     [image] = read(path).data

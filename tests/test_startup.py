@@ -12,7 +12,7 @@ import numpy as np
 from conftest import encode, photo_tiles
 
 import imagesieve
-from imagesieve.sample_data import write_shard
+from imagesieve.workflows.sample_data import write_shard
 
 PROBE = """
 import json, sys

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagesieve.shards import ShardError, _table_from_entries, _table_from_headers, read_table
-from imagesieve.tar_headers import parse_headers
-from imagesieve.tarscan import scan
+from imagesieve.tar.headers import parse_headers
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.read import _table_from_entries, _table_from_headers, read_table
+from imagesieve.tar.scan import scan
 
 NAME_PART = st.text(alphabet=st.sampled_from("abcXYZ019_-é日"), min_size=1, max_size=12)
 MEMBER = st.tuples(st.lists(NAME_PART, min_size=1, max_size=3), st.sampled_from(["jpg", "txt", "json", "tar.gz"]),
@@ -171,15 +172,15 @@ def test_a_directory_entry_with_data_is_refused(tmp_path):
 
 
 def test_a_decoding_workflow_loads_the_compiled_parser_once_the_python_scanner_has_read_enough(tmp_path, monkeypatch):
-    from imagesieve import shards
+    from imagesieve.tar import read
 
     path = str(write(tmp_path, make_tar([(["a"], "jpg", 10, False), (["a"], "txt", 3, False)], tarfile.GNU_FORMAT,
                                         False)))
     compiled = []
-    monkeypatch.setattr(shards, "_members_scanned", 0)
-    monkeypatch.setattr(shards, "_parse_compiled", lambda *args: compiled.append(1) or parse_headers(*args))
+    monkeypatch.setattr(read, "_members_scanned", 0)
+    monkeypatch.setattr(read, "_parse_compiled", lambda *args: compiled.append(1) or parse_headers(*args))
     listings = [our_listing_of(read_table(path, scan_first=3)) for _ in range(3)]
-    assert compiled == [1] and shards._members_scanned == 4  # two reads by the scanner, then the compiled parser
+    assert compiled == [1] and read._members_scanned == 4  # two reads by the scanner, then the compiled parser
     assert listings[0] == listings[1] == listings[2] == tarfile_listing(Path(path).read_bytes())
     read_table(path)  # by default: the compiled parser at once
     assert compiled == [1, 1]

@@ -126,7 +126,7 @@ class ImageObject:
 def _get_image_data(self: ImageObject) -> np.ndarray | None:
     data = self.__dict__.get("_image_data")
     if data is None and self.image_ext in self.members:
-        from imagesieve.imageio import decode_rgb
+        from imagesieve.images.decode import decode_rgb
 
         data = decode_rgb(self.read_bytes(), where=f"{self.shard}: sample {self.image_id!r}")
         self.__dict__.update(_image_data=data, _lazy=True)

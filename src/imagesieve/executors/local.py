@@ -26,9 +26,9 @@ from imagesieve.executors.errors import terminate_cleanly, with_context
 from imagesieve.executors.plan import DEVICE_MEMORY_GB, StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.processes import InlinePool, ProcessPool, wait_all
 from imagesieve.executors.scheduler import Scheduler
-from imagesieve.lifeline import die_with
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.tasks import Task
+from imagesieve.util.lifeline import die_with
 
 
 def mp_context():

@@ -31,10 +31,10 @@ from multiprocessing.connection import Connection, wait
 from imagesieve.executors.errors import CONTEXT_ATTR, WorkerDied, shard_of
 from imagesieve.executors.plan import StageGroup
 from imagesieve.executors.runner import GroupRunner
-from imagesieve.lifeline import die_with
 from imagesieve.stages.base import WorkerMetadata
 from imagesieve.storage.shard_copy import release_local_copies
 from imagesieve.tasks import Task
+from imagesieve.util.lifeline import die_with
 
 IN_FLIGHT_PER_WORKER = 2
 SHUTDOWN_GRACE_SECONDS = 30.0

@@ -22,10 +22,10 @@ from imagesieve.executors.errors import WorkerDied, shard_of, terminate_cleanly,
 from imagesieve.executors.plan import DEVICE_MEMORY_GB, StageGroup, fuse, with_cluster_resources
 from imagesieve.executors.runner import GroupRunner
 from imagesieve.executors.scheduler import Scheduler
-from imagesieve.lifeline import reap_ray_sessions
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage.shard_copy import release_local_copies
 from imagesieve.tasks import Task
+from imagesieve.util.lifeline import reap_ray_sessions
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from imagesieve.imageio import load, open_image
+from imagesieve.images.decode import load, open_image
 
 DEFAULT_MAX_SIDE = 256  # images are decoded no larger than this (a side): the cost per image is bounded
 DEFAULT_FEATURES = 200  # keypoints kept per image, strongest first (400: same held-out recall, 1.6x the cost)

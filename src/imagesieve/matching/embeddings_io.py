@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.runfolder import parquet_files
+from imagesieve.storage.runfolder import parquet_files
 
 READ_BATCH = 1 << 15
 

@@ -21,8 +21,8 @@ import numpy as np
 import xxhash
 from PIL import Image, ImageOps
 
-from imagesieve.imageio import MAX_PIXELS, ImageDecodeError, load, open_image
-from imagesieve.jpeg_draft import draft_grey
+from imagesieve.images.decode import MAX_PIXELS, ImageDecodeError, load, open_image
+from imagesieve.images.jpeg_draft import draft_grey
 from imagesieve.matching.hash_kernels import ahash_codes, dhash_codes, dhash_vertical_codes, phash_codes
 
 PERCEPTUAL = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,

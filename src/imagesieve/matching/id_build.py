@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from imagesieve.key_hash import hash_strings
-from imagesieve.lifeline import die_with
 from imagesieve.matching.id_folder import check_id_column, convert_id_batch
 from imagesieve.matching.id_index import IndexWriter, sorted_unique
+from imagesieve.tar.key_hash import hash_strings
+from imagesieve.util.lifeline import die_with
 
 DEFAULT_BUDGET = 64 << 20  # bytes of memory one partition may take while it is sorted
 BATCH_ROWS = 1 << 17

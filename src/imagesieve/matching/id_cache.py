@@ -21,10 +21,10 @@ import tempfile
 
 import xxhash
 
-from imagesieve.cache_dir import default_cache_dir
 from imagesieve.matching.id_build import DEFAULT_BUDGET, build_index_isolated
 from imagesieve.matching.id_folder import check_id_column, check_id_folder, content_digest, list_parquet_files
 from imagesieve.matching.id_index import FORMAT, IdIndex
+from imagesieve.util.cache_dir import default_cache_dir
 
 MAX_ENTRIES = 8
 _ENTRY = re.compile(r"^[0-9a-f]{32}$")

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from imagesieve.runfolder import WORK_DIR, parquet_files
+from imagesieve.storage.runfolder import WORK_DIR, parquet_files
 
 # Columns that mark a table as something other than a list of IDs to remove.
 _GROUPS_COLUMNS = {"group_id", "kept_id"}

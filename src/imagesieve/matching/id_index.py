@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.arrow_strings import string_buffers
-from imagesieve.key_hash import compiled_pays, hash_strings
+from imagesieve.tar.key_hash import compiled_pays, hash_strings
+from imagesieve.util.arrow_strings import string_buffers
 
 FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")

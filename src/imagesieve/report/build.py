@@ -26,8 +26,8 @@ from imagesieve.report.pages import GROUPS_PER_PAGE, PAGES_PER_FILE, TEXT, js_js
 from imagesieve.report.prune import prune_report
 from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
 from imagesieve.report.thumbs import add_thumbnails
-from imagesieve.runfolder import write_text_atomic
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.runfolder import write_text_atomic
 from imagesieve.storage.spool import spool_folder
 
 __all__ = ["GROUPS_PER_PAGE", "js_json", "write_report"]

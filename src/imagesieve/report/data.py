@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesieve.runfolder import parquet_files, read_json
+from imagesieve.storage.runfolder import parquet_files, read_json
 
 GROUP_COLUMNS = ["group_id", "id", "method", "distance", "inliers", "coverage"]
 INFO_COLUMNS = {"shard": pa.string(), "width": pa.int64(), "height": pa.int64(), "file_size": pa.int64()}

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from imagesieve.report.data import ReportData
 from imagesieve.report.search import id_buckets
-from imagesieve.runfolder import write_text_atomic
+from imagesieve.storage.runfolder import write_text_atomic
 
 GROUPS_PER_PAGE = 60
 PAGES_PER_FILE = 10  # a file holds 600 groups: a million images make hundreds of files, not tens of thousands

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from imagesieve.arrow_strings import string_buffers
+from imagesieve.util.arrow_strings import string_buffers
 
 IDS_PER_FILE = 4000
 FNV_OFFSET, FNV_PRIME = np.uint32(2166136261), np.uint32(16777619)

@@ -15,11 +15,12 @@ from collections import defaultdict
 import xxhash
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.imageio import ImageDecodeError, load, open_image
-from imagesieve.runfolder import narrow_mode, write_bytes_atomic
-from imagesieve.shards import ShardError, image_extension, samples_with_keys
+from imagesieve.images.decode import ImageDecodeError, load, open_image
 from imagesieve.stages.io.partitioning import list_shards
 from imagesieve.storage import is_remote, storage_for
+from imagesieve.storage.runfolder import narrow_mode, write_bytes_atomic
+from imagesieve.tar.names import ShardError, image_extension
+from imagesieve.tar.read import samples_with_keys
 
 CAPTION_CHARS = 300
 

@@ -6,7 +6,7 @@ operations: list, fingerprint, read, atomic publish, stale temp cleanup, a run l
 file to read (`local_copy`) or write (`writable`). Tar scanning and copying always work on local
 files (mmap, pread): a remote shard is streamed once into a private spool file first, and an
 output is written to a local spool file and published when complete, so the local fast path is
-the only one.
+the only one. `runfolder` lays out a run's output folder over this interface.
 """
 
 from __future__ import annotations

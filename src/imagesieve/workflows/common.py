@@ -8,15 +8,15 @@ from typing import TypeVar
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.pipeline import Pipeline
+from imagesieve.pipeline.inputs import InputUnit, check_input_first, split_tail
 from imagesieve.progress import ShardProgress
-from imagesieve.runfolder import removed_if_refused, run_lock
-from imagesieve.shards import SCAN_BEFORE_COMPILING
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
 from imagesieve.storage import absolute, is_remote
+from imagesieve.storage.runfolder import removed_if_refused, run_lock
+from imagesieve.tar.read import SCAN_BEFORE_COMPILING
 from imagesieve.tasks import Task
 
 T = TypeVar("T")

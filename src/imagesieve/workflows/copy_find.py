@@ -37,7 +37,6 @@ import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_outside
 from imagesieve.matching.copy_jobs import ROW_GROUP, verification_jobs, verify_job
 from imagesieve.matching.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE
 from imagesieve.matching.embeddings_io import load_embeddings
@@ -45,16 +44,17 @@ from imagesieve.matching.groups import group_exact
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import near_pairs, popcount64
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
+from imagesieve.pipeline.inputs import InputUnit, check_input_outside
 from imagesieve.progress import phase
-from imagesieve.runfolder import (
+from imagesieve.stages.copy import ImageKeypointStage
+from imagesieve.stages.hashing import HashWriterStage
+from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.storage.runfolder import (
     WORK_DIR,
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.stages.copy import ImageKeypointStage
-from imagesieve.stages.hashing import HashWriterStage
-from imagesieve.stages.hashing.hash_writer import hash_table_path
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,

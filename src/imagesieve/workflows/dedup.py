@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import check_input_first, input_units
+from imagesieve.pipeline.inputs import check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
-from imagesieve.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units

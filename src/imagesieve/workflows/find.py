@@ -20,21 +20,21 @@ import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.matching.groups import group_exact
 from imagesieve.matching.hashes import EXACT, PERCEPTUAL
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import popcount64
 from imagesieve.matching.stream_groups import Confirm, near_keepers, nearest_in
+from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_units
 from imagesieve.progress import phase
-from imagesieve.runfolder import (
+from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
+from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
+from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
+from imagesieve.storage.runfolder import (
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
-from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import is_remote, join, read_schema, read_table, storage_for
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 
 METHODS = ("exact", "phash", "dhash", "ahash", "whash")

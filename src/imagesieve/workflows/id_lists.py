@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import os
 
-from imagesieve.inputs import InputUnit
-from imagesieve.shards import SCAN_BEFORE_COMPILING, iter_samples, read_table
+from imagesieve.pipeline.inputs import InputUnit
 from imagesieve.stages.deduplication.curator_ids import CURATOR_ID, examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
+from imagesieve.tar.read import SCAN_BEFORE_COMPILING, iter_samples, read_table
 
 logger = logging.getLogger(__name__)
 

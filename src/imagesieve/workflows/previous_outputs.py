@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from imagesieve.runfolder import WORK_DIR, read_json, work_path
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.runfolder import WORK_DIR, read_json, work_path
 
 
 def recorded_units(output_dir: str, storage_options: dict | None = None) -> list[str]:

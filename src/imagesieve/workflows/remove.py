@@ -13,8 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.inputs import InputUnit, input_units, other_files
-from imagesieve.runfolder import (
+from imagesieve.pipeline.inputs import InputUnit, input_units, other_files
+from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.stages.io import ImageWriterStage
+from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
+from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
+from imagesieve.storage import is_remote, join, read_table, storage_for
+from imagesieve.storage.runfolder import (
     WORK_DIR,
     done_marker,
     is_done,
@@ -27,12 +32,7 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import iter_samples
-from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.stages.io import ImageWriterStage
-from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
-from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.storage import is_remote, join, read_table, storage_for
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
 from imagesieve.workflows.id_lists import check_curator_stems, check_ids_match, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units

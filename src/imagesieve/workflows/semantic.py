@@ -34,8 +34,8 @@ from imagesieve.matching.embeddings_io import LoadedEmbeddings, default_id_field
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.progress import phase
-from imagesieve.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 from imagesieve.storage import is_remote
+from imagesieve.storage.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
 from imagesieve.tasks import FileGroupTask
 from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
 

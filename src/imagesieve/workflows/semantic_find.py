@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.inputs import InputUnit, input_units
 from imagesieve.matching.embeddings_io import (
     EmbeddingsError,
     NpyPart,
@@ -30,15 +29,16 @@ from imagesieve.matching.embeddings_io import (
     parquet_columns,
 )
 from imagesieve.matching.keep import keep_policy
+from imagesieve.pipeline.inputs import InputUnit, input_units
 from imagesieve.progress import phase
-from imagesieve.runfolder import read_json, remove_stale_temp_files, write_json_atomic
-from imagesieve.shards import iter_samples
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
+from imagesieve.storage.runfolder import read_json, remove_stale_temp_files, write_json_atomic
+from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,

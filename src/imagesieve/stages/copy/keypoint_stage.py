@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesieve.imageio import ImageDecodeError
+from imagesieve.images.decode import ImageDecodeError
 from imagesieve.matching.copy_match import DEFAULT_FEATURES, DEFAULT_MAX_SIDE, KeypointExtractor
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.sample_fields import check_on_error

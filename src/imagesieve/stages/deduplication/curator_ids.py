@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.matching.id_index import IdIndex
-from imagesieve.shards import ShardTable, read_table
 from imagesieve.storage import is_remote, storage_for
+from imagesieve.tar.read import read_table
+from imagesieve.tar.table import ShardTable
 
 CURATOR_ID = re.compile(r"^(.+)_(\d{6,})$")
 _PREFIX_PATTERN = r"^(?P<prefix>.+)_\d{6,}$"

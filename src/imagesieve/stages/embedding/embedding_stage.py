@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from imagesieve.imageio import ImageDecodeError, load, open_image
+from imagesieve.images.decode import ImageDecodeError, load, open_image
 from imagesieve.stages.base import NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from imagesieve.stages.embedding.clip_model import ClipEmbedder
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, MAX_INPUT_SIDE, OnnxEmbedder, check_model

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
-from imagesieve.shards import check_source_unchanged
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.storage.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
+from imagesieve.tar.table import check_source_unchanged
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 FINGERPRINT_KEY = b"imagesieve.shard_fingerprint"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagesieve.imageio import ImageDecodeError, load_plugins
+from imagesieve.images.decode import ImageDecodeError, load_plugins
 from imagesieve.matching.hashes import ALL_KINDS, PERCEPTUAL, hash_images
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.stages.sample_fields import check_on_error, image_bytes, json_values

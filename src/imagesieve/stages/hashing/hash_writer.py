@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from imagesieve.matching.hashes import PERCEPTUAL
-from imagesieve.runfolder import batch_relative_path, mirror_folders, shard_fingerprint, write_parquet_atomic
-from imagesieve.shards import ShardError, check_source_unchanged
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.storage import join
+from imagesieve.storage.runfolder import batch_relative_path, mirror_folders, shard_fingerprint, write_parquet_atomic
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.table import check_source_unchanged
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 PROVENANCE_KEY = b"imagesieve.provenance"

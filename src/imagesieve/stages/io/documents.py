@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from imagesieve.runfolder import write_atomic
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import join
+from imagesieve.storage.runfolder import write_atomic
 from imagesieve.tasks import DocumentBatch, FileGroupTask, ImageBatch
 
 

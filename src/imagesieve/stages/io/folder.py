@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from imagesieve.runfolder import (
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
+from imagesieve.storage.base import temp_name
+from imagesieve.storage.runfolder import (
     done_marker,
     keep_mode_of,
     make_folder,
@@ -24,9 +27,6 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.stages.base import ProcessingStage
-from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
-from imagesieve.storage.base import temp_name
 from imagesieve.tasks import FileGroupTask, ImageBatch, ImageObject, MemberRef
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from braceexpand import braceexpand
 
-from imagesieve.runfolder import SHARD_SUFFIXES, WORK_DIR
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import absolute, is_remote, local_path, storage_for
 from imagesieve.storage.base import is_temp_name
+from imagesieve.storage.runfolder import SHARD_SUFFIXES, WORK_DIR
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)

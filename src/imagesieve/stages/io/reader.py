@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imagesieve.shards import ShardError, read_table
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import is_remote
 from imagesieve.storage.shard_copy import ShardCopy
+from imagesieve.tar.names import ShardError
+from imagesieve.tar.read import read_table
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     num_threads: int = 8
     num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
-    scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`shards.read_table`)
+    scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`tar.read.read_table`)
     storage_options: dict | None = field(default=None, repr=False)
 
     def inputs(self) -> tuple[list[str], list[str]]:

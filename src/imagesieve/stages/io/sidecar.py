@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from imagesieve.runfolder import read_json, strip_shard_suffix, write_json_atomic, write_parquet_atomic
 from imagesieve.storage import join, read_table, storage_for
+from imagesieve.storage.runfolder import read_json, strip_shard_suffix, write_json_atomic, write_parquet_atomic
 
 
 def sidecar_path(shard: str) -> str:

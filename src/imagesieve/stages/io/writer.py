@@ -16,7 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.runfolder import (
+from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
+from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
     done_marker,
@@ -28,10 +31,9 @@ from imagesieve.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from imagesieve.shards import AtomicShardWriter, ShardTable, split_key
-from imagesieve.stages.base import ProcessingStage
-from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.tar.names import split_key
+from imagesieve.tar.table import ShardTable
+from imagesieve.tar.write import AtomicShardWriter
 from imagesieve.tasks import (
     AccountingError,
     FileGroupTask,

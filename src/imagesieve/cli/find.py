@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from imagesieve.cli_copy import add_copy_args, cmd_find_copy, copy_config
-from imagesieve.cli_options import ALONE, check_method_options, option, print_find_summary, print_summary
-from imagesieve.cli_semantic import add_semantic_args, cmd_find_semantic, semantic_config
-from imagesieve.cli_storage import add_storage_args, storage_options
+from imagesieve.cli.copy import add_copy_args, cmd_find_copy, copy_config
+from imagesieve.cli.options import ALONE, check_method_options, option, print_find_summary, print_summary
+from imagesieve.cli.semantic import add_semantic_args, cmd_find_semantic, semantic_config
+from imagesieve.cli.storage import add_storage_args, storage_options
 from imagesieve.workflows.find import DEFAULT_CONFIRM, DEFAULT_THRESHOLDS, MAX_CONFIRM, METHODS, FindConfig
 
 FIND_EXAMPLE = """example:

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from imagesieve.arrow_strings import string_buffers
+from imagesieve.util.arrow_strings import string_buffers
 
-COMPILE_FROM = 80_000  # strings or tar members (`shards.SCAN_BEFORE_COMPILING`): what loading numba costs
+COMPILE_FROM = 80_000  # strings or tar members (`read.SCAN_BEFORE_COMPILING`): what loading numba costs
 
 
 def compiled_pays(items: int) -> bool:
@@ -33,6 +33,6 @@ def hash_strings(strings: pa.Array) -> np.ndarray:
     if not compiled_pays(len(strings)):
         digest = xxhash.xxh64_intdigest
         return np.fromiter((digest(s.encode("utf-8")) for s in strings.to_pylist()), np.uint64, len(strings))
-    from imagesieve.key_hash_kernel import xxh64_many
+    from imagesieve.tar.key_hash_kernel import xxh64_many
 
     return xxh64_many(*string_buffers(strings))

@@ -1,4 +1,4 @@
-"""The `imagesieve` command line. The only module that reads the environment.
+"""The `imagesieve` command line (`main`). The only package that reads the environment.
 
 Exit codes: 0 done, 1 an error (one line saying why), 2 bad usage.
 """
@@ -14,8 +14,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from imagesieve.cache_dir import default_cache_dir
-from imagesieve.cli_storage import add_storage_args, storage_options
+from imagesieve.cli.storage import add_storage_args, storage_options
+from imagesieve.util.cache_dir import default_cache_dir
 
 if TYPE_CHECKING:  # the command line imports the heavy modules only once it runs, under its Ctrl-C handler
     from imagesieve.executors.base import BaseExecutor
@@ -58,7 +58,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
                                 allow_unmatched_ids=args.allow_unmatched_ids)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
-    from imagesieve.cli_options import print_summary
+    from imagesieve.cli.options import print_summary
 
     print_summary(args, summary, [f"output           {args.output} (removed list: "
                                   f"{os.path.join(args.output, 'removed.parquet')})"])
@@ -66,7 +66,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from imagesieve.sample_data import make_sample_dataset
+    from imagesieve.workflows.sample_data import make_sample_dataset
 
     started = time.monotonic()
     counts = make_sample_dataset(args.output, shard_size=args.shard_size)
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("output", help="folder (or s3:// / gs:// prefix) for the output shards (created)")
     remove.set_defaults(func=cmd_remove)
 
-    from imagesieve.cli_find import add_find_command
+    from imagesieve.cli.find import add_find_command
 
     add_find_command(sub, add_executor_args, make_executor, default_cache_dir())
 
@@ -243,6 +243,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagesieve: error: {message}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,18 +14,18 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.runfolder import (
+from imagesieve.stages.io.partitioning import list_shards, walk_files
+from imagesieve.stages.io.sidecar import sidecar_path, stats_path
+from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
+from imagesieve.storage.base import is_temp_name
+from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
     WORK_DIR,
     read_json,
     shard_fingerprint,
     strip_shard_suffix,
 )
-from imagesieve.shards import IMAGE_EXTENSIONS
-from imagesieve.stages.io.partitioning import list_shards, walk_files
-from imagesieve.stages.io.sidecar import sidecar_path, stats_path
-from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
-from imagesieve.storage.base import is_temp_name
+from imagesieve.tar.names import IMAGE_EXTENSIONS
 from imagesieve.tasks import FileGroupTask
 
 FOLDER_CHUNK = 1000

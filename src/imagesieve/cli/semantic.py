@@ -1,4 +1,4 @@
-"""The options of `find --method semantic`, kept beside `cli_find` so that the two change apart."""
+"""The options of `find --method semantic`, kept beside `cli/find.py` so that the two change apart."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def add_semantic_args(find: argparse.ArgumentParser) -> None:
 
 
 def semantic_config(args: argparse.Namespace) -> SemanticConfig:
-    from imagesieve.cli_options import option
+    from imagesieve.cli.options import option
 
     json_fields = tuple([args.keep.split(":", 1)[1]] if args.keep.startswith("column:") else [])
     return SemanticConfig(eps=option(args, "eps"), n_clusters=option(args, "clusters"), keep=args.keep,
@@ -45,7 +45,7 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
 
 
 def cmd_find_semantic(args: argparse.Namespace, make_executor: Callable) -> int:
-    from imagesieve.cli_options import print_find_summary
+    from imagesieve.cli.options import print_find_summary
     from imagesieve.workflows.semantic_find import find_semantic
 
     summary = find_semantic(args.input, args.output, semantic_config(args), executor=make_executor(args),

@@ -9,7 +9,7 @@ header). A page holds the small members after an image (`.txt`, `.json` of a few
 each) and the next sample's header, so a sample usually costs one call; a larger window costs
 more than it saves, as copying it is most of the cost (8 KB: 2.35 µs a sample, 4 KB: 1.73). Extended headers
 (PAX `x`/`g`, GNU long names `L`/`K`) and numbers in odd encodings are rare: when the loop meets
-one it stops, and the caller falls back to the Python scanner (`tarscan.scan`), which handles them.
+one it stops, and the caller falls back to the Python scanner (`scan.scan`), which handles them.
 Every kind of damage is reported with its byte offset, as the Python scanner does; a property test
 holds both against Python's `tarfile`.
 """
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, types
 
-from imagesieve.tarscan import _DIRECTORY_WITH_DATA
+from imagesieve.tar.scan import _DIRECTORY_WITH_DATA
 
 BLOCK = 512
 OK, FALLBACK, FULL = 0, 1, 2
@@ -172,7 +172,7 @@ _MESSAGES = {
 
 def parse_headers(fd: int, size: int) -> Headers | None:
     """Every entry of the tar open as `fd` (`size` bytes), or None when it holds extended headers or
-    odd number encodings (parse it with `tarscan.scan` then). Raises `BulkParseError` on damage."""
+    odd number encodings (parse it with `scan.scan` then). Raises `BulkParseError` on damage."""
     if size == 0:
         raise BulkParseError(NOT_A_TAR, 0)
     parts: list[tuple[np.ndarray, ...]] = []

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from imagesieve.runfolder import write_atomic, write_parquet_atomic
+from imagesieve.storage.runfolder import write_atomic, write_parquet_atomic
 
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
                   "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "clock", "cell")

@@ -1,4 +1,5 @@
-"""Pipeline: an ordered list of stages, checked for compatibility before anything runs."""
+"""Pipeline: an ordered list of stages, checked for compatibility before anything runs (`Pipeline`), and
+the units of input a run gives it (`inputs`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What the `find` and `dedup` commands and their method modules share: which options belong to which
-method, and how a summary is printed. Kept apart so that `cli_find`, `cli_semantic` and `cli_copy`
+method, and how a summary is printed. Kept apart so that `find`, `semantic` and `copy`
 import it, not each other."""
 
 from __future__ import annotations

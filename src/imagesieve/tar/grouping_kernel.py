@@ -6,7 +6,7 @@ dot (`README`, macOS's `._0001.jpg`) and directory entries belong to no sample. 
 Python this cost more than copying the shard, so this pass also gives each sample's key bytes (an
 Arrow string array, no Python string per key), its first image member, and flags the names that
 `check_member_name` must look at. Anything irregular (a key or a member seen twice) is left to the
-exact one-by-one path in `shards.py`, which says what is wrong.
+exact one-by-one path in `grouping.py`, which says what is wrong.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from imagesieve.key_hash_kernel import equal_bytes, xxh64_many
+from imagesieve.tar.key_hash_kernel import equal_bytes, xxh64_many
 
 OK, REPEATED = 0, 1
 
@@ -118,7 +118,7 @@ def _group(buf, offsets, is_dir, patterns, lengths):
 def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extensions: tuple[str, ...]
           ) -> tuple[np.ndarray, pa.LargeStringArray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Samples of the members named buf[offsets[j]:offsets[j + 1]] (UTF-8, already validated), as
-    `shards.Grouping`'s fields in order (shards wraps them, so this kernel needs nothing of it); None
+    `grouping.Grouping`'s fields in order (`table` wraps them, so this kernel needs nothing of it); None
     when a key or a member repeats (the one-by-one path then names it)."""
     patterns, lengths = _pattern_table(image_extensions)
     sample_of, key_bytes, key_offsets, suspicious, image_member, status = _group(

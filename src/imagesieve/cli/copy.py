@@ -1,4 +1,4 @@
-"""The options of `find --method copy`, kept beside `cli_find` so that the two change apart."""
+"""The options of `find --method copy`, kept beside `cli/find.py` so that the two change apart."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def add_copy_args(find: argparse.ArgumentParser) -> None:
 
 
 def copy_config(args: argparse.Namespace) -> CopyConfig:
-    from imagesieve.cli_options import option
+    from imagesieve.cli.options import option
 
     tuning = {name: getattr(args, name, getattr(DEFAULTS, name)) for name in (
         "neighbours", "min_similarity", "hash_threshold", "min_inliers", "min_coverage", "min_agreement", "hash_accept",
@@ -47,7 +47,7 @@ def copy_config(args: argparse.Namespace) -> CopyConfig:
 
 
 def cmd_find_copy(args: argparse.Namespace, make_executor: Callable) -> int:
-    from imagesieve.cli_options import print_find_summary
+    from imagesieve.cli.options import print_find_summary
     from imagesieve.workflows.copy_find import find_copies
 
     summary = find_copies(args.input, args.output, copy_config(args), executor=make_executor(args),

@@ -14,7 +14,7 @@ import numpy as np
 
 from imagesieve.matching.hashes import PERCEPTUAL, hash_image
 from imagesieve.matching.near_search import popcount64
-from imagesieve.sample_data import HASH_TRANSFORMS, TRANSFORMS, distinct_images, encode
+from imagesieve.workflows.sample_data import HASH_TRANSFORMS, TRANSFORMS, distinct_images, encode
 
 
 @dataclass
