@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +23,7 @@ from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.report import write_report
 from imagesieve.report.build import GROUPS_PER_PAGE
+from imagesieve.report.sample import PER_GROUP, thumbnail_rows
 from imagesieve.report.search import fnv1a
 from imagesieve.report.thumbs import make_thumbnail
 from imagesieve.workflows.dedup import dedup
@@ -328,3 +330,15 @@ def test_a_run_without_summary_says_so(tmp_path):
     os.remove(os.path.join(run, "summary.json"))
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         write_report(run, executor=ONE)
+
+
+def test_one_huge_group_does_not_take_every_thumbnail():
+    """Dense data makes a group of 100,000 near-copies: it shows its first PER_GROUP members, and the
+    rest of the bound still goes to the other groups (first pages, then a sample)."""
+    sizes = np.array([100_000] + [2] * 500)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rows = thumbnail_rows(starts, first_page=np.arange(len(sizes)) // GROUPS_PER_PAGE, limit=300)
+    group = np.searchsorted(starts, rows, side="right") - 1
+    assert len(rows) == 300 and np.array_equal(rows, np.unique(rows))
+    assert np.array_equal(rows[group == 0], np.arange(PER_GROUP))  # the kept image and the next ones
+    assert len(np.unique(group)) == 1 + (300 - PER_GROUP) // 2  # every other chosen group shown whole

@@ -12,13 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 MAX_THUMBNAILS = 3000  # images per report; README.md ("The report") states it
+# members of one group with a thumbnail (its kept image first): a group of 100,000 near-copies would
+# otherwise take the whole bound, leaving every other group without a picture
+PER_GROUP = 24
 
 
-def thumbnail_rows(starts: np.ndarray, first_page: np.ndarray, limit: int = MAX_THUMBNAILS) -> np.ndarray:
-    """Member rows (sorted) to make thumbnails of: whole groups in the order above until `limit` rows
-    (the last group chosen may be cut). `starts` bounds each group's rows; `first_page[k]` is the
-    earliest page on which a filter shows group k."""
-    sizes = np.diff(starts)
+def thumbnail_rows(starts: np.ndarray, first_page: np.ndarray, limit: int = MAX_THUMBNAILS,
+                   per_group: int = PER_GROUP) -> np.ndarray:
+    """Member rows (sorted) to make thumbnails of: the first `per_group` members of each group, groups in
+    the order above, until `limit` rows (the last group chosen may be cut). `starts` bounds each group's
+    rows; `first_page[k]` is the earliest page on which a filter shows group k."""
+    sizes = np.minimum(np.diff(starts), per_group)
     if limit <= 0 or not len(sizes):
         return np.zeros(0, np.int64)
     front = np.lexsort((np.arange(len(sizes)), first_page))
