@@ -205,7 +205,9 @@ def test_no_eval_exec_or_pickle_of_input_data():
                      isinstance(node.func.value, ast.Name) and
                      node.func.value.id in ("pickle", "cloudpickle", "dill")):
                 found.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
-    assert found == []
+    # the one exception: a spawned GPU worker unpickles the stages its own driver pickled for it (what
+    # multiprocessing does for every worker); never bytes read from the input
+    assert [f.rsplit(":", 1)[0] for f in found] == ["executors/processes.py"] and found[0].endswith(" loads")
 
 
 def test_writer_never_leaves_a_partial_file_under_the_final_name(tmp_path):

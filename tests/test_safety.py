@@ -322,6 +322,28 @@ def test_remove_rerun_after_a_shard_changed_redoes_it(dataset, tmp_path):
     assert keys_of(out) == {f"{i:08d}" for i in range(6)} | {"copy-0", "copy-2", "copy-3"}
 
 
+def test_a_shard_replaced_by_one_of_the_same_size_and_time_is_redone(dataset, tmp_path):
+    """`cp -p` or a restored backup: another file, same size and mtime; the inode tells them apart."""
+    write_ids(tmp_path / "ids", ["copy-1"])
+    out = tmp_path / "out"
+    remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    shard = dataset / "00001.tar"
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember("copy-0.txt").offset_data
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0x20  # one byte of a caption, same length
+    replacement = tmp_path / "replacement.tar"
+    replacement.write_bytes(bytes(data))
+    st = shard.stat()
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, shard)
+    assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    summary = remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    assert summary.shards_skipped == 1  # 00000.tar only
+    with tarfile.open(out / "00001.tar") as tar:
+        assert tar.extractfile("copy-0.txt").read() == bytes(data[offset:offset + tar.getmember("copy-0.txt").size])
+
+
 # 5. two runs into one output folder
 
 

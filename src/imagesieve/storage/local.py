@@ -12,6 +12,14 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def file_fingerprint(st: os.stat_result) -> str:
+    """One version of a local file, as runs record it: size and modification time (ns), as make and rsync
+    compare files, and the inode, so that a file replaced by another of the same size and time (a copy
+    made with `cp -p`, a restored backup) is another version. Not the ctime: hard links made by
+    `--link` change it without changing the content."""
+    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
+
+
 class LocalStorage:
     """Local paths (and `file://` URLs). Atomic writes, locks and temp cleanup are `runfolder`'s."""
 
@@ -30,9 +38,7 @@ class LocalStorage:
         return os.path.getsize(local_path(path))
 
     def fingerprint(self, path: str) -> str:
-        """Size and modification time (ns), as make and rsync compare files."""
-        st = os.stat(local_path(path))
-        return f"{st.st_size}-{st.st_mtime_ns}"
+        return file_fingerprint(os.stat(local_path(path)))
 
     def list_files(self, folder: str) -> list[str]:
         """Every regular file under `folder` (recursively, links not followed), sorted."""

@@ -47,13 +47,10 @@ def batch_relative_path(metadata: dict[str, Any], task_id: str) -> str:
 
 
 def shard_fingerprint(path: str, storage_options: dict | None = None) -> str:
-    """Identifies one version of an input file: its size and modification time (ns), as make and
-    rsync do (an object's size and ETag). Per-shard results (hash tables, embeddings, done markers)
-    record it, and a rerun redoes a shard whose file no longer has it."""
-    if is_remote(path):
-        return storage_for(path, storage_options).fingerprint(path)
-    st = os.stat(path)
-    return f"{st.st_size}-{st.st_mtime_ns}"
+    """Identifies one version of an input file (`storage.local.file_fingerprint`; an object's size and
+    ETag). Per-shard results (hash tables, embeddings, done markers) record it, and a rerun redoes a
+    shard whose file no longer has it."""
+    return storage_for(path, storage_options).fingerprint(path)
 
 
 def work_path(output_dir: str, kind: str, relative_path: str, ext: str) -> str:

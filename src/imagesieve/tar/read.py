@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imagesieve.storage.local import file_fingerprint
 from imagesieve.tar.compression import _iter_compressed, compression_of
 from imagesieve.tar.key_hash import COMPILE_FROM
 from imagesieve.tar.names import ShardError, check_member_name
@@ -46,13 +47,14 @@ def read_table(shard: str, scan_first: int = 0) -> ShardTable:
     that later read or copy its bytes check it again, so that nothing is copied, hashed or removed
     from a version other than the one whose headers were read."""
     try:
-        before = file_version(os.stat(shard))
+        read_at = os.stat(shard)
+        before = file_version(read_at)
         table = _read_table(shard, scan_first)
         if file_version(os.stat(shard)) != before:
             raise ShardError(f"{shard}: the file changed while it was being read; rerun to read it again")
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
-    table.version = before
+    table.version, table.read_fingerprint = before, file_fingerprint(read_at)
     return table
 
 

@@ -40,6 +40,7 @@ class ShardTable:
         self.display_shard = shard  # the shard's name in images (its URL when `shard` is a spool copy)
         self.headers = headers or []  # (mtime, mode) per member, for compressed tars only
         self.version: tuple[int, ...] | None = None  # the file's version when read (`file_version`)
+        self.read_fingerprint: str | None = None  # the same version as runs record it (`file_fingerprint`)
         self.compression: str | None = None  # "gz", "bz2" or "xz": the input's, and so its output's
         grouping = None
         if compiled:
@@ -78,8 +79,8 @@ class ShardTable:
 
     @property
     def fingerprint(self) -> str | None:
-        """The version read, as `runfolder.shard_fingerprint` writes it (size and mtime)."""
-        return None if self.version is None else f"{self.version[2]}-{self.version[3]}"
+        """The version read, as `runfolder.shard_fingerprint` writes it."""
+        return None if self.version is None else self.read_fingerprint
 
     def check_unchanged(self) -> None:
         """Raise if the file is no longer the version read: what a stage made from its bytes would not
