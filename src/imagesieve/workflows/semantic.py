@@ -88,14 +88,49 @@ WorkflowRunResult = SemanticSummary  # Curator's name for what `run()` returns
 
 
 @dataclass(frozen=True)
+class HashCheck:
+    """Perceptual hashes by ID (`codes[x]`: pHash, dHash, vertical dHash of image `ids[x]`; `flipped[x]`:
+    its mirror's, or None) that every pair must agree on: the three distances (each the least over the
+    mirrors too, with `flipped`) summed within `max_total` bits, and for a pair found by its embeddings
+    alone the pHash distance within `max_phash`. Why: the embeddings of smooth skies and of repeated
+    textures are close for distinct images, whose hashes are then noise and differ widely."""
+
+    ids: pa.Array
+    codes: np.ndarray
+    flipped: np.ndarray | None
+    max_phash: int
+    max_total: int
+
+    def rows(self, ids: pa.Array) -> np.ndarray:
+        """The row of each of `ids` in `codes`, -1 where it has no hashes (unreadable)."""
+        found = pc.index_in(ids, value_set=self.ids)
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def keep(self, a: np.ndarray, b: np.ndarray, max_phash: int) -> np.ndarray:
+        """Which pairs of rows (a[k], b[k]) pass: pHash within `max_phash`, all three within `max_total`."""
+        from imagesieve.matching.near_search import popcount64
+
+        ok = (a >= 0) & (b >= 0)
+        x, y = self.codes[np.where(ok, a, 0)], self.codes[np.where(ok, b, 0)]
+        dist = popcount64(x ^ y).astype(np.int64)
+        if self.flipped is not None:
+            fx, fy = self.flipped[np.where(ok, a, 0)], self.flipped[np.where(ok, b, 0)]
+            dist = np.minimum(dist, np.minimum(popcount64(x ^ fy), popcount64(fx ^ y)).astype(np.int64))
+        return ok & (dist[:, 0] <= max_phash) & (dist.sum(axis=1) <= self.max_total)
+
+
+@dataclass(frozen=True)
 class ExtraPairs:
     """Pairs found by other means (`find --method semantic`'s pHash pairs), by ID: a duplicate when the
-    two embeddings are within `max_distance` (cosine), or always where `exact` (the same bytes)."""
+    two embeddings are within `max_distance` (cosine), or always where `exact` (the same bytes). With
+    `check`, these pairs (but exact ones) must pass its sum of hash distances, and the pairs the
+    embeddings find must pass it all (`HashCheck`)."""
 
     id_a: pa.Array
     id_b: pa.Array
     exact: np.ndarray
     max_distance: float
+    check: HashCheck | None = None
 
 
 def auto_clusters(n: int) -> int:
@@ -193,6 +228,11 @@ class SemanticDeduplicationWorkflow:
                 return self._write_similarities(data, i, j, s, k, started, timing)
             exact = None
             if extra_pairs is not None:
+                check = extra_pairs.check
+                if check is not None:
+                    hash_row = check.rows(data.ids)
+                    keep = check.keep(hash_row[i], hash_row[j], check.max_phash)
+                    i, j, s = i[keep], j[keep], s[keep]
                 ei, ej, es, exact = _extra(data, extra_pairs)
                 i, j, s = np.concatenate([i, ei]), np.concatenate([j, ej]), np.concatenate([s, es])
             keeper, similarity = resolve_no_chaining(data.n, i, j, s, rank)
@@ -308,7 +348,11 @@ def _extra(data: LoadedEmbeddings, extra: ExtraPairs) -> tuple[np.ndarray, np.nd
     for start in range(0, len(i), 1 << 16):
         a, b = i[start:start + (1 << 16)], j[start:start + (1 << 16)]
         sim[start:start + len(a)] = np.einsum("ij,ij->i", vectors[a], vectors[b])
-    accept = exact | (sim >= 1 - extra.max_distance)
+    accept = sim >= 1 - extra.max_distance
+    if extra.check is not None:
+        hash_row = extra.check.rows(data.ids)
+        accept &= extra.check.keep(hash_row[i], hash_row[j], 64)
+    accept |= exact
     return i[accept], j[accept], sim[accept], exact[accept]
 
 

@@ -41,6 +41,7 @@ from imagesieve.storage.runfolder import read_json, remove_stale_temp_files, wri
 from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
+    CONFIRMED_BY,
     MAX_THRESHOLD,
     FindConfig,
     hash_shards,
@@ -51,6 +52,7 @@ from imagesieve.workflows.find import (
 from imagesieve.workflows.semantic import (
     CENTROID_POLICIES,
     ExtraPairs,
+    HashCheck,
     SemanticDeduplicationWorkflow,
     SemanticSummary,
 )
@@ -58,20 +60,28 @@ from imagesieve.workflows.semantic import (
 # The default model's recipe and the finder's defaults, chosen on one half of the labelled real photos
 # (split by source photo) and scored on the other (`benchmarks/bench_semantic.py quality`, BENCHMARKS.md):
 # the model sees a 48-pixel thumbnail at INPUT_SIZE pixels (224 before issue 25: 11x the work, no better);
-# a pair is a duplicate when its cosine distance is within eps, or when its pHash distance is within
-# DEFAULT_HASH_ACCEPT bits and its cosine distance within DEFAULT_HASH_EPS (the embeddings veto the
-# pHash matches of look-alike textures; pHash finds the recompressed and resized copies that the
-# embeddings put a little too far apart)
+# a pair is a duplicate when its cosine distance is within eps and its pHash distance within
+# DEFAULT_EPS_HASH_BITS, or when its pHash distance is within DEFAULT_HASH_ACCEPT bits and its cosine
+# distance within DEFAULT_HASH_EPS; either way its pHash and both dHashes must together differ in at most
+# DEFAULT_CONFIRM of their 192 bits (same bytes: always a duplicate). The embeddings veto the pHash
+# matches of look-alike textures; the hashes veto the embeddings' matches of smooth skies and repeated
+# textures (whose hashes are noise), and pHash finds the recompressed and resized copies that the
+# embeddings put a little too far apart
 THUMBNAIL = OPEN_NSFW.thumbnail  # 48 pixels
 INPUT_SIZE = 64
-DEFAULT_EPS = 0.035
-DEFAULT_HASH_ACCEPT = 14
-DEFAULT_HASH_EPS = 0.15
-# with --flip (mirror-invariant embeddings, pHash's mirror too): no setting met the rule's floors on the
-# tuning half, so the rule's fallback, the most precise setting
+DEFAULT_EPS = 0.05
+DEFAULT_EPS_HASH_BITS = 28
+DEFAULT_HASH_ACCEPT = 16
+DEFAULT_HASH_EPS = 0.2
+DEFAULT_CONFIRM = 48
+# with --flip (mirror-invariant embeddings, pHash's and dHashes' mirrors too): no setting met the rule's
+# floors on the tuning half, so the rule's fallback, the most precise setting
 DEFAULT_EPS_FLIP = 0.02
-DEFAULT_HASH_ACCEPT_FLIP = 8
+DEFAULT_EPS_HASH_BITS_FLIP = 16
+DEFAULT_HASH_ACCEPT_FLIP = 10
 DEFAULT_HASH_EPS_FLIP = 0.1
+DEFAULT_CONFIRM_FLIP = 40
+MAX_CONFIRM = 192  # the bits of pHash and both dHashes
 CURATOR_FIELDS = ("image_id", "embedding")  # what Curator's image embedding pipeline writes
 
 
@@ -92,6 +102,12 @@ class SemanticConfig:
     # defaults (DEFAULT_HASH_ACCEPT / _EPS, or their _FLIP values with flip)
     hash_accept: int | None = None
     hash_eps: float | None = None
+    # where pHash is computed (see with_hashes): an embedding pair counts only when its pHash distance is
+    # within eps_hash_bits too (64: any), and every pair (but exact copies) only when its pHash and both
+    # dHashes together differ in at most `confirm` bits (192: any). None: the defaults (DEFAULT_EPS_HASH_BITS
+    # / DEFAULT_CONFIRM, or their _FLIP values with flip)
+    eps_hash_bits: int | None = None
+    confirm: int | None = None
     random_state: int = 42
     max_iter: int = 10
 
@@ -104,6 +120,9 @@ class SemanticConfig:
         if not -1 <= self.hash_bits <= MAX_THRESHOLD or not 0 <= self.hash_distance <= 2:
             raise ValueError(f"hash_accept must be in -1..{MAX_THRESHOLD} bits and hash_eps in [0, 2], got "
                              f"{self.hash_accept} and {self.hash_eps}")
+        if not 0 <= self.eps_hash_limit <= 64 or not 0 <= self.confirm_bits <= MAX_CONFIRM:
+            raise ValueError(f"eps_hash_bits must be in 0..64 and confirm in 0..{MAX_CONFIRM} bits, got "
+                             f"{self.eps_hash_bits} and {self.confirm}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
         if self.keep not in CENTROID_POLICIES:
@@ -128,6 +147,18 @@ class SemanticConfig:
         if self.hash_eps is not None:
             return self.hash_eps
         return DEFAULT_HASH_EPS_FLIP if self.flip else DEFAULT_HASH_EPS
+
+    @property
+    def eps_hash_limit(self) -> int:
+        if self.eps_hash_bits is not None:
+            return self.eps_hash_bits
+        return DEFAULT_EPS_HASH_BITS_FLIP if self.flip else DEFAULT_EPS_HASH_BITS
+
+    @property
+    def confirm_bits(self) -> int:
+        if self.confirm is not None:
+            return self.confirm
+        return DEFAULT_CONFIRM_FLIP if self.flip else DEFAULT_CONFIRM
 
     @property
     def threshold(self) -> float:
@@ -195,15 +226,16 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
 
 def hash_candidates(input_path: str | list[str], output_dir: str, config: SemanticConfig, executor: BaseExecutor,
                     progress: bool) -> ExtraPairs:
-    """pHash (and its mirror with `flip`) of every image, kept in OUT/hashes/ as `find --method phash`
-    keeps it, and every pair within `hash_accept` bits, by ID: the pairs the workflow accepts when
-    their embeddings are within `hash_eps` too (exact copies, same bytes, always)."""
+    """pHash and both dHashes (and their mirrors with `flip`) of every image, kept in OUT/hashes/ as
+    `find --method phash --confirm` keeps them, and every pair within `hash_accept` bits of pHash, by ID:
+    the pairs the workflow accepts when their embeddings are within `hash_eps` too (exact copies, same
+    bytes, always), with the hashes by ID that every other pair is checked against (`HashCheck`)."""
     from functools import partial
 
     from imagesieve.matching.near_search import near_pairs
 
     hashing = FindConfig(method="phash", flip=config.flip, threshold=config.hash_bits, keep="first",
-                         confirm=False, on_error=config.on_error)
+                         confirm=config.confirm_bits, on_error=config.on_error)
     hashes_dir = os.path.join(output_dir, "hashes")
     units = hash_shards(input_path, output_dir, hashes_dir, hashing, executor, progress, "hash")
     table, _ = split_readable(load_hashes(hashes_dir, units))
@@ -214,8 +246,12 @@ def hash_candidates(input_path: str | list[str], output_dir: str, config: Semant
         i, j = near_edges(codes, config.hash_bits, hashing, table, rows, search)
     ids = table.column("id").combine_chunks()
     same_bytes = pc.equal(table.column("bytes_hash").take(pa.array(i)), table.column("bytes_hash").take(pa.array(j)))
+    kinds = ("phash", *CONFIRMED_BY["phash"])
+    words = lambda names: np.stack([table.column(k).to_numpy().astype(np.uint64) for k in names], axis=1)  # noqa: E731
+    check = HashCheck(ids, words(kinds), words([f"{k}_flip" for k in kinds]) if config.flip else None,
+                      config.eps_hash_limit, config.confirm_bits)
     return ExtraPairs(ids.take(pa.array(i)), ids.take(pa.array(j)), same_bytes.to_numpy(zero_copy_only=False),
-                      config.hash_distance)
+                      config.hash_distance, check)
 
 
 def embed_shards(shards: list[InputUnit], embeddings_dir: str, config: SemanticConfig,
