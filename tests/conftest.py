@@ -151,3 +151,13 @@ def s3(endpoint, request):
     fs.mkdir(bucket)
     fs.bucket = bucket
     return fs
+
+
+@pytest.fixture
+def restored_environment():
+    """`ray.init` leaves variables in os.environ (RAY_AUTH_MODE=token, ...) that make a later test's
+    local cluster fail to start: put the environment back as it was."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

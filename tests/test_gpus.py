@@ -325,7 +325,7 @@ def test_an_unguarded_script_with_a_gpu_stage_is_told_what_to_add(tmp_path):
 
 
 @pytest.mark.ray
-def test_ray_gives_each_half_gpu_actor_its_own_device(no_devices):
+def test_ray_gives_each_half_gpu_actor_its_own_device(no_devices, restored_environment):
     """On a local Ray instance declaring 2 (fake) GPUs, Resources(gpus=0.5) becomes each actor's num_gpus
     and Ray sets every actor's CUDA_VISIBLE_DEVICES: two actors a device."""
     ray = pytest.importorskip("ray")

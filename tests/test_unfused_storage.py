@@ -106,7 +106,8 @@ def test_a_copy_made_elsewhere_refuses_an_object_changed_since_it_was_read(shard
 
 
 @pytest.mark.ray
-def test_an_unfused_stage_reads_s3_shards_on_ray(s3, endpoint, shards, tmp_path, monkeypatch):
+def test_an_unfused_stage_reads_s3_shards_on_ray(s3, endpoint, shards, tmp_path, monkeypatch,
+                                                  restored_environment):
     ray = pytest.importorskip("ray")
     from imagesieve import RayExecutor
 
