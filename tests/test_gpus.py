@@ -4,6 +4,7 @@ CUDA_VISIBLE_DEVICES it was given, when its stages were unpickled, set up and ru
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -324,20 +325,38 @@ def test_an_unguarded_script_with_a_gpu_stage_is_told_what_to_add(tmp_path):
     assert "a pipeline was started while a GPU worker (started fresh, with spawn) imported the main script" in stderr
 
 
-@pytest.mark.ray
-def test_ray_gives_each_half_gpu_actor_its_own_device(no_devices, restored_environment):
-    """On a local Ray instance declaring 2 (fake) GPUs, Resources(gpus=0.5) becomes each actor's num_gpus
-    and Ray sets every actor's CUDA_VISIBLE_DEVICES: two actors a device."""
-    ray = pytest.importorskip("ray")
-    from imagesieve.executors.ray import RayExecutor
+RAY_SCRIPT = """
+import json, sys
+import ray
+import test_gpus
+from imagesieve import Resources
+from imagesieve.executors.ray import RayExecutor
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, num_gpus=2, log_to_driver=False, include_dashboard=False)
-    try:
-        results = RayExecutor().execute([RecordDevice(resources=Resources(cpus=0.5, gpus=0.5))], file_tasks(8))
-    finally:
-        ray.shutdown()
-    assert sorted(t.task_id for t in results) == sorted(f"t{i}" for i in range(8))
-    seen = workers_seen(results, "record_device")
+ray.cloudpickle.register_pickle_by_value(test_gpus)
+ray.init(address="local", num_cpus=2, num_gpus=2, log_to_driver=False, include_dashboard=False)
+try:
+    stage = test_gpus.RecordDevice(resources=Resources(cpus=0.5, gpus=0.5))
+    results = RayExecutor().execute([stage], test_gpus.file_tasks(8))
+finally:
+    ray.shutdown()
+seen = test_gpus.workers_seen(results, "record_device")
+print(json.dumps({"tasks": sorted(t.task_id for t in results), "seen": {str(k): sorted(v) for k, v in seen.items()}}))
+"""
+
+
+@pytest.mark.ray
+def test_ray_gives_each_half_gpu_actor_its_own_device(tmp_path):
+    """On a local Ray instance declaring 2 (fake) GPUs, Resources(gpus=0.5) becomes each actor's num_gpus
+    and Ray sets every actor's CUDA_VISIBLE_DEVICES: two actors a device. In a process of its own: a Ray
+    instance started in the test process leaves state that breaks the next test's local cluster."""
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    run = subprocess.run([sys.executable, "-c", RAY_SCRIPT], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["tasks"] == sorted(f"t{i}" for i in range(8))
+    seen = out["seen"]
     assert len(seen) == 4 and all(len(devices) == 1 for devices in seen.values())  # set before unpickling too
-    assert Counter(next(iter(devices)) for devices in seen.values()) == {"0": 2, "1": 2}
+    assert Counter(devices[0] for devices in seen.values()) == {"0": 2, "1": 2}
