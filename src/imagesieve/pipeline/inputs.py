@@ -16,7 +16,7 @@ import xxhash
 
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
-from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
+from imagesieve.storage import is_remote, is_under, local_path, storage_for
 from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
@@ -138,7 +138,7 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
     before anything is read or written, naming both folders."""
     for root in input_roots(input_path):
         if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
-            same = "is" if absolute(output_dir) == absolute(root) else "lies inside"
+            same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
                              f"back as {what}, or replace {what} files of the same name; choose an output folder "
                              f"outside the {what} (e.g. beside it)")

@@ -28,9 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagesieve.storage import is_remote, join, storage_for
-from imagesieve.storage.base import OutputInUseError, is_temp_name, temp_name
+from imagesieve.storage.base import WORK_DIR, OutputInUseError, is_temp_name, run_folder_on_the_way, temp_name
 
-WORK_DIR = "_imagesieve"
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")  # compressed: read by tarfile, written alike
 
 
@@ -80,16 +79,31 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
     return all(store.isfile(p := join(output_dir, rel)) and store.size(p) == size for rel, size in outputs.items())
 
 
+def holds_run(folder: str, storage_options: dict | None = None) -> bool:
+    """Whether `folder` is an imagesieve run's folder (it holds `_imagesieve/`): see `run_folder_on_the_way`."""
+    return storage_for(folder, storage_options).isdir(join(folder, WORK_DIR))
+
+
+def walk_own(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(folder)` (links not followed) that never enters a subfolder holding another run
+    (`run_folder_on_the_way`): a run's cleanups and listings of its folder leave a run nested in it alone."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), folder, holds_run,
+                                                             own_records=True) is None]
+        yield root, dirs, files
+
+
 def remove_stale_temp_files(folder: str, storage_options: dict | None = None) -> list[str]:
     """Delete the temp files a killed run left under `folder`; returns their paths.
 
     Only regular files named by `temp_name` are removed (never folders, never through a symlink),
-    and only by a run that holds the folder's lock, so no live writer owns them.
+    and only by a run that holds the folder's lock, so no live writer owns them; never inside a run
+    folder nested in `folder` (`walk_own`): its temp files are that run's, maybe live.
     """
     if is_remote(folder):
         return storage_for(folder, storage_options).remove_stale_temp_files(folder)
     removed = []
-    for root, _, files in os.walk(folder):
+    for root, _, files in walk_own(folder):
         for name in files:
             path = os.path.join(root, name)
             if is_temp_name(name) and stat.S_ISREG(os.lstat(path).st_mode):

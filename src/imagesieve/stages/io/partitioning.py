@@ -7,19 +7,19 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 
 from braceexpand import braceexpand
 
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import absolute, is_remote, local_path, storage_for
-from imagesieve.storage.base import is_temp_name
-from imagesieve.storage.runfolder import SHARD_SUFFIXES, WORK_DIR
+from imagesieve.storage.base import is_temp_name, outside_run_folders, run_folder_on_the_way
+from imagesieve.storage.runfolder import SHARD_SUFFIXES, holds_run
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
-RUN_RECORD = WORK_DIR  # every imagesieve output folder holds one
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
@@ -44,11 +44,15 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     if len({is_remote(p) for p in matched}) > 1:
         raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
-    if paths is os.path:
-        refuse_two_names(list(matched))
     roots = set(matched.values())
     common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
-    found = {path: paths.relpath(path, common) for path in matched}
+    found = {path: paths.relpath(path, common) for path in matched
+             if run_folder_on_the_way(path, common, _run_folder_test(storage_options)) is None}
+    if not found:
+        raise FileNotFoundError(f"no tar shards found in {', '.join(map(str, sources))} outside the folders of "
+                                "earlier imagesieve runs (their outputs are never read as input)")
+    if paths is os.path:
+        refuse_two_names(list(found))
     for path, relative in found.items():  # names an output: it must lie inside OUT
         if relative == ".." or relative.startswith(("../", ".." + os.sep)) or os.path.isabs(relative):
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
@@ -132,7 +136,7 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
             raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
         root, paths = posixpath.dirname(src), [src]
     elif store.isdir(src):
-        root, paths = src, outside_run_folders(store.list_files(src), src)
+        root, paths = src, outside_run_folders(store.list_files(src), src)  # as `list_shards` would, in one listing
     else:
         raise store.missing(src)
     for path in paths:
@@ -142,20 +146,20 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
 
 def walk_files(folder: str) -> Iterator[str]:
     """Every regular file under `folder`, following symlinked folders (a dataset is often assembled from
-    links) but entering each real folder once, so a link loop cannot recurse forever.
+    links) but entering each real folder once, so a link loop cannot recurse forever; never entering
+    another run's folder (`run_folder_on_the_way`).
 
     Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
     copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
     seen: set[str] = set()
+    holds = _run_folder_test(None)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        if RUN_RECORD in dirs:
-            dirs.remove(RUN_RECORD)
-        dirs[:] = sorted(d for d in dirs if not _is_run_folder(os.path.join(root, d)))
+        dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
         for name in sorted(files):
             path = os.path.join(root, name)
             if os.path.isfile(path):
@@ -168,25 +172,18 @@ def walk_files(folder: str) -> Iterator[str]:
 _warned: set[str] = set()
 
 
-def _is_run_folder(folder: str) -> bool:
-    """A folder inside the input that holds an imagesieve run (an earlier output): its shards, links and
-    report thumbnails are outputs, never input. Left out, said once."""
-    if not os.path.isdir(os.path.join(folder, RUN_RECORD)):
-        return False
-    if os.path.abspath(folder) not in _warned:
-        _warned.add(os.path.abspath(folder))
-        logger.warning("%s: left out, it holds an imagesieve run (%s/)", folder, RUN_RECORD)
-    return True
-
-
-def outside_run_folders(paths: list[str], root: str, sep: str = "/") -> list[str]:
-    """`paths` (a listing of `root`) without anything in an imagesieve run folder below `root` or in a
-    `_imagesieve/` work folder: the same rule as `walk_files`, for object storage listings."""
-    marker = sep + RUN_RECORD + sep
-    runs = {p[:p.index(marker)] for p in paths if marker in p[len(root.rstrip(sep)):]}
-    runs.discard(root.rstrip(sep))
-    return [p for p in paths if marker not in p[len(root.rstrip(sep)):]
-            and not any(p.startswith(run + sep) for run in runs)]
+def _run_folder_test(storage_options: dict | None) -> Callable[[str], bool]:
+    """`holds_run` for listing input, asked once per folder, each folder it is true of named in a warning
+    (once per run): a folder inside the input that holds an imagesieve run (an earlier output) is left out."""
+    @cache
+    def holds(folder: str) -> bool:
+        if not holds_run(folder, storage_options):
+            return False
+        if absolute(folder) not in _warned:
+            _warned.add(absolute(folder))
+            logger.warning("%s: left out, it holds an imagesieve run (_imagesieve/)", folder)
+        return True
+    return holds
 
 
 def _what_it_is(path: str) -> str:
