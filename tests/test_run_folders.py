@@ -4,6 +4,7 @@ keeps its cache out of INPUT and OUT; and names a URL it cannot take."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,31 @@ def test_earlier_outputs_are_left_out_of_the_input_however_it_is_named(gl, tmp_p
         assert (summary.shards, summary.samples_in, summary.removed) == (2, 9, 1), way
     found = find_duplicates(str(gl / "**" / "*.tar"), str(tmp_path / "f"), FindConfig(method="exact"), executor=ONE)
     assert (found.images, found.duplicates) == (9, 3)  # before: 17 images, keys repeated across shards refused
+
+
+def test_a_run_never_cleans_up_the_temp_files_of_a_run_nested_in_its_folder(gl, tmp_path):
+    """Finding 8: a run into P deleted the live temp files of a run into P/sub (which then failed with
+    FileNotFoundError): the cleanup walked into the other run's folder. Locked or not, they are that run's."""
+    out = tmp_path / "out"
+    find_duplicates(str(gl / "s" / "shards"), str(out), FindConfig(method="exact"), executor=ONE)
+    remove_duplicates(str(gl / "s" / "shards"), str(out / "clean"), str(tmp_path / "ids"), executor=ONE)
+    theirs = [out / "clean" / f".00000.tar.imagesieve-tmp-{os.getpid()}",
+              out / "clean" / "_imagesieve" / "done" / f".00000.tar.json.imagesieve-tmp-{os.getpid()}"]
+    mine = [out / f".summary.json.imagesieve-tmp-{os.getpid()}",
+            out / "_imagesieve" / f".config.json.imagesieve-tmp-{os.getpid()}"]
+    for path in theirs + mine:
+        path.write_bytes(b"being written")
+    find_duplicates(str(gl / "s" / "shards"), str(out), FindConfig(method="exact"), executor=ONE)
+    assert [p.exists() for p in theirs + mine] == [True, True, False, False]
+
+    import fsspec
+
+    from imagesieve.storage.runfolder import remove_stale_temp_files
+
+    fs = fsspec.filesystem("memory")
+    for key in ("p/_imagesieve/run.json", "p/.a.imagesieve-tmp-1", "p/_imagesieve/.b.imagesieve-tmp-1",
+                "p/sub/_imagesieve/run.json", "p/sub/.c.imagesieve-tmp-1", "p/sub/_imagesieve/.d.imagesieve-tmp-1"):
+        fs.pipe_file(f"/nested-runs/{key}", b"x")
+    removed = remove_stale_temp_files("memory://nested-runs/p")
+    assert sorted(url.rsplit("/", 1)[1] for url in removed) == [".a.imagesieve-tmp-1", ".b.imagesieve-tmp-1"]
+    assert fs.exists("/nested-runs/p/sub/.c.imagesieve-tmp-1")
