@@ -5,12 +5,16 @@ keeps its cache out of INPUT and OUT; and names a URL it cannot take."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import write_ids
 
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.storage.runfolder import OutputInUseError
+from imagesieve.workflows.dedup import dedup
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
 
@@ -18,7 +22,9 @@ ONE = LocalExecutor(1)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under `folder` by path, but the lock file (a run writes its pid there, refused or not)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "lock"}
 
 
 @pytest.fixture
@@ -82,3 +88,71 @@ def test_a_run_never_cleans_up_the_temp_files_of_a_run_nested_in_its_folder(gl, 
     removed = remove_stale_temp_files("memory://nested-runs/p")
     assert sorted(url.rsplit("/", 1)[1] for url in removed) == [".a.imagesieve-tmp-1", ".b.imagesieve-tmp-1"]
     assert fs.exists("/nested-runs/p/sub/.c.imagesieve-tmp-1")
+
+
+def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl, tmp_path):
+    """Finding 6: `dedup --dry-run s c4; remove ... s c4/shards; dedup s c4` took the remove run over: its
+    result replaced, a stale c4/shards/removed.parquet, a summary counting both runs' removals."""
+    source, ids, c4 = str(gl / "s" / "shards"), str(tmp_path / "ids"), tmp_path / "c4"
+    exact = FindConfig(method="exact")
+    dedup(source, str(c4), exact, executor=ONE, dry_run=True)
+    before = tree(c4)
+    with pytest.raises(ValueError, match=f"{c4 / 'shards'} lies inside {c4}, the folder of another imagesieve run"):
+        remove_duplicates(source, str(c4 / "shards"), ids, executor=ONE)
+    assert tree(c4) == before and not (c4 / "shards").exists()  # refused before anything was written
+
+    # a remove run already where dedup writes (as an earlier version or two runs started together left it)
+    remove_duplicates(source, str(tmp_path / "r"), ids, executor=ONE)
+    for where in ("shards", "shards/sub", "hashes/old"):
+        os.renames(tmp_path / "r", c4 / where)
+        before = tree(c4)
+        with pytest.raises(ValueError, match=f"{c4 / where}, inside the output folder {c4}, holds another "
+                                             "imagesieve run, where this dedup run would write"):
+            dedup(source, str(c4), exact, executor=ONE)
+        assert tree(c4) == before, where
+        os.renames(c4 / where, tmp_path / "r")
+
+    os.rename(tmp_path / "r", c4 / "clean")  # where dedup does not write: its own, left alone
+    clean = tree(c4 / "clean")
+    assert dedup(source, str(c4), exact, executor=ONE).removed == 3
+    assert dedup(source, str(c4), exact, executor=ONE).removed == 3  # its own shards folder, again
+    assert tree(c4 / "clean") == clean
+    assert remove_duplicates(source, str(c4 / "clean"), ids, executor=ONE).shards_skipped == 2
+
+
+def hold_lock(folder: Path, command: str) -> subprocess.Popen:
+    """A process holding `folder`'s run lock until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from imagesieve.storage.runfolder import run_lock\n"
+                               f"with run_lock({str(folder)!r}, {command!r}):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_never_starts_inside_or_above_a_live_run(gl, tmp_path):
+    """Finding 6, started together: a run into P and one into P/sub (or P/shards) cleaned up and wrote
+    over each other. Whichever starts second is refused, naming the other's folder and process."""
+    source, ids, p = str(gl / "s" / "shards"), str(tmp_path / "ids"), tmp_path / "p"
+    exact = FindConfig(method="exact")
+    find_duplicates(source, str(p), exact, executor=ONE)
+    holder = hold_lock(p / "sub", "remove")
+    try:
+        for run in (lambda: find_duplicates(source, str(p), exact, executor=ONE),
+                    lambda: dedup(source, str(p), exact, executor=ONE)):
+            with pytest.raises(OutputInUseError, match=f"{p / 'sub'}, inside the output folder {p}, is being "
+                                                       f"written by another imagesieve run .*pid {holder.pid}"):
+                run()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_lock(p, "find")
+    try:
+        with pytest.raises(OutputInUseError, match=f"lies inside {p}, which another imagesieve run is writing "
+                                                   f".*pid {holder.pid}"):
+            remove_duplicates(source, str(p / "sub"), ids, executor=ONE)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_duplicates(source, str(p / "sub"), ids, executor=ONE).removed == 1  # once neither is live
+    assert find_duplicates(source, str(p), exact, executor=ONE).duplicates == 3

@@ -30,7 +30,7 @@ class OutputInUseError(RuntimeError):
 WORK_DIR = "_imagesieve"  # every imagesieve run folder holds its records here
 
 
-def _parts(path: str) -> list[str]:
+def path_parts(path: str) -> list[str]:
     """A local path's or URL's components after the scheme, so `s3a://b/x/` and `s3://b/x` give the same."""
     if "://" in path and not path.startswith("file://"):
         return [p for p in path.split("://", 1)[1].split("/") if p]
@@ -43,7 +43,7 @@ def run_folder_on_the_way(path: str, root: str, holds_run: Callable[[str], bool]
     `path` that holds an imagesieve run's records (`holds_run(folder)`), or is a records folder itself
     (root's own too, unless `own_records`). What lies there is that run's: never read as input, never
     cleaned up or listed by a run into `root`. None when `path` is root's (or not under it)."""
-    parts, base = _parts(path), _parts(root)
+    parts, base = path_parts(path), path_parts(root)
     if parts[:len(base)] != base:
         return None
     sep = "/" if "://" in root and not root.startswith("file://") else os.sep
@@ -58,8 +58,8 @@ def run_folder_on_the_way(path: str, root: str, holds_run: Callable[[str], bool]
 def listed_runs(paths: list[str]) -> Callable[[str], bool]:
     """`holds_run` read from a recursive listing (object storage, where asking costs a request per
     folder): a folder holds a run when the listing shows a key under its `_imagesieve/`."""
-    runs = {tuple(parts[:parts.index(WORK_DIR)]) for parts in map(_parts, paths) if WORK_DIR in parts[:-1]}
-    return lambda folder: tuple(_parts(folder)) in runs
+    runs = {tuple(parts[:parts.index(WORK_DIR)]) for parts in map(path_parts, paths) if WORK_DIR in parts[:-1]}
+    return lambda folder: tuple(path_parts(folder)) in runs
 
 
 def outside_run_folders(paths: list[str], root: str, own_records: bool = False) -> list[str]:

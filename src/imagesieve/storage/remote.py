@@ -263,6 +263,11 @@ class RemoteStorage:
             if holder is not None and holder.get("token") == mine["token"]:
                 self.fs.rm_file(self._path(url))
 
+    def live_holder(self, url: str) -> str | None:
+        """Who holds the lock object `url` (None: none, or a run on this machine that is gone)."""
+        holder = self._read_lock(url)
+        return None if holder is None or _is_dead_here(holder) else _describe(holder)
+
     def _create(self, url: str, data: bytes) -> bool:
         """Write `url` only if no object is there; False when one is."""
         with clear_errors(url):

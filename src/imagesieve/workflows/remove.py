@@ -115,7 +115,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     unless `allow_unmatched_ids` (a run over part of the shards the list was made for).
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). The input may
-    not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder). Outputs of
+    not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder, of whose run this
+    one is then a step: `runfolder.check_apart`). Outputs of
     shards that have left the input since an earlier run are deleted (only what its records name).
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
@@ -139,7 +140,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_ids_match(removal, units, so)
     with removed_if_refused(output_dir):
         check_output_dir(output_dir)
-        with run_lock(output_dir, "remove", so):
+        with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
             remove_stale_temp_files(output_dir, so)
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
