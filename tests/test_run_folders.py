@@ -156,3 +156,23 @@ def test_a_run_never_starts_inside_or_above_a_live_run(gl, tmp_path):
         holder.wait()
     assert remove_duplicates(source, str(p / "sub"), ids, executor=ONE).removed == 1  # once neither is live
     assert find_duplicates(source, str(p), exact, executor=ONE).duplicates == 3
+
+
+def test_the_cache_folder_is_refused_inside_the_input_or_the_output_and_nothing_is_made(gl, tmp_path):
+    """Finding 10: `remove --cache-dir s/shards ...` wrote id-index-v4/ into the input; `remove --cache-dir
+    cd2/x ... cd2` made the cache, then refused cd2 as holding files no run wrote, at every rerun."""
+    source, ids = gl / "s" / "shards", str(tmp_path / "ids")
+    before = tree(gl)
+    for cache, out, says in ((source, tmp_path / "o1", f"the cache folder {source} lies inside the input {source}"),
+                             (gl / "s", tmp_path / "o2", "lies inside the input"),  # a glob's root counts
+                             (tmp_path / "cd2" / "x", tmp_path / "cd2", "lies inside the output folder")):
+        spec = str(source) if cache != gl / "s" else str(gl / "s" / "**" / "*.tar")
+        with pytest.raises(ValueError, match=says):
+            remove_duplicates(spec, str(out), ids, executor=ONE, cache_dir=str(cache))
+        assert tree(gl) == before and not out.exists() and not (tmp_path / "cd2").exists()
+    with pytest.raises(ValueError, match="lies inside the output folder"):
+        dedup(str(source), str(tmp_path / "d"), FindConfig(method="exact"), executor=ONE,
+              cache_dir=str(tmp_path / "d" / "cache"))
+    assert not (tmp_path / "d").exists()
+    assert remove_duplicates(str(source), str(tmp_path / "cd2"), ids, executor=ONE,
+                             cache_dir=str(tmp_path / "cache")).removed == 1

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.pipeline.inputs import InputUnit, input_units, other_files
+from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, input_units, other_files
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
@@ -122,6 +122,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     started = time.monotonic()
     so = storage_options
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
+    check_cache_apart(cache_dir, input_path, exclude or output_dir)
     check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
     if folder and is_remote(output_dir):
