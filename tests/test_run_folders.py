@@ -97,7 +97,7 @@ def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl,
     exact = FindConfig(method="exact")
     dedup(source, str(c4), exact, executor=ONE, dry_run=True)
     before = tree(c4)
-    with pytest.raises(ValueError, match=f"{c4 / 'shards'} lies inside {c4}, the folder of another imagesieve run"):
+    with pytest.raises(ValueError, match=f"{c4 / 'shards'} lies inside {c4}, the folder of an imagesieve dedup run"):
         remove_duplicates(source, str(c4 / "shards"), ids, executor=ONE)
     assert tree(c4) == before and not (c4 / "shards").exists()  # refused before anything was written
 
@@ -106,8 +106,8 @@ def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl,
     for where in ("shards", "shards/sub", "hashes/old"):
         os.renames(tmp_path / "r", c4 / where)
         before = tree(c4)
-        with pytest.raises(ValueError, match=f"{c4 / where}, inside the output folder {c4}, holds another "
-                                             "imagesieve run, where this dedup run would write"):
+        with pytest.raises(ValueError, match=f"{c4 / where}, inside the output folder {c4}, holds an imagesieve "
+                                             "remove run of its own, where this dedup run would write"):
             dedup(source, str(c4), exact, executor=ONE)
         assert tree(c4) == before, where
         os.renames(c4 / where, tmp_path / "r")

@@ -135,11 +135,17 @@ def enclosing_runs(folder: str, storage_options: dict | None = None) -> list[str
 FIND_NAMES = ("shards", "hashes", "reference_hashes", "embeddings", "keypoints", "duplicates", "groups", "report")
 
 
+def run_owner(folder: str, storage_options: dict | None = None) -> str | None:
+    """The command whose run folder `folder` is: its run.json, or what it holds (`_owner_before_records`)."""
+    record = join(folder, WORK_DIR, "run.json")
+    if storage_for(folder, storage_options).exists(record):
+        return read_json(record, storage_options).get("command")
+    return _owner_before_records(folder, storage_options)
+
+
 def _writes_at(outer: str, inner: str, storage_options: dict | None) -> bool:
     """Whether the run of folder `outer` writes where `inner` (a folder inside it) lies."""
-    record = join(outer, WORK_DIR, "run.json")
-    owner = read_json(record, storage_options).get("command") if storage_for(outer, storage_options).exists(record) \
-        else _owner_before_records(outer, storage_options)
+    owner = run_owner(outer, storage_options)
     return owner not in ("find", "dedup") or path_parts(inner)[len(path_parts(outer))] in FIND_NAMES
 
 
@@ -189,8 +195,9 @@ def check_apart(output_dir: str, command: str, part_of: str | None = None,
             raise OutputInUseError(f"{output_dir} lies inside {outer}, which another imagesieve run is writing "
                                    f"({holder}); wait for it to finish, or choose an output folder outside it")
         if _writes_at(outer, output_dir, so):
-            raise ValueError(f"{output_dir} lies inside {outer}, the folder of another imagesieve run, where that "
-                             "run writes; choose an output folder outside it")
+            raise ValueError(f"{output_dir} lies inside {outer}, the folder of an imagesieve "
+                             f"{run_owner(outer, so) or 'earlier'} run, where that run writes; choose an output "
+                             "folder outside it")
     for inner in nested_runs(output_dir, so):
         if (holder := live_holder(inner, so)) is not None:
             raise OutputInUseError(f"{inner}, inside the output folder {output_dir}, is being written by another "
@@ -198,8 +205,9 @@ def check_apart(output_dir: str, command: str, part_of: str | None = None,
         own = command == "dedup" and is_under(inner, join(output_dir, "shards")) and \
             is_under(join(output_dir, "shards"), inner) and is_dedups_shards(inner, so)
         if not own and (command not in ("find", "dedup") or _writes_at(output_dir, inner, so)):
-            raise ValueError(f"{inner}, inside the output folder {output_dir}, holds another imagesieve run, where "
-                             f"this {command} run would write; move it out, or choose another output folder")
+            raise ValueError(f"{inner}, inside the output folder {output_dir}, holds an imagesieve "
+                             f"{run_owner(inner, so) or 'earlier'} run of its own, where this {command} run would "
+                             "write; move it out, or choose another output folder")
 
 
 def remove_stale_temp_files(folder: str, storage_options: dict | None = None) -> list[str]:
