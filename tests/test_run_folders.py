@@ -54,10 +54,14 @@ def test_earlier_outputs_are_left_out_of_the_input_however_it_is_named(gl, tmp_p
             "brace": str(gl / "{s,out}" / "**" / "*.tar"),
             "list file of shards": list_file(tmp_path / "shards.txt", every_tar),
             "list file of a glob": list_file(tmp_path / "glob.txt", [str(gl / "**" / "*.tar")]),
-            "list of these": [str(gl / "s" / "**" / "*.tar"), str(gl / "out" / "*.tar")]}
+            "list of these": [str(gl / "s"), str(gl / "**" / "*.tar")]}
     for k, (way, spec) in enumerate(ways.items()):
         summary = remove_duplicates(spec, str(tmp_path / f"o{k}"), str(tmp_path / "ids"), executor=ONE)
         assert (summary.shards, summary.samples_in, summary.removed) == (2, 9, 1), way
+    # a run's folder named itself is read: the way to deduplicate clean shards with new ones
+    both = remove_duplicates([str(gl / "s" / "shards"), str(gl / "out")], str(tmp_path / "both"),
+                             str(tmp_path / "ids"), executor=ONE)
+    assert (both.shards, both.samples_in) == (4, 17)
     found = find_duplicates(str(gl / "**" / "*.tar"), str(tmp_path / "f"), FindConfig(method="exact"), executor=ONE)
     assert (found.images, found.duplicates) == (9, 3)  # before: 17 images, keys repeated across shards refused
 

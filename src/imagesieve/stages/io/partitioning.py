@@ -32,25 +32,27 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     are not shards (img2dataset's `.parquet` and `_stats.json` beside them) are skipped. Relative
     paths (which name the outputs) are taken from the common folder of all sources. Any of these may be
     a URL (`s3://bucket/shards/{00000..00099}.tar`), listed with `storage_options`.
+
+    Each source leaves out what lies in an earlier run's folder below its root (`run_folder_on_the_way`):
+    the folder itself, a glob's fixed part, the folder shared by a brace pattern's or a list file's
+    entries. Naming a run's folder (`dedup_out/shards`) or a shard in it as a source reads it.
     """
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
+    holds = _run_folder_test(storage_options)
     for spec in sources:
-        for src in _expand(spec):
-            for path, root in _match(src, suffixes, storage_options):
-                matched.setdefault(absolute(path), absolute(root or "."))
+        here = {absolute(path): absolute(root or ".") for src in _expand(spec)
+                for path, root in _match(src, suffixes, storage_options)}
+        top = _common_root(set(here.values()))
+        for path, root in here.items():
+            if run_folder_on_the_way(path, top, holds) is None:
+                matched.setdefault(path, root)
     if not matched:
-        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}")
-    if len({is_remote(p) for p in matched}) > 1:
-        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))} "
+                                "(outside the folders of earlier imagesieve runs, whose outputs are never input)")
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
-    roots = set(matched.values())
-    common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
-    found = {path: paths.relpath(path, common) for path in matched
-             if run_folder_on_the_way(path, common, _run_folder_test(storage_options)) is None}
-    if not found:
-        raise FileNotFoundError(f"no tar shards found in {', '.join(map(str, sources))} outside the folders of "
-                                "earlier imagesieve runs (their outputs are never read as input)")
+    common = _common_root(set(matched.values()))
+    found = {path: paths.relpath(path, common) for path in matched}
     if paths is os.path:
         refuse_two_names(list(found))
     for path, relative in found.items():  # names an output: it must lie inside OUT
@@ -58,6 +60,15 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
                              "list the shards under one folder")
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def _common_root(roots: set[str]) -> str:
+    """The folder that all `roots` (absolute paths, or URLs of one scheme) lie in."""
+    if len({is_remote(r) for r in roots}) > 1:
+        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+    if len(roots) <= 1:
+        return next(iter(roots), "")
+    return (_UrlPaths if is_remote(next(iter(roots))) else os.path).commonpath(list(roots))
 
 
 def refuse_two_names(paths: list[str]) -> None:
