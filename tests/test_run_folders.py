@@ -122,6 +122,11 @@ def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl,
     assert dedup(source, str(c4), exact, executor=ONE).removed == 3  # its own shards folder, again
     assert tree(c4 / "clean") == clean
     assert remove_duplicates(source, str(c4 / "clean"), ids, executor=ONE).shards_skipped == 2
+    os.rename(c4 / "clean", c4 / "shards" / "sub")  # inside dedup's own shards folder: refused before any work
+    before = tree(c4)
+    with pytest.raises(ValueError, match=f"{c4 / 'shards' / 'sub'}, inside the output folder {c4}, holds"):
+        dedup(source, str(c4), exact, executor=ONE)
+    assert tree(c4) == before
 
 
 def hold_lock(folder: Path, command: str) -> subprocess.Popen:

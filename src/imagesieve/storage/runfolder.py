@@ -198,13 +198,16 @@ def check_apart(output_dir: str, command: str, part_of: str | None = None,
             raise ValueError(f"{output_dir} lies inside {outer}, the folder of an imagesieve "
                              f"{run_owner(outer, so) or 'earlier'} run, where that run writes; choose an output "
                              "folder outside it")
-    for inner in nested_runs(output_dir, so):
+    inners = nested_runs(output_dir, so)
+    for inner in inners:
         if (holder := live_holder(inner, so)) is not None:
             raise OutputInUseError(f"{inner}, inside the output folder {output_dir}, is being written by another "
                                    f"imagesieve run ({holder}); wait for it to finish, or choose another output folder")
         own = command == "dedup" and is_under(inner, join(output_dir, "shards")) and \
             is_under(join(output_dir, "shards"), inner) and is_dedups_shards(inner, so)
-        if not own and (command not in ("find", "dedup") or _writes_at(output_dir, inner, so)):
+        if own:
+            inners += nested_runs(inner, so)  # dedup's remove writes anywhere in its shards folder
+        elif command not in ("find", "dedup") or _writes_at(output_dir, inner, so):
             raise ValueError(f"{inner}, inside the output folder {output_dir}, holds an imagesieve "
                              f"{run_owner(inner, so) or 'earlier'} run of its own, where this {command} run would "
                              "write; move it out, or choose another output folder")
