@@ -40,6 +40,7 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
     holds = _run_folder_test(storage_options)
+    left_out = 0
     for spec in sources:
         here = {absolute(path): absolute(root or ".") for src in _expand(spec)
                 for path, root in _match(src, suffixes, storage_options)}
@@ -47,9 +48,12 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
         for path, root in here.items():
             if run_folder_on_the_way(path, top, holds) is None:
                 matched.setdefault(path, root)
+            else:
+                left_out += 1
     if not matched:
-        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))} "
-                                "(outside the folders of earlier imagesieve runs, whose outputs are never input)")
+        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}" + (
+            f" but {left_out} in folders of earlier imagesieve runs, whose outputs are never input" if left_out else
+            "; a folder of image files is read when it is INPUT itself (not a glob or a list)"))
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
     common = _common_root(set(matched.values()))
     found = {path: paths.relpath(path, common) for path in matched}
