@@ -194,3 +194,32 @@ def test_a_dedup_rerun_on_s3_after_the_input_changed_ends_as_a_fresh_run(s3, end
     run_cli("dedup", str(dataset), str(tmp_path / "fresh"))
     assert shards_of(s3, f"{out}/shards") == local_shards(tmp_path / "fresh" / "shards")
     assert json.loads(s3.cat_file(f"{s3.bucket}/out/summary.json"))["removal"]["removed"] == 0
+
+
+def test_scheme_aliases_globs_and_empty_path_segments_are_no_way_around_the_run_folder_checks(s3, endpoint, dataset,
+                                                                                                tmp_path):
+    """Findings 5 and 13: `remove ... s3a://bkt/data s3://bkt/data/out` was not refused (s3fs's s3a:// is
+    s3://); a glob read an earlier run's output back as input; `s3://bkt//data/out` was refused as a folder
+    holding files no run wrote, naming itself."""
+    from imagesieve.executors.local import LocalExecutor
+    from imagesieve.workflows.remove import remove_duplicates
+
+    def remove(source, out):
+        return remove_duplicates(source, out, str(tmp_path / "ids"), executor=LocalExecutor(1), storage_options={
+            "endpoint_url": endpoint, "key": "testing", "secret": "testing"})
+
+    write_ids(tmp_path / "ids", ["copy-1"])
+    b = s3.bucket
+    upload(s3, dataset, "data")
+    before = sorted(s3.find(b))
+    for source, out, says in ((f"s3a://{b}/data", f"s3://{b}/data/out", "lies inside the input"),
+                              (f"s3://{b}/data/", f"s3a://{b}/data", "is the input"),
+                              (f"s3a://{b}/data/sub", f"s3://{b}/data", "lies inside the output folder"),
+                              (f"s3://{b}/data", f"s3://{b}//data-out", r"empty segment .*write s3://[^/]+/data-out"),
+                              (f"s3://{b}//data", f"s3://{b}/data-out", r"empty segment .*write s3://[^/]+/data$")):
+        with pytest.raises(ValueError, match=says):
+            remove(source, out)
+        assert sorted(s3.find(b)) == before, (source, out)  # nothing written
+    assert remove(f"s3://{b}/data", f"s3://{b}/gl/out").shards == 3
+    upload(s3, dataset, "gl/s")
+    assert remove(f"s3a://{b}/gl/**/*.tar", str(tmp_path / "local")).shards == 3  # gl/out's shards left out

@@ -16,7 +16,7 @@ import xxhash
 
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
-from imagesieve.storage import absolute, is_remote, is_under, local_path, storage_for
+from imagesieve.storage import is_remote, is_under, local_path, storage_for
 from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
@@ -27,6 +27,7 @@ from imagesieve.storage.runfolder import (
 )
 from imagesieve.tar.names import IMAGE_EXTENSIONS
 from imagesieve.tasks import FileGroupTask
+from imagesieve.util.cache_dir import default_cache_dir
 
 FOLDER_CHUNK = 1000
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
@@ -138,13 +139,24 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
     before anything is read or written, naming both folders."""
     for root in input_roots(input_path):
         if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
-            same = "is" if absolute(output_dir) == absolute(root) else "lies inside"
+            same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
                              f"back as {what}, or replace {what} files of the same name; choose an output folder "
                              f"outside the {what} (e.g. beside it)")
         if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
             raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
                              f"folder outside the {what}")
+
+
+def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output_dir: str) -> None:
+    """The ID index cache (`cache_dir`, default `default_cache_dir()`) may not lie inside INPUT, where its
+    files would be written into a dataset and listed as input, nor inside OUT, whose next run would take
+    them for files no run wrote: refused before anything is made, the cache included."""
+    cache = cache_dir or default_cache_dir()
+    for folder, what in [*((root, "input") for root in input_roots(input_path)), (output_dir, "output folder")]:
+        if is_under(cache, folder):
+            raise ValueError(f"the cache folder {cache} lies inside the {what} {folder}: the ID index would be "
+                             f"written there; pass a --cache-dir outside the input and the output folder")
 
 
 def input_roots(input_path: str | list[str]) -> list[str]:

@@ -38,20 +38,45 @@ def absolute(path: str) -> str:
     return path.rstrip("/") if is_remote(path) else os.path.abspath(local_path(path))
 
 
+def normal_url(url: str) -> str:
+    """`url` as overlap checks compare it: one scheme for each fsspec backend's aliases (`s3a://` is s3fs's
+    `s3://`, `gcs://` is `gs://`), no leading or trailing slash on the path (`memory:///a` is `memory://a`)."""
+    from fsspec.registry import known_implementations
+
+    scheme, rest = url.split("://", 1)
+    backend = known_implementations.get(scheme, {}).get("class")
+    if backend is not None:
+        scheme = min(p for p, spec in known_implementations.items() if spec.get("class") == backend)
+    return f"{scheme}://{rest.strip('/')}"
+
+
 def is_under(path: str, folder: str) -> bool:
-    """Whether `path` lies inside `folder` (or is it): real paths for local ones, URL prefixes for URLs."""
+    """Whether `path` lies inside `folder` (or is it): real paths for local ones, URL prefixes for URLs
+    (compared as `normal_url`s: `s3a://b/x` lies inside `s3://b`)."""
     if is_remote(path) != is_remote(folder):
         return False
     if is_remote(path):
-        path, folder = path.rstrip("/"), folder.rstrip("/")
+        path, folder = normal_url(path), normal_url(folder)
         return path == folder or path.startswith(folder + "/")
     path, folder = os.path.realpath(local_path(path)), os.path.realpath(local_path(folder))
     return path == folder or path.startswith(folder + os.sep)
 
 
+def check_url(url: str) -> None:
+    """Refuse a URL with an empty path segment (`s3://b//data`): object storage keeps it in the key, so it
+    names other objects than `s3://b/data`, a difference no user means and every check would miss."""
+    scheme, rest = url.split("://", 1)
+    if "//" in rest.strip("/"):
+        fixed = f"{scheme}://{'/'.join(p for p in rest.split('/') if p)}"
+        raise ValueError(f"{url}: the path has an empty segment ('//'), which object storage keeps in the key, so "
+                         f"it names other objects than {fixed}; write {fixed}")
+
+
 def storage_for(path: str, storage_options: dict | None = None) -> LocalStorage | RemoteStorage:
-    """The backend of `path`; `storage_options` go to the fsspec file system (ignored for local paths)."""
+    """The backend of `path`; `storage_options` go to the fsspec file system (ignored for local paths).
+    A URL with an empty path segment is refused (`check_url`)."""
     if is_remote(path):
+        check_url(path)
         from imagesieve.storage.remote import RemoteStorage
 
         return RemoteStorage.for_url(path, storage_options)

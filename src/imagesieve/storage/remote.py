@@ -22,7 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from imagesieve.storage.base import OutputInUseError, is_temp_name, temp_name
+from imagesieve.storage.base import (
+    OutputInUseError,
+    is_temp_name,
+    listed_runs,
+    outside_run_folders,
+    run_folder_on_the_way,
+    temp_name,
+)
 from imagesieve.storage.spool import spool_folder
 
 logger = logging.getLogger(__name__)
@@ -193,31 +200,37 @@ class RemoteStorage:
                     self.fs.rm_file(temp)
 
     def remove_stale_temp_files(self, folder: str) -> list[str]:
-        """Delete the temp keys a killed run left under `folder` (only keys of our temp naming)."""
-        stale = [url for url in self.list_files(folder) if is_temp_name(posixpath.basename(url))] \
-            if self.exists(folder) else []
+        """Delete the temp keys a killed run left under `folder` (only keys of our temp naming), never in
+        a run folder nested in it (`outside_run_folders`): those are that run's."""
+        listing = self.list_files(folder) if self.exists(folder) else []
+        stale = [url for url in outside_run_folders(listing, folder, own_records=True)
+                 if is_temp_name(posixpath.basename(url))]
         for url in stale:
             with clear_errors(url):
                 self.fs.rm_file(self._path(url))
-        return stale + self._abort_stale_uploads(folder)
+        return stale + self._abort_stale_uploads(folder, listing)
 
-    def _abort_stale_uploads(self, folder: str) -> list[str]:
+    def _abort_stale_uploads(self, folder: str, objects: list[str]) -> list[str]:
         """Abort the S3 multipart uploads to temp keys of ours that a killed run left open: no listing
-        shows them, but the bucket's owner pays for their parts until they are aborted."""
+        shows them, but the bucket's owner pays for their parts until they are aborted. Not in a run
+        folder nested in `folder` (which `objects`, the folder's listing, shows)."""
         if "s3" not in tuple(self.fs.protocol) or not hasattr(self.fs, "call_s3"):
             return []
         bucket, _, prefix = self._path(folder).rstrip("/").partition("/")
         aborted: list[str] = []
+        holds = listed_runs(objects)
         markers: dict[str, str] = {}
         with clear_errors(folder):
             while True:
                 listing = self.fs.call_s3("list_multipart_uploads", Bucket=bucket,
                                           Prefix=prefix + "/" if prefix else "", **markers)
                 for upload in listing.get("Uploads", []):
-                    if is_temp_name(posixpath.basename(upload["Key"])):
+                    url = self.url(f"{bucket}/{upload['Key']}")
+                    if is_temp_name(posixpath.basename(upload["Key"])) and \
+                            run_folder_on_the_way(url, folder, holds, own_records=True) is None:
                         self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
                                         UploadId=upload["UploadId"])
-                        aborted.append(self.url(f"{bucket}/{upload['Key']}") + " (an unfinished upload)")
+                        aborted.append(url + " (an unfinished upload)")
                 if not listing.get("IsTruncated"):
                     return aborted
                 markers = {"KeyMarker": listing["NextKeyMarker"], "UploadIdMarker": listing["NextUploadIdMarker"]}
@@ -249,6 +262,11 @@ class RemoteStorage:
             holder = self._read_lock(url)
             if holder is not None and holder.get("token") == mine["token"]:
                 self.fs.rm_file(self._path(url))
+
+    def live_holder(self, url: str) -> str | None:
+        """Who holds the lock object `url` (None: none, or a run on this machine that is gone)."""
+        holder = self._read_lock(url)
+        return None if holder is None or _is_dead_here(holder) else _describe(holder)
 
     def _create(self, url: str, data: bytes) -> bool:
         """Write `url` only if no object is there; False when one is."""

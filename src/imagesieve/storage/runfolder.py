@@ -27,10 +27,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.storage import is_remote, join, storage_for
-from imagesieve.storage.base import OutputInUseError, is_temp_name, temp_name
+from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.storage.base import (
+    WORK_DIR,
+    OutputInUseError,
+    is_temp_name,
+    listed_runs,
+    path_parts,
+    run_folder_on_the_way,
+    temp_name,
+)
 
-WORK_DIR = "_imagesieve"
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")  # compressed: read by tarfile, written alike
 
 
@@ -77,16 +84,143 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
     return all(store.isfile(p := join(output_dir, rel)) and store.size(p) == size for rel, size in outputs.items())
 
 
+def holds_run(folder: str, storage_options: dict | None = None) -> bool:
+    """Whether `folder` is an imagesieve run's folder (it holds `_imagesieve/`): see `run_folder_on_the_way`."""
+    return storage_for(folder, storage_options).isdir(join(folder, WORK_DIR))
+
+
+def walk_own(folder: str, nested: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(folder)` (links not followed) that never enters a subfolder holding another run
+    (`run_folder_on_the_way`; each one it leaves out is added to `nested`): a run's cleanups and listings
+    of its folder leave a run nested in it alone."""
+    for root, dirs, files in os.walk(folder):
+        runs = [d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds_run, True)]
+        dirs[:] = [d for d in dirs if d not in runs]
+        if nested is not None:
+            nested += [os.path.join(root, d) for d in runs]
+        yield root, dirs, files
+
+
+def nested_runs(folder: str, storage_options: dict | None = None) -> list[str]:
+    """The run folders inside `folder` (the nearest ones: not those nested in them)."""
+    if is_remote(folder):
+        store = storage_for(folder, storage_options)
+        listing = store.list_files(folder) if store.exists(folder) else []
+        holds = listed_runs(listing)
+        return sorted({run for p in listing if (run := run_folder_on_the_way(p, folder, holds, True))})
+    found: list[str] = []
+    for _ in walk_own(folder, found):
+        pass
+    return sorted(found)
+
+
+def enclosing_runs(folder: str, storage_options: dict | None = None) -> list[str]:
+    """The run folders that `folder` lies inside, nearest first."""
+    if is_remote(folder):
+        scheme, parts = folder.split("://", 1)[0], [p for p in folder.split("://", 1)[1].split("/") if p]
+        above = [f"{scheme}://{'/'.join(parts[:k])}" for k in range(len(parts) - 1, 0, -1)]
+    else:
+        above, here = [], os.path.abspath(folder)
+        while os.path.dirname(here) != here:
+            here = os.path.dirname(here)
+            above.append(here)
+    return [f for f in above if holds_run(f, storage_options)]
+
+
+# What find and dedup write at the top of their folder; a remove run writes anywhere in its own (its
+# shards mirror the input's folders).
+FIND_NAMES = ("shards", "hashes", "reference_hashes", "embeddings", "keypoints", "duplicates", "groups", "report")
+
+
+def run_owner(folder: str, storage_options: dict | None = None) -> str | None:
+    """The command whose run folder `folder` is: its run.json, or what it holds (`_owner_before_records`)."""
+    record = join(folder, WORK_DIR, "run.json")
+    if storage_for(folder, storage_options).exists(record):
+        return read_json(record, storage_options).get("command")
+    return _owner_before_records(folder, storage_options)
+
+
+def _writes_at(outer: str, inner: str, storage_options: dict | None) -> bool:
+    """Whether the run of folder `outer` writes where `inner` (a folder inside it) lies."""
+    owner = run_owner(outer, storage_options)
+    return owner not in ("find", "dedup") or path_parts(inner)[len(path_parts(outer))] in FIND_NAMES
+
+
+def is_dedups_shards(folder: str, storage_options: dict | None = None) -> bool:
+    """Whether `folder` (a DEDUP/shards) is that dedup run's own: recorded as its part, or written before
+    that record existed (then it has no removed.parquet of its own, as a separate remove run has)."""
+    record = join(folder, WORK_DIR, "run.json")
+    store = storage_for(folder, storage_options)
+    claim = read_json(record, storage_options) if store.exists(record) else {}
+    if "part_of" in claim:
+        return claim["part_of"] == "dedup"
+    return claim.get("command", "remove") == "remove" and not store.exists(join(folder, "removed.parquet"))
+
+
+def live_holder(folder: str, storage_options: dict | None = None) -> str | None:
+    """Who holds `folder`'s run lock now (None: no live run), asked without waiting; a shared lock taken
+    for that moment is released at once."""
+    lock = join(folder, WORK_DIR, "lock")
+    if is_remote(folder):
+        return storage_for(folder, storage_options).live_holder(lock)
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
+def check_apart(output_dir: str, command: str, part_of: str | None = None,
+                storage_options: dict | None = None) -> None:
+    """Two runs never share a folder: a run into OUT is refused, naming the other folder, when OUT lies
+    inside another run's folder or holds one, and that other run is live (it holds its lock: two runs
+    would write and clean up over each other) or either run writes where the other lies (a remove run
+    at DEDUP/shards would be taken over by the dedup's next run). Checked with OUT's lock held, so of two
+    runs started together at least one sees the other. `part_of`: the folder of the run this one is a
+    step of (dedup's remove into DEDUP/shards), never taken for another."""
+    so = storage_options
+    for outer in enclosing_runs(output_dir, so):
+        if part_of is not None and is_under(outer, part_of) and is_under(part_of, outer):
+            continue
+        if (holder := live_holder(outer, so)) is not None:
+            raise OutputInUseError(f"{output_dir} lies inside {outer}, which another imagesieve run is writing "
+                                   f"({holder}); wait for it to finish, or choose an output folder outside it")
+        if _writes_at(outer, output_dir, so):
+            raise ValueError(f"{output_dir} lies inside {outer}, the folder of an imagesieve "
+                             f"{run_owner(outer, so) or 'earlier'} run, where that run writes; choose an output "
+                             "folder outside it")
+    inners = nested_runs(output_dir, so)
+    for inner in inners:
+        if (holder := live_holder(inner, so)) is not None:
+            raise OutputInUseError(f"{inner}, inside the output folder {output_dir}, is being written by another "
+                                   f"imagesieve run ({holder}); wait for it to finish, or choose another output folder")
+        own = command == "dedup" and is_under(inner, join(output_dir, "shards")) and \
+            is_under(join(output_dir, "shards"), inner) and is_dedups_shards(inner, so)
+        if own:
+            inners += nested_runs(inner, so)  # dedup's remove writes anywhere in its shards folder
+        elif command not in ("find", "dedup") or _writes_at(output_dir, inner, so):
+            raise ValueError(f"{inner}, inside the output folder {output_dir}, holds an imagesieve "
+                             f"{run_owner(inner, so) or 'earlier'} run of its own, where this {command} run would "
+                             "write; move it out, or choose another output folder")
+
+
 def remove_stale_temp_files(folder: str, storage_options: dict | None = None) -> list[str]:
     """Delete the temp files a killed run left under `folder`; returns their paths.
 
     Only regular files named by `temp_name` are removed (never folders, never through a symlink),
-    and only by a run that holds the folder's lock, so no live writer owns them.
+    and only by a run that holds the folder's lock, so no live writer owns them; never inside a run
+    folder nested in `folder` (`walk_own`): its temp files are that run's, maybe live.
     """
     if is_remote(folder):
         return storage_for(folder, storage_options).remove_stale_temp_files(folder)
     removed = []
-    for root, _, files in os.walk(folder):
+    for root, _, files in walk_own(folder):
         for name in files:
             path = os.path.join(root, name)
             if is_temp_name(name) and stat.S_ISREG(os.lstat(path).st_mode):
@@ -96,20 +230,22 @@ def remove_stale_temp_files(folder: str, storage_options: dict | None = None) ->
 
 
 @contextmanager
-def run_lock(output_dir: str, command: str, storage_options: dict | None = None) -> Iterator[None]:
+def run_lock(output_dir: str, command: str, storage_options: dict | None = None,
+             part_of: str | None = None) -> Iterator[None]:
     """Hold OUTPUT/_imagesieve/lock for a whole run: a second run into the same folder fails at once
     (two runs would overwrite each other's shards and lists). The kernel releases the lock when the
     process dies, however it dies, so a killed run never leaves the folder locked. On object storage
     the lock is an object (see `RemoteStorage.lock`). The folder belongs to one command
-    (`claim_for`): another command's folder is refused."""
+    (`claim_for`): another command's folder is refused, and one not apart from every other run's
+    (`check_apart`; `part_of`: the folder of the run this one is a step of)."""
     if is_remote(output_dir):
         lock = join(output_dir, WORK_DIR, "lock")
         with storage_for(output_dir, storage_options).lock(output_dir, command, lock):
-            claim_for(output_dir, command, storage_options)
+            claim_for(output_dir, command, storage_options, part_of)
             yield
         return
     with _local_lock(output_dir, command):
-        claim_for(output_dir, command, storage_options)
+        claim_for(output_dir, command, storage_options, part_of)
         yield
 
 
@@ -118,21 +254,25 @@ def run_lock(output_dir: str, command: str, storage_options: dict | None = None)
 _TAKES_OVER = {("find", "dedup")}
 
 
-def claim_for(output_dir: str, command: str, storage_options: dict | None = None) -> None:
-    """Record in OUTPUT/_imagesieve/run.json which command owns the folder, or refuse a folder that
-    holds another command's run (`find` into a `dedup` folder would overwrite its lists and break its
-    reruns; `remove` into a `find` folder would overwrite its summary.json)."""
+def claim_for(output_dir: str, command: str, storage_options: dict | None = None, part_of: str | None = None) -> None:
+    """Record in OUTPUT/_imagesieve/run.json which command owns the folder (and, for dedup's remove into
+    DEDUP/shards, that it is dedup's: `is_dedups_shards`), or refuse a folder that holds another command's
+    run (`find` into a `dedup` folder would overwrite its lists and break its reruns; `remove` into a
+    `find` folder would overwrite its summary.json), or that is not apart from other runs (`check_apart`):
+    all before the record is written."""
     record = join(output_dir, WORK_DIR, "run.json")
     store = storage_for(output_dir, storage_options)
-    owner = read_json(record, storage_options).get("command") if store.exists(record) else \
-        _owner_before_records(output_dir, storage_options)
+    claim = read_json(record, storage_options) if store.exists(record) else {}
+    owner = claim.get("command") if claim else _owner_before_records(output_dir, storage_options)
     if owner not in (None, command) and (owner, command) not in _TAKES_OVER:
         raise ValueError(f"{output_dir} holds the output of an imagesieve {owner} run; `imagesieve {command}` "
                          "cannot write into it: choose another output folder")
     if owner is None:
         refuse_foreign_files(output_dir, storage_options)
-    if owner != command:
-        write_json_atomic({"command": command}, record, storage_options)
+    check_apart(output_dir, command, part_of, storage_options)
+    mine = {"command": command, **({"part_of": "dedup"} if part_of is not None else {})}
+    if owner != command or (part_of is not None and claim != mine):
+        write_json_atomic(mine, record, storage_options)
 
 
 def refuse_foreign_files(output_dir: str, storage_options: dict | None = None) -> None:

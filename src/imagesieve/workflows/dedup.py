@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
-from imagesieve.pipeline.inputs import check_input_first, input_units
+from imagesieve.pipeline.inputs import check_cache_apart, check_input_first, input_units
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
@@ -74,6 +74,7 @@ def dedup(input_path: str | list[str], output_dir: str,
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     check_input_first(input_path, output_dir, storage_options)
+    check_cache_apart(cache_dir, input_path, output_dir)
     if not is_remote(output_dir) and os.path.islink(os.path.join(output_dir, "shards")):
         raise ValueError(f"{os.path.join(output_dir, 'shards')} is a symlink; imagesieve never writes through a link "
                          "in its output folder: remove it, or choose another output folder")

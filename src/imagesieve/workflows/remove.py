@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.pipeline.inputs import InputUnit, input_units, other_files
+from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, input_units, other_files
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
@@ -115,12 +115,14 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     unless `allow_unmatched_ids` (a run over part of the shards the list was made for).
 
     The list of removed samples goes to `removed_path` (default OUTPUT/removed.parquet). The input may
-    not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder). Outputs of
+    not overlap `exclude` (default `output_dir`; `dedup` passes its whole output folder, of whose run this
+    one is then a step: `runfolder.check_apart`). Outputs of
     shards that have left the input since an earlier run are deleted (only what its records name).
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
     so = storage_options
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
+    check_cache_apart(cache_dir, input_path, exclude or output_dir)
     check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
     if folder and is_remote(output_dir):
@@ -139,7 +141,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_ids_match(removal, units, so)
     with removed_if_refused(output_dir):
         check_output_dir(output_dir)
-        with run_lock(output_dir, "remove", so):
+        with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
             remove_stale_temp_files(output_dir, so)
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,

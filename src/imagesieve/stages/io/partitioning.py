@@ -7,19 +7,19 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 
 from braceexpand import braceexpand
 
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import absolute, is_remote, local_path, storage_for
-from imagesieve.storage.base import is_temp_name
-from imagesieve.storage.runfolder import SHARD_SUFFIXES, WORK_DIR
+from imagesieve.storage.base import is_temp_name, outside_run_folders, run_folder_on_the_way
+from imagesieve.storage.runfolder import SHARD_SUFFIXES, holds_run
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
-RUN_RECORD = WORK_DIR  # every imagesieve output folder holds one
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
@@ -32,28 +32,47 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     are not shards (img2dataset's `.parquet` and `_stats.json` beside them) are skipped. Relative
     paths (which name the outputs) are taken from the common folder of all sources. Any of these may be
     a URL (`s3://bucket/shards/{00000..00099}.tar`), listed with `storage_options`.
+
+    Each source leaves out what lies in an earlier run's folder below its root (`run_folder_on_the_way`):
+    the folder itself, a glob's fixed part, the folder shared by a brace pattern's or a list file's
+    entries. Naming a run's folder (`dedup_out/shards`) or a shard in it as a source reads it.
     """
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
+    holds = _run_folder_test(storage_options)
+    left_out = 0
     for spec in sources:
-        for src in _expand(spec):
-            for path, root in _match(src, suffixes, storage_options):
-                matched.setdefault(absolute(path), absolute(root or "."))
+        here = {absolute(path): absolute(root or ".") for src in _expand(spec)
+                for path, root in _match(src, suffixes, storage_options)}
+        top = _common_root(set(here.values()))
+        for path, root in here.items():
+            if run_folder_on_the_way(path, top, holds) is None:
+                matched.setdefault(path, root)
+            else:
+                left_out += 1
     if not matched:
-        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}")
-    if len({is_remote(p) for p in matched}) > 1:
-        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+        raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}" + (
+            f" but {left_out} in folders of earlier imagesieve runs, whose outputs are never input" if left_out else
+            "; a folder of image files is read when it is INPUT itself (not a glob or a list)"))
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
-    if paths is os.path:
-        refuse_two_names(list(matched))
-    roots = set(matched.values())
-    common = roots.pop() if len(roots) == 1 else paths.commonpath([*roots, *matched.values()])
+    common = _common_root(set(matched.values()))
     found = {path: paths.relpath(path, common) for path in matched}
+    if paths is os.path:
+        refuse_two_names(list(found))
     for path, relative in found.items():  # names an output: it must lie inside OUT
         if relative == ".." or relative.startswith(("../", ".." + os.sep)) or os.path.isabs(relative):
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
                              "list the shards under one folder")
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def _common_root(roots: set[str]) -> str:
+    """The folder that all `roots` (absolute paths, or URLs of one scheme) lie in."""
+    if len({is_remote(r) for r in roots}) > 1:
+        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+    if len(roots) <= 1:
+        return next(iter(roots), "")
+    return (_UrlPaths if is_remote(next(iter(roots))) else os.path).commonpath(list(roots))
 
 
 def refuse_two_names(paths: list[str]) -> None:
@@ -132,7 +151,7 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
             raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
         root, paths = posixpath.dirname(src), [src]
     elif store.isdir(src):
-        root, paths = src, outside_run_folders(store.list_files(src), src)
+        root, paths = src, outside_run_folders(store.list_files(src), src)  # as `list_shards` would, in one listing
     else:
         raise store.missing(src)
     for path in paths:
@@ -142,20 +161,20 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
 
 def walk_files(folder: str) -> Iterator[str]:
     """Every regular file under `folder`, following symlinked folders (a dataset is often assembled from
-    links) but entering each real folder once, so a link loop cannot recurse forever.
+    links) but entering each real folder once, so a link loop cannot recurse forever; never entering
+    another run's folder (`run_folder_on_the_way`).
 
     Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
     copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
     seen: set[str] = set()
+    holds = _run_folder_test(None)
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        if RUN_RECORD in dirs:
-            dirs.remove(RUN_RECORD)
-        dirs[:] = sorted(d for d in dirs if not _is_run_folder(os.path.join(root, d)))
+        dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
         for name in sorted(files):
             path = os.path.join(root, name)
             if os.path.isfile(path):
@@ -168,25 +187,18 @@ def walk_files(folder: str) -> Iterator[str]:
 _warned: set[str] = set()
 
 
-def _is_run_folder(folder: str) -> bool:
-    """A folder inside the input that holds an imagesieve run (an earlier output): its shards, links and
-    report thumbnails are outputs, never input. Left out, said once."""
-    if not os.path.isdir(os.path.join(folder, RUN_RECORD)):
-        return False
-    if os.path.abspath(folder) not in _warned:
-        _warned.add(os.path.abspath(folder))
-        logger.warning("%s: left out, it holds an imagesieve run (%s/)", folder, RUN_RECORD)
-    return True
-
-
-def outside_run_folders(paths: list[str], root: str, sep: str = "/") -> list[str]:
-    """`paths` (a listing of `root`) without anything in an imagesieve run folder below `root` or in a
-    `_imagesieve/` work folder: the same rule as `walk_files`, for object storage listings."""
-    marker = sep + RUN_RECORD + sep
-    runs = {p[:p.index(marker)] for p in paths if marker in p[len(root.rstrip(sep)):]}
-    runs.discard(root.rstrip(sep))
-    return [p for p in paths if marker not in p[len(root.rstrip(sep)):]
-            and not any(p.startswith(run + sep) for run in runs)]
+def _run_folder_test(storage_options: dict | None) -> Callable[[str], bool]:
+    """`holds_run` for listing input, asked once per folder, each folder it is true of named in a warning
+    (once per run): a folder inside the input that holds an imagesieve run (an earlier output) is left out."""
+    @cache
+    def holds(folder: str) -> bool:
+        if not holds_run(folder, storage_options):
+            return False
+        if absolute(folder) not in _warned:
+            _warned.add(absolute(folder))
+            logger.warning("%s: left out, it holds an imagesieve run (_imagesieve/)", folder)
+        return True
+    return holds
 
 
 def _what_it_is(path: str) -> str:

@@ -1,0 +1,187 @@
+"""Run folders stay apart: a run never reads another run's outputs as input, however INPUT is named;
+never starts inside or above a folder another run writes; never cleans up another run's temp files;
+keeps its cache out of INPUT and OUT; and names a URL it cannot take."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_ids
+
+from imagesieve.executors.local import LocalExecutor
+from imagesieve.storage.runfolder import OutputInUseError
+from imagesieve.workflows.dedup import dedup
+from imagesieve.workflows.find import FindConfig, find_duplicates
+from imagesieve.workflows.remove import remove_duplicates
+
+ONE = LocalExecutor(1)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by path, but the lock file (a run writes its pid there, refused or not)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "lock"}
+
+
+@pytest.fixture
+def gl(make_shard, tmp_path):
+    """gl/s/shards: two shards (the second copies 3 photos of the first); gl/out: an earlier remove run of
+    them, gl/found: an earlier find run (each holding .tar files and an _imagesieve/ record)."""
+    make_shard("00000.tar", n=6, folder="gl/s/shards")
+    make_shard("00001.tar", n=3, keys=["copy-0", "copy-1", "copy-2"], folder="gl/s/shards")
+    write_ids(tmp_path / "ids", ["copy-1"])
+    gl = tmp_path / "gl"
+    remove_duplicates(str(gl / "s" / "shards"), str(gl / "out"), str(tmp_path / "ids"), executor=ONE)
+    return gl
+
+
+def list_file(path: Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_earlier_outputs_are_left_out_of_the_input_however_it_is_named(gl, tmp_path):
+    """Finding 5: `remove ... 'gl/**/*.tar' gl5` read gl/out's clean shards back as input, the dataset twice;
+    only a folder given as INPUT left out folders holding an _imagesieve/ record."""
+    every_tar = sorted(str(p) for p in gl.rglob("*.tar"))
+    assert len(every_tar) == 4
+    ways = {"folder": str(gl),
+            "glob": str(gl / "**" / "*.tar"),
+            "brace": str(gl / "{s,out}" / "**" / "*.tar"),
+            "list file of shards": list_file(tmp_path / "shards.txt", every_tar),
+            "list file of a glob": list_file(tmp_path / "glob.txt", [str(gl / "**" / "*.tar")]),
+            "list of these": [str(gl / "s"), str(gl / "**" / "*.tar")]}
+    for k, (way, spec) in enumerate(ways.items()):
+        summary = remove_duplicates(spec, str(tmp_path / f"o{k}"), str(tmp_path / "ids"), executor=ONE)
+        assert (summary.shards, summary.samples_in, summary.removed) == (2, 9, 1), way
+    # a run's folder named itself is read: the way to deduplicate clean shards with new ones
+    both = remove_duplicates([str(gl / "s" / "shards"), str(gl / "out")], str(tmp_path / "both"),
+                             str(tmp_path / "ids"), executor=ONE)
+    assert (both.shards, both.samples_in) == (4, 17)
+    found = find_duplicates(str(gl / "**" / "*.tar"), str(tmp_path / "f"), FindConfig(method="exact"), executor=ONE)
+    assert (found.images, found.duplicates) == (9, 3)  # before: 17 images, keys repeated across shards refused
+
+
+def test_a_run_never_cleans_up_the_temp_files_of_a_run_nested_in_its_folder(gl, tmp_path):
+    """Finding 8: a run into P deleted the live temp files of a run into P/sub (which then failed with
+    FileNotFoundError): the cleanup walked into the other run's folder. Locked or not, they are that run's."""
+    out = tmp_path / "out"
+    find_duplicates(str(gl / "s" / "shards"), str(out), FindConfig(method="exact"), executor=ONE)
+    remove_duplicates(str(gl / "s" / "shards"), str(out / "clean"), str(tmp_path / "ids"), executor=ONE)
+    theirs = [out / "clean" / f".00000.tar.imagesieve-tmp-{os.getpid()}",
+              out / "clean" / "_imagesieve" / "done" / f".00000.tar.json.imagesieve-tmp-{os.getpid()}"]
+    mine = [out / f".summary.json.imagesieve-tmp-{os.getpid()}",
+            out / "_imagesieve" / f".config.json.imagesieve-tmp-{os.getpid()}"]
+    for path in theirs + mine:
+        path.write_bytes(b"being written")
+    find_duplicates(str(gl / "s" / "shards"), str(out), FindConfig(method="exact"), executor=ONE)
+    assert [p.exists() for p in theirs + mine] == [True, True, False, False]
+
+    import fsspec
+
+    from imagesieve.storage.runfolder import remove_stale_temp_files
+
+    fs = fsspec.filesystem("memory")
+    for key in ("p/_imagesieve/run.json", "p/.a.imagesieve-tmp-1", "p/_imagesieve/.b.imagesieve-tmp-1",
+                "p/sub/_imagesieve/run.json", "p/sub/.c.imagesieve-tmp-1", "p/sub/_imagesieve/.d.imagesieve-tmp-1"):
+        fs.pipe_file(f"/nested-runs/{key}", b"x")
+    removed = remove_stale_temp_files("memory://nested-runs/p")
+    assert sorted(url.rsplit("/", 1)[1] for url in removed) == [".a.imagesieve-tmp-1", ".b.imagesieve-tmp-1"]
+    assert fs.exists("/nested-runs/p/sub/.c.imagesieve-tmp-1")
+
+
+def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl, tmp_path):
+    """Finding 6: `dedup --dry-run s c4; remove ... s c4/shards; dedup s c4` took the remove run over: its
+    result replaced, a stale c4/shards/removed.parquet, a summary counting both runs' removals."""
+    source, ids, c4 = str(gl / "s" / "shards"), str(tmp_path / "ids"), tmp_path / "c4"
+    exact = FindConfig(method="exact")
+    dedup(source, str(c4), exact, executor=ONE, dry_run=True)
+    before = tree(c4)
+    with pytest.raises(ValueError, match=f"{c4 / 'shards'} lies inside {c4}, the folder of an imagesieve dedup run"):
+        remove_duplicates(source, str(c4 / "shards"), ids, executor=ONE)
+    assert tree(c4) == before and not (c4 / "shards").exists()  # refused before anything was written
+
+    # a remove run already where dedup writes (as an earlier version or two runs started together left it)
+    remove_duplicates(source, str(tmp_path / "r"), ids, executor=ONE)
+    for where in ("shards", "shards/sub", "hashes/old"):
+        os.renames(tmp_path / "r", c4 / where)
+        before = tree(c4)
+        with pytest.raises(ValueError, match=f"{c4 / where}, inside the output folder {c4}, holds an imagesieve "
+                                             "remove run of its own, where this dedup run would write"):
+            dedup(source, str(c4), exact, executor=ONE)
+        assert tree(c4) == before, where
+        os.renames(c4 / where, tmp_path / "r")
+
+    os.rename(tmp_path / "r", c4 / "clean")  # where dedup does not write: its own, left alone
+    clean = tree(c4 / "clean")
+    assert dedup(source, str(c4), exact, executor=ONE).removed == 3
+    assert dedup(source, str(c4), exact, executor=ONE).removed == 3  # its own shards folder, again
+    assert tree(c4 / "clean") == clean
+    assert remove_duplicates(source, str(c4 / "clean"), ids, executor=ONE).shards_skipped == 2
+    os.rename(c4 / "clean", c4 / "shards" / "sub")  # inside dedup's own shards folder: refused before any work
+    before = tree(c4)
+    with pytest.raises(ValueError, match=f"{c4 / 'shards' / 'sub'}, inside the output folder {c4}, holds"):
+        dedup(source, str(c4), exact, executor=ONE)
+    assert tree(c4) == before
+
+
+def hold_lock(folder: Path, command: str) -> subprocess.Popen:
+    """A process holding `folder`'s run lock until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from imagesieve.storage.runfolder import run_lock\n"
+                               f"with run_lock({str(folder)!r}, {command!r}):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_never_starts_inside_or_above_a_live_run(gl, tmp_path):
+    """Finding 6, started together: a run into P and one into P/sub (or P/shards) cleaned up and wrote
+    over each other. Whichever starts second is refused, naming the other's folder and process."""
+    source, ids, p = str(gl / "s" / "shards"), str(tmp_path / "ids"), tmp_path / "p"
+    exact = FindConfig(method="exact")
+    find_duplicates(source, str(p), exact, executor=ONE)
+    holder = hold_lock(p / "sub", "remove")
+    try:
+        for run in (lambda: find_duplicates(source, str(p), exact, executor=ONE),
+                    lambda: dedup(source, str(p), exact, executor=ONE)):
+            with pytest.raises(OutputInUseError, match=f"{p / 'sub'}, inside the output folder {p}, is being "
+                                                       f"written by another imagesieve run .*pid {holder.pid}"):
+                run()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_lock(p, "find")
+    try:
+        with pytest.raises(OutputInUseError, match=f"lies inside {p}, which another imagesieve run is writing "
+                                                   f".*pid {holder.pid}"):
+            remove_duplicates(source, str(p / "sub"), ids, executor=ONE)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_duplicates(source, str(p / "sub"), ids, executor=ONE).removed == 1  # once neither is live
+    assert find_duplicates(source, str(p), exact, executor=ONE).duplicates == 3
+
+
+def test_the_cache_folder_is_refused_inside_the_input_or_the_output_and_nothing_is_made(gl, tmp_path):
+    """Finding 10: `remove --cache-dir s/shards ...` wrote id-index-v4/ into the input; `remove --cache-dir
+    cd2/x ... cd2` made the cache, then refused cd2 as holding files no run wrote, at every rerun."""
+    source, ids = gl / "s" / "shards", str(tmp_path / "ids")
+    before = tree(gl)
+    for cache, out, says in ((source, tmp_path / "o1", f"the cache folder {source} lies inside the input {source}"),
+                             (gl / "s", tmp_path / "o2", "lies inside the input"),  # a glob's root counts
+                             (tmp_path / "cd2" / "x", tmp_path / "cd2", "lies inside the output folder")):
+        spec = str(source) if cache != gl / "s" else str(gl / "s" / "**" / "*.tar")
+        with pytest.raises(ValueError, match=says):
+            remove_duplicates(spec, str(out), ids, executor=ONE, cache_dir=str(cache))
+        assert tree(gl) == before and not out.exists() and not (tmp_path / "cd2").exists()
+    with pytest.raises(ValueError, match="lies inside the output folder"):
+        dedup(str(source), str(tmp_path / "d"), FindConfig(method="exact"), executor=ONE,
+              cache_dir=str(tmp_path / "d" / "cache"))
+    assert not (tmp_path / "d").exists()
+    assert remove_duplicates(str(source), str(tmp_path / "cd2"), ids, executor=ONE,
+                             cache_dir=str(tmp_path / "cache")).removed == 1
