@@ -163,6 +163,44 @@ def test_shard_with_nothing_removed_is_copied_byte_for_byte(make_shard, tmp_path
     assert Path(tmp_path / "out" / "00000.tar").read_bytes() == Path(path).read_bytes()
 
 
+def _members_end(path: str) -> int:
+    """Where the last member of a plain tar ends (its data padded to a block): the ending starts here."""
+    table = read_table(path)
+    return int(table.ends.max())
+
+
+@pytest.mark.parametrize("both_tar_parsers", ["python scanner", "compiled parser"], indirect=True)
+@pytest.mark.parametrize("ending", ["none", "two blocks", "one block", "tarfile's"])
+def test_an_output_shard_ends_as_its_input_ended(make_shard, tmp_path, ending, both_tar_parsers):
+    """A tar without end-of-archive blocks (truncated right after its last member), or ended by two zero
+    blocks without record padding (Go's and Rust's tar writers), is copied identically when nothing is
+    removed: no end blocks added, no padding; with samples removed, the output ends as the input did."""
+    path = make_shard(n=5)
+    data = Path(path).read_bytes()
+    end = _members_end(path)
+    tail = {"none": b"", "two blocks": bytes(1024), "one block": bytes(512), "tarfile's": data[end:]}[ending]
+    Path(path).write_bytes(data[:end] + tail)
+    write_ids(tmp_path / "none", ["absent"])
+    remove_duplicates(path, str(tmp_path / "same"), str(tmp_path / "none"), executor=LocalExecutor(1),
+                      allow_unmatched_ids=True)
+    assert Path(tmp_path / "same" / "00000.tar").read_bytes() == Path(path).read_bytes()
+
+    write_ids(tmp_path / "dups", ["00000001"])
+    remove_duplicates(path, str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    out = str(tmp_path / "out" / "00000.tar")
+    assert Path(out).read_bytes()[_members_end(out):] == tail
+    assert list(members_by_key(out)) == ["00000000", "00000002", "00000003", "00000004"]
+    with tarfile.open(out) as tar:
+        assert len(tar.getmembers()) == 12
+
+    write_ids(tmp_path / "all", [f"{i:08d}" for i in range(5)])  # an empty file is no tar: an empty one ends
+    remove_duplicates(path, str(tmp_path / "empty"), str(tmp_path / "all"), executor=LocalExecutor(1))
+    empty = Path(tmp_path / "empty" / "00000.tar").read_bytes()
+    assert empty == (tail if tail else bytes(10240))
+    with tarfile.open(tmp_path / "empty" / "00000.tar") as tar:
+        assert tar.getmembers() == []
+
+
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
 def test_tar_formats_long_names_global_headers_and_gzip(tmp_path, fmt):
     long_key = "deep/" * 30 + "k" * 40 if fmt != tarfile.USTAR_FORMAT else "d/" + "k" * 60

@@ -84,6 +84,8 @@ def write_from_table(writer: AtomicShardWriter, table: ShardTable, rows: np.ndar
     member_kept = ~in_sample  # members of no sample (global headers, README, ._x.jpg) keep their place
     member_kept[in_sample] = keep[table.sample_of[in_sample]]
     writer.add_ranges(table.shard, table.header_offsets[member_kept], table.ends[member_kept])
+    if table.ending is not None:
+        writer.end_as(table.shard, *table.ending)  # as the input ends: a shard with nothing removed is identical
     members = table.grouped[keep[table.sample_of[table.grouped]]]
     offsets = pa.array(np.concatenate([[0], np.cumsum(np.diff(table.starts)[rows])]), pa.int32())
     return pa.table([table.key_array.take(pa.array(rows, pa.int64())).cast(pa.string()),
