@@ -343,3 +343,10 @@ def test_the_image_member_is_a_plain_image_extension_in_list_order_never_a_mask_
     images = {image.image_id: image.image_ext for image in read(path).data}
     assert images == {"a": "jpg", "b": "jpg", "c": "PNG", "d": "alpha.png", "e": "JPEG"}
     assert read(path).data[0].image_data.shape == (64, 64, 3)  # the photo, not the mask
+
+
+def test_shards_in_a_folder_and_under_a_link_to_it_are_listed_under_the_real_name(make_shard, tmp_path):
+    """`real/` and `alias -> real`: the shard is `real/00000.tar`, not the name of the link sorted first."""
+    make_shard("real/00000.tar", n=2)
+    os.symlink(tmp_path / "shards" / "real", tmp_path / "shards" / "alias")
+    assert [rel for _, rel in list_shards(str(tmp_path / "shards"))] == ["real/00000.tar"]
