@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,12 +14,14 @@ import pytest
 import webdataset as wds
 from conftest import write_ids
 
+from imagesieve import ImageBatch, ProcessingStage
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline, PipelineError
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.tar.read import read_table
+from imagesieve.tasks import ImageObject
 from imagesieve.workflows.remove import remove_duplicates
 
 
@@ -199,6 +202,27 @@ def test_an_output_shard_ends_as_its_input_ended(make_shard, tmp_path, ending, b
     assert empty == (tail if tail else bytes(10240))
     with tarfile.open(tmp_path / "empty" / "00000.tar") as tar:
         assert tar.getmembers() == []
+
+
+@dataclass
+class RebuildStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Makes fresh `ImageObject`s with the members read: the writer then writes member by member."""
+
+    name: str = "rebuild"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        fresh = [ImageObject(image_id=i.image_id, members=dict(i.members), shard=i.shard, image_ext=i.image_ext)
+                 for i in task.data]
+        return ImageBatch(data=fresh, dataset_name=task.dataset_name, _metadata=task._metadata)
+
+
+def test_a_shard_written_member_by_member_ends_as_its_input_too(make_shard, tmp_path):
+    path = make_shard(n=3)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:_members_end(path)])  # no end-of-archive blocks
+    Pipeline("own", stages=[FilePartitioningStage(file_paths=path), ImageReaderStage(), RebuildStage(),
+                            ImageWriterStage(output_dir=str(tmp_path / "out"))]).run(LocalExecutor(1))
+    assert Path(tmp_path / "out" / "00000.tar").read_bytes() == Path(path).read_bytes()
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])

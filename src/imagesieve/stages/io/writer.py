@@ -85,8 +85,6 @@ def write_from_table(writer: AtomicShardWriter, table: ShardTable, rows: np.ndar
     member_kept = ~in_sample  # members of no sample (global headers, README, ._x.jpg) keep their place
     member_kept[in_sample] = keep[table.sample_of[in_sample]]
     writer.add_ranges(table.shard, table.header_offsets[member_kept], table.ends[member_kept])
-    if table.ending is not None:
-        writer.end_as(table.shard, *table.ending)  # as the input ends: a shard with nothing removed is identical
     members = table.grouped[keep[table.sample_of[table.grouped]]]
     offsets = pa.array(np.concatenate([[0], np.cumsum(np.diff(table.starts)[rows])]), pa.int32())
     return pa.table([table.key_array.take(pa.array(rows, pa.int64())).cast(pa.string()),
@@ -197,6 +195,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
+                if table is not None and table.ending is not None:  # a plain tar: the output ends as it did
+                    writer.end_as(table.shard, *table.ending)  # (so a shard with nothing removed is identical)
             output_size = os.path.getsize(local_out)
         # keys and member names are all distinct: a dictionary would only cost time (a third of the write)
         write_parquet_atomic(index, work_path(self.output_dir, "index", relative, ".parquet"), options,
