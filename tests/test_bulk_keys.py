@@ -40,7 +40,8 @@ def test_xxh64_equals_the_xxhash_package_on_every_length():
 
 
 NAME_PART = st.sampled_from(["a", "b", "k1", "0001", "x.y", ".hid", "dir/", "dir/a", "d.d/", "é"])
-EXT = st.sampled_from(["jpg", "JPEG", "txt", "json", "png", "cls.txt", "tar.webp", "", "x"])
+EXT = st.sampled_from(["jpg", "JPEG", "txt", "json", "png", "PNG", "webp", "cls.txt", "tar.webp", "alpha.png",
+                       "depth.PNG", ".png", "png.txt", "", "x"])
 
 
 @st.composite
@@ -57,15 +58,20 @@ def member_names(draw) -> list[str]:
 
 
 def _reference(names: list[str]):
-    """What the one-by-one rule says: (sample_of, keys, image member per sample), or the error it raises."""
+    """What the one-by-one rule says: (sample_of, keys, image member per sample: `names.image_extension`'s
+    choice among the sample's extensions), or the error it raises."""
     try:
         sample_of, keys, exts = _group_members_one_by_one("s.tar", names)
     except ShardError as exc:
         return str(exc)
-    image = [-1] * len(keys)
+    members: list[list[int]] = [[] for _ in keys]
     for j, sample in enumerate(sample_of.tolist()):
-        if sample >= 0 and image[sample] < 0 and image_extension([exts[j]]):
-            image[sample] = j
+        if sample >= 0:
+            members[sample].append(j)
+    image = []
+    for js in members:  # the stated rule, applied to each sample's extensions in tar order
+        ext = image_extension([exts[j] for j in js])
+        image.append(-1 if ext is None else next(j for j in js if exts[j] == ext))
     return sample_of.tolist(), keys, image
 
 
@@ -81,6 +87,8 @@ def test_grouping_equals_the_one_by_one_rule(names):
         return
     table = ShardTable("s.tar", pa.array(names, pa.large_string()), zeros, zeros, zeros)
     assert (table.sample_of.tolist(), table.keys, table.image_member.tolist()) == want
+    python = ShardTable("s.tar", pa.array(names, pa.large_string()), zeros, zeros, zeros, compiled=False)
+    assert (python.sample_of.tolist(), python.keys, python.image_member.tolist()) == want  # the Python path too
     assert table.key_hashes.tolist() == [xxhash.xxh64_intdigest(k.encode()) for k in table.keys]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 
@@ -18,6 +19,7 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.images.decode import ImageDecodeError
 from imagesieve.pipeline.inputs import split_tail
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
+from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows import common
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.remove import remove_duplicates
@@ -233,3 +235,43 @@ def test_chance_phash_pairs_are_not_duplicates_but_copies_are(tmp_path):
         listed[name] = set(pq.read_table(str(tmp_path / name / "duplicates")).column("id").to_pylist())
     assert listed["default"] == planted
     assert listed["off"] > planted  # pHash alone also pairs unrelated mosaics
+
+
+def test_photos_with_one_blank_mask_each_are_not_duplicates(tmp_path):
+    """Six different photos, each with the same blank `KEY.alpha.png` sorted before its `KEY.jpg`: the
+    photos are hashed, not the masks, so nothing is a duplicate (the mask made 5 of them 'exact')."""
+    tiles, mask = photo_tiles(), encode(__import__("numpy").zeros((64, 64), "uint8"), "png")
+    os.makedirs(tmp_path / "in")
+    with wds.TarWriter(str(tmp_path / "in" / "00000.tar"), encoder=False) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"{i:09d}", "alpha.png": mask, "jpg": encode(tiles[i]), "txt": b"x"})
+    summary = find_duplicates(str(tmp_path / "in"), str(tmp_path / "f"), FindConfig(), executor=LocalExecutor(1))
+    assert summary.images == 6 and summary.duplicates == 0
+    assert pq.read_table(str(tmp_path / "f" / "duplicates")).num_rows == 0
+
+    # a hash table made under the earlier rule (the masks hashed) is stale: a rerun hashes the photos
+    hashes = str(tmp_path / "f" / "hashes" / "00000.tar.parquet")
+    table = pq.read_table(hashes)
+    provenance = json.loads(table.schema.metadata[b"imagesieve.provenance"])
+    assert provenance["image_rule"] == IMAGE_RULE
+    provenance["image_rule"] = IMAGE_RULE - 1
+    for column in {"bytes_hash", "pixel_hash", "phash"} & set(table.column_names):  # as if the masks were hashed
+        same = pa.array([table[column][0].as_py()] * 6, table[column].type)
+        table = table.set_column(table.column_names.index(column), column, same)
+    pq.write_table(table.replace_schema_metadata({b"imagesieve.provenance": json.dumps(provenance)}), hashes)
+    summary = find_duplicates(str(tmp_path / "in"), str(tmp_path / "f"), FindConfig(), executor=LocalExecutor(1))
+    assert summary.duplicates == 0
+
+
+def test_an_embedding_table_of_another_image_rule_is_not_current(tmp_path):
+    """Embedding tables record the image rule too: one made when another member was each sample's image
+    is embedded again."""
+    from imagesieve.stages.embedding.embedding_writer import FINGERPRINT_KEY, IMAGE_RULE_KEY, MODEL_KEY, is_current
+
+    path = str(tmp_path / "e.parquet")
+    for rule, current in ((IMAGE_RULE, True), (IMAGE_RULE - 1, False), (None, False)):
+        meta = {FINGERPRINT_KEY: b"f", MODEL_KEY: b"m"}
+        if rule is not None:
+            meta[IMAGE_RULE_KEY] = str(rule).encode()
+        pq.write_table(pa.table({"id": ["a"]}).replace_schema_metadata(meta), path)
+        assert is_current(path, "f", "m") is current

@@ -113,3 +113,32 @@ def test_input_files_named_like_the_runs_own_records_are_refused(photos, tmp_pat
     (photos / "summary.json").write_text('{"mine": 1}')
     with pytest.raises(ValueError, match="summary.json: the output keeps its own"):
         dedup(str(photos), str(tmp_path / "out"), FindConfig(), executor=ONE)
+
+
+def test_a_symlinked_folder_never_stands_for_the_real_one(tmp_path):
+    """`sl/real/` and the link `sl/alias -> real`: the real folder is read under its own name (the link
+    sorted first and took its place: `alias/` in the output and in every ID, no `real/`). A folder reached
+    only through a link keeps the link's name; a link loop still ends."""
+    root = tmp_path / "sl"
+    _photo_files(root / "real", 3)
+    _photo_files(root / "real" / "sub", 2, start=3)
+    _photo_files(tmp_path / "elsewhere", 2, start=5)
+    (root / "alias").symlink_to(root / "real")  # sorts before `real`
+    (root / "a-sub").symlink_to(root / "real" / "sub")  # a link to a real folder further down
+    (root / "real" / "up").symlink_to(root)  # a loop
+    (root / "ext").symlink_to(tmp_path / "elsewhere")  # reached only through a link
+    out = tmp_path / "out"
+    summary = dedup(str(root), str(out), FindConfig(), executor=ONE)
+    assert summary.samples_in == 7
+    ids = sorted(pq.read_table(out / "hashes").column("id").to_pylist())
+    assert ids == ["ext/5.jpg", "ext/6.jpg", "real/0.jpg", "real/1.jpg", "real/2.jpg", "real/sub/3.jpg",
+                   "real/sub/4.jpg"]
+    shards = out / "shards"
+    assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(("_", "summary"))) == ["ext", "real"]
+    assert not (shards / "alias").exists() and not (shards / "a-sub").exists()
+
+
+def _photo_files(folder: Path, count: int, start: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(start, start + count):
+        (folder / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,12 +14,14 @@ import pytest
 import webdataset as wds
 from conftest import write_ids
 
+from imagesieve import ImageBatch, ProcessingStage
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline, PipelineError
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.tar.read import read_table
+from imagesieve.tasks import ImageObject
 from imagesieve.workflows.remove import remove_duplicates
 
 
@@ -160,6 +163,65 @@ def test_shard_with_nothing_removed_is_copied_byte_for_byte(make_shard, tmp_path
     write_ids(tmp_path / "dups", ["absent"])  # names no sample: accepted only when asked for
     remove_duplicates(path, str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1),
                       allow_unmatched_ids=True)
+    assert Path(tmp_path / "out" / "00000.tar").read_bytes() == Path(path).read_bytes()
+
+
+def _members_end(path: str) -> int:
+    """Where the last member of a plain tar ends (its data padded to a block): the ending starts here."""
+    table = read_table(path)
+    return int(table.ends.max())
+
+
+@pytest.mark.parametrize("both_tar_parsers", ["python scanner", "compiled parser"], indirect=True)
+@pytest.mark.parametrize("ending", ["none", "two blocks", "one block", "tarfile's"])
+def test_an_output_shard_ends_as_its_input_ended(make_shard, tmp_path, ending, both_tar_parsers):
+    """A tar without end-of-archive blocks (truncated right after its last member), or ended by two zero
+    blocks without record padding (Go's and Rust's tar writers), is copied identically when nothing is
+    removed: no end blocks added, no padding; with samples removed, the output ends as the input did."""
+    path = make_shard(n=5)
+    data = Path(path).read_bytes()
+    end = _members_end(path)
+    tail = {"none": b"", "two blocks": bytes(1024), "one block": bytes(512), "tarfile's": data[end:]}[ending]
+    Path(path).write_bytes(data[:end] + tail)
+    write_ids(tmp_path / "none", ["absent"])
+    remove_duplicates(path, str(tmp_path / "same"), str(tmp_path / "none"), executor=LocalExecutor(1),
+                      allow_unmatched_ids=True)
+    assert Path(tmp_path / "same" / "00000.tar").read_bytes() == Path(path).read_bytes()
+
+    write_ids(tmp_path / "dups", ["00000001"])
+    remove_duplicates(path, str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1))
+    out = str(tmp_path / "out" / "00000.tar")
+    assert Path(out).read_bytes()[_members_end(out):] == tail
+    assert list(members_by_key(out)) == ["00000000", "00000002", "00000003", "00000004"]
+    with tarfile.open(out) as tar:
+        assert len(tar.getmembers()) == 12
+
+    write_ids(tmp_path / "all", [f"{i:08d}" for i in range(5)])  # an empty file is no tar: an empty one ends
+    remove_duplicates(path, str(tmp_path / "empty"), str(tmp_path / "all"), executor=LocalExecutor(1))
+    empty = Path(tmp_path / "empty" / "00000.tar").read_bytes()
+    assert empty == (tail if tail else bytes(10240))
+    with tarfile.open(tmp_path / "empty" / "00000.tar") as tar:
+        assert tar.getmembers() == []
+
+
+@dataclass
+class RebuildStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Makes fresh `ImageObject`s with the members read: the writer then writes member by member."""
+
+    name: str = "rebuild"
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        fresh = [ImageObject(image_id=i.image_id, members=dict(i.members), shard=i.shard, image_ext=i.image_ext)
+                 for i in task.data]
+        return ImageBatch(data=fresh, dataset_name=task.dataset_name, _metadata=task._metadata)
+
+
+def test_a_shard_written_member_by_member_ends_as_its_input_too(make_shard, tmp_path):
+    path = make_shard(n=3)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:_members_end(path)])  # no end-of-archive blocks
+    Pipeline("own", stages=[FilePartitioningStage(file_paths=path), ImageReaderStage(), RebuildStage(),
+                            ImageWriterStage(output_dir=str(tmp_path / "out"))]).run(LocalExecutor(1))
     assert Path(tmp_path / "out" / "00000.tar").read_bytes() == Path(path).read_bytes()
 
 

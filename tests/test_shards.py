@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 
+import numpy as np
 import pytest
 from conftest import encode, photo_tiles
 
@@ -322,3 +323,30 @@ def test_a_gzipped_shard_keeps_each_members_mode_and_mtime(tmp_path):
     with tarfile.open(tmp_path / "out" / "g.tar.gz") as tar:
         assert [(m.name, m.mode, m.mtime) for m in tar] == [("a.jpg", 0o600, 1_234_567_890),
                                                            ("a.txt", 0o600, 1_234_567_890)]
+
+
+def test_the_image_member_is_a_plain_image_extension_in_list_order_never_a_mask_before_it(tmp_path):
+    """A sample's image is the member whose whole extension names an image (jpg, jpeg, png, webp, ... in
+    that order), before any compound one (`alpha.png`, `depth.png`), whatever the tar order; among compound
+    ones only, the first by the order of their last part, then in tar order. Both grouping paths agree."""
+    tile, mask = encode(photo_tiles()[0]), encode(np.zeros((8, 8), np.uint8), "png")
+    samples = {
+        "a": ["alpha.png", "jpg", "txt"],  # a mask sorted before the photo
+        "b": ["depth.png", "png", "jpg"],  # jpg before png, whatever the tar order
+        "c": ["PNG", "webp"],  # any case; png before webp
+        "d": ["seg.webp", "alpha.png", "depth.png"],  # compound only: png before webp, then tar order
+        "e": ["txt", "JPEG", "jpg.txt"],  # `jpg.txt` is no image
+    }
+    members = [(f"{key}.{ext}", tile if ext in ("jpg", "JPEG", "png", "PNG", "webp") else mask)
+               for key, exts in samples.items() for ext in exts]
+    path = raw_tar(tmp_path / "s.tar", members)
+    images = {image.image_id: image.image_ext for image in read(path).data}
+    assert images == {"a": "jpg", "b": "jpg", "c": "PNG", "d": "alpha.png", "e": "JPEG"}
+    assert read(path).data[0].image_data.shape == (64, 64, 3)  # the photo, not the mask
+
+
+def test_shards_in_a_folder_and_under_a_link_to_it_are_listed_under_the_real_name(make_shard, tmp_path):
+    """`real/` and `alias -> real`: the shard is `real/00000.tar`, not the name of the link sorted first."""
+    make_shard("real/00000.tar", n=2)
+    os.symlink(tmp_path / "shards" / "real", tmp_path / "shards" / "alias")
+    assert [rel for _, rel in list_shards(str(tmp_path / "shards"))] == ["real/00000.tar"]

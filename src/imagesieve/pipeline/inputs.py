@@ -15,7 +15,7 @@ from functools import cached_property
 import xxhash
 
 from imagesieve.stages.io.partitioning import list_shards, walk_files
-from imagesieve.stages.io.sidecar import sidecar_path, stats_path
+from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
 from imagesieve.storage import is_remote, is_under, local_path, storage_for
 from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.runfolder import (
@@ -49,14 +49,8 @@ class InputUnit:
     def fingerprint(self) -> str:
         """The input version this unit covers, taken once: the listing decides what is done and what is
         redone, and the task records the same value (a folder chunk costs a stat per file)."""
-        if not self.is_folder_chunk:
-            version = shard_fingerprint(self.paths[0], self.storage_options)
-            if self.sidecars:  # removal filters them too: a changed table beside an unchanged shard is redone
-                store = storage_for(self.paths[0], self.storage_options)
-                for kind, path in (("table", sidecar_path(self.paths[0])), ("stats", stats_path(self.paths[0]))):
-                    if store.exists(path):
-                        version += f"+{kind}:{store.fingerprint(path)}"
-            return version
+        if not self.is_folder_chunk:  # with sidecars (removal filters them too), the reader records the same
+            return input_fingerprint(self.paths[0], self.storage_options, self.sidecars)
         digest = xxhash.xxh3_128()
         for path in self.paths:
             digest.update(f"{os.path.relpath(path, self.root)}\0{shard_fingerprint(path)}\0".encode())
@@ -64,6 +58,8 @@ class InputUnit:
 
     def task(self) -> FileGroupTask:
         metadata = {"relative_paths": {p: self.rel for p in self.paths}, "input_fingerprint": self.fingerprint}
+        if self.sidecars:
+            metadata["sidecars"] = True  # the reader's version covers them too (`sidecar.input_fingerprint`)
         if self.is_folder_chunk:
             metadata.update(root=self.root, relative_path=self.rel)
         return FileGroupTask(dataset_name="input", data=list(self.paths), task_id=self.rel, _metadata=metadata)

@@ -11,14 +11,14 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from imagesieve.tar.names import ShardError, image_extension, split_key
+from imagesieve.tar.names import ShardError, image_rank, split_key
 
 
 class Grouping(NamedTuple):
     sample_of: np.ndarray  # int32 per member: its sample, or -1
     keys: pa.LargeStringArray  # per sample
     key_hashes: np.ndarray | None  # uint64 per sample: xxh64 of the key (what the ID index looks up), if made
-    image_member: np.ndarray  # int64 per sample: the member holding its image (first image extension), or -1
+    image_member: np.ndarray  # int64 per sample: the member holding its image (`names.image_rank`), or -1
     suspicious: np.ndarray  # bool per member: a name `check_member_name` must look at
 
 
@@ -26,9 +26,13 @@ def group_from_keys(names: list[str], sample_of: np.ndarray, keys: list[str], na
     """A `Grouping` from the one-by-one path's result: a table read without numba, or a shard where
     something repeats. With `names_checked`, every name already passed `check_member_name`."""
     image_member = np.full(len(keys), -1, np.int64)
+    best = [1 << 30] * len(keys)  # each sample's image rank so far (`names.image_rank`: lower wins)
     for j, (name, sample) in enumerate(zip(names, sample_of.tolist(), strict=True)):
-        if sample >= 0 and image_member[sample] < 0 and image_extension([name[len(keys[sample]) + 1:]]):
-            image_member[sample] = j
+        if sample >= 0 and best[sample] > 0:
+            rank = image_rank(name[len(keys[sample]) + 1:])
+            if rank is not None and rank < best[sample]:
+                best[sample] = rank
+                image_member[sample] = j
     return Grouping(sample_of, pa.array(keys, pa.large_string()), None, image_member,
                     np.full(len(names), not names_checked))
 

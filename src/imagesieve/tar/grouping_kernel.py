@@ -4,9 +4,9 @@ The rule is WebDataset's: `dir/KEY.ext.more` belongs to sample `dir/KEY` with ex
 consecutive members with one key form a sample; a file name with no extension or starting with a
 dot (`README`, macOS's `._0001.jpg`) and directory entries belong to no sample. Done per member in
 Python this cost more than copying the shard, so this pass also gives each sample's key bytes (an
-Arrow string array, no Python string per key), its first image member, and flags the names that
-`check_member_name` must look at. Anything irregular (a key or a member seen twice) is left to the
-exact one-by-one path in `grouping.py`, which says what is wrong.
+Arrow string array, no Python string per key), its image member (the rule of `names.image_rank`),
+and flags the names that `check_member_name` must look at. Anything irregular (a key or a member
+seen twice) is left to the exact one-by-one path in `grouping.py`, which says what is wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ OK, REPEATED = 0, 1
 
 
 def _pattern_table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The words (lower case ASCII, no dot: `_image_rank` relies on it) as rows of bytes, and their lengths."""
+    assert all(w == w.lower() and w.isascii() and "." not in w for w in words)
     longest = max(len(w) for w in words)
     table = np.zeros((len(words), longest), np.uint8)
     for i, word in enumerate(words):
@@ -29,27 +31,39 @@ def _pattern_table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def _names_image(buf, start, end, patterns, lengths):
-    """Whether the extension buf[start:end] names an image: its last dot-part, any case, is listed."""
-    last = start
-    for p in range(start, end):
-        if buf[p] == 46:
-            last = p + 1
-    n = end - last
+def _listed(buf, start, end, patterns, lengths):
+    """Which listed word buf[start:end] is, in any case (ASCII), or -1."""
+    n = end - start
     for w in range(patterns.shape[0]):
         if lengths[w] != n:
             continue
         same = True
         for i in range(n):
-            c = buf[last + i]
+            c = buf[start + i]
             if 65 <= c <= 90:
                 c += 32
             if c != patterns[w, i]:
                 same = False
                 break
         if same:
-            return True
-    return False
+            return w
+    return -1
+
+
+@njit(cache=True)
+def _image_rank(buf, start, end, patterns, lengths):
+    """`names.image_rank` of the extension buf[start:end]: its place in the list when the whole extension
+    is listed, else the list's length plus the place of its last dot-part; -1 when it names no image.
+    No listed extension holds a dot, so only an extension without one can be listed whole: one comparison
+    of the last dot-part decides, as cheap as the first-image test it replaced (measured)."""
+    last = start
+    for p in range(start, end):
+        if buf[p] == 46:
+            last = p + 1
+    w = _listed(buf, last, end, patterns, lengths)
+    if w < 0:
+        return -1
+    return w if last == start else patterns.shape[0] + w
 
 
 @njit(cache=True)
@@ -77,6 +91,7 @@ def _group(buf, offsets, is_dir, patterns, lengths):
     image_member = np.full(n, -1, np.int64)
     samples, at = 0, 0
     key_start, key_len, first = -1, -1, 0  # the current sample's key, in buf, and its first member
+    best = 0  # the rank of the current sample's image member so far (`names.image_rank`; 0: none can beat it)
     for j in range(n):
         s, e = offsets[j], offsets[j + 1]
         suspicious[j] = _suspicious(buf, s, e)
@@ -101,6 +116,7 @@ def _group(buf, offsets, is_dir, patterns, lengths):
             samples += 1
             key_offsets[samples] = at
             key_start, key_len, first = s, length, j
+            best = 1 << 30
         else:
             ext_length = e - dot - 1
             for i in range(first, j):  # the same extension twice in one sample
@@ -110,8 +126,11 @@ def _group(buf, offsets, is_dir, patterns, lengths):
                         REPEATED
         sample_of[j] = samples - 1
         ext_start[j] = dot + 1
-        if image_member[samples - 1] < 0 and _names_image(buf, dot + 1, e, patterns, lengths):
-            image_member[samples - 1] = j
+        if best > 0:
+            rank = _image_rank(buf, dot + 1, e, patterns, lengths)
+            if 0 <= rank < best:
+                best = rank
+                image_member[samples - 1] = j
     return sample_of, key_bytes[:at], key_offsets[:samples + 1], suspicious, image_member[:samples], OK
 
 

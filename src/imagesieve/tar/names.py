@@ -29,12 +29,41 @@ def split_key(member_name: str) -> tuple[str, str] | None:
     return member_name[:dot], member_name[dot + 1:]
 
 
+# Which member of a sample is its image (the one hashed, embedded and shown), in rank order:
+# 1. a member whose whole extension is an image extension (`KEY.jpg`, any case), by the order of
+#    IMAGE_EXTENSIONS (jpg first: NeMo Curator reads only jpg);
+# 2. else a compound one whose last part is (`KEY.alpha.png`, `KEY.depth.png`: masks, alpha, depth
+#    maps), by the order of that last part;
+# ties (`KEY.jpg` and `KEY.JPG`, `KEY.seg.png` and `KEY.alpha.png`) go to the first in tar order.
+# The compiled grouping (`grouping_kernel`) applies the same rule. Raise IMAGE_RULE when it changes:
+# tables made from images (hashes) record it, so a rerun remakes those made under another rule.
+IMAGE_RULE = 2
+_RANK = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def image_rank(ext: str) -> int | None:
+    """The rank of a member's extension as a sample's image (lower wins, see IMAGE_RULE), or None when it
+    names no image. Letters are compared in ASCII only, as the compiled pass does."""
+    ext = ext.translate(_ASCII_LOWER)
+    rank = _RANK.get(ext)
+    if rank is not None:
+        return rank
+    dot = ext.rfind(".")
+    if dot < 0:
+        return None
+    rank = _RANK.get(ext[dot + 1:])
+    return None if rank is None else len(IMAGE_EXTENSIONS) + rank
+
+
 def image_extension(exts: Iterable[str]) -> str | None:
-    """The sample's image member: the first extension, in tar order, that names an image format."""
+    """The sample's image member among its extensions (in tar order), by the rule above; None if none."""
+    best, best_rank = None, None
     for ext in exts:
-        if ext.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-            return ext
-    return None
+        rank = image_rank(ext)
+        if rank is not None and (best_rank is None or rank < best_rank):
+            best, best_rank = ext, rank
+    return best
 
 
 def check_member_name(shard: str, name: str) -> None:

@@ -55,6 +55,8 @@ def read_table(shard: str, scan_first: int = 0) -> ShardTable:
     except OSError as exc:
         raise ShardError(f"{shard}: cannot read ({exc})") from exc
     table.version, table.read_fingerprint = before, file_fingerprint(read_at)
+    if table.data is None:  # a plain tar: everything after the last member was checked to be zeros
+        table.ending = (int(table.ends.max()) if len(table.ends) else 0, before[2])
     return table
 
 

@@ -42,6 +42,9 @@ class ShardTable:
         self.version: tuple[int, ...] | None = None  # the file's version when read (`file_version`)
         self.read_fingerprint: str | None = None  # the same version as runs record it (`file_fingerprint`)
         self.compression: str | None = None  # "gz", "bz2" or "xz": the input's, and so its output's
+        # a plain tar's bytes after its last member (end-of-archive blocks and padding, zeros; or none), as
+        # (start, end): a writer ends the output alike (`AtomicShardWriter.end_as`)
+        self.ending: tuple[int, int] | None = None
         grouping = None
         if compiled:
             from imagesieve.tar.grouping_kernel import group  # (loads numba)

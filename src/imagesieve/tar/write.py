@@ -23,7 +23,8 @@ class AtomicShardWriter:
     With `fsync`, the data is forced to disk before the rename (survives power loss, not only a
     killed process). Members read from plain tars are copied verbatim (headers and data, byte ranges merged when
     adjacent); members held in memory get a fresh PAX header with their original name, size,
-    mode and mtime.
+    mode and mtime. The tar ends with the ending of its input (`end_as`: the same zero bytes, or none),
+    else with two zero blocks padded to a 10 KiB record, as tar and Python's `tarfile` end one.
     """
 
     def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None,
@@ -42,6 +43,7 @@ class AtomicShardWriter:
         self._out = _compressed_writer(self._raw, compression)
         self._sources: dict[str, MappedSource] = {}
         self._pending: tuple[str, int, int] | None = None  # (shard, start, end) not yet copied
+        self._ended = False  # the input's ending was copied (`end_as`)
         self.bytes_written = 0
 
     def add(self, ref: MemberRef) -> None:
@@ -58,6 +60,19 @@ class AtomicShardWriter:
             for start, end in zip(starts[np.r_[0, breaks]].tolist(), ends[np.r_[breaks - 1, len(ends) - 1]].tolist(),
                                   strict=True):
                 self._add_range(shard, start, end)
+
+    def end_as(self, shard: str, start: int, end: int) -> None:
+        """End the tar as the plain tar `shard` ends: with its bytes [start, end), what follows its last
+        member (the end-of-archive blocks and record padding, all zeros as read; nothing when it has none),
+        so that a shard with nothing removed is copied identically. A tar left with no member and no
+        ending (every member removed from one without end blocks) still gets the standard ending: an
+        empty file is no tar."""
+        if end > start:
+            with naming_errors(self.final_path):
+                self._add_range(shard, start, end)
+            self._ended = True
+        else:
+            self._ended = self.bytes_written > 0 or self._pending is not None
 
     def _add_range(self, shard: str, start: int, end: int) -> None:
         if self._pending and self._pending[0] == shard and self._pending[2] == start:
@@ -102,8 +117,9 @@ class AtomicShardWriter:
         self._flush()
         for source in self._sources.values():
             source.check_unchanged()  # before the rename: a shard copied from a changing file is never published
-        end = self.bytes_written + 2 * BLOCK
-        self._write(bytes(2 * BLOCK + (-end) % _RECORD))
+        if not self._ended:
+            end = self.bytes_written + 2 * BLOCK
+            self._write(bytes(2 * BLOCK + (-end) % _RECORD))
         self._out.flush()
         if self._out is not self._raw:
             self._out.close()  # writes the gzip trailer

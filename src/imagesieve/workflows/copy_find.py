@@ -55,6 +55,7 @@ from imagesieve.storage.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,
@@ -205,7 +206,7 @@ def is_copy(inliers: np.ndarray, coverage: np.ndarray, agreement: np.ndarray, ha
 def extract_keypoints(units: list[InputUnit], keypoints_dir: str, config: CopyConfig, executor: BaseExecutor,
                       progress: bool) -> list[str]:
     """Keypoint tables of every shard whose table is missing or stale; returns them in shard order."""
-    settings = {"max_side": config.max_side, "features": config.features}
+    settings = {"max_side": config.max_side, "features": config.features, "image_rule": IMAGE_RULE}
     paths = [hash_table_path(keypoints_dir, unit.rel) for unit in units]
     todo = [unit for unit, path in zip(units, paths, strict=True)
             if not table_is_current(path, unit.fingerprint, {"kp_points", "kp_thumb"}, settings)]

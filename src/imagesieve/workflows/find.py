@@ -35,6 +35,7 @@ from imagesieve.storage.runfolder import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 
 METHODS = ("exact", "phash", "dhash", "ahash", "whash")
@@ -130,7 +131,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     units = input_units(input_path, output_dir, storage_options=storage_options)
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
-    settings = {"exact_decode": config.exact_decode}
+    settings = {"exact_decode": config.exact_decode, "image_rule": IMAGE_RULE}  # (which member is the image)
     todo = [unit for unit in units if not table_is_current(hash_table_path(hashes_dir, unit.rel), unit.fingerprint,
                                                            needed, settings, storage_options)]
     hasher = ImageHashStage(kinds=config.kinds, flip=config.flip, exact_decode=config.exact_decode,

@@ -13,7 +13,10 @@ import os
 
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.ours import delete_if_ours, same_file
 from imagesieve.storage.runfolder import WORK_DIR, read_json, work_path
+
+__all__ = ["delete_if_ours", "discard_unit", "discard_units", "recorded_units", "same_file"]
 
 
 def recorded_units(output_dir: str, storage_options: dict | None = None) -> list[str]:
@@ -55,29 +58,3 @@ def discard_unit(output_dir: str, relative_path: str, storage_options: dict | No
 
 def discard_units(output_dir: str, relative_paths: list[str], storage_options: dict | None = None) -> int:
     return sum(discard_unit(output_dir, rel, storage_options) for rel in relative_paths)
-
-
-def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None,
-                   source: str | None = None) -> int:
-    """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still has
-    the size we recorded (None: any size), or is a hard link to the input file `source` (a --link run
-    made it; editing the input in place changed its size too); returns 1 if deleted."""
-    path = join(output_dir, relative_path)
-    store = storage_for(path, storage_options)
-    if not is_remote(path):
-        inside = os.path.realpath(os.path.dirname(path)).startswith(os.path.realpath(output_dir) + os.sep) or \
-            os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
-        if not inside or os.path.islink(path):
-            return 0
-    if not store.isfile(path) or (size is not None and store.size(path) != size and not same_file(path, source)):
-        return 0
-    store.delete_file(path)
-    return 1
-
-
-def same_file(path: str, source: str | None) -> bool:
-    """Whether local `path` and `source` are one file (same device and inode): a hard link."""
-    try:
-        return source is not None and os.path.samestat(os.stat(path), os.stat(source))
-    except OSError:
-        return False

@@ -16,11 +16,13 @@ import pyarrow.parquet as pq
 
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
+from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.tar.table import check_source_unchanged
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 FINGERPRINT_KEY = b"imagesieve.shard_fingerprint"
 MODEL_KEY = b"imagesieve.model"
+IMAGE_RULE_KEY = b"imagesieve.image_rule"  # which member of a sample was embedded (`names.IMAGE_RULE`)
 COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(), "width": pa.int64(),
            "height": pa.int64(), "file_size": pa.int64(), "error": pa.string()}
 
@@ -31,14 +33,15 @@ def embedding_table_path(embeddings_dir: str, relative_path: str) -> str:
 
 
 def is_current(path: str, fingerprint: str, model_id: str, needed: set[str] = frozenset()) -> bool:
-    """The table exists, was made from this version of the input (`fingerprint`) by this model, and has
-    `needed`."""
+    """The table exists, was made from this version of the input (`fingerprint`) by this model, from the
+    member the current rule calls each sample's image, and has `needed`."""
     if not os.path.exists(path):
         return False
     schema = pq.read_schema(path)
     meta = schema.metadata or {}
     return (meta.get(FINGERPRINT_KEY, b"").decode() == fingerprint
-            and meta.get(MODEL_KEY, b"").decode() == model_id and needed <= set(schema.names))
+            and meta.get(MODEL_KEY, b"").decode() == model_id
+            and meta.get(IMAGE_RULE_KEY, b"").decode() == str(IMAGE_RULE) and needed <= set(schema.names))
 
 
 @dataclass
@@ -68,7 +71,8 @@ class EmbeddingWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         fingerprint = task._metadata.get("input_fingerprint") or (
             shard_fingerprint(task._metadata["shard"]) if "shard" in task._metadata else "")
         table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode(),
-                                               MODEL_KEY: self.model_id.encode()})
+                                               MODEL_KEY: self.model_id.encode(),
+                                               IMAGE_RULE_KEY: str(IMAGE_RULE).encode()})
         path = embedding_table_path(self.embeddings_dir, relative)
         write_parquet_atomic(table, path)
         errors = sum(1 for image in task.data if "error" in image.metadata)

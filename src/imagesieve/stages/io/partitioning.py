@@ -7,6 +7,7 @@ import logging
 import os
 import posixpath
 import stat
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -162,26 +163,33 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
 def walk_files(folder: str) -> Iterator[str]:
     """Every regular file under `folder`, following symlinked folders (a dataset is often assembled from
     links) but entering each real folder once, so a link loop cannot recurse forever; never entering
-    another run's folder (`run_folder_on_the_way`).
+    another run's folder (`run_folder_on_the_way`). A folder is read under its real path when it has one
+    under `folder` (`real/`, not the link `alias -> real` that sorts before it): the folders reached
+    without a link come first, then those reached only through links, each under the name of the first
+    link met (fewest links first, then walk order).
 
     Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
     copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
     seen: set[str] = set()
     holds = _run_folder_test(None)
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if os.path.isfile(path):
-                yield path
-            elif os.path.abspath(path) not in _warned:  # once per run, though a run lists its input more than once
-                _warned.add(os.path.abspath(path))
-                logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
+    tops = deque([folder])  # the input, then each symlinked folder met, in the order met
+    while tops:
+        top = tops.popleft()
+        for root, dirs, files in os.walk(top):  # (no link below `top` is followed here: each waits in `tops`)
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
+            tops.extend(os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d)))
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if os.path.isfile(path):
+                    yield path
+                elif os.path.abspath(path) not in _warned:  # once per run, though a run lists its input more than once
+                    _warned.add(os.path.abspath(path))
+                    logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
 
 
 _warned: set[str] = set()

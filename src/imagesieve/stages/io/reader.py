@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.io.sidecar import input_fingerprint
 from imagesieve.storage import is_remote
 from imagesieve.storage.shard_copy import ShardCopy
 from imagesieve.tar.names import ShardError
@@ -60,8 +61,11 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
         batches = [self.read_shard(path, relative.get(path, os.path.basename(path)), task.dataset_name,
                                    task._metadata.get("part")) for path in task.data]
         listed = task._metadata.get("input_fingerprint")
-        for batch in batches:  # what later stages record as done: the version read, for a local shard
-            batch._metadata["input_fingerprint"] = batch._metadata["shard_table"].fingerprint or listed
+        sidecars = bool(task._metadata.get("sidecars"))
+        for batch in batches:  # what later stages record as done: the version read, for a local shard (with
+            read = batch._metadata["shard_table"].fingerprint  # its sidecars' versions, as the listing takes them)
+            batch._metadata["input_fingerprint"] = listed if read is None else \
+                input_fingerprint(batch._metadata["shard"], self.storage_options, sidecars, read)
         return batches
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset",

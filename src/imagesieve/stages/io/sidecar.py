@@ -3,7 +3,9 @@ and `00000_stats.json` (counts).
 
 When samples are removed from a shard, the same keys are removed from its sidecar table, so the
 output folder stays a complete img2dataset-style dataset. Rows for keys that are not in the shard
-(downloads that failed) are kept: they describe no sample.
+(downloads that failed) are kept: they describe no sample. An output sidecar follows its input: one
+whose input is gone is deleted (when a record of ours says we wrote it), and the version of a shard's
+input covers its sidecars (`input_fingerprint`), so a changed or deleted sidecar redoes the shard.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from imagesieve.storage import join, read_table, storage_for
-from imagesieve.storage.runfolder import read_json, strip_shard_suffix, write_json_atomic, write_parquet_atomic
+from imagesieve.storage.ours import delete_if_ours
+from imagesieve.storage.runfolder import (
+    read_json,
+    shard_fingerprint,
+    strip_shard_suffix,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 
 def sidecar_path(shard: str) -> str:
@@ -22,14 +31,39 @@ def stats_path(shard: str) -> str:
     return strip_shard_suffix(shard) + "_stats.json"
 
 
+def input_fingerprint(shard: str, storage_options: dict | None = None, sidecars: bool = False,
+                      shard_version: str | None = None) -> str:
+    """The version of a shard's input: the shard's (`shard_version`, the version read, or its file's
+    now: `runfolder.shard_fingerprint`), and with `sidecars` (what removal filters) that of its
+    img2dataset table and stats when present: `+table:...+stats:...`. The one rule for both what a
+    listing calls the current version and what a done marker records as the version done."""
+    version = shard_version or shard_fingerprint(shard, storage_options)
+    if sidecars:
+        store = storage_for(shard, storage_options)
+        for kind, path in (("table", sidecar_path(shard)), ("stats", stats_path(shard))):
+            if store.exists(path):
+                version += f"+{kind}:{store.fingerprint(path)}"
+    return version
+
+
+def _drop_stale(output_dir: str, relative_output: str, wrote_before: bool, storage_options: dict | None) -> str:
+    """The input has no such sidecar (any more): delete the output one an earlier run of ours wrote
+    (`wrote_before`: its shard's record says so), never a file of another's. Returns "none"."""
+    if wrote_before:
+        delete_if_ours(output_dir, relative_output, None, storage_options)
+    return "none"
+
+
 def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
-                 storage_options: dict | None = None) -> str:
+                 storage_options: dict | None = None, previous: dict | None = None) -> str:
     """Write img2dataset's `<shard>_stats.json` with the counts of the output shard: `successes` and
     `count` (and `status_dict["success"]`) less the removed samples, every other field as it was, and
-    what imagesieve did under `imagesieve`. Returns what was done, for the shard's record."""
+    what imagesieve did under `imagesieve`. Returns what was done, for the shard's record. `previous`:
+    the shard's record of an earlier run into `output_dir`, if any."""
     source = stats_path(shard)
     if not storage_for(source, storage_options).exists(source):
-        return "none"
+        return _drop_stale(output_dir, stats_path(relative_path),
+                           (previous or {}).get("img2dataset_stats") == "updated", storage_options)
     try:
         stats = read_json(source, storage_options)
     except ValueError as exc:
@@ -46,11 +80,13 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
 
 
 def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str],
-                   storage_options: dict | None = None) -> str:
-    """Write the shard's sidecar table without the removed keys; returns what was done, for the stats."""
+                   storage_options: dict | None = None, previous: dict | None = None) -> str:
+    """Write the shard's sidecar table without the removed keys; returns what was done, for the stats.
+    `previous`: the shard's record of an earlier run into `output_dir`, if any."""
     source = sidecar_path(shard)
     if not storage_for(source, storage_options).exists(source):
-        return "none"
+        return _drop_stale(output_dir, sidecar_path(relative_path), (previous or {}).get("sidecar") == "filtered",
+                           storage_options)
     try:
         table = read_table(source, storage_options)
     except Exception as exc:

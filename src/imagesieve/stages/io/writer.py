@@ -25,6 +25,7 @@ from imagesieve.storage.runfolder import (
     done_marker,
     make_folder,
     mirror_folders,
+    read_json,
     refuse_foreign_files,
     shard_fingerprint,
     work_path,
@@ -160,6 +161,17 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
 
+    def _previous_record(self, relative: str) -> dict | None:
+        """This shard's done marker from an earlier run into `output_dir` (None if none, or unreadable):
+        it names the sidecars that run wrote, so that one whose input has gone since goes too."""
+        marker = done_marker(self.output_dir, relative)
+        try:
+            if storage_for(marker, self.storage_options).exists(marker):
+                return read_json(marker, self.storage_options)
+        except (OSError, ValueError):
+            pass
+        return None
+
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
             raise ValueError("ImageWriterStage needs output_dir")
@@ -183,6 +195,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
+                if table is not None and table.ending is not None:  # a plain tar: the output ends as it did
+                    writer.end_as(table.shard, *table.ending)  # (so a shard with nothing removed is identical)
             output_size = os.path.getsize(local_out)
         # keys and member names are all distinct: a dictionary would only cost time (a third of the write)
         write_parquet_atomic(index, work_path(self.output_dir, "index", relative, ".parquet"), options,
@@ -191,8 +205,9 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"), options)
-        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options)
-        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options)
+        previous = self._previous_record(relative)  # what an earlier run wrote for this shard, if recorded
+        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options, previous)
+        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options, previous)
         stats = {"shard": shard, "relative_path": relative,
                  "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
