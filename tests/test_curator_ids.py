@@ -12,9 +12,10 @@ from conftest import EXT_FORMAT, encode, photo_tiles, write_ids
 
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
+from imagesieve.pipeline import Pipeline
 from imagesieve.stages.deduplication.curator_ids import jpg_numbers
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.stages.io import ImageReaderStage
+from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.tar.read import read_table
 from imagesieve.workflows.id_lists import AmbiguousIdsError, UnmatchedIdsError
 from imagesieve.workflows.remove import remove_duplicates
@@ -107,6 +108,35 @@ def test_auto_refuses_curator_shaped_ids_over_curator_shaped_keys_that_none_of_t
     assert (summary.removed, summary.ids_not_found) == (1, 1)  # the 3rd sample; there is no 6th
     assert keys_in(str(tmp_path / "out" / "00000.tar")) == ["00000_000000", "00000_000001", "00000_000004",
                                                              "00000_000006"]
+
+
+def test_curator_shaped_keys_in_any_named_shard_are_never_read_as_positions(tmp_path):
+    """Hostile pass: the refusal above looked only at the first shard's keys, and the stage alone in a
+    Pipeline fell back to positions shard by shard: one listed ID (a key of 00001.tar) also removed the
+    third sample of 00000.tar... named by its stem. Both now refuse, whichever shard sorts first."""
+    folder = tmp_path / "shards"
+    os.makedirs(folder)
+    tiles = photo_tiles()
+    for name, keys in (("00000.tar", [f"x{i}" for i in range(5)]),
+                       ("00001.tar", [f"00000_{i:06d}" for i in range(5)]),
+                       ("00002.tar", [f"00001_{i:06d}" for i in range(5)])):
+        with wds.TarWriter(str(folder / name), encoder=False, mtime=1_700_000_000) as sink:
+            for i, key in enumerate(keys):
+                sink.write({"__key__": key, "jpg": encode(tiles[i + 5 * int(name[4])])})
+    write_ids(tmp_path / "dups", ["00001_000009"])  # a key removed since, shaped as Curator's ID of 00001.tar
+    with pytest.raises(AmbiguousIdsError, match="so are the input's own keys"):
+        remove_duplicates(str(folder), str(tmp_path / "out"), str(tmp_path / "dups"), executor=LocalExecutor(1),
+                          allow_unmatched_ids=True)
+    write_ids(tmp_path / "dups2", ["00001_000002"])  # a key of 00002.tar; as a position, a sample of 00001.tar
+    summary = remove_duplicates(str(folder), str(tmp_path / "out"), str(tmp_path / "dups2"), executor=LocalExecutor(1))
+    assert (summary.id_scheme, summary.removed) == ("key", 1)
+    pipeline = Pipeline(name="p", stages=[FilePartitioningStage(file_paths=str(folder), files_per_partition=1),
+                                          ImageReaderStage(),
+                                          ImageDuplicatesRemovalStage(removal_parquets_dir=str(tmp_path / "dups2")),
+                                          ImageWriterStage(output_dir=str(tmp_path / "alone"))])
+    with pytest.raises(Exception, match="shaped as a NeMo Curator reader ID"):
+        pipeline.run(LocalExecutor(1))
+    assert not list((tmp_path / "alone").glob("00001.tar"))
 
 
 def test_group_ids_are_numbered_across_the_group(shards, tmp_path):

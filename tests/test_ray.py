@@ -253,3 +253,18 @@ def test_copy_finder_on_ray_equals_local(cluster, tmp_path):
     assert on_ray.duplicates == local.duplicates == 3
     for name in ("groups/part-00000.parquet", "copy_pairs.parquet"):
         assert pq.read_table(tmp_path / "ray" / name).equals(pq.read_table(tmp_path / "local" / name))
+
+
+def test_an_unfused_stage_reads_object_storage_shards_on_two_nodes(cluster, s3, endpoint, make_shard, tmp_path):
+    """Issue 23: a stage not fused with the reader (batches of two) on a two-node cluster reads shards
+    from object storage through their URL and version, never through the reader's temp path."""
+    from test_unfused_storage import run_both
+
+    for k in range(3):
+        make_shard(f"{k:05d}.tar", n=5, start=5 * k, folder="objects")
+    for path in sorted((tmp_path / "objects").glob("*.tar")):
+        s3.put_file(str(path), f"{s3.bucket}/in/{path.name}")
+    from imagesieve.executors.ray import RayExecutor
+
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}  # the nodes started without them
+    run_both(f"s3://{s3.bucket}/in", tmp_path / "objects", tmp_path, RayExecutor(), options)

@@ -5,16 +5,13 @@ another pool (or another Ray node) makes its own local copy, checked to be the v
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 import fsspec
 import pytest
-import stages_for_tests
 from conftest import CREDENTIALS
 from stages_for_tests import BrightnessFilterStage, lines
 
@@ -103,22 +100,3 @@ def test_a_copy_made_elsewhere_refuses_an_object_changed_since_it_was_read(shard
             elsewhere.path()
     finally:
         memory.rm("/changing", recursive=True)
-
-
-@pytest.mark.ray
-def test_an_unfused_stage_reads_s3_shards_on_ray(s3, endpoint, shards, tmp_path, monkeypatch,
-                                                  restored_environment):
-    ray = pytest.importorskip("ray")
-    from imagesieve import RayExecutor
-
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    for path in sorted(shards.glob("*.tar")):
-        s3.put_file(str(path), f"{s3.bucket}/in/{path.name}")
-    ray.cloudpickle.register_pickle_by_value(stages_for_tests)
-    ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False,
-             runtime_env={"env_vars": {**CREDENTIALS, "PYTHONPATH": os.pathsep.join(sys.path)}})
-    try:
-        run_both(f"s3://{s3.bucket}/in", shards, tmp_path, RayExecutor(), {"endpoint_url": endpoint})
-    finally:
-        ray.shutdown()

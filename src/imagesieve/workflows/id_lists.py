@@ -42,8 +42,13 @@ def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUni
     # `names_a_sample` looks IDs up as keys.
     if any(names_a_sample(removal, unit, storage_options) for unit in units):
         return "key"
-    keys = input_keys(units, storage_options)
-    if keys and all(CURATOR_ID.match(key) for key in keys):
+    for unit in (u for u in units if curator.names_shard(u.paths[0])):  # the shards positions would be read in
+        keys = input_keys([unit], storage_options)
+        if keys and any(CURATOR_ID.match(key) for key in keys):
+            break
+    else:
+        keys = []
+    if keys:
         raise AmbiguousIdsError(
             f"the IDs in {removal.removal_parquets_dir} (such as {', '.join(map(repr, examples(removal._index, 2)))}) "
             f"are shaped as NeMo Curator reader IDs, but so are the input's own keys (such as "

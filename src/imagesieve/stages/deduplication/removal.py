@@ -17,7 +17,7 @@ import pyarrow as pa
 from imagesieve.matching.id_cache import build_shared_index
 from imagesieve.matching.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
-from imagesieve.stages.deduplication.curator_ids import CuratorIds, looks_like_curator
+from imagesieve.stages.deduplication.curator_ids import CURATOR_ID, CuratorIds, looks_like_curator
 from imagesieve.storage import is_remote, storage_for
 from imagesieve.tasks import ImageBatch
 
@@ -178,8 +178,16 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
         return task
 
     def _by_curator_position(self, table: object, rows: np.ndarray) -> np.ndarray:
-        """"auto", none of the shard's keys listed: the samples its Curator IDs name (said once)."""
+        """"auto", none of the shard's keys listed: the samples its Curator IDs name (said once). Refused
+        when the shard's own keys are shaped as Curator IDs: then the listed IDs may be keys of another
+        shard (or keys removed since), and read as positions they would remove samples nobody listed."""
         listed = np.isin(rows, self._curator.listed_rows(table))
+        keys = table.key_array.slice(0, 3).to_pylist()
+        if listed.any() and keys and any(CURATOR_ID.match(key) for key in keys):
+            raise ValueError(f"{table.display_shard}: none of its keys (such as {keys[0]!r}, shaped as a NeMo Curator "
+                             f"reader ID) is listed in {self.removal_parquets_dir}, whose IDs are shaped so too: "
+                             "whether they are keys or positions is unclear, and read as positions they would "
+                             "remove samples nobody listed; pass id_scheme='key' or id_scheme='curator'")
         if listed.any():
             self._log_notes([f"the IDs in {self.removal_parquets_dir} are NeMo Curator reader IDs "
                              "({tar stem}_{index:06d}), not sample keys: mapped to samples by shard and position"])
