@@ -657,3 +657,26 @@ def test_a_file_of_a_find_run_passed_as_the_id_folder_points_to_its_duplicates(m
     for passed in ("groups/part-00000.parquet", "duplicates/part-00000.parquet"):
         with pytest.raises(NotADirectoryError, match=f"e.g. '{tmp_path / 'run' / 'duplicates'}'"):
             remove_duplicates(shard, str(tmp_path / "out"), str(tmp_path / "run" / passed))
+
+
+def test_the_removed_list_never_lands_in_the_input_nor_replaces_a_file_it_did_not_write(dataset, tmp_path):
+    """Hostile pass: `removed_path=` an input shard turned the shard into a Parquet file; `exclude=` let a
+    run write inside INPUT. Both refused before any work; a list of ours may be rewritten."""
+    write_ids(tmp_path / "ids", ["copy-1"])
+    before = tree_digest(dataset)
+    notes = tmp_path / "notes.parquet"
+    pq.write_table(pa.table({"title": ["mine"]}), notes)
+    for path in (dataset / "00000.tar", dataset / "removed.parquet", notes):
+        with pytest.raises(ValueError, match="removed list .* lies inside the input|is not a list of removed samples"):
+            remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
+                              removed_path=str(path))
+    with pytest.raises(ValueError, match="lies inside"):
+        remove_duplicates(str(dataset), str(dataset / "out"), str(tmp_path / "ids"), executor=ONE,
+                          exclude=str(tmp_path / "elsewhere"))
+    assert tree_digest(dataset) == before and pq.read_table(notes).column("title").to_pylist() == ["mine"]
+    elsewhere = tmp_path / "lists" / "removed.parquet"
+    elsewhere.parent.mkdir()
+    for _ in range(2):  # its own list: rewritten on a rerun
+        remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
+                          removed_path=str(elsewhere))
+    assert pq.read_table(elsewhere).column("id").to_pylist() == ["copy-1"]

@@ -16,7 +16,7 @@ import xxhash
 
 from imagesieve.stages.io.partitioning import list_shards, walk_files
 from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
-from imagesieve.storage import is_remote, is_under, local_path, storage_for
+from imagesieve.storage import is_remote, is_under, local_path, read_schema, storage_for
 from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
@@ -90,7 +90,8 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
     """The units of work of INPUT: its tar shards, or the chunks of an image folder. INPUT may not
     overlap `run_dir` (default `output_dir`: the folder the run owns) in either direction, and folders
     inside it that hold an earlier imagesieve run are left out (`walk_files`)."""
-    check_input_outside(input_path, run_dir or output_dir, storage_options)
+    for folder in dict.fromkeys([output_dir, run_dir or output_dir]):  # a dedup's step: its folder and its own
+        check_input_outside(input_path, folder, storage_options)
     if isinstance(input_path, str) and not is_remote(input_path) and os.path.isdir(local_path(input_path)):
         folder = local_path(input_path)
         refuse_run_folder(folder)
@@ -142,6 +143,23 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
         if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
             raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
                              f"folder outside the {what}")
+
+
+def check_removed_path(removed_path: str, input_path: str | list[str], storage_options: dict | None = None) -> None:
+    """A list of removed samples written elsewhere than OUT (`--removed-path`) may not land in INPUT, nor
+    replace a file that is not such a list (an input shard, a user's Parquet file): refused before any work."""
+    for root in input_roots(input_path):
+        if is_under(removed_path, root):
+            raise ValueError(f"the removed list {removed_path} lies inside the input {root}: write it elsewhere")
+    store = storage_for(removed_path, storage_options)
+    if store.exists(removed_path):
+        try:
+            names = read_schema(removed_path, storage_options).names
+        except Exception:
+            names = None
+        if names != ["id", "shard", "reason"]:
+            raise ValueError(f"{removed_path} exists and is not a list of removed samples that imagesieve wrote; "
+                             "imagesieve never replaces files it did not create: pass another path")
 
 
 def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output_dir: str) -> None:

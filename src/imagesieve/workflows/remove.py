@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, input_units, other_files
+from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, check_removed_path, input_units, other_files
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
@@ -123,6 +123,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     so = storage_options
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
     check_cache_apart(cache_dir, input_path, exclude or output_dir)
+    if removed_path is not None:
+        check_removed_path(removed_path, input_path, so)
     check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
     if folder and is_remote(output_dir):
