@@ -680,3 +680,18 @@ def test_the_removed_list_never_lands_in_the_input_nor_replaces_a_file_it_did_no
         remove_duplicates(str(dataset), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
                           removed_path=str(elsewhere))
     assert pq.read_table(elsewhere).column("id").to_pylist() == ["copy-1"]
+
+
+def test_the_writer_stage_alone_never_writes_into_a_finished_runs_folder(dataset, tmp_path):
+    """Hostile pass: a pipeline's writer given a dedup's OUT/shards replaced its shards and left its
+    removed list and summary describing samples that were back."""
+    from imagesieve.workflows.dedup import dedup
+
+    dedup_out = tmp_path / "d"
+    dedup(str(dataset), str(dedup_out), executor=ONE)
+    before = tree_digest(dedup_out)
+    write_ids(tmp_path / "ids", ["copy-1"])
+    for out in (dedup_out, dedup_out / "shards"):
+        with pytest.raises(Exception, match="is the folder of an imagesieve (dedup|remove) run"):
+            curator_style_pipeline(str(dataset), str(tmp_path / "ids"), str(out)).run(ONE)
+    assert tree_digest(dedup_out) == before

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.storage import is_remote, is_under, join, normal_url, storage_for
 from imagesieve.storage.base import (
     WORK_DIR,
     OutputInUseError,
@@ -280,11 +280,13 @@ def refuse_foreign_files(output_dir: str, storage_options: dict | None = None) -
     `summary.json`, `shards/00000.tar`, ... by name, and would replace a user's files of those names
     (another dataset given as OUT by mistake)."""
     store = storage_for(output_dir, storage_options)
-    if is_remote(output_dir):
-        prefix = join(output_dir, WORK_DIR).rstrip("/") + "/"
-        found = [f for f in store.list_files(output_dir) if not f.startswith(prefix)]
+    if is_remote(output_dir):  # (listed under the scheme's own name: s3a:// is listed as s3://)
+        prefix = normal_url(join(output_dir, WORK_DIR)).rstrip("/") + "/"
+        found = [f for f in store.list_files(output_dir) if not normal_url(f).startswith(prefix)]
     else:
         found = sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir) if name != WORK_DIR)
+    # a temp file of ours is a write in progress (another worker's, in a pipeline): cleaned up, never a user's
+    found = [f for f in found if not is_temp_name(f.rstrip("/").rpartition("/")[2].rpartition(os.sep)[2])]
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise ValueError(f"{output_dir} already holds files that no imagesieve run wrote ({shown}); imagesieve "

@@ -23,10 +23,12 @@ from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
     done_marker,
+    live_holder,
     make_folder,
     mirror_folders,
     read_json,
     refuse_foreign_files,
+    run_owner,
     shard_fingerprint,
     work_path,
     write_json_atomic,
@@ -152,6 +154,11 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                              "would replace input; nothing was written for it: write to a folder outside the input")
         store = storage_for(out_path, self.storage_options)
         records = join(self.output_dir, WORK_DIR)
+        if store.exists(join(records, "run.json")) and live_holder(self.output_dir, self.storage_options) is None:
+            owner = run_owner(self.output_dir, self.storage_options)
+            raise ValueError(f"{self.output_dir} is the folder of an imagesieve {owner} run; writing {shard} there "
+                             "would replace what that run wrote and leave its lists "
+                             "wrong: write to another folder")
         if not store.isdir(records):
             if store.isdir(self.output_dir):
                 refuse_foreign_files(self.output_dir, self.storage_options)
