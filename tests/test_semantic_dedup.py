@@ -162,3 +162,24 @@ def test_more_clusters_than_images_refused(tmp_path):
     path = write_embeddings(tmp_path / "emb" / "part.parquet", ["a", "b"], arc([0, 50]))
     with pytest.raises(ValueError, match="n_clusters is 3, more than the 2 images"):
         SemanticDeduplicationWorkflow(path, str(tmp_path / "out"), n_clusters=3).run(INLINE)
+
+
+def test_alone_the_workflow_never_writes_into_its_embeddings_nor_over_a_users_files(tmp_path):
+    """Hostile pass: output_path == input_path wrote duplicates/ into the embeddings folder (the next run
+    read them as embeddings), and a user's summary.json in output_path was overwritten."""
+    emb = tmp_path / "emb"
+    write_embeddings(emb / "part.parquet", ["a", "b", "c"], arc([0, 1, 90]))
+    for out in (emb, emb / "out", tmp_path):
+        with pytest.raises(ValueError, match="embeddings"):
+            SemanticDeduplicationWorkflow(str(emb), str(out), n_clusters=1, eps=0.1).run(INLINE)
+    assert sorted(p.name for p in emb.iterdir()) == ["part.parquet"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"notes": "mine"}')
+    with pytest.raises(ValueError, match="holds files that this workflow did not write"):
+        SemanticDeduplicationWorkflow(str(emb), str(mine), n_clusters=1, eps=0.1).run(INLINE)
+    assert (mine / "summary.json").read_text() == '{"notes": "mine"}'
+    out = tmp_path / "out"
+    for _ in range(2):  # its own folder: rerun
+        summary = SemanticDeduplicationWorkflow(str(emb), str(out), n_clusters=1, eps=0.1).run(INLINE)
+    assert pq.read_table(out / "duplicates").column("id").to_pylist() == ["b"] and summary is not None

@@ -33,9 +33,17 @@ from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import LoadedEmbeddings, default_id_field, embedding_sources, load_embeddings
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
+from imagesieve.pipeline.inputs import check_input_outside
 from imagesieve.progress import phase
 from imagesieve.storage import is_remote
-from imagesieve.storage.runfolder import WORK_DIR, remove_stale_temp_files, write_json_atomic, write_parquet_atomic
+from imagesieve.storage.runfolder import (
+    WORK_DIR,
+    live_holder,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from imagesieve.tasks import FileGroupTask
 from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
 
@@ -190,6 +198,24 @@ class SemanticDeduplicationWorkflow:
         self.probe_margin = (eps or 0.0) if probe_margin is None else probe_margin
         self.curator_options = dict(curator_options)
 
+    def refuse_unsafe_output(self) -> None:
+        """Used alone, the workflow keeps the commands' promises: the output folder may not overlap the
+        embeddings (its lists would be read back as embeddings), and a folder holding files that are not
+        an earlier result of this workflow (a user's summary.json) is refused before anything is written."""
+        paths = [self.input_path] if isinstance(self.input_path, str) else list(self.input_path)
+        check_input_outside([str(p) for p in paths], self.output_path, what="embeddings")
+        if not os.path.isdir(self.output_path):
+            return
+        summary = os.path.join(self.output_path, "summary.json")
+        ours = os.path.isfile(summary) and read_json(summary).get("config", {}).get("method") == "semantic"
+        own_names = {"duplicates", "groups", "pairwise_results", "skipped.parquet", WORK_DIR}
+        own_names |= {"summary.json"} if ours else set()
+        foreign = sorted(name for name in os.listdir(self.output_path) if name not in own_names)
+        if foreign or (os.path.exists(summary) and not ours):
+            shown = os.path.join(self.output_path, (foreign or ["summary.json"])[0])
+            raise ValueError(f"{self.output_path} already holds files that this workflow did not write ({shown}); "
+                             "imagesieve never replaces files it did not create: choose a new or empty output folder")
+
     def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
             kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None,
             extra_pairs: ExtraPairs | None = None) -> SemanticSummary:
@@ -198,6 +224,8 @@ class SemanticDeduplicationWorkflow:
         `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps."""
         started = time.monotonic()
         executor = executor or pairwise_executor or LocalExecutor()
+        if live_holder(self.output_path) is None:  # used alone (a command holds the lock of its own folder)
+            self.refuse_unsafe_output()
         os.makedirs(self.output_path, exist_ok=True)
         remove_stale_temp_files(self.output_path)
         memmap = os.path.join(self.cache_path, "embeddings.f32")
