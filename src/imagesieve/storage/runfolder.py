@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -286,7 +287,7 @@ def refuse_foreign_files(output_dir: str, storage_options: dict | None = None) -
     else:
         found = sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir) if name != WORK_DIR)
     # a temp file of ours is a write in progress (another worker's, in a pipeline): cleaned up, never a user's
-    found = [f for f in found if not is_temp_name(f.rstrip("/").rpartition("/")[2].rpartition(os.sep)[2])]
+    found = [f for f in found if not is_temp_name(posixpath.basename(f.rstrip("/")))]
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise ValueError(f"{output_dir} already holds files that no imagesieve run wrote ({shown}); imagesieve "

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.stages.base import ProcessingStage
+from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import is_remote, is_under, join, storage_for
 from imagesieve.storage.runfolder import (
@@ -133,6 +133,10 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     remove_image_data: bool = False
     name: str = "image_writer"
     storage_options: dict | None = field(default=None, repr=False)  # for an output_dir URL (s3://...)
+    _folder_checked: bool = field(default=False, init=False, repr=False)  # output_dir passed, for this run
+
+    def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
+        self._folder_checked = False  # a new run: output_dir may have changed hands since
 
     def __post_init__(self) -> None:
         if self.images_per_tar is not None:
@@ -152,6 +156,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         if is_under(shard, self.output_dir):
             raise ValueError(f"{shard}: this input shard lies inside the output folder {self.output_dir}, so writing "
                              "would replace input; nothing was written for it: write to a folder outside the input")
+        if self._folder_checked:  # the folder checks hold for the whole run: not redone per shard
+            return
         store = storage_for(out_path, self.storage_options)
         records = join(self.output_dir, WORK_DIR)
         if store.exists(join(records, "run.json")) and live_holder(self.output_dir, self.storage_options) is None:
@@ -164,6 +170,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                 refuse_foreign_files(self.output_dir, self.storage_options)
             if not is_remote(records):
                 make_folder(records)
+        self._folder_checked = True
 
     def outputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
