@@ -138,11 +138,23 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
         if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
             same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
-                             f"back as {what}, or replace {what} files of the same name; choose an output folder "
-                             f"outside the {what} (e.g. beside it)")
+                             f"back with the {what}, or replace files of the {what} of the same name; choose an "
+                             f"output folder outside the {what} (e.g. beside it)")
         if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
             raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
                              f"folder outside the {what}")
+
+
+def check_sources_apart(output_dir: str, reads: dict[str, str | list[str] | None],
+                        storage_options: dict | None = None) -> None:
+    """What a run reads besides INPUT (an ID folder, embeddings, a model folder; by what it is) may not
+    overlap OUT either: an output inside an ID folder is read back as IDs by the next run, and a source
+    inside OUT is cleaned up and written over. A name that is no path (a built-in model) is skipped."""
+    for what, source in reads.items():
+        if isinstance(source, str) and "://" not in source and not os.path.exists(local_path(source)):
+            continue
+        if source:
+            check_input_outside(source, output_dir, storage_options, what)
 
 
 def check_removed_path(removed_path: str, input_path: str | list[str], storage_options: dict | None = None) -> None:
@@ -198,10 +210,13 @@ def input_roots(input_path: str | list[str]) -> list[str]:
     return roots
 
 
-def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
+def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None,
+                      reads: dict[str, str | list[str] | None] | None = None) -> None:
     """What must hold before a run creates anything (its output folder, its lock): each input path
     exists, none overlaps the output folder, and the input lists as one kind of work (`input_units`:
-    shards or an image folder, not both), so that a refused run creates nothing."""
+    shards or an image folder, not both), so that a refused run creates nothing. `reads`: what else
+    the run reads, by what it is (`check_sources_apart`)."""
+    check_sources_apart(output_dir, reads or {}, storage_options)
     for source in [input_path] if isinstance(input_path, str) else input_path:
         if not is_remote(source) and not any(c in source for c in "*?[{") and not os.path.exists(source):
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \

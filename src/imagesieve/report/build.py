@@ -89,6 +89,9 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
     if os.path.islink(out_dir):  # checked before anything is made in it
         raise ValueError(f"{out_dir} is a symlink; imagesieve never writes through a link: remove it, or pass "
                          "another report folder")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a folder; imagesieve never replaces files it did not create: "
+                         "move it, or choose another run folder")
     refuse_foreign_report_folder(out_dir)
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)

@@ -143,8 +143,8 @@ def run_owner(folder: str, storage_options: dict | None = None) -> str | None:
 
 def _writes_at(outer: str, inner: str, storage_options: dict | None) -> bool:
     """Whether the run of folder `outer` writes where `inner` (a folder inside it) lies."""
-    owner = run_owner(outer, storage_options)
-    return owner not in ("find", "dedup") or path_parts(inner)[len(path_parts(outer))] in FIND_NAMES
+    owner, top = run_owner(outer, storage_options), path_parts(inner)[len(path_parts(outer))]
+    return owner not in ("find", "dedup") or top in FIND_NAMES or top == WORK_DIR
 
 
 def is_dedups_shards(folder: str, storage_options: dict | None = None) -> bool:

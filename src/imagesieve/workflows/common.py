@@ -29,15 +29,20 @@ def absolute_paths(paths: str | list[str]) -> list[str]:
 
 
 def run_in_locked_folder(input_path: str | list[str], output_dir: str, command: str, run: Callable[[], T],
-                         storage_options: dict | None = None) -> T:
-    """Check the input first (so that a refused run creates nothing), make the output folder, hold its
-    lock for the whole run, and run."""
-    check_input_first(input_path, output_dir, storage_options)
+                         storage_options: dict | None = None, config: object = None) -> T:
+    """Check the input first (so that a refused run creates nothing; with what `config` names besides
+    it: `sources_read`), make the output folder, hold its lock for the whole run, and run."""
+    check_input_first(input_path, output_dir, storage_options, sources_read(config))
     with removed_if_refused(output_dir):
         if not is_remote(output_dir):
             os.makedirs(output_dir, exist_ok=True)
         with run_lock(output_dir, command, storage_options):
             return run()
+
+
+def sources_read(config: object) -> dict[str, str | list[str] | None]:
+    """What a finder's settings make it read besides INPUT: precomputed embeddings, a model folder."""
+    return {what: getattr(config, name, None) for name, what in (("embeddings", "embeddings"), ("model", "model"))}
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,

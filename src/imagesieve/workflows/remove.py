@@ -13,7 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, check_removed_path, input_units, other_files
+from imagesieve.pipeline.inputs import (
+    InputUnit,
+    check_cache_apart,
+    check_removed_path,
+    check_sources_apart,
+    input_units,
+    other_files,
+)
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
@@ -121,6 +128,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
     so = storage_options
+    check_sources_apart(output_dir, {"ID folder": duplicates_dir}, so)
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
     check_cache_apart(cache_dir, input_path, exclude or output_dir)
     if removed_path is not None:

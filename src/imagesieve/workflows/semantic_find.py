@@ -189,7 +189,7 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
     refuse_object_storage(input_path, output_dir)
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_semantic_in_locked_folder(
-        input_path, output_dir, config, executor, progress))
+        input_path, output_dir, config, executor, progress), config=config)
 
 
 def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str, config: SemanticConfig,
