@@ -161,7 +161,8 @@ def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
 
 @pytest.mark.parametrize("option", [["--eps", "0.1"], ["--embeddings", "x.parquet"], ["--model", "m.onnx"],
                                     ["--clusters", "3"], ["--min-inliers", "5"],
-                                    ["--method", "semantic", "--threshold", "3"], ["--method", "exact", "--flip"]])
+                                    ["--method", "semantic", "--threshold", "3"], ["--method", "exact", "--flip"],
+                                    ["--method", "exact", "--threshold", "3"], ["--method", "exact", "--chaining"]])
 def test_an_option_of_another_method_is_an_error(shards, tmp_path, capsys, option):
     """Case 13: `find --eps 0.1` ran pHash and exited 0."""
     with pytest.raises(SystemExit) as exit_:
