@@ -142,3 +142,23 @@ def _photo_files(folder: Path, count: int, start: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(start, start + count):
         (folder / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+
+
+def test_loose_images_beside_shards_are_refused_however_input_is_named(photos, make_shard, tmp_path):
+    """Fifth hostile pass: mixed input was refused only when INPUT was one folder; through a glob or a list
+    the loose images were in neither the output nor the removed list. And a shard named `00001.TAR` was
+    skipped without a word."""
+    shard = make_shard("00000.tar", n=4, folder="mixed/a")
+    mixed = tmp_path / "mixed"
+    (mixed / "b").mkdir()
+    (mixed / "b" / "unique.jpg").write_bytes((photos / "dogs" / "img-0.jpg").read_bytes())
+    for spec in (str(mixed / "*" / "*"), [str(mixed / "a"), str(mixed / "b")], [shard, str(photos)]):
+        mixed_kinds = r"holds both tar shards \(.*00000.tar\) and loose image files \(.*\.(jpg|PNG)"
+        with pytest.raises(ValueError, match=mixed_kinds):
+            dedup(spec, str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)
+        assert not (tmp_path / "out").exists()
+
+    os.rename(shard, mixed / "a" / "00000.TAR")
+    for spec in (str(mixed / "a"), str(mixed / "a" / "*")):
+        with pytest.raises(ValueError, match=r"00000.TAR: a tar shard whose extension is not lower case"):
+            dedup(spec, str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)

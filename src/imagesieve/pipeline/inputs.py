@@ -14,7 +14,7 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.stages.io.partitioning import list_shards, walk_files
+from imagesieve.stages.io.partitioning import list_shards, refuse_shard_in_other_case, walk_files
 from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
 from imagesieve.storage import is_remote, is_under, local_path, read_schema, storage_for
 from imagesieve.storage.base import is_temp_name
@@ -25,12 +25,11 @@ from imagesieve.storage.runfolder import (
     shard_fingerprint,
     strip_shard_suffix,
 )
-from imagesieve.tar.names import IMAGE_EXTENSIONS
+from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import FileGroupTask
 from imagesieve.util.cache_dir import default_cache_dir
 
 FOLDER_CHUNK = 1000
-IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,8 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
         folder = local_path(input_path)
         refuse_run_folder(folder)
         files = list(walk_files(folder))
+        for path in files:
+            refuse_shard_in_other_case(path)
         shards = [p for p in files if p.endswith(SHARD_SUFFIXES) and not is_temp_name(os.path.basename(p))]
         images = [p for p in files if is_image(p)]
         if shards and images:
@@ -138,8 +139,8 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
         if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
             same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
-                             f"back with the {what}, or replace files of the {what} of the same name; choose an "
-                             f"output folder outside the {what} (e.g. beside it)")
+                             f"back as {what}, or replace {what} files of the same name; choose an output folder "
+                             f"outside the {what} (e.g. beside it)")
         if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
             raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
                              f"folder outside the {what}")
@@ -147,14 +148,15 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
 
 def check_sources_apart(output_dir: str, reads: dict[str, str | list[str] | None],
                         storage_options: dict | None = None) -> None:
-    """What a run reads besides INPUT (an ID folder, embeddings, a model folder; by what it is) may not
-    overlap OUT either: an output inside an ID folder is read back as IDs by the next run, and a source
-    inside OUT is cleaned up and written over. A name that is no path (a built-in model) is skipped."""
+    """OUT may not lie in what a run reads besides INPUT (an ID folder, embeddings, a model folder; by what
+    it is): its outputs would be read back with it (removed.parquet as IDs by the next run). (Such a
+    source inside OUT is refused by the run folder's own checks: files no run wrote, or another run's.)"""
     for what, source in reads.items():
-        if isinstance(source, str) and "://" not in source and not os.path.exists(local_path(source)):
-            continue
-        if source:
-            check_input_outside(source, output_dir, storage_options, what)
+        for root in input_roots(source) if source else []:
+            if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
+                same = "is" if is_under(root, output_dir) else "lies inside"
+                raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be "
+                                 f"read back with the {what}; choose an output folder outside it (e.g. beside it)")
 
 
 def check_removed_path(removed_path: str, input_path: str | list[str], storage_options: dict | None = None) -> None:

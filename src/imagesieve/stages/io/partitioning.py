@@ -18,6 +18,7 @@ from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import absolute, is_remote, local_path, storage_for
 from imagesieve.storage.base import is_temp_name, outside_run_folders, run_folder_on_the_way
 from imagesieve.storage.runfolder import SHARD_SUFFIXES, holds_run
+from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,10 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
     holds = _run_folder_test(storage_options)
-    left_out = 0
+    left_out, images = 0, []
     for spec in sources:
         here = {absolute(path): absolute(root or ".") for src in _expand(spec)
-                for path, root in _match(src, suffixes, storage_options)}
+                for path, root in _match(src, suffixes, storage_options, images)}
         top = _common_root(set(here.values()))
         for path, root in here.items():
             if run_folder_on_the_way(path, top, holds) is None:
@@ -55,6 +56,10 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
         raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}" + (
             f" but {left_out} in folders of earlier imagesieve runs, whose outputs are never input" if left_out else
             "; a folder of image files is read when it is INPUT itself (not a glob or a list)"))
+    if images:  # a run reads one kind: loose images beside shards would be in neither output nor removed list
+        raise ValueError(f"the input holds both tar shards ({_a_few(list(matched))}) and loose image files "
+                         f"({_a_few(images)}); a run reads one kind: list only the shards, or pass the image "
+                         "folder alone as INPUT")
     paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
     common = _common_root(set(matched.values()))
     found = {path: paths.relpath(path, common) for path in matched}
@@ -65,6 +70,10 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
                              "list the shards under one folder")
     return sorted(found.items(), key=lambda item: item[1])
+
+
+def _a_few(paths: list[str], count: int = 3) -> str:
+    return ", ".join(sorted(paths)[:count]) + (f" and {len(paths) - count} more" if len(paths) > count else "")
 
 
 def _common_root(roots: set[str]) -> str:
@@ -121,10 +130,12 @@ def _expand(spec: str) -> list[str]:
     return [spec]
 
 
-def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = None) -> Iterator[tuple[str, str]]:
-    """(shard path, root) for one expanded source."""
+def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = None,
+           images: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(shard path, root) for one expanded source; the image files it names or holds are added to `images`.
+    A shard named in another case (`00001.TAR`) is refused, naming it, never silently skipped."""
     if is_remote(src):
-        yield from _match_remote(src, suffixes, storage_options)
+        yield from _keep_shards(*_match_remote(src, suffixes, storage_options), suffixes, images, posixpath)
         return
     if glob.has_magic(src):
         root = _glob_root(src)
@@ -137,13 +148,32 @@ def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = N
         root, paths = os.path.dirname(src), [src]
     else:
         raise FileNotFoundError(f"{src}: no such file or folder")
+    yield from _keep_shards(root, paths, suffixes, images, os.path)
+
+
+def _keep_shards(root: str, paths: list[str], suffixes: tuple[str, ...], images: list[str] | None,
+                 names: object) -> Iterator[tuple[str, str]]:
     for path in paths:
-        if path.endswith(suffixes) and not is_temp_name(os.path.basename(path)):
+        name = names.basename(path)
+        if is_temp_name(name):
+            continue
+        if name.endswith(suffixes):
             yield path, root
+        elif images is not None and name.lower().endswith(IMAGE_SUFFIXES):
+            images.append(path)
+        else:
+            refuse_shard_in_other_case(path, suffixes)
 
 
-def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | None) -> Iterator[tuple[str, str]]:
-    """(shard URL, root) for one URL: a glob, a "folder" (a prefix, listed recursively) or one object."""
+def refuse_shard_in_other_case(path: str, suffixes: tuple[str, ...] = SHARD_SUFFIXES) -> None:
+    """`00001.TAR` is neither read as a shard nor skipped without a word: refused, naming it."""
+    if path.lower().endswith(suffixes) and not path.endswith(suffixes):
+        raise ValueError(f"{path}: a tar shard whose extension is not lower case is not read as one; rename it "
+                         f"(to {', '.join(suffixes)})")
+
+
+def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | None) -> tuple[str, list[str]]:
+    """(root, files) for one URL: a glob, a "folder" (a prefix, listed recursively) or one object."""
     store = storage_for(src, storage_options)
     if glob.has_magic(src):
         root, paths = _glob_root(src, "/"), store.glob(src)
@@ -155,9 +185,7 @@ def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | N
         root, paths = src, outside_run_folders(store.list_files(src), src)  # as `list_shards` would, in one listing
     else:
         raise store.missing(src)
-    for path in paths:
-        if path.endswith(suffixes) and not is_temp_name(posixpath.basename(path)):
-            yield path, root
+    return root, paths
 
 
 def walk_files(folder: str) -> Iterator[str]:
