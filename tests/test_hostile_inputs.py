@@ -466,3 +466,16 @@ def test_outputs_are_never_more_open_than_their_input_or_the_umask(make_shard, t
         os.umask(old)
     assert _mode(tmp_path / "po") == 0o700 and _mode(tmp_path / "po" / "sub") == 0o700
     assert {p.name: _mode(p) for p in (tmp_path / "po" / "sub").iterdir()} == {"0.jpg": 0o600, "2.jpg": 0o600}
+
+
+def test_an_input_of_only_empty_shards_is_a_clear_error(tmp_path):
+    """Fifth hostile pass: shards that are all empty tars (img2dataset's, when every download failed) failed
+    with a raw 'Field "width" does not exist in schema'."""
+    import tarfile
+
+    (tmp_path / "empty").mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        tarfile.open(tmp_path / "empty" / name, "w").close()
+    for run in (find_duplicates, dedup):
+        with pytest.raises(ValueError, match=r"holds no samples: every shard is an empty tar \(00000.tar, 00001.tar\)"):
+            run(str(tmp_path / "empty"), str(tmp_path / run.__name__), FindConfig(), executor=ONE)

@@ -157,6 +157,9 @@ def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict |
     """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
     tables = [read_table(hash_table_path(hashes_dir, unit.rel), storage_options) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
+    if table.num_rows == 0:  # (img2dataset writes an empty tar for a shard whose every download failed)
+        shown = ", ".join(unit.rel for unit in units[:3]) + (f" and {len(units) - 3} more" if len(units) > 3 else "")
+        raise ValueError(f"the input holds no samples: every shard is an empty tar ({shown}); nothing to deduplicate")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
     pixels = pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
