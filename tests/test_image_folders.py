@@ -162,3 +162,15 @@ def test_loose_images_beside_shards_are_refused_however_input_is_named(photos, m
     for spec in (str(mixed / "a"), str(mixed / "a" / "*")):
         with pytest.raises(ValueError, match=r"00000.TAR: a tar shard whose extension is not lower case"):
             dedup(spec, str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)
+
+
+def test_a_dedups_clean_image_folder_is_input_for_the_next_run(photos, tmp_path):
+    """Fifth hostile pass: DEDUP/shards of an image folder could not be INPUT (its own summary.json was taken
+    for a user's file that the output would overwrite). Its records are not data: the images and captions are."""
+    first = dedup(str(photos), str(tmp_path / "one"), FindConfig(method="phash"), executor=ONE)
+    again = dedup(str(tmp_path / "one" / "shards"), str(tmp_path / "two"), FindConfig(method="phash"), executor=ONE)
+    assert (again.images, again.removed) == (first.images - first.removed, 0)
+    def data(folder: Path) -> set[str]:
+        return {p for p in tree_digest(folder) if not p.startswith(("_imagesieve", "summary.json", "removed.parquet"))}
+
+    assert data(tmp_path / "two" / "shards") == data(tmp_path / "one" / "shards") != set()

@@ -21,6 +21,7 @@ from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
     WORK_DIR,
+    holds_run,
     read_json,
     shard_fingerprint,
     strip_shard_suffix,
@@ -94,7 +95,7 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
     if isinstance(input_path, str) and not is_remote(input_path) and os.path.isdir(local_path(input_path)):
         folder = local_path(input_path)
         refuse_run_folder(folder)
-        files = list(walk_files(folder))
+        files = dataset_files(folder)
         for path in files:
             refuse_shard_in_other_case(path)
         shards = [p for p in files if p.endswith(SHARD_SUFFIXES) and not is_temp_name(os.path.basename(p))]
@@ -248,7 +249,16 @@ def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list
 
 def other_files(root: str) -> list[str]:
     """Files of an image folder that are not images (captions, notes), relative to it."""
-    return sorted(os.path.relpath(p, root) for p in walk_files(root) if not is_image(p))
+    return sorted(os.path.relpath(p, root) for p in dataset_files(root) if not is_image(p))
+
+
+def dataset_files(folder: str) -> list[str]:
+    """The files of an image folder (`walk_files`); of a run's own output folder given as INPUT (a dedup's
+    clean image folder), without the run's records and lists at its top (`RESERVED`), which are not data."""
+    files = list(walk_files(folder))
+    if holds_run(folder):
+        files = [p for p in files if os.path.relpath(p, folder).split(os.sep)[0] not in RESERVED]
+    return files
 
 
 def input_shards(input_path: str | list[str], output_dir: str,
