@@ -479,3 +479,25 @@ def test_an_input_of_only_empty_shards_is_a_clear_error(tmp_path):
     for run in (find_duplicates, dedup):
         with pytest.raises(ValueError, match=r"holds no samples: every shard is an empty tar \(00000.tar, 00001.tar\)"):
             run(str(tmp_path / "empty"), str(tmp_path / run.__name__), FindConfig(), executor=ONE)
+
+
+def test_names_near_the_file_systems_limit(make_shard, tmp_path):
+    """Fifth hostile pass: a legal 252-byte shard name, or a 244-byte image name, failed mid-run with a raw
+    'File name too long' (the temp name `.NAME.imagesieve-tmp-PID`, or `NAME.parquet` beside the output), after
+    other files were written. An image's temp name is now its name's hash; a shard whose records cannot be
+    named is refused before anything is written, naming it."""
+    long_shard = "x" * 248 + ".tar"
+    make_shard(long_shard, n=3, folder="long")
+    with pytest.raises(ValueError, match=f"{long_shard}: the name is too long for the records"):
+        remove_duplicates(str(tmp_path / "long"), str(tmp_path / "out"),
+                          os.path.dirname(write_ids(tmp_path / "ids", ["x"])), executor=ONE)
+    assert not (tmp_path / "out").exists()
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    long_image = "y" * 240 + ".jpg"
+    (photos / long_image).write_bytes(encode(photo_tiles()[0], "jpeg"))
+    (photos / "copy.jpg").write_bytes((photos / long_image).read_bytes())
+    summary = dedup(str(photos), str(tmp_path / "folder_out"), FindConfig(method="exact"), executor=ONE)
+    assert (summary.images, summary.removed) == (2, 1)
+    assert sorted(os.listdir(tmp_path / "folder_out" / "shards")) == ["_imagesieve", "copy.jpg", "summary.json"]

@@ -22,6 +22,7 @@ from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
 logger = logging.getLogger(__name__)
+LONGEST_SHARD_NAME = 255 - len(".parquet")  # a shard's records are named NAME.parquet, NAME.json
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
@@ -66,6 +67,9 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     if paths is os.path:
         refuse_two_names(list(found))
     for path, relative in found.items():  # names an output: it must lie inside OUT
+        if len(os.path.basename(relative).encode("utf-8", "surrogateescape")) > LONGEST_SHARD_NAME:
+            raise ValueError(f"{path}: the name is too long for the records kept beside its output (at most "
+                             f"{LONGEST_SHARD_NAME} bytes, as `NAME.parquet` must fit in 255); rename it")
         if relative == ".." or relative.startswith(("../", ".." + os.sep)) or os.path.isabs(relative):
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
                              "list the shards under one folder")
