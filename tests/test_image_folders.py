@@ -174,3 +174,21 @@ def test_a_dedups_clean_image_folder_is_input_for_the_next_run(photos, tmp_path)
         return {p for p in tree_digest(folder) if not p.startswith(("_imagesieve", "summary.json", "removed.parquet"))}
 
     assert data(tmp_path / "two" / "shards") == data(tmp_path / "one" / "shards") != set()
+
+
+def test_a_link_never_gives_the_output_a_mode_a_copy_would_not(photos, tmp_path):
+    """Fifth hostile pass: with --link, a 4755 image run under umask 077 appeared in OUT as -rwsr-xr-x. A file
+    whose mode a copy would not keep (setuid, or wider than the umask) is copied instead of linked."""
+    setuid, plain = photos / "dogs" / "img-0.jpg", photos / "dogs" / "img-2.webp"
+    os.chmod(setuid, 0o4755)
+    os.chmod(plain, 0o600)
+    old = os.umask(0o077)
+    try:
+        dedup(str(photos), str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE, link=True)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out" / "shards" / "dogs"
+    assert oct(os.stat(out / "img-0.jpg").st_mode & 0o7777) == oct(0o700)  # copied: no setuid, within the umask
+    assert os.stat(out / "img-0.jpg").st_ino != os.stat(setuid).st_ino
+    assert os.stat(out / "img-2.webp").st_ino == os.stat(plain).st_ino  # 0600 fits umask 077: linked
+    assert (out / "img-0.jpg").read_bytes() == setuid.read_bytes()
