@@ -501,3 +501,19 @@ def test_names_near_the_file_systems_limit(make_shard, tmp_path):
     summary = dedup(str(photos), str(tmp_path / "folder_out"), FindConfig(method="exact"), executor=ONE)
     assert (summary.images, summary.removed) == (2, 1)
     assert sorted(os.listdir(tmp_path / "folder_out" / "shards")) == ["_imagesieve", "copy.jpg", "summary.json"]
+
+
+def test_what_a_run_derives_from_private_shards_is_closed_to_others(shards, tmp_path):
+    """Fifth hostile pass: with 0600 shards in a 0755 folder the output shards were 0600, but the report's
+    thumbnails and captions, hash tables and ID lists were 0644 in a 0755 OUT: readable by every user. OUT
+    is now closed to each class of users that some input file is closed to."""
+    old = os.umask(0o022)
+    try:
+        dedup(str(shards), str(tmp_path / "open"), FindConfig(), executor=ONE)
+        assert _mode(tmp_path / "open") == 0o755  # readable input: nothing narrowed
+        next(shards.rglob("*.tar")).chmod(0o640)  # one shard closed to others, readable by the group
+        dedup(str(shards), str(tmp_path / "private"), FindConfig(), executor=ONE)
+        assert _mode(tmp_path / "private") == 0o750
+        assert (tmp_path / "private" / "report" / "index.html").exists()
+    finally:
+        os.umask(old)

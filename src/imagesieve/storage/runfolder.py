@@ -456,6 +456,26 @@ def narrow_mode(folder: str, source: str, umask: int | None = None) -> None:
         return
 
 
+def narrow_to_files(folder: str, paths: list[str]) -> None:
+    """Close `folder` (an output folder) to each class of users (group, other) that some input file in
+    `paths` does not let read it: what a run derives from a private file (hash tables, ID lists, the
+    report's thumbnails and captions) is no more open than the file. Copies keep their own modes
+    (`keep_mode_of`). Local paths only; the folder is only ever narrowed."""
+    if is_remote(folder):
+        return
+    closed = 0
+    for path in paths:
+        if is_remote(path):
+            return
+        unreadable = ~os.stat(path).st_mode
+        closed |= (0o070 if unreadable & 0o040 else 0) | (0o007 if unreadable & 0o004 else 0)
+        if closed == 0o077:
+            break
+    have = stat.S_IMODE(os.stat(folder).st_mode)
+    if have & closed:
+        os.chmod(folder, have & ~closed)
+
+
 def mirror_folders(path: str, source: str, relative: str) -> None:
     """Make the folder of output file `path`, the copy of input `source` listed as `relative` (its path
     from the input root), each folder from the output root down no more open than the input folder it

@@ -31,6 +31,7 @@ from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
 from imagesieve.storage import is_remote, join, normal_url, read_schema, read_table, storage_for
 from imagesieve.storage.runfolder import (
+    narrow_to_files,
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
@@ -129,6 +130,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     from another version of the input or with other settings; returns the units (those under
     `output_dir` left out)."""
     units = input_units(input_path, output_dir, storage_options=storage_options)
+    narrow_to_files(output_dir, [path for unit in units for path in unit.paths])
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode, "image_rule": IMAGE_RULE}  # (which member is the image)

@@ -31,6 +31,7 @@ from imagesieve.storage.runfolder import (
     done_marker,
     is_done,
     mirror_folders,
+    narrow_to_files,
     read_json,
     remove_stale_temp_files,
     removed_if_refused,
@@ -153,6 +154,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_output_dir(output_dir)
         with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
             remove_stale_temp_files(output_dir, so)
+            narrow_to_files(exclude or output_dir, [path for unit in units for path in unit.paths])
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config()}

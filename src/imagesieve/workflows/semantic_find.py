@@ -37,7 +37,7 @@ from imagesieve.stages.embedding.embedding_writer import embedding_table_path, i
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import is_remote
-from imagesieve.storage.runfolder import read_json, remove_stale_temp_files, write_json_atomic
+from imagesieve.storage.runfolder import narrow_to_files, read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
@@ -198,6 +198,7 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
     refuse_object_storage(input_path, output_dir)
     executor = executor or LocalExecutor()
     shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
+    narrow_to_files(output_dir, [path for unit in shards for path in unit.paths])
     remove_stale_temp_files(output_dir)
     hash_pairs = None
     if config.embeddings is None:
