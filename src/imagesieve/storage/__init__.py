@@ -6,7 +6,11 @@ operations: list, fingerprint, read, atomic publish, stale temp cleanup, a run l
 file to read (`local_copy`) or write (`writable`). Tar scanning and copying always work on local
 files (mmap, pread): a remote shard is streamed once into a private spool file first, and an
 output is written to a local spool file and published when complete, so the local fast path is
-the only one. `runfolder` lays out a run's output folder over this interface.
+the only one. `runfolder` lays out a run's output folder over this interface, `listing` lists input.
+
+Only this package tells a local path from a URL (`is_remote`; `tests/test_layering.py` refuses it
+elsewhere): code above it asks for what it needs (a local copy, a published file, a path's `parent`,
+whether a folder `supports_hard_links`) and the backend decides how.
 """
 
 from __future__ import annotations
