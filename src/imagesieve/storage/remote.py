@@ -163,8 +163,12 @@ class RemoteStorage:
             yield local
 
     def list_folder(self, folder: str) -> list[str]:
-        """The objects right under the prefix `folder` (not in "subfolders" of it), as URLs, sorted."""
-        return [url for url in self.list_files(folder) if url.rsplit("/", 1)[0] == folder]
+        """The objects right under the prefix `folder` (not in "subfolders" of it), sorted, as URLs spelled
+        as `folder` is (`memory://a` and `memory:///a`, `s3a://` and `s3://`, list alike)."""
+        root = self._path(folder).rstrip("/")
+        with clear_errors(folder):
+            found = self.fs.find(root)
+        return sorted(f"{folder.rstrip('/')}/{posixpath.basename(p)}" for p in found if posixpath.dirname(p) == root)
 
     @contextmanager
     def local_tree(self, folder: str, include: Callable[[str], bool]) -> Iterator[str]:
