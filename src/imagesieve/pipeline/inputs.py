@@ -14,10 +14,22 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.stages.io.partitioning import list_shards, refuse_shard_in_other_case, walk_files
+from imagesieve.stages.io.partitioning import list_shards, refuse_shard_in_other_case
 from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
-from imagesieve.storage import is_remote, is_under, local_path, read_schema, storage_for
+from imagesieve.storage import (
+    can_hold,
+    is_under,
+    listed_path,
+    local_file,
+    local_folder,
+    local_path,
+    missing_locally,
+    read_schema,
+    separator,
+    storage_for,
+)
 from imagesieve.storage.base import is_temp_name
+from imagesieve.storage.listing import walk_files
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
     WORK_DIR,
@@ -92,8 +104,7 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
     inside it that hold an earlier imagesieve run are left out (`walk_files`)."""
     for folder in dict.fromkeys([output_dir, run_dir or output_dir]):  # a dedup's step: its folder and its own
         check_input_outside(input_path, folder, storage_options)
-    if isinstance(input_path, str) and not is_remote(input_path) and os.path.isdir(local_path(input_path)):
-        folder = local_path(input_path)
+    if isinstance(input_path, str) and (folder := local_folder(input_path)):  # image folders: local ones only
         refuse_run_folder(folder)
         files = dataset_files(folder)
         for path in files:
@@ -137,7 +148,7 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
     name); an input inside the output folder would be cleaned up and written over. Both are refused
     before anything is read or written, naming both folders."""
     for root in input_roots(input_path):
-        if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
+        if is_under(output_dir, root) and can_hold(root):
             same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
                              f"back as {what}, or replace {what} files of the same name; choose an output folder "
@@ -154,7 +165,7 @@ def check_sources_apart(output_dir: str, reads: dict[str, str | list[str] | None
     source inside OUT is refused by the run folder's own checks: files no run wrote, or another run's.)"""
     for what, source in reads.items():
         for root in input_roots(source) if source else []:
-            if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
+            if is_under(output_dir, root) and can_hold(root):
                 same = "is" if is_under(root, output_dir) else "lies inside"
                 raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be "
                                  f"read back with the {what}; choose an output folder outside it (e.g. beside it)")
@@ -194,14 +205,13 @@ def input_roots(input_path: str | list[str]) -> list[str]:
     roots = []
     for spec in [input_path] if isinstance(input_path, str) else input_path:
         spec = local_path(spec)
-        if spec.endswith((".txt", ".lst")) and not is_remote(spec) and os.path.isfile(spec):
+        if spec.endswith((".txt", ".lst")) and local_file(spec):
             folder = os.path.dirname(spec)
             with open(spec, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-            roots += input_roots([line if "://" in line else os.path.join(folder, os.path.expanduser(line))
-                                  for line in lines])
+            roots += input_roots([listed_path(line, folder) for line in lines])
         elif any(c in spec for c in "*?[{"):
-            sep = "/" if is_remote(spec) else os.sep
+            sep = separator(spec)
             fixed = []
             for part in spec.split(sep):
                 if any(c in part for c in "*?[{"):
@@ -221,7 +231,7 @@ def check_input_first(input_path: str | list[str], output_dir: str, storage_opti
     the run reads, by what it is (`check_sources_apart`)."""
     check_sources_apart(output_dir, reads or {}, storage_options)
     for source in [input_path] if isinstance(input_path, str) else input_path:
-        if not is_remote(source) and not any(c in source for c in "*?[{") and not os.path.exists(source):
+        if not any(c in source for c in "*?[{") and missing_locally(source):  # (a URL is checked when listed)
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
                 if source.startswith("~") else ""
             raise FileNotFoundError(f"input {source} does not exist{hint}")

@@ -29,7 +29,7 @@ from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_uni
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import is_remote, join, normal_url, read_schema, read_table, storage_for
+from imagesieve.storage import canonical, join, read_schema, read_table, storage_for
 from imagesieve.storage.runfolder import (
     narrow_to_files,
     remove_stale_temp_files,
@@ -189,7 +189,7 @@ def check_reference_apart(units: list[InputUnit], ref_units: list[InputUnit]) ->
     """A reference set that shares images with the input would list every shared image as a copy of
     itself and remove it: refuse it, naming one shared file."""
     def files(of: list[InputUnit]) -> set[str]:
-        return {normal_url(p) if is_remote(p) else os.path.realpath(p) for unit in of for p in unit.paths}
+        return {canonical(p) for unit in of for p in unit.paths}
 
     shared = sorted(files(units) & files(ref_units))
     if shared:
