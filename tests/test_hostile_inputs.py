@@ -90,9 +90,13 @@ def test_a_folder_of_shards_and_loose_images_is_an_error_naming_both(make_shard,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("reference", ["shards", "shards/part2"])
+@pytest.mark.parametrize("reference", ["shards", "shards/part2", "hard link"])
 def test_a_reference_that_shares_images_with_the_input_is_refused(shards, tmp_path, reference):
-    """Case 4: `dedup --reference X X` removed everything, exit 0."""
+    """Case 4: `dedup --reference X X` removed everything, exit 0. (Fifth pass: a reference folder holding a
+    hard link of an input shard removed all its samples.)"""
+    if reference == "hard link":
+        (tmp_path / reference).mkdir()
+        os.link(next(shards.rglob("*.tar")), tmp_path / reference / "test.tar")
     with pytest.raises(ValueError, match="the reference set and the input share 1 file|share 2 file"):
         find_duplicates(str(shards), str(tmp_path / "out"), FindConfig(), reference=str(tmp_path / reference),
                         executor=ONE)

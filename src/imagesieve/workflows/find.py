@@ -29,7 +29,7 @@ from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_uni
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import canonical, join, read_schema, read_table, storage_for
+from imagesieve.storage import canonical, file_identity, join, read_schema, read_table, storage_for
 from imagesieve.storage.runfolder import (
     narrow_to_files,
     remove_stale_temp_files,
@@ -187,11 +187,13 @@ def check_unique_ids(table: pa.Table, what: str) -> None:
 
 def check_reference_apart(units: list[InputUnit], ref_units: list[InputUnit]) -> None:
     """A reference set that shares images with the input would list every shared image as a copy of
-    itself and remove it: refuse it, naming one shared file."""
-    def files(of: list[InputUnit]) -> set[str]:
-        return {canonical(p) for unit in of for p in unit.paths}
+    itself and remove it: refuse it, naming one shared file. One file is one file by any name: a symlink,
+    a hard link (`file_identity`), a URL alias (`canonical`)."""
+    def files(of: list[InputUnit]) -> dict[object, str]:
+        return {file_identity(p) or canonical(p): p for unit in of for p in unit.paths}
 
-    shared = sorted(files(units) & files(ref_units))
+    inputs, references = files(units), files(ref_units)
+    shared = sorted(inputs[key] for key in inputs.keys() & references.keys())
     if shared:
         raise ValueError(f"the reference set and the input share {len(shared)} file(s), e.g. {shared[0]}: every shared "
                          "image would be removed as a copy of itself; pass a reference set apart from the input")
