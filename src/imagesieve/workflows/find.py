@@ -30,14 +30,10 @@ from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
 from imagesieve.storage import is_remote, join, normal_url, read_schema, read_table, storage_for
-from imagesieve.storage.runfolder import (
-    narrow_to_files,
-    remove_stale_temp_files,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from imagesieve.storage.runfolder import narrow_to_files, remove_stale_temp_files
 from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
+from imagesieve.workflows.find_outputs import write_find_outputs
 
 METHODS = ("exact", "phash", "dhash", "ahash", "whash")
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -169,9 +165,11 @@ def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict |
 
 
 def split_readable(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(images that were hashed, images that could not be read)."""
+    """(images that were hashed, images that could not be read: id, shard, reason)."""
     readable = pc.is_null(table.column("error"))
-    return table.filter(readable), table.filter(pc.invert(readable))
+    skipped = table.filter(pc.invert(readable))
+    return table.filter(readable), pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
+                                             "reason": skipped.column("error")})
 
 
 def check_unique_ids(table: pa.Table, what: str) -> None:
@@ -236,27 +234,15 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
         groups = _within_set(table, config, t, search) if reference is None else \
             _cross_set(table, ref, config, t, search)
 
-    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-    if reference is not None:  # reference members are listed in groups but never removed
-        removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
-    ids = pc.unique(removed.column("id"))
-    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                         join(output_dir, "duplicates", "part-00000.parquet"), so)
-    write_parquet_atomic(groups, join(output_dir, "groups", "part-00000.parquet"), so)
-    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
-                                   "reason": skipped.column("error")}),
-                         join(output_dir, "skipped.parquet"), so)
-    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-    summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
-                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started,
-                          confirm=config.confirm_within)
     run = {"config": asdict(config), "input": absolute_paths(input_path),
            "input_root": shards[0].root or None,  # an image folder: IDs are paths under it
            "reference": absolute_paths(reference) if reference else None,
            "reference_root": ref_shards[0].root or None if reference is not None else None}
-    write_json_atomic({**asdict(summary), **run}, join(output_dir, "summary.json"), so)
-    return summary
+    return write_find_outputs(  # reference members are listed in groups but never removed
+        output_dir, groups, skipped, lambda found: FindSummary(
+            images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows, **found, threshold=t,
+            elapsed_seconds=time.monotonic() - started, confirm=config.confirm_within),
+        run, table.column("id") if reference is not None else None, so)
 
 
 def _exact_columns(config: FindConfig) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -41,11 +41,11 @@ from imagesieve.storage.runfolder import (
     live_holder,
     read_json,
     remove_stale_temp_files,
-    write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.tasks import FileGroupTask
 from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
+from imagesieve.workflows.find_outputs import list_paths, write_find_outputs
 
 CENTROID_POLICIES = ("hard", "easy", "random")
 
@@ -218,10 +218,11 @@ class SemanticDeduplicationWorkflow:
 
     def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
             kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None,
-            extra_pairs: ExtraPairs | None = None) -> SemanticSummary:
+            extra_pairs: ExtraPairs | None = None, record: dict | None = None) -> SemanticSummary:
         """Curator's `pairwise_executor` is the executor (k-means runs in this process on faiss, so a
         `kmeans_executor` is accepted and not used). `extra_pairs`: more pairs to accept (see
-        `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps."""
+        `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps. `record`:
+        keys for summary.json beside the counts (`find --method semantic`'s configuration and input)."""
         started = time.monotonic()
         executor = executor or pairwise_executor or LocalExecutor()
         if live_holder(self.output_path) is None:  # used alone (a command holds the lock of its own folder)
@@ -253,7 +254,7 @@ class SemanticDeduplicationWorkflow:
             i, j, s = _concat_pairs(results)
             timing["pairwise_seconds"] = time.monotonic() - step
             if self.eps is None:
-                return self._write_similarities(data, i, j, s, k, started, timing)
+                return self._write_similarities(data, i, j, s, k, started, timing, record)
             exact = None
             if extra_pairs is not None:
                 check = extra_pairs.check
@@ -269,7 +270,7 @@ class SemanticDeduplicationWorkflow:
         groups = groups_table(data.ids, keeper, similarity)
         if exact is not None:
             groups = _label_extra(groups, data, keeper, similarity, self.eps, ei, ej, exact)
-        return self._write(data, groups, k, started, timing)
+        return self._write(data, k, started, timing, list_paths(self.output_path), groups, record)
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
         return cluster_rows(data.open(), k, self.max_iter, self.random_state, self.n_probe, self.fit_data_fraction)
@@ -317,20 +318,8 @@ class SemanticDeduplicationWorkflow:
                 table = table.append_column(policy.column, table.column(bare))
         return table
 
-    def _write(self, data: LoadedEmbeddings, groups: pa.Table, k: int, started: float, timing: dict
-               ) -> SemanticSummary:
-        removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-        ids = removed.column("id")
-        outputs = {"duplicates": [os.path.join(self.output_path, "duplicates", "part-00000.parquet")],
-                   "groups": [os.path.join(self.output_path, "groups", "part-00000.parquet")]}
-        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}), outputs["duplicates"][0])
-        write_parquet_atomic(groups, outputs["groups"][0])
-        by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-        return self._finish(data, k, started, timing, outputs, groups=len(pc.unique(removed.column("group_id"))),
-                            duplicates=removed.num_rows, by_method=by_method or {"semantic": 0})
-
     def _write_similarities(self, data: LoadedEmbeddings, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int,
-                            started: float, timing: dict) -> SemanticSummary:
+                            started: float, timing: dict, record: dict | None) -> SemanticSummary:
         """eps=None: each image's most similar partner (a pair counts for both sides); -1 when none."""
         best = np.full(data.n, np.nan, dtype=np.float64)
         partner = np.full(data.n, -1, dtype=np.int64)
@@ -346,22 +335,18 @@ class SemanticDeduplicationWorkflow:
                           "cosine_sim_score": pa.array(best, pa.float64(), from_pandas=True)})
         path = os.path.join(self.output_path, "pairwise_results", "part-00000.parquet")
         write_parquet_atomic(table, path)
-        return self._finish(data, k, started, timing, {"pairwise": [path]}, groups=0, duplicates=0)
+        return self._write(data, k, started, timing, {"pairwise": [path]}, None, record)
 
-    def _finish(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
-                groups: int, duplicates: int, by_method: dict[str, int] | None = None) -> SemanticSummary:
-        by_method = {"semantic": duplicates} if by_method is None else by_method
-        write_parquet_atomic(data.skipped, os.path.join(self.output_path, "skipped.parquet"))
-        summary = SemanticSummary(images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows,
-                                  groups=groups, duplicates=duplicates, clusters=k, threshold=self.eps,
-                                  by_method=by_method, elapsed_seconds=time.monotonic() - started,
-                                  outputs=outputs, **timing)
+    def _write(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
+               groups: pa.Table | None, record: dict | None) -> SemanticSummary:
         config = {name: getattr(self, name) for name in ("n_clusters", "id_field", "embedding_field", "max_iter",
                                                          "random_state", "fit_data_fraction", "which_to_keep",
                                                          "eps", "n_probe", "probe_margin")}
-        write_json_atomic({**asdict(summary), "config": {"method": "semantic", **config}},
-                          os.path.join(self.output_path, "summary.json"))
-        return summary
+        return write_find_outputs(self.output_path, groups, data.skipped, lambda found: SemanticSummary(
+            images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows, groups=found["groups"],
+            duplicates=found["duplicates"], clusters=k, threshold=self.eps,
+            by_method=found["by_method"] or {"semantic": 0}, elapsed_seconds=time.monotonic() - started,
+            outputs=outputs, **timing), {"config": {"method": "semantic", **config}, **(record or {})})
 
 
 def _extra(data: LoadedEmbeddings, extra: ExtraPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
