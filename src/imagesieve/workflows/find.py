@@ -152,7 +152,7 @@ def table_is_current(path: str, fingerprint: str, needed: set[str], settings: di
 
 
 def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict | None = None) -> pa.Table:
-    """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
+    """All hash tables in shard order."""
     tables = [read_table(hash_table_path(hashes_dir, unit.rel), storage_options) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
     if table.num_rows == 0:  # (img2dataset writes an empty tar for a shard whose every download failed)
@@ -160,8 +160,7 @@ def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict |
         raise ValueError(f"the input holds no samples: every shard is an empty tar ({shown}); nothing to deduplicate")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
-    pixels = pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
-    return table.append_column("pixels", pixels)
+    return table
 
 
 def split_readable(table: pa.Table) -> tuple[pa.Table, pa.Table]:

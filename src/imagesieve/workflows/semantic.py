@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import LoadedEmbeddings, default_id_field, embedding_sources, load_embeddings
-from imagesieve.matching.keep import keep_policy
+from imagesieve.matching.keep import CENTROID_SIMILARITY, keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.pipeline.inputs import check_input_outside
 from imagesieve.progress import phase
@@ -46,8 +46,6 @@ from imagesieve.storage.runfolder import (
 from imagesieve.tasks import FileGroupTask
 from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
 from imagesieve.workflows.find_outputs import list_paths, write_find_outputs
-
-CENTROID_POLICIES = ("hard", "easy", "random")
 
 
 @dataclass
@@ -184,8 +182,7 @@ class SemanticDeduplicationWorkflow:
                              f"{remote[0]}; copy the embeddings to local disk (storage_options have nothing to do)")
         if n_clusters is not None and n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
-        if which_to_keep not in CENTROID_POLICIES:
-            keep_policy(which_to_keep)  # validates
+        self.keep = keep_policy(which_to_keep, centroids=True, seed=random_state)  # validates
         if fit_data_fraction is not None and not 0 < fit_data_fraction <= 1:
             raise ValueError(f"fit_data_fraction must be in (0, 1], got {fit_data_fraction}")
         self.input_path, self.output_path, self.n_clusters = input_path, output_path, n_clusters
@@ -233,7 +230,7 @@ class SemanticDeduplicationWorkflow:
         sources = embedding_sources(self.input_path)
         with phase("read embeddings", progress):
             data = load_embeddings(sources, memmap, self.id_field or default_id_field(sources), self.embedding_field,
-                                   tuple(self._rank_columns()))
+                                   (*self.keep.reads, *self.metadata_fields))
         timing = {}
         try:
             k = self.n_clusters or auto_clusters(data.n)
@@ -244,7 +241,8 @@ class SemanticDeduplicationWorkflow:
             with phase(f"k-means ({k} clusters, {data.n} x {data.dim})", progress):
                 labels, sims = self._cluster(data, k)
             timing["kmeans_seconds"], step = time.monotonic() - step, time.monotonic()
-            rank = self._rank(data, sims[:, 0])
+            rank = self.keep.rank(pa.table({**{name: data.columns.column(name) for name in data.columns.column_names},
+                                             "id": data.ids, CENTROID_SIMILARITY: np.ascontiguousarray(sims[:, 0])}))
             with phase("pairwise similarity within clusters", progress):
                 jobs = cluster_jobs(labels, sims, self.probe_margin, 4 * executor.parallelism())
                 # eps=None: each image's most similar partner (k=1), however far, to choose eps from
@@ -274,49 +272,6 @@ class SemanticDeduplicationWorkflow:
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
         return cluster_rows(data.open(), k, self.max_iter, self.random_state, self.n_probe, self.fit_data_fraction)
-
-    def _rank_columns(self) -> list[str]:
-        if self.which_to_keep in CENTROID_POLICIES:
-            return list(self.metadata_fields)
-        column = keep_policy(self.which_to_keep).column
-        needed = {"pixels": ["width", "height"], "file_size": ["file_size"], None: []}.get(column)
-        if needed is None:  # column:NAME: our tables have json.NAME; anyone's may have NAME
-            needed = [column, column.removeprefix("json.")]
-        return [*needed, *self.metadata_fields]
-
-    def _rank(self, data: LoadedEmbeddings, centroid_sim: np.ndarray) -> np.ndarray:
-        """rank[row]: 0 is kept first. Curator's policies use the distance to the own centroid, ties by ID."""
-        n = data.n
-        ids = np.asarray(data.ids.to_numpy(zero_copy_only=False))
-        if self.which_to_keep == "random":
-            order = np.random.default_rng(self.random_state).permutation(n)
-        elif self.which_to_keep in ("hard", "easy"):
-            id_rank = np.empty(n, dtype=np.int64)
-            id_rank[np.argsort(ids, kind="stable")] = np.arange(n)
-            sim = centroid_sim.astype(np.float64)
-            # hard: farthest from the centroid first, then larger ID (Curator's sort); easy: the reverse
-            hard = self.which_to_keep == "hard"
-            order = np.lexsort((-id_rank, sim)) if hard else np.lexsort((id_rank, -sim))
-        else:
-            return keep_policy(self.which_to_keep).rank(self._policy_table(data))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        return rank
-
-    def _policy_table(self, data: LoadedEmbeddings) -> pa.Table:
-        table = pa.table({"id": data.ids, **{name: data.columns.column(name) for name in data.columns.column_names}})
-        policy = keep_policy(self.which_to_keep)
-        if policy.column == "pixels":
-            if "width" not in table.column_names:
-                raise ValueError(f"keep policy {self.which_to_keep!r} needs width and height columns in the "
-                                 "embeddings (imagesieve writes them; precomputed embeddings may lack them)")
-            table = table.append_column("pixels", pc.multiply(table.column("width").cast(pa.int64()),
-                                                              table.column("height").cast(pa.int64())))
-        elif policy.column and policy.column.startswith("json.") and policy.column not in table.column_names:
-            bare = policy.column.removeprefix("json.")
-            if bare in table.column_names:
-                table = table.append_column(policy.column, table.column(bare))
-        return table
 
     def _write_similarities(self, data: LoadedEmbeddings, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int,
                             started: float, timing: dict, record: dict | None) -> SemanticSummary:

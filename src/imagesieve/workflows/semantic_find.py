@@ -50,7 +50,6 @@ from imagesieve.workflows.find import (
     split_readable,
 )
 from imagesieve.workflows.semantic import (
-    CENTROID_POLICIES,
     ExtraPairs,
     HashCheck,
     SemanticDeduplicationWorkflow,
@@ -125,8 +124,7 @@ class SemanticConfig:
                              f"{self.eps_hash_bits} and {self.confirm}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
-        if self.keep not in CENTROID_POLICIES:
-            keep_policy(self.keep)
+        keep_policy(self.keep, centroids=True)  # validates
         check_on_error(self.on_error)
         if self.embeddings is None:
             check_model_option(self.model)
