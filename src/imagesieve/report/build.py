@@ -27,7 +27,7 @@ from imagesieve.report.prune import prune_report
 from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
 from imagesieve.report.thumbs import add_thumbnails
 from imagesieve.storage import is_remote, join, storage_for
-from imagesieve.storage.runfolder import write_text_atomic
+from imagesieve.storage.runfolder import refuse_foreign_files, write_text_atomic
 from imagesieve.storage.spool import spool_folder
 
 __all__ = ["GROUPS_PER_PAGE", "js_json", "write_report"]
@@ -92,7 +92,9 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir} exists and is not a folder; imagesieve never replaces files it did not create: "
                          "move it, or choose another run folder")
-    refuse_foreign_report_folder(out_dir)
+    if not os.path.isfile(os.path.join(out_dir, "data", "meta.js")):  # over an earlier report only
+        refuse_foreign_files(out_dir, ours=(), who="no imagesieve report wrote",
+                             advice="pass another report folder, or empty it")
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
@@ -121,17 +123,6 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
                       os.path.join(out_dir, "index.html"))
     prune_report(out_dir, written)
     return os.path.join(out_dir, "index.html")
-
-
-def refuse_foreign_report_folder(out_dir: str) -> None:
-    """A report is written over an earlier report only (its data/meta.js says so): a folder holding a
-    user's own files (an index.html of theirs) is refused, naming one, before anything is written."""
-    if not os.path.isdir(out_dir) or os.path.isfile(os.path.join(out_dir, "data", "meta.js")):
-        return
-    for root, _, names in os.walk(out_dir):
-        if names:
-            raise ValueError(f"{out_dir} already holds files that no imagesieve report wrote "
-                             f"({os.path.join(root, sorted(names)[0])}); pass another report folder, or empty it")
 
 
 def _filters(data: ReportData) -> dict[str, np.ndarray]:

@@ -40,6 +40,7 @@ from imagesieve.storage.runfolder import (
     WORK_DIR,
     live_holder,
     read_json,
+    refuse_foreign_files,
     remove_stale_temp_files,
     write_parquet_atomic,
 )
@@ -201,17 +202,11 @@ class SemanticDeduplicationWorkflow:
         an earlier result of this workflow (a user's summary.json) is refused before anything is written."""
         paths = [self.input_path] if isinstance(self.input_path, str) else list(self.input_path)
         check_input_outside([str(p) for p in paths], self.output_path, what="embeddings")
-        if not os.path.isdir(self.output_path):
-            return
         summary = os.path.join(self.output_path, "summary.json")
         ours = os.path.isfile(summary) and read_json(summary).get("config", {}).get("method") == "semantic"
-        own_names = {"duplicates", "groups", "pairwise_results", "skipped.parquet", WORK_DIR}
-        own_names |= {"summary.json"} if ours else set()
-        foreign = sorted(name for name in os.listdir(self.output_path) if name not in own_names)
-        if foreign or (os.path.exists(summary) and not ours):
-            shown = os.path.join(self.output_path, (foreign or ["summary.json"])[0])
-            raise ValueError(f"{self.output_path} already holds files that this workflow did not write ({shown}); "
-                             "imagesieve never replaces files it did not create: choose a new or empty output folder")
+        refuse_foreign_files(self.output_path, ours={"duplicates", "groups", "pairwise_results", "skipped.parquet",
+                                                     WORK_DIR, *(["summary.json"] if ours else [])},
+                             who="this workflow did not write")
 
     def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
             kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None,
