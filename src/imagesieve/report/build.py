@@ -27,11 +27,12 @@ from imagesieve.report.prune import prune_report
 from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
 from imagesieve.report.thumbs import add_thumbnails
 from imagesieve.storage import join, storage_for
-from imagesieve.storage.runfolder import write_text_atomic
+from imagesieve.storage.runfolder import refuse_foreign_files, write_text_atomic
 
 __all__ = ["GROUPS_PER_PAGE", "js_json", "write_report"]
 
 WITH_THUMBNAILS = "with thumbnails"
+REPORT_MARK = ".imagesieve-report"
 
 
 def headline(summary: dict, removal: dict | None) -> list[tuple[str, str]]:
@@ -90,7 +91,12 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir} exists and is not a folder; imagesieve never replaces files it did not create: "
                          "move it, or choose another run folder")
-    refuse_foreign_report_folder(out_dir)
+    mark = os.path.join(out_dir, REPORT_MARK)  # written first: a report killed before data/meta.js is still ours
+    if not os.path.isfile(os.path.join(out_dir, "data", "meta.js")) and not os.path.isfile(mark):
+        refuse_foreign_files(out_dir, ours=(), who="no imagesieve report wrote",
+                             advice="pass another report folder, or empty it")
+    os.makedirs(out_dir, exist_ok=True)
+    write_text_atomic("an imagesieve report folder: its files are rewritten or deleted by the next report\n", mark)
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
@@ -118,17 +124,6 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
                                    _note(data.groups, len(rows), data.members.num_rows, removal, removed_list)),
                       os.path.join(out_dir, "index.html"))
     prune_report(out_dir, written)
-
-
-def refuse_foreign_report_folder(out_dir: str) -> None:
-    """A report is written over an earlier report only (its data/meta.js says so): a folder holding a
-    user's own files (an index.html of theirs) is refused, naming one, before anything is written."""
-    if not os.path.isdir(out_dir) or os.path.isfile(os.path.join(out_dir, "data", "meta.js")):
-        return
-    for root, _, names in os.walk(out_dir):
-        if names:
-            raise ValueError(f"{out_dir} already holds files that no imagesieve report wrote "
-                             f"({os.path.join(root, sorted(names)[0])}); pass another report folder, or empty it")
 
 
 def _filters(data: ReportData) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,22 +276,27 @@ def claim_for(output_dir: str, command: str, storage_options: dict | None = None
         write_json_atomic(mine, record, storage_options)
 
 
-def refuse_foreign_files(output_dir: str, storage_options: dict | None = None) -> None:
-    """A folder that holds no imagesieve run must be empty (but for the lock just taken): a run writes
-    `summary.json`, `shards/00000.tar`, ... by name, and would replace a user's files of those names
-    (another dataset given as OUT by mistake)."""
-    store = storage_for(output_dir, storage_options)
-    if is_remote(output_dir):  # (listed under the scheme's own name: s3a:// is listed as s3://)
-        prefix = normal_url(join(output_dir, WORK_DIR)).rstrip("/") + "/"
-        found = [f for f in store.list_files(output_dir) if not normal_url(f).startswith(prefix)]
+def refuse_foreign_files(folder: str, storage_options: dict | None = None, ours: Iterable[str] = (WORK_DIR,),
+                         who: str = "no imagesieve run wrote", advice: str = "choose a new or empty output folder"
+                         ) -> None:
+    """A folder about to be written must hold nothing but the names at its top that are `ours` (a run's
+    records; a finder's lists; none for a report), and our temp files (a write in progress, another
+    worker's in a pipeline: cleaned up, never a user's): a run writes `summary.json`, `shards/00000.tar`,
+    ... by name, and would replace a user's files of those names (another dataset given as OUT by
+    mistake). Refused naming the folder and what it holds; `who` and `advice` word the refusal."""
+    if is_remote(folder):  # (listed under the scheme's own name: s3a:// is listed as s3://)
+        top = normal_url(folder).rstrip("/") + "/"
+        found = [f for f in storage_for(folder, storage_options).list_files(folder)
+                 if normal_url(f).removeprefix(top).split("/")[0] not in ours]
+    elif os.path.isdir(folder):
+        found = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name not in ours)
     else:
-        found = sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir) if name != WORK_DIR)
-    # a temp file of ours is a write in progress (another worker's, in a pipeline): cleaned up, never a user's
+        return
     found = [f for f in found if not is_temp_name(posixpath.basename(f.rstrip("/")))]
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise ValueError(f"{output_dir} already holds files that no imagesieve run wrote ({shown}); imagesieve "
-                         "never replaces files it did not create: choose a new or empty output folder")
+        raise ValueError(f"{folder} already holds files that {who} ({shown}); imagesieve never replaces files it "
+                         f"did not create: {advice}")
 
 
 def _owner_before_records(output_dir: str, storage_options: dict | None) -> str | None:

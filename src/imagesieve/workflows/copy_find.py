@@ -49,12 +49,7 @@ from imagesieve.progress import phase
 from imagesieve.stages.copy import ImageKeypointStage
 from imagesieve.stages.hashing import HashWriterStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
-from imagesieve.storage.runfolder import (
-    WORK_DIR,
-    remove_stale_temp_files,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from imagesieve.storage.runfolder import WORK_DIR, remove_stale_temp_files, write_parquet_atomic
 from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
@@ -67,6 +62,7 @@ from imagesieve.workflows.find import (
     split_readable,
     table_is_current,
 )
+from imagesieve.workflows.find_outputs import write_find_outputs
 from imagesieve.workflows.semantic import auto_clusters, groups_table
 from imagesieve.workflows.semantic_find import SemanticConfig, check_model_option, embed_shards
 
@@ -193,7 +189,12 @@ def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, c
                                    "hash_distance": pa.array(hash_distance, pa.int64()),
                                    **{k: pa.array(v) for k, v in scores.items()}, "copy": pa.array(accepted)}),
                          os.path.join(output_dir, "copy_pairs.parquet"))
-    return _write(output_dir, input_path, units, table, skipped, groups, config, len(i), started, seconds)
+    run = {"config": asdict(config), "input": absolute_paths(input_path), "input_root": units[0].root or None,
+           "reference": None}
+    return write_find_outputs(output_dir, groups, skipped, lambda found: CopySummary(
+        images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows, **found, candidates=len(i),
+        threshold=f"{config.min_inliers} inliers, coverage {config.min_coverage}, agreement {config.min_agreement}",
+        elapsed_seconds=time.monotonic() - started, seconds=seconds), run)
 
 
 def is_copy(inliers: np.ndarray, coverage: np.ndarray, agreement: np.ndarray, hash_distance: np.ndarray,
@@ -325,26 +326,3 @@ def _groups(table: pa.Table, keeper: np.ndarray, rep: np.ndarray, i: np.ndarray,
         "coverage": groups.column("similarity"),
     })
 
-
-def _write(output_dir: str, input_path: str | list[str], units: list[InputUnit], table: pa.Table, skipped: pa.Table,
-           groups: pa.Table, config: CopyConfig, candidates: int, started: float,
-           seconds: dict[str, float]) -> CopySummary:
-    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-    ids = removed.column("id")
-    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                         os.path.join(output_dir, "duplicates", "part-00000.parquet"))
-    write_parquet_atomic(groups, os.path.join(output_dir, "groups", "part-00000.parquet"))
-    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
-                                   "reason": skipped.column("error")}),
-                         os.path.join(output_dir, "skipped.parquet"))
-    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-    summary = CopySummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
-                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                          candidates=candidates, by_method=by_method,
-                          threshold=f"{config.min_inliers} inliers, coverage {config.min_coverage}, "
-                                    f"agreement {config.min_agreement}",
-                          elapsed_seconds=time.monotonic() - started, seconds=seconds)
-    run = {"config": asdict(config), "input": absolute_paths(input_path), "input_root": units[0].root or None,
-           "reference": None}
-    write_json_atomic({**asdict(summary), **run}, os.path.join(output_dir, "summary.json"))
-    return summary

@@ -33,11 +33,10 @@ from imagesieve.storage import canonical, file_identity, join, read_schema, read
 from imagesieve.storage.runfolder import (
     narrow_to_files,
     remove_stale_temp_files,
-    write_json_atomic,
-    write_parquet_atomic,
 )
 from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
+from imagesieve.workflows.find_outputs import write_find_outputs
 
 METHODS = ("exact", "phash", "dhash", "ahash", "whash")
 # Chosen from the quality sweep on real photos (benchmarks/bench_find.py, BENCHMARKS.md): the best F1 for
@@ -156,7 +155,7 @@ def table_is_current(path: str, fingerprint: str, needed: set[str], settings: di
 
 
 def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict | None = None) -> pa.Table:
-    """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
+    """All hash tables in shard order."""
     tables = [read_table(hash_table_path(hashes_dir, unit.rel), storage_options) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
     if table.num_rows == 0:  # (img2dataset writes an empty tar for a shard whose every download failed)
@@ -164,14 +163,15 @@ def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict |
         raise ValueError(f"the input holds no samples: every shard is an empty tar ({shown}); nothing to deduplicate")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
-    pixels = pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
-    return table.append_column("pixels", pixels)
+    return table
 
 
 def split_readable(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(images that were hashed, images that could not be read)."""
+    """(images that were hashed, images that could not be read: id, shard, reason)."""
     readable = pc.is_null(table.column("error"))
-    return table.filter(readable), table.filter(pc.invert(readable))
+    skipped = table.filter(pc.invert(readable))
+    return table.filter(readable), pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
+                                             "reason": skipped.column("error")})
 
 
 def check_unique_ids(table: pa.Table, what: str) -> None:
@@ -238,27 +238,15 @@ def find_in_locked_folder(input_path: str | list[str], output_dir: str, config: 
         groups = _within_set(table, config, t, search) if reference is None else \
             _cross_set(table, ref, config, t, search)
 
-    removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-    if reference is not None:  # reference members are listed in groups but never removed
-        removed = removed.filter(pc.is_in(removed.column("id"), table.column("id")))
-    ids = pc.unique(removed.column("id"))
-    write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}),
-                         join(output_dir, "duplicates", "part-00000.parquet"), so)
-    write_parquet_atomic(groups, join(output_dir, "groups", "part-00000.parquet"), so)
-    write_parquet_atomic(pa.table({"id": skipped.column("id"), "shard": skipped.column("shard"),
-                                   "reason": skipped.column("error")}),
-                         join(output_dir, "skipped.parquet"), so)
-    by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-    summary = FindSummary(images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows,
-                          groups=len(pc.unique(removed.column("group_id"))), duplicates=removed.num_rows,
-                          by_method=by_method, threshold=t, elapsed_seconds=time.monotonic() - started,
-                          confirm=config.confirm_within)
     run = {"config": asdict(config), "input": absolute_paths(input_path),
            "input_root": shards[0].root or None,  # an image folder: IDs are paths under it
            "reference": absolute_paths(reference) if reference else None,
            "reference_root": ref_shards[0].root or None if reference is not None else None}
-    write_json_atomic({**asdict(summary), **run}, join(output_dir, "summary.json"), so)
-    return summary
+    return write_find_outputs(  # reference members are listed in groups but never removed
+        output_dir, groups, skipped, lambda found: FindSummary(
+            images=table.num_rows + skipped.num_rows, skipped=skipped.num_rows, **found, threshold=t,
+            elapsed_seconds=time.monotonic() - started, confirm=config.confirm_within),
+        run, table.column("id") if reference is not None else None, so)
 
 
 def _exact_columns(config: FindConfig) -> list[str]:

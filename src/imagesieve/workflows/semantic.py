@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.embeddings_io import LoadedEmbeddings, default_id_field, embedding_sources, load_embeddings
-from imagesieve.matching.keep import keep_policy
+from imagesieve.matching.keep import CENTROID_SIMILARITY, keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.pipeline.inputs import check_input_outside
 from imagesieve.progress import phase
@@ -40,14 +40,13 @@ from imagesieve.storage.runfolder import (
     WORK_DIR,
     live_holder,
     read_json,
+    refuse_foreign_files,
     remove_stale_temp_files,
-    write_json_atomic,
     write_parquet_atomic,
 )
 from imagesieve.tasks import FileGroupTask
 from imagesieve.workflows.curator_options import check_curator_options, check_io_kwargs
-
-CENTROID_POLICIES = ("hard", "easy", "random")
+from imagesieve.workflows.find_outputs import list_paths, write_find_outputs
 
 
 @dataclass
@@ -184,8 +183,7 @@ class SemanticDeduplicationWorkflow:
                              f"{remote[0]}; copy the embeddings to local disk (storage_options have nothing to do)")
         if n_clusters is not None and n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
-        if which_to_keep not in CENTROID_POLICIES:
-            keep_policy(which_to_keep)  # validates
+        self.keep = keep_policy(which_to_keep, centroids=True, seed=random_state)  # validates
         if fit_data_fraction is not None and not 0 < fit_data_fraction <= 1:
             raise ValueError(f"fit_data_fraction must be in (0, 1], got {fit_data_fraction}")
         self.input_path, self.output_path, self.n_clusters = input_path, output_path, n_clusters
@@ -204,24 +202,19 @@ class SemanticDeduplicationWorkflow:
         an earlier result of this workflow (a user's summary.json) is refused before anything is written."""
         paths = [self.input_path] if isinstance(self.input_path, str) else list(self.input_path)
         check_input_outside([str(p) for p in paths], self.output_path, what="embeddings")
-        if not os.path.isdir(self.output_path):
-            return
         summary = os.path.join(self.output_path, "summary.json")
         ours = os.path.isfile(summary) and read_json(summary).get("config", {}).get("method") == "semantic"
-        own_names = {"duplicates", "groups", "pairwise_results", "skipped.parquet", WORK_DIR}
-        own_names |= {"summary.json"} if ours else set()
-        foreign = sorted(name for name in os.listdir(self.output_path) if name not in own_names)
-        if foreign or (os.path.exists(summary) and not ours):
-            shown = os.path.join(self.output_path, (foreign or ["summary.json"])[0])
-            raise ValueError(f"{self.output_path} already holds files that this workflow did not write ({shown}); "
-                             "imagesieve never replaces files it did not create: choose a new or empty output folder")
+        refuse_foreign_files(self.output_path, ours={"duplicates", "groups", "pairwise_results", "skipped.parquet",
+                                                     WORK_DIR, *(["summary.json"] if ours else [])},
+                             who="this workflow did not write")
 
     def run(self, executor: BaseExecutor | None = None, progress: bool = False, *,
             kmeans_executor: BaseExecutor | None = None, pairwise_executor: BaseExecutor | None = None,
-            extra_pairs: ExtraPairs | None = None) -> SemanticSummary:
+            extra_pairs: ExtraPairs | None = None, record: dict | None = None) -> SemanticSummary:
         """Curator's `pairwise_executor` is the executor (k-means runs in this process on faiss, so a
         `kmeans_executor` is accepted and not used). `extra_pairs`: more pairs to accept (see
-        `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps."""
+        `ExtraPairs`), labelled "phash" or "exact" in groups/ where they are not within eps. `record`:
+        keys for summary.json beside the counts (`find --method semantic`'s configuration and input)."""
         started = time.monotonic()
         executor = executor or pairwise_executor or LocalExecutor()
         if live_holder(self.output_path) is None:  # used alone (a command holds the lock of its own folder)
@@ -232,7 +225,7 @@ class SemanticDeduplicationWorkflow:
         sources = embedding_sources(self.input_path)
         with phase("read embeddings", progress):
             data = load_embeddings(sources, memmap, self.id_field or default_id_field(sources), self.embedding_field,
-                                   tuple(self._rank_columns()))
+                                   (*self.keep.reads, *self.metadata_fields))
         timing = {}
         try:
             k = self.n_clusters or auto_clusters(data.n)
@@ -243,7 +236,8 @@ class SemanticDeduplicationWorkflow:
             with phase(f"k-means ({k} clusters, {data.n} x {data.dim})", progress):
                 labels, sims = self._cluster(data, k)
             timing["kmeans_seconds"], step = time.monotonic() - step, time.monotonic()
-            rank = self._rank(data, sims[:, 0])
+            rank = self.keep.rank(pa.table({**{name: data.columns.column(name) for name in data.columns.column_names},
+                                             "id": data.ids, CENTROID_SIMILARITY: np.ascontiguousarray(sims[:, 0])}))
             with phase("pairwise similarity within clusters", progress):
                 jobs = cluster_jobs(labels, sims, self.probe_margin, 4 * executor.parallelism())
                 # eps=None: each image's most similar partner (k=1), however far, to choose eps from
@@ -253,7 +247,7 @@ class SemanticDeduplicationWorkflow:
             i, j, s = _concat_pairs(results)
             timing["pairwise_seconds"] = time.monotonic() - step
             if self.eps is None:
-                return self._write_similarities(data, i, j, s, k, started, timing)
+                return self._write_similarities(data, i, j, s, k, started, timing, record)
             exact = None
             if extra_pairs is not None:
                 check = extra_pairs.check
@@ -269,68 +263,13 @@ class SemanticDeduplicationWorkflow:
         groups = groups_table(data.ids, keeper, similarity)
         if exact is not None:
             groups = _label_extra(groups, data, keeper, similarity, self.eps, ei, ej, exact)
-        return self._write(data, groups, k, started, timing)
+        return self._write(data, k, started, timing, list_paths(self.output_path), groups, record)
 
     def _cluster(self, data: LoadedEmbeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
         return cluster_rows(data.open(), k, self.max_iter, self.random_state, self.n_probe, self.fit_data_fraction)
 
-    def _rank_columns(self) -> list[str]:
-        if self.which_to_keep in CENTROID_POLICIES:
-            return list(self.metadata_fields)
-        column = keep_policy(self.which_to_keep).column
-        needed = {"pixels": ["width", "height"], "file_size": ["file_size"], None: []}.get(column)
-        if needed is None:  # column:NAME: our tables have json.NAME; anyone's may have NAME
-            needed = [column, column.removeprefix("json.")]
-        return [*needed, *self.metadata_fields]
-
-    def _rank(self, data: LoadedEmbeddings, centroid_sim: np.ndarray) -> np.ndarray:
-        """rank[row]: 0 is kept first. Curator's policies use the distance to the own centroid, ties by ID."""
-        n = data.n
-        ids = np.asarray(data.ids.to_numpy(zero_copy_only=False))
-        if self.which_to_keep == "random":
-            order = np.random.default_rng(self.random_state).permutation(n)
-        elif self.which_to_keep in ("hard", "easy"):
-            id_rank = np.empty(n, dtype=np.int64)
-            id_rank[np.argsort(ids, kind="stable")] = np.arange(n)
-            sim = centroid_sim.astype(np.float64)
-            # hard: farthest from the centroid first, then larger ID (Curator's sort); easy: the reverse
-            hard = self.which_to_keep == "hard"
-            order = np.lexsort((-id_rank, sim)) if hard else np.lexsort((id_rank, -sim))
-        else:
-            return keep_policy(self.which_to_keep).rank(self._policy_table(data))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        return rank
-
-    def _policy_table(self, data: LoadedEmbeddings) -> pa.Table:
-        table = pa.table({"id": data.ids, **{name: data.columns.column(name) for name in data.columns.column_names}})
-        policy = keep_policy(self.which_to_keep)
-        if policy.column == "pixels":
-            if "width" not in table.column_names:
-                raise ValueError(f"keep policy {self.which_to_keep!r} needs width and height columns in the "
-                                 "embeddings (imagesieve writes them; precomputed embeddings may lack them)")
-            table = table.append_column("pixels", pc.multiply(table.column("width").cast(pa.int64()),
-                                                              table.column("height").cast(pa.int64())))
-        elif policy.column and policy.column.startswith("json.") and policy.column not in table.column_names:
-            bare = policy.column.removeprefix("json.")
-            if bare in table.column_names:
-                table = table.append_column(policy.column, table.column(bare))
-        return table
-
-    def _write(self, data: LoadedEmbeddings, groups: pa.Table, k: int, started: float, timing: dict
-               ) -> SemanticSummary:
-        removed = groups.filter(pc.not_equal(groups.column("method"), "kept"))
-        ids = removed.column("id")
-        outputs = {"duplicates": [os.path.join(self.output_path, "duplicates", "part-00000.parquet")],
-                   "groups": [os.path.join(self.output_path, "groups", "part-00000.parquet")]}
-        write_parquet_atomic(pa.table({"id": pc.take(ids, pc.sort_indices(ids))}), outputs["duplicates"][0])
-        write_parquet_atomic(groups, outputs["groups"][0])
-        by_method = {row["values"]: row["counts"] for row in pc.value_counts(removed.column("method")).to_pylist()}
-        return self._finish(data, k, started, timing, outputs, groups=len(pc.unique(removed.column("group_id"))),
-                            duplicates=removed.num_rows, by_method=by_method or {"semantic": 0})
-
     def _write_similarities(self, data: LoadedEmbeddings, i: np.ndarray, j: np.ndarray, s: np.ndarray, k: int,
-                            started: float, timing: dict) -> SemanticSummary:
+                            started: float, timing: dict, record: dict | None) -> SemanticSummary:
         """eps=None: each image's most similar partner (a pair counts for both sides); -1 when none."""
         best = np.full(data.n, np.nan, dtype=np.float64)
         partner = np.full(data.n, -1, dtype=np.int64)
@@ -346,22 +285,18 @@ class SemanticDeduplicationWorkflow:
                           "cosine_sim_score": pa.array(best, pa.float64(), from_pandas=True)})
         path = os.path.join(self.output_path, "pairwise_results", "part-00000.parquet")
         write_parquet_atomic(table, path)
-        return self._finish(data, k, started, timing, {"pairwise": [path]}, groups=0, duplicates=0)
+        return self._write(data, k, started, timing, {"pairwise": [path]}, None, record)
 
-    def _finish(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
-                groups: int, duplicates: int, by_method: dict[str, int] | None = None) -> SemanticSummary:
-        by_method = {"semantic": duplicates} if by_method is None else by_method
-        write_parquet_atomic(data.skipped, os.path.join(self.output_path, "skipped.parquet"))
-        summary = SemanticSummary(images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows,
-                                  groups=groups, duplicates=duplicates, clusters=k, threshold=self.eps,
-                                  by_method=by_method, elapsed_seconds=time.monotonic() - started,
-                                  outputs=outputs, **timing)
+    def _write(self, data: LoadedEmbeddings, k: int, started: float, timing: dict, outputs: dict,
+               groups: pa.Table | None, record: dict | None) -> SemanticSummary:
         config = {name: getattr(self, name) for name in ("n_clusters", "id_field", "embedding_field", "max_iter",
                                                          "random_state", "fit_data_fraction", "which_to_keep",
                                                          "eps", "n_probe", "probe_margin")}
-        write_json_atomic({**asdict(summary), "config": {"method": "semantic", **config}},
-                          os.path.join(self.output_path, "summary.json"))
-        return summary
+        return write_find_outputs(self.output_path, groups, data.skipped, lambda found: SemanticSummary(
+            images=data.n + data.skipped.num_rows, skipped=data.skipped.num_rows, groups=found["groups"],
+            duplicates=found["duplicates"], clusters=k, threshold=self.eps,
+            by_method=found["by_method"] or {"semantic": 0}, elapsed_seconds=time.monotonic() - started,
+            outputs=outputs, **timing), {"config": {"method": "semantic", **config}, **(record or {})})
 
 
 def _extra(data: LoadedEmbeddings, extra: ExtraPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ from imagesieve.stages.embedding.embedding_writer import embedding_table_path, i
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import on_local_file_system
-from imagesieve.storage.runfolder import narrow_to_files, read_json, remove_stale_temp_files, write_json_atomic
+from imagesieve.storage.runfolder import narrow_to_files, remove_stale_temp_files
 from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
@@ -50,7 +50,6 @@ from imagesieve.workflows.find import (
     split_readable,
 )
 from imagesieve.workflows.semantic import (
-    CENTROID_POLICIES,
     ExtraPairs,
     HashCheck,
     SemanticDeduplicationWorkflow,
@@ -125,8 +124,7 @@ class SemanticConfig:
                              f"{self.eps_hash_bits} and {self.confirm}")
         if self.model_inference_batch_size < 1:
             raise ValueError(f"model_inference_batch_size must be 1 or more, got {self.model_inference_batch_size}")
-        if self.keep not in CENTROID_POLICIES:
-            keep_policy(self.keep)
+        keep_policy(self.keep, centroids=True)  # validates
         check_on_error(self.on_error)
         if self.embeddings is None:
             check_model_option(self.model)
@@ -217,12 +215,9 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
                                              embedding_field=embedding_field, which_to_keep=config.keep,
                                              eps=config.threshold, random_state=config.random_state,
                                              max_iter=config.max_iter)
-    summary = workflow.run(executor, progress, extra_pairs=hash_pairs)
-    path = os.path.join(output_dir, "summary.json")
-    write_json_atomic({**read_json(path), "config": {"method": "semantic", **asdict(config)},
-                       "input": absolute_paths(input_path), "input_root": shards[0].root or None,
-                       "reference": None}, path)
-    return summary
+    return workflow.run(executor, progress, extra_pairs=hash_pairs, record={
+        "config": {"method": "semantic", **asdict(config)}, "input": absolute_paths(input_path),
+        "input_root": shards[0].root or None, "reference": None})
 
 
 def hash_candidates(input_path: str | list[str], output_dir: str, config: SemanticConfig, executor: BaseExecutor,
