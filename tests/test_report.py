@@ -325,6 +325,18 @@ def test_a_report_folder_holding_a_users_files_is_refused_and_an_earlier_report_
     assert "<h1>mine</h1>" not in first and write_report(run, executor=ONE) == str(mine)  # a rebuild is ours
 
 
+def test_a_report_killed_before_its_last_file_is_rebuilt_by_the_rerun(tmp_path):
+    """Fifth hostile pass: a dedup killed while writing thumbnails (before data/meta.js, which marked a folder
+    as a report's) could never be rerun: its own thumbnails were taken for a user's files. The report now
+    marks its folder before it writes anything else; this is the folder such a kill leaves."""
+    run = run_of_pairs(tmp_path, 4)
+    index = Path(write_report(run, executor=ONE))
+    for written_last in (index, index.parent / "data" / "meta.js"):
+        written_last.unlink()
+    assert list((index.parent / "thumbs").iterdir())  # the thumbnails of the killed run are there
+    assert write_report(run, executor=ONE) == str(index) and index.exists()
+
+
 def test_a_run_without_summary_says_so(tmp_path):
     run = run_of_pairs(tmp_path, 4)
     os.remove(os.path.join(run, "summary.json"))
