@@ -17,7 +17,7 @@ import xxhash
 
 from imagesieve.util.arrow_strings import string_buffers
 
-COMPILE_FROM = 80_000  # strings or tar members (`read.SCAN_BEFORE_COMPILING`): what loading numba costs
+COMPILE_FROM = 80_000  # strings: what loading numba costs
 
 
 def compiled_pays(items: int) -> bool:
