@@ -10,8 +10,11 @@ parser's rules (a test holds both to them): anything unexpected is an error, nev
 - The end: the file ends right after a member, or a zero block follows it and nothing but zeros after that.
 - A header: its checksum matches (unsigned or signed sums, as tarfile and tar take them); its size is not
   negative and its data ends inside the file; a directory has no data (tar tools disagree on where the next
-  header is); no sparse member, no Solaris `X` header (tarfile would take it for PAX).
-- PAX records parse completely and in UTF-8, and a `size` record is a decimal number.
+  header is); no sparse member, no Solaris `X` header (tarfile would take it for PAX), no unknown type; a
+  name in UTF-8. Its mode, owner, time and device fields, which the compiled parser never reads, are read
+  as 0 when they are no number (tarfile would stop there).
+- PAX records parse completely and in UTF-8 (in a plain tar; a compressed one is read once, by tarfile's
+  parser), and a `size` record is a decimal number.
 
 Each entry's byte range runs from its first header (PAX and GNU long-name headers included:
 `TarInfo.offset`) to the end of its data, which writers copy verbatim. A PAX global header is an entry of its
