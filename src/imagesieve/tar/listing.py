@@ -41,7 +41,7 @@ class CorruptTarError(ValueError):
 
 
 class TarEntry(NamedTuple):
-    name: str  # a directory's ends in "/"
+    name: str
     kind: str  # "file", or one of KINDS' values
     size: int
     data_offset: int
@@ -79,7 +79,8 @@ def list_members(path: str, compression: str | None = None, limit: int | None = 
 
 
 def _entry(tar: tarfile.TarFile, info: tarfile.TarInfo, compression: str | None) -> TarEntry:
-    name = info.name + "/" if info.isdir() else info.name  # (tarfile strips it)
+    name = info.as_written  # as the compiled parser reads it, where tarfile strips a directory's slashes
+    name = info.name + "/" * (info.isdir() and bool(info.name)) if name is None else name
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # (tarfile keeps undecodable bytes as surrogates)
@@ -123,10 +124,10 @@ class _Header(tarfile.TarInfo):
             raise  # no end-of-archive blocks: tolerated, as by tar
         except tarfile.InvalidHeaderError as exc:
             obj = cls.frombuf(_as_compiled_reads_it(buf, pos, exc), tar.encoding, tar.errors)
-        obj.offset = pos
-        if buf[345] and buf[257:263] != b"ustar\x00":  # tarfile joins any format's bytes there to the name
-            obj.name = tarfile.nts(buf[:100], tar.encoding, tar.errors)
-            obj.name = obj.name.rstrip("/") if obj.isdir() else obj.name
+        obj.offset, obj.as_written = pos, tarfile.nts(buf[:100], tar.encoding, tar.errors)
+        if buf[257:263] == b"ustar\x00" and buf[345]:  # only POSIX ustar has a prefix (tarfile joins any format's)
+            obj.as_written = f"{tarfile.nts(buf[345:500], tar.encoding, tar.errors)}/{obj.as_written}"
+        obj.name = obj.as_written.rstrip("/") if obj.isdir() else obj.as_written
         if obj.size < 0:
             raise CorruptTarError(f"the header at byte {pos} has a negative size")
         if tar.size is not None and pos + BLOCK + obj.size > tar.size:
@@ -144,6 +145,7 @@ class _Header(tarfile.TarInfo):
         if chained:
             return member  # checked as its extended headers leave it, by the call that read the first of them
         if member is not obj:
+            member.as_written = None  # named by its extended headers
             _check_records(member.pax_headers, pos, member.name)
             if tar.size is not None and member.offset_data + member.size > tar.size:
                 raise CorruptTarError(f"truncated: the member {member.name!r} ends past the end of the file")
