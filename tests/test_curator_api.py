@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import write_ids
 
 from imagesieve import (
@@ -83,3 +84,25 @@ def test_convert_keeps_embeddings_as_lists_and_the_writer_selects_fields(tmp_pat
     table = pq.read_table(written.data[0])
     assert table.column_names == ["embedding"] and table.column("embedding").to_pylist() == [[0.5, 1.5], [2.0, 3.0]]
     assert os.listdir(tmp_path / "out") == [os.path.basename(written.data[0])]  # no temp file left
+
+
+def test_the_writers_mode_acts_as_curators_and_deletes_only_its_own_files(tmp_path):
+    """Fifth hostile pass: mode="overwrite" deleted nothing, so a shard gone from the input kept its embeddings,
+    and the semantic workflow removed the only copies of images as duplicates of images no longer in the
+    dataset. Now "overwrite" starts from an empty folder, deleting only files a ParquetWriter wrote."""
+    documents = [ConvertImageBatchToDocumentBatchStage(fields=["image_id"]).process(
+        ImageBatch(dataset_name="ds", data=[ImageObject(image_id=key)], task_id=key)) for key in ("a", "b")]
+    out = tmp_path / "emb"
+    old = [ParquetWriter(path=str(out)).process(d).data[0] for d in documents]
+    assert len(set(old)) == 2
+    with pytest.raises(FileExistsError, match=r"mode='error'\): the path already holds files"):
+        ParquetWriter(path=str(out), mode="error")
+    ParquetWriter(path=str(out), mode="overwrite").process(documents[0])  # a rerun of one shard only
+    assert pq.read_table(str(out)).column("image_id").to_pylist() == ["a"]
+
+    (out / "notes.parquet").write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="deletes only the files a ParquetWriter wrote; .*notes.parquet is not one"):
+        ParquetWriter(path=str(out), mode="overwrite")
+    assert sorted(p.name for p in out.iterdir()) == sorted([os.path.basename(old[0]), "notes.parquet"])
+    with pytest.raises(ValueError, match="mode='later': choose"):
+        ParquetWriter(path=str(out), mode="later")

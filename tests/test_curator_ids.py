@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+import fsspec
 import pytest
 import webdataset as wds
 from conftest import EXT_FORMAT, encode, photo_tiles, write_ids
@@ -148,6 +149,22 @@ def test_group_ids_are_numbered_across_the_group(shards, tmp_path):
     assert summary.removed == 3
     assert "000000000" not in keys_in(str(out / "00000.tar"))
     assert keys_in(str(out / "00001.tar")) == ["000000011", "000000012", "000000013", "000000014"]
+
+
+def test_group_ids_of_shards_on_object_storage_are_numbered_across_the_group(shards, tmp_path):
+    """A group's earlier shards are found by listing the shard's folder: on object storage, the objects right
+    under its prefix (fsspec's in-memory file system standing in for it)."""
+    memory = fsspec.filesystem("memory")
+    for name, path in shards.items():
+        memory.pipe_file(f"/curator-groups/{name}", open(path, "rb").read())
+    try:
+        write_ids(tmp_path / "dups", ["group_00000_x2_000000", "group_00000_x2_000006", "group_00000_x2_000009"])
+        summary = remove_duplicates("memory://curator-groups", str(tmp_path / "out"), str(tmp_path / "dups"),
+                                    executor=LocalExecutor(1))
+    finally:
+        memory.rm("/curator-groups", recursive=True)
+    assert summary.removed == 3
+    assert keys_in(str(tmp_path / "out" / "00001.tar")) == ["000000011", "000000012", "000000013", "000000014"]
 
 
 def test_stage_in_a_curator_pipeline_maps_ids_by_shard_and_position(shards, tmp_path):

@@ -169,3 +169,23 @@ def test_a_file_the_user_replaced_in_the_output_is_never_deleted(make_shard, tmp
     (shards / "b.tar").unlink()
     dedup(str(shards), str(out))
     assert (out / "shards" / "b.tar").read_bytes() == b"the user's own file, not ours"
+
+
+def test_sample_data_writes_over_nothing_but_itself(tmp_path):
+    """Fifth hostile pass: `sample-data DIR` replaced a user's DIR/shards/00000.tar and truth.parquet (and a dedup
+    folder's clean shards). It now writes over nothing but its own bytes: a rerun is fine, anything else is
+    refused before a file is written, naming it."""
+    root = tmp_path / "data"
+    make_sample_dataset(str(root), shard_size=100)
+    written = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    make_sample_dataset(str(root), shard_size=100)  # the README's first command, run twice
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == written
+
+    users = root / "shards" / "00000.tar"
+    users.write_bytes(b"a user's shard")
+    (root / "shards" / "mine.tar").write_bytes(b"another")
+    with pytest.raises(ValueError, match=r"mine.tar, .*00000.tar\).*never replaces files it did not create"):
+        make_sample_dataset(str(root), shard_size=100)
+    assert users.read_bytes() == b"a user's shard"
+    with pytest.raises(ValueError, match="other than this sample's"):  # another shard size: other shards
+        make_sample_dataset(str(root), shard_size=50)

@@ -90,9 +90,13 @@ def test_a_folder_of_shards_and_loose_images_is_an_error_naming_both(make_shard,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("reference", ["shards", "shards/part2"])
+@pytest.mark.parametrize("reference", ["shards", "shards/part2", "hard link"])
 def test_a_reference_that_shares_images_with_the_input_is_refused(shards, tmp_path, reference):
-    """Case 4: `dedup --reference X X` removed everything, exit 0."""
+    """Case 4: `dedup --reference X X` removed everything, exit 0. (Fifth pass: a reference folder holding a
+    hard link of an input shard removed all its samples.)"""
+    if reference == "hard link":
+        (tmp_path / reference).mkdir()
+        os.link(next(shards.rglob("*.tar")), tmp_path / reference / "test.tar")
     with pytest.raises(ValueError, match="the reference set and the input share 1 file|share 2 file"):
         find_duplicates(str(shards), str(tmp_path / "out"), FindConfig(), reference=str(tmp_path / reference),
                         executor=ONE)
@@ -161,7 +165,8 @@ def test_no_write_follows_a_symlinked_folder_inside_the_output(tmp_path):
 
 @pytest.mark.parametrize("option", [["--eps", "0.1"], ["--embeddings", "x.parquet"], ["--model", "m.onnx"],
                                     ["--clusters", "3"], ["--min-inliers", "5"],
-                                    ["--method", "semantic", "--threshold", "3"], ["--method", "exact", "--flip"]])
+                                    ["--method", "semantic", "--threshold", "3"], ["--method", "exact", "--flip"],
+                                    ["--method", "exact", "--threshold", "3"], ["--method", "exact", "--chaining"]])
 def test_an_option_of_another_method_is_an_error(shards, tmp_path, capsys, option):
     """Case 13: `find --eps 0.1` ran pHash and exited 0."""
     with pytest.raises(SystemExit) as exit_:
@@ -465,3 +470,54 @@ def test_outputs_are_never_more_open_than_their_input_or_the_umask(make_shard, t
         os.umask(old)
     assert _mode(tmp_path / "po") == 0o700 and _mode(tmp_path / "po" / "sub") == 0o700
     assert {p.name: _mode(p) for p in (tmp_path / "po" / "sub").iterdir()} == {"0.jpg": 0o600, "2.jpg": 0o600}
+
+
+def test_an_input_of_only_empty_shards_is_a_clear_error(tmp_path):
+    """Fifth hostile pass: shards that are all empty tars (img2dataset's, when every download failed) failed
+    with a raw 'Field "width" does not exist in schema'."""
+    import tarfile
+
+    (tmp_path / "empty").mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        tarfile.open(tmp_path / "empty" / name, "w").close()
+    for run in (find_duplicates, dedup):
+        with pytest.raises(ValueError, match=r"holds no samples: every shard is an empty tar \(00000.tar, 00001.tar\)"):
+            run(str(tmp_path / "empty"), str(tmp_path / run.__name__), FindConfig(), executor=ONE)
+
+
+def test_names_near_the_file_systems_limit(make_shard, tmp_path):
+    """Fifth hostile pass: a legal 252-byte shard name, or a 244-byte image name, failed mid-run with a raw
+    'File name too long' (the temp name `.NAME.imagesieve-tmp-PID`, or `NAME.parquet` beside the output), after
+    other files were written. An image's temp name is now its name's hash; a shard whose records cannot be
+    named is refused before anything is written, naming it."""
+    long_shard = "x" * 248 + ".tar"
+    make_shard(long_shard, n=3, folder="long")
+    with pytest.raises(ValueError, match=f"{long_shard}: the name is too long for the records"):
+        remove_duplicates(str(tmp_path / "long"), str(tmp_path / "out"),
+                          os.path.dirname(write_ids(tmp_path / "ids", ["x"])), executor=ONE)
+    assert not (tmp_path / "out").exists()
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    long_image = "y" * 240 + ".jpg"
+    (photos / long_image).write_bytes(encode(photo_tiles()[0], "jpeg"))
+    (photos / "copy.jpg").write_bytes((photos / long_image).read_bytes())
+    summary = dedup(str(photos), str(tmp_path / "folder_out"), FindConfig(method="exact"), executor=ONE)
+    assert (summary.images, summary.removed) == (2, 1)
+    assert sorted(os.listdir(tmp_path / "folder_out" / "shards")) == ["_imagesieve", "copy.jpg", "summary.json"]
+
+
+def test_what_a_run_derives_from_private_shards_is_closed_to_others(shards, tmp_path):
+    """Fifth hostile pass: with 0600 shards in a 0755 folder the output shards were 0600, but the report's
+    thumbnails and captions, hash tables and ID lists were 0644 in a 0755 OUT: readable by every user. OUT
+    is now closed to each class of users that some input file is closed to."""
+    old = os.umask(0o022)
+    try:
+        dedup(str(shards), str(tmp_path / "open"), FindConfig(), executor=ONE)
+        assert _mode(tmp_path / "open") == 0o755  # readable input: nothing narrowed
+        next(shards.rglob("*.tar")).chmod(0o640)  # one shard closed to others, readable by the group
+        dedup(str(shards), str(tmp_path / "private"), FindConfig(), executor=ONE)
+        assert _mode(tmp_path / "private") == 0o750
+        assert (tmp_path / "private" / "report" / "index.html").exists()
+    finally:
+        os.umask(old)

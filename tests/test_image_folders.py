@@ -142,3 +142,53 @@ def _photo_files(folder: Path, count: int, start: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(start, start + count):
         (folder / f"{k}.jpg").write_bytes(encode(photo_tiles()[k]))
+
+
+def test_loose_images_beside_shards_are_refused_however_input_is_named(photos, make_shard, tmp_path):
+    """Fifth hostile pass: mixed input was refused only when INPUT was one folder; through a glob or a list
+    the loose images were in neither the output nor the removed list. And a shard named `00001.TAR` was
+    skipped without a word."""
+    shard = make_shard("00000.tar", n=4, folder="mixed/a")
+    mixed = tmp_path / "mixed"
+    (mixed / "b").mkdir()
+    (mixed / "b" / "unique.jpg").write_bytes((photos / "dogs" / "img-0.jpg").read_bytes())
+    for spec in (str(mixed / "*" / "*"), [str(mixed / "a"), str(mixed / "b")], [shard, str(photos)]):
+        mixed_kinds = r"holds both tar shards \(.*00000.tar\) and loose image files \(.*\.(jpg|PNG)"
+        with pytest.raises(ValueError, match=mixed_kinds):
+            dedup(spec, str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)
+        assert not (tmp_path / "out").exists()
+
+    os.rename(shard, mixed / "a" / "00000.TAR")
+    for spec in (str(mixed / "a"), str(mixed / "a" / "*")):
+        with pytest.raises(ValueError, match=r"00000.TAR: a tar shard whose extension is not lower case"):
+            dedup(spec, str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)
+
+
+def test_a_dedups_clean_image_folder_is_input_for_the_next_run(photos, tmp_path):
+    """Fifth hostile pass: DEDUP/shards of an image folder could not be INPUT (its own summary.json was taken
+    for a user's file that the output would overwrite). Its records are not data: the images and captions are."""
+    first = dedup(str(photos), str(tmp_path / "one"), FindConfig(method="phash"), executor=ONE)
+    again = dedup(str(tmp_path / "one" / "shards"), str(tmp_path / "two"), FindConfig(method="phash"), executor=ONE)
+    assert (again.images, again.removed) == (first.images - first.removed, 0)
+    def data(folder: Path) -> set[str]:
+        return {p for p in tree_digest(folder) if not p.startswith(("_imagesieve", "summary.json", "removed.parquet"))}
+
+    assert data(tmp_path / "two" / "shards") == data(tmp_path / "one" / "shards") != set()
+
+
+def test_a_link_never_gives_the_output_a_mode_a_copy_would_not(photos, tmp_path):
+    """Fifth hostile pass: with --link, a 4755 image run under umask 077 appeared in OUT as -rwsr-xr-x. A file
+    whose mode a copy would not keep (setuid, or wider than the umask) is copied instead of linked."""
+    setuid, plain = photos / "dogs" / "img-0.jpg", photos / "dogs" / "img-2.webp"
+    os.chmod(setuid, 0o4755)
+    os.chmod(plain, 0o600)
+    old = os.umask(0o077)
+    try:
+        dedup(str(photos), str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE, link=True)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out" / "shards" / "dogs"
+    assert oct(os.stat(out / "img-0.jpg").st_mode & 0o7777) == oct(0o700)  # copied: no setuid, within the umask
+    assert os.stat(out / "img-0.jpg").st_ino != os.stat(setuid).st_ino
+    assert os.stat(out / "img-2.webp").st_ino == os.stat(plain).st_ino  # 0600 fits umask 077: linked
+    assert (out / "img-0.jpg").read_bytes() == setuid.read_bytes()

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("pipeline", ("pipeline",), "a checked list of stages, and the units of input it runs on"),
     ("report", ("report",), "reads a finished run's folder (thumbnails on an executor); dedup's last step"),
     ("workflows", ("workflows",), "whole commands: pipelines, finders and reports; the sample data"),
-    ("cli", ("cli", ""),
+    ("cli", ("cli", "", "__main__"),
      "the command line and the package's public names, over everything"),
 ]
 
@@ -127,3 +127,27 @@ def test_the_check_sees_function_level_and_relative_imports():
         "imagesieve.stages.io.writer": 2, "imagesieve.stages.io.sidecar": 3, "imagesieve.executors.local": 5}
     assert layer_of("imagesieve.stages.base") == 1 and layer_of("imagesieve.stages.io.writer") == 3
     assert layer_of("imagesieve") == len(LAYERS) - 1
+
+
+def remote_questions(source: str) -> list[int]:
+    """The lines where `source` names `is_remote`: called, imported (under any name) or read as an attribute."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source))
+                   if (isinstance(node, ast.Name) and node.id == "is_remote")
+                   or (isinstance(node, ast.Attribute) and node.attr == "is_remote")
+                   or (isinstance(node, ast.ImportFrom) and any(a.name == "is_remote" for a in node.names))})
+
+
+def test_only_storage_asks_whether_a_path_is_remote():
+    """Issue 23: every read and write goes through `imagesieve.storage`, which alone picks the local file
+    system or fsspec. Above it, code says what it wants (publish this file, a local copy, list these
+    files, can this folder take hard links?) and never asks whether a path is remote."""
+    asking = [f"{path.relative_to(PACKAGE.parent)}:{line}" for module, path in MODULES.items()
+              if not (module + ".").startswith("imagesieve.storage.")
+              for line in remote_questions(path.read_text(encoding="utf-8"))]
+    assert asking == [], "ask imagesieve.storage for what you need instead:\n  " + "\n  ".join(asking)
+
+
+def test_the_remote_check_sees_imports_calls_and_attributes():
+    source = ("from imagesieve.storage import is_remote as far\nimport imagesieve.storage as s\n"
+              "x = s.is_remote('s3://b')\ndef f(p):\n    return is_remote(p)\nis_remoteness = 1\n")
+    assert remote_questions(source) == [1, 3, 5]

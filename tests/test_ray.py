@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import stages_for_tests
 from conftest import write_ids
-from stages_for_tests import BrightnessFilterStage, BrokenSetupStage, FailingStage, lines
+from stages_for_tests import BrightnessFilterStage, BrokenSetupStage, FailingStage, lines, log
 
 from imagesieve import Resources, WorkerDied
 from imagesieve.executors.local import LocalExecutor
@@ -27,13 +29,17 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """Two local Ray nodes, each with its own temp folder (`TMPDIR` of its raylet, and so of its workers), as
+    two machines have: a path in one node's temp folder means nothing on the other (`temp_dirs`)."""
     from ray.cluster_utils import Cluster
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.cloudpickle.register_pickle_by_value(stages_for_tests)
-    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    two_nodes.add_node(num_cpus=2)
+    temp_dirs = [str(tmp_path_factory.mktemp(f"node{k}-tmp")) for k in range(2)]
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "env_vars": {"TMPDIR": temp_dirs[0]}})
+    two_nodes.add_node(num_cpus=2, env_vars={"TMPDIR": temp_dirs[1]})
+    two_nodes.temp_dirs = temp_dirs
     ray.init(address=two_nodes.address, log_to_driver=False, include_dashboard=False)
     yield two_nodes
     ray.shutdown()
@@ -268,3 +274,68 @@ def test_an_unfused_stage_reads_object_storage_shards_on_two_nodes(cluster, s3, 
 
     options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}  # the nodes started without them
     run_both(f"s3://{s3.bucket}/in", tmp_path / "objects", tmp_path, RayExecutor(), options)
+
+
+@dataclass
+class WhereBytesAreRead(BrightnessFilterStage):
+    """The brightness filter, logging for each batch its node, that process's temp folder and the local
+    copies its images were read from. A batch waits (up to 30 s) until a worker on the other node has one
+    too: the second batch goes to the other worker while the first is held, so both nodes read."""
+
+    def process_batch(self, tasks: list[ImageBatch]) -> list[ImageBatch]:
+        import tempfile
+
+        node = ray.get_runtime_context().get_node_id()
+        log(self.log_dir, "nodes", node)
+        deadline = time.monotonic() + 30
+        while len(set(lines(self.log_dir, "nodes"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kept = super().process_batch(tasks)  # decodes every image: its bytes read here
+        copies = [task._metadata["shard_table"].source.path() for task in tasks]
+        log(self.log_dir, "reads", json.dumps([node, tempfile.gettempdir(), copies]))
+        return kept
+
+
+def test_an_unfused_stage_reads_and_writes_object_storage_on_two_nodes_with_their_own_temp_folders(
+        cluster, s3, endpoint, make_shard, tmp_path):
+    """Issue 23, point 4: shards and OUT on S3, two nodes whose temp folders differ, a stage in batches of two
+    (so not fused with the reader) on each node: every process reads the bytes from its own copy in its own
+    temp folder (made from the object's URL and version, never from the reader's path), the output equals
+    a local run's, and no copy is left in either temp folder."""
+    from imagesieve.executors.ray import RayExecutor
+
+    for k in range(4):
+        make_shard(f"{k:05d}.tar", n=5, start=5 * k, folder="objects")
+    for path in sorted((tmp_path / "objects").glob("*.tar")):
+        s3.put_file(str(path), f"{s3.bucket}/in/{path.name}")
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}  # the nodes started without them
+
+    def pipeline(source: str, out: str, filter_stage: BrightnessFilterStage, storage_options: dict | None) -> Pipeline:
+        return Pipeline(name="unfused", stages=[  # one reader and one writer, a filter worker on each node
+            FilePartitioningStage(file_paths=source, storage_options=storage_options),
+            ImageReaderStage(storage_options=storage_options).with_(num_workers_per_node=1),
+            filter_stage.with_(resources=Resources(cpus=0.5), num_workers_per_node=1),
+            ImageWriterStage(output_dir=out, storage_options=storage_options).with_(num_workers_per_node=1)])
+
+    local_filter = BrightnessFilterStage(log_dir=str(tmp_path), threshold=100.0, batch_size=2)
+    pipeline(str(tmp_path / "objects"), str(tmp_path / "local"), local_filter, None).run(LocalExecutor(1))
+    (tmp_path / "logs").mkdir()
+    on_ray = WhereBytesAreRead(log_dir=str(tmp_path / "logs"), threshold=100.0, batch_size=2)
+    started = time.monotonic()
+    pipeline(f"s3://{s3.bucket}/in", f"s3://{s3.bucket}/out", on_ray, options).run(RayExecutor())
+    assert time.monotonic() - started < 60
+
+    expected = tree_bytes(str(tmp_path / "local"))
+    assert len(expected) == 4
+    assert {name: s3.cat_file(f"{s3.bucket}/out/{name}") for name in expected} == expected
+    assert len(s3.glob(f"{s3.bucket}/out/_imagesieve/done/*.json")) == 4
+    assert sorted(p.rsplit("/", 1)[1] for p in s3.find(f"{s3.bucket}/out")
+                  if p.count("/") == 2) == sorted(expected)  # nothing else at the top: no temp key left
+    reads = [json.loads(line) for line in lines(str(tmp_path / "logs"), "reads")]
+    assert len(reads) == 2 and all(len(copies) == 2 for _, _, copies in reads)  # two batches of two shards
+    assert len({node for node, _, _ in reads}) == 2  # one on each node
+    assert sorted(temp for _, temp, _ in reads) == sorted(cluster.temp_dirs)  # each node its own temp folder
+    for _, temp, copies in reads:  # each read its own copies, in its own temp folder
+        assert all(copy.startswith(temp + os.sep) for copy in copies)
+    for temp in cluster.temp_dirs:  # every copy deleted, on both nodes (the workers made them and are gone)
+        assert not list(Path(temp).glob("imagesieve-spool-*"))

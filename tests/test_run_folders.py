@@ -185,3 +185,43 @@ def test_the_cache_folder_is_refused_inside_the_input_or_the_output_and_nothing_
     assert not (tmp_path / "d").exists()
     assert remove_duplicates(str(source), str(tmp_path / "cd2"), ids, executor=ONE,
                              cache_dir=str(tmp_path / "cache")).removed == 1
+
+
+def test_an_output_never_lies_in_what_the_run_reads_besides_input(gl, tmp_path):
+    """Fourth hostile pass: `remove --duplicates IDS INPUT IDS/out` wrote removed.parquet into the ID folder
+    (read as IDs by the next run); `find --method semantic --embeddings E INPUT E/out` wrote into the
+    embeddings folder; a find run inside another find run's `_imagesieve/` was accepted. Each is refused
+    before anything is made, naming both folders."""
+    shards, ids = str(gl / "s" / "shards"), tmp_path / "ids"
+    before = tree(ids)
+    with pytest.raises(ValueError, match=r"ids/out lies inside the ID folder .*ids"):
+        remove_duplicates(shards, str(ids / "out"), str(ids), executor=ONE)
+    assert tree(ids) == before and not (ids / "out").exists()
+
+    found = tmp_path / "found"
+    find_duplicates(shards, str(found), FindConfig(method="exact"), executor=ONE)
+    inside_record = found / "_imagesieve" / "x"
+    with pytest.raises(ValueError, match=r"_imagesieve/x lies inside .*found, the folder of an imagesieve find run"):
+        find_duplicates(shards, str(inside_record), FindConfig(method="exact"), executor=ONE)
+    assert not inside_record.exists()
+
+    from imagesieve.workflows.semantic_find import SemanticConfig, find_semantic
+
+    embeddings = tmp_path / "emb"
+    embeddings.mkdir()
+    (embeddings / "e.parquet").write_bytes(b"not read: refused before")
+    with pytest.raises(ValueError, match=r"emb/out lies inside the embeddings .*emb"):
+        find_semantic(shards, str(embeddings / "out"), SemanticConfig(embeddings=str(embeddings)), executor=ONE)
+    assert sorted(p.name for p in embeddings.iterdir()) == ["e.parquet"]
+
+
+def test_a_report_never_replaces_a_users_file_named_report(gl, tmp_path):
+    """`report RUN` where RUN/report is a user's file failed with a raw "Not a directory"; now refused,
+    naming it, and the file is left as it was."""
+    found = tmp_path / "found"
+    find_duplicates(str(gl / "s" / "shards"), str(found), FindConfig(method="exact"), executor=ONE)
+    (found / "report").write_text("my notes")
+    proc = subprocess.run([sys.executable, "-m", "imagesieve", "report", str(found)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "report exists and is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert (found / "report").read_text() == "my notes"

@@ -14,9 +14,10 @@ from imagesieve.workflows.find import METHODS
 
 ALONE = ("semantic", "copy")  # methods that take no other method beside them
 HASHES = frozenset(METHODS)
+PERCEPTUAL = HASHES - {"exact"}  # exact copies have no distance: no threshold, nothing to chain
 # options that mean something to some methods only (parsed with no default: present only when given)
 METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
-    "threshold": (HASHES, None), "chaining": (HASHES, False), "reference": (HASHES, None),
+    "threshold": (PERCEPTUAL, None), "chaining": (PERCEPTUAL, False), "reference": (HASHES, None),
     "confirm": (frozenset({"phash"}), True),
     "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
     "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),

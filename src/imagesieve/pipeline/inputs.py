@@ -14,23 +14,35 @@ from functools import cached_property
 
 import xxhash
 
-from imagesieve.stages.io.partitioning import list_shards, walk_files
+from imagesieve.stages.io.partitioning import list_shards, refuse_shard_in_other_case
 from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
-from imagesieve.storage import is_remote, is_under, local_path, read_schema, storage_for
+from imagesieve.storage import (
+    can_hold,
+    is_under,
+    listed_path,
+    local_file,
+    local_folder,
+    local_path,
+    missing_locally,
+    read_schema,
+    separator,
+    storage_for,
+)
 from imagesieve.storage.base import is_temp_name
+from imagesieve.storage.listing import walk_files
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
     WORK_DIR,
+    holds_run,
     read_json,
     shard_fingerprint,
     strip_shard_suffix,
 )
-from imagesieve.tar.names import IMAGE_EXTENSIONS
+from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import FileGroupTask
 from imagesieve.util.cache_dir import default_cache_dir
 
 FOLDER_CHUNK = 1000
-IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,11 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
     inside it that hold an earlier imagesieve run are left out (`walk_files`)."""
     for folder in dict.fromkeys([output_dir, run_dir or output_dir]):  # a dedup's step: its folder and its own
         check_input_outside(input_path, folder, storage_options)
-    if isinstance(input_path, str) and not is_remote(input_path) and os.path.isdir(local_path(input_path)):
-        folder = local_path(input_path)
+    if isinstance(input_path, str) and (folder := local_folder(input_path)):  # image folders: local ones only
         refuse_run_folder(folder)
-        files = list(walk_files(folder))
+        files = dataset_files(folder)
+        for path in files:
+            refuse_shard_in_other_case(path)
         shards = [p for p in files if p.endswith(SHARD_SUFFIXES) and not is_temp_name(os.path.basename(p))]
         images = [p for p in files if is_image(p)]
         if shards and images:
@@ -135,7 +148,7 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
     name); an input inside the output folder would be cleaned up and written over. Both are refused
     before anything is read or written, naming both folders."""
     for root in input_roots(input_path):
-        if is_under(output_dir, root) and (is_remote(root) or os.path.isdir(root)):
+        if is_under(output_dir, root) and can_hold(root):
             same = "is" if is_under(root, output_dir) else "lies inside"
             raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be read "
                              f"back as {what}, or replace {what} files of the same name; choose an output folder "
@@ -143,6 +156,19 @@ def check_input_outside(input_path: str | list[str], output_dir: str, storage_op
         if is_under(root, output_dir) and storage_for(root, storage_options).exists(root):
             raise ValueError(f"the {what} {root} lies inside the output folder {output_dir}; choose an output "
                              f"folder outside the {what}")
+
+
+def check_sources_apart(output_dir: str, reads: dict[str, str | list[str] | None],
+                        storage_options: dict | None = None) -> None:
+    """OUT may not lie in what a run reads besides INPUT (an ID folder, embeddings, a model folder; by what
+    it is): its outputs would be read back with it (removed.parquet as IDs by the next run). (Such a
+    source inside OUT is refused by the run folder's own checks: files no run wrote, or another run's.)"""
+    for what, source in reads.items():
+        for root in input_roots(source) if source else []:
+            if is_under(output_dir, root) and can_hold(root):
+                same = "is" if is_under(root, output_dir) else "lies inside"
+                raise ValueError(f"the output folder {output_dir} {same} the {what} {root}: its outputs would be "
+                                 f"read back with the {what}; choose an output folder outside it (e.g. beside it)")
 
 
 def check_removed_path(removed_path: str, input_path: str | list[str], storage_options: dict | None = None) -> None:
@@ -179,14 +205,13 @@ def input_roots(input_path: str | list[str]) -> list[str]:
     roots = []
     for spec in [input_path] if isinstance(input_path, str) else input_path:
         spec = local_path(spec)
-        if spec.endswith((".txt", ".lst")) and not is_remote(spec) and os.path.isfile(spec):
+        if spec.endswith((".txt", ".lst")) and local_file(spec):
             folder = os.path.dirname(spec)
             with open(spec, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-            roots += input_roots([line if "://" in line else os.path.join(folder, os.path.expanduser(line))
-                                  for line in lines])
+            roots += input_roots([listed_path(line, folder) for line in lines])
         elif any(c in spec for c in "*?[{"):
-            sep = "/" if is_remote(spec) else os.sep
+            sep = separator(spec)
             fixed = []
             for part in spec.split(sep):
                 if any(c in part for c in "*?[{"):
@@ -198,12 +223,15 @@ def input_roots(input_path: str | list[str]) -> list[str]:
     return roots
 
 
-def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None) -> None:
+def check_input_first(input_path: str | list[str], output_dir: str, storage_options: dict | None = None,
+                      reads: dict[str, str | list[str] | None] | None = None) -> None:
     """What must hold before a run creates anything (its output folder, its lock): each input path
     exists, none overlaps the output folder, and the input lists as one kind of work (`input_units`:
-    shards or an image folder, not both), so that a refused run creates nothing."""
+    shards or an image folder, not both), so that a refused run creates nothing. `reads`: what else
+    the run reads, by what it is (`check_sources_apart`)."""
+    check_sources_apart(output_dir, reads or {}, storage_options)
     for source in [input_path] if isinstance(input_path, str) else input_path:
-        if not is_remote(source) and not any(c in source for c in "*?[{") and not os.path.exists(source):
+        if not any(c in source for c in "*?[{") and missing_locally(source):  # (a URL is checked when listed)
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
                 if source.startswith("~") else ""
             raise FileNotFoundError(f"input {source} does not exist{hint}")
@@ -231,7 +259,16 @@ def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list
 
 def other_files(root: str) -> list[str]:
     """Files of an image folder that are not images (captions, notes), relative to it."""
-    return sorted(os.path.relpath(p, root) for p in walk_files(root) if not is_image(p))
+    return sorted(os.path.relpath(p, root) for p in dataset_files(root) if not is_image(p))
+
+
+def dataset_files(folder: str) -> list[str]:
+    """The files of an image folder (`walk_files`); of a run's own output folder given as INPUT (a dedup's
+    clean image folder), without the run's records and lists at its top (`RESERVED`), which are not data."""
+    files = list(walk_files(folder))
+    if holds_run(folder):
+        files = [p for p in files if os.path.relpath(p, folder).split(os.sep)[0] not in RESERVED]
+    return files
 
 
 def input_shards(input_path: str | list[str], output_dir: str,

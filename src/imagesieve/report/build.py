@@ -26,9 +26,8 @@ from imagesieve.report.pages import GROUPS_PER_PAGE, PAGES_PER_FILE, TEXT, js_js
 from imagesieve.report.prune import prune_report
 from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
 from imagesieve.report.thumbs import add_thumbnails
-from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage import join, storage_for
 from imagesieve.storage.runfolder import write_text_atomic
-from imagesieve.storage.spool import spool_folder
 
 __all__ = ["GROUPS_PER_PAGE", "js_json", "write_report"]
 
@@ -72,23 +71,25 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
     storage is read through a local spool copy of its tables; the report is built in a spool folder
     and each file published to `out_dir`.
     """
+    out_dir = out_dir or join(run_dir, "report")
+    with storage_for(run_dir, storage_options).local_tree(run_dir, _report_input) as local_run, \
+            storage_for(out_dir, storage_options).writable_tree(out_dir) as local_out:
+        _write_report(local_run, max_groups, size, executor, local_out, storage_options, max_thumbnails)
+    return join(out_dir, "index.html")
+
+
+def _write_report(run_dir: str, max_groups: int | None, size: int, executor: BaseExecutor | None, out_dir: str,
+                  storage_options: dict | None, max_thumbnails: int) -> None:
+    """`write_report` from and into local folders (the run folder's, or a spool copy of the files it reads;
+    the report folder, or a spool folder published when complete)."""
     from imagesieve.executors.local import LocalExecutor
 
-    if is_remote(run_dir):
-        store = storage_for(run_dir, storage_options)
-        out_dir = out_dir or join(run_dir, "report")
-        with store.local_tree(run_dir, _report_input) as local_run, spool_folder() as local_out:
-            write_report(local_run, max_groups, size, executor, local_out, storage_options, max_thumbnails)
-            for root, _, names in os.walk(local_out):
-                for name in sorted(names):
-                    rel = os.path.relpath(os.path.join(root, name), local_out)
-                    store.publish(os.path.join(root, name), join(out_dir, *rel.split(os.sep)))
-        return join(out_dir, "index.html")
-
-    out_dir = out_dir or os.path.join(run_dir, "report")
     if os.path.islink(out_dir):  # checked before anything is made in it
         raise ValueError(f"{out_dir} is a symlink; imagesieve never writes through a link: remove it, or pass "
                          "another report folder")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} exists and is not a folder; imagesieve never replaces files it did not create: "
+                         "move it, or choose another run folder")
     refuse_foreign_report_folder(out_dir)
     data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
@@ -117,7 +118,6 @@ def write_report(run_dir: str, max_groups: int | None = None, size: int = 150, e
                                    _note(data.groups, len(rows), data.members.num_rows, removal, removed_list)),
                       os.path.join(out_dir, "index.html"))
     prune_report(out_dir, written)
-    return os.path.join(out_dir, "index.html")
 
 
 def refuse_foreign_report_folder(out_dir: str) -> None:

@@ -17,7 +17,7 @@ import xxhash
 from imagesieve.executors.base import BaseExecutor
 from imagesieve.images.decode import ImageDecodeError, load, open_image
 from imagesieve.stages.io.partitioning import list_shards
-from imagesieve.storage import is_remote, storage_for
+from imagesieve.storage import join, parent, storage_for
 from imagesieve.storage.runfolder import narrow_mode, write_bytes_atomic
 from imagesieve.tar.names import ShardError, image_extension
 from imagesieve.tar.read import samples_with_keys
@@ -124,9 +124,10 @@ def add_thumbnails(members: list[tuple[str, str, str]], summary: dict, thumbs_di
         path = root or shard_paths.get(source, {}).get(shard)
         if path:
             wanted[source, path].append(key)
-    # thumbnails show what the input folders guard: no more open than any of them
-    folders = {os.path.dirname(os.path.join(path, key)) if inputs[source][1] else os.path.dirname(path)
-               for (source, path), keys in wanted.items() if not is_remote(path) for key in keys}
+    # thumbnails show what the input folders guard: no more open than any of them (`narrow_mode`: a
+    # folder on object storage has no permission bits to follow)
+    folders = {parent(join(path, key)) if inputs[source][1] else parent(path)
+               for (source, path), keys in wanted.items() for key in keys}
     for folder in folders:
         narrow_mode(thumbs_dir, folder)
     for (source, path), keys in sorted(wanted.items()):

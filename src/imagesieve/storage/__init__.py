@@ -6,7 +6,11 @@ operations: list, fingerprint, read, atomic publish, stale temp cleanup, a run l
 file to read (`local_copy`) or write (`writable`). Tar scanning and copying always work on local
 files (mmap, pread): a remote shard is streamed once into a private spool file first, and an
 output is written to a local spool file and published when complete, so the local fast path is
-the only one. `runfolder` lays out a run's output folder over this interface.
+the only one. `runfolder` lays out a run's output folder over this interface, `listing` lists input.
+
+Only this package tells a local path from a URL (`is_remote`; `tests/test_layering.py` refuses it
+elsewhere): code above it asks for what it needs (a local copy, a published file, a path's `parent`,
+whether a folder `supports_hard_links`) and the backend decides how.
 """
 
 from __future__ import annotations
@@ -70,6 +74,131 @@ def check_url(url: str) -> None:
         fixed = f"{scheme}://{'/'.join(p for p in rest.split('/') if p)}"
         raise ValueError(f"{url}: the path has an empty segment ('//'), which object storage keeps in the key, so "
                          f"it names other objects than {fixed}; write {fixed}")
+
+
+def separator(path: str) -> str:
+    """The separator of `path`'s components: "/" in a URL, the OS's in a local path."""
+    return "/" if is_remote(path) else os.sep
+
+
+def parent(path: str) -> str:
+    """The folder holding `path`: `os.path.dirname` of a local path, the prefix before a URL's last "/"."""
+    return path.rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path)
+
+
+def canonical(path: str) -> str:
+    """The one spelling of `path` that two names of one file share, to compare them: a local path's real
+    path (links resolved), a URL's `normal_url` (`s3a://` is `s3://`)."""
+    return normal_url(path) if is_remote(path) else os.path.realpath(local_path(path))
+
+
+def listed_path(line: str, folder: str) -> str:
+    """The path a line of a list file in `folder` names: a URL (`file://` too) as it is, a local path
+    relative to `folder` (with `~` expanded)."""
+    return line if "://" in line else os.path.join(folder, os.path.expanduser(line))
+
+
+def local_file(path: str) -> str | None:
+    """The local path of `path` when it names a regular file on this machine (`file://` stripped); None
+    otherwise, a URL included: what only a local file can be (a list file of shards) is read with `open`."""
+    if is_remote(path):
+        return None
+    path = local_path(path)
+    return path if os.path.isfile(path) else None
+
+
+def local_folder(path: str) -> str | None:
+    """The local path of `path` when it names a folder on this machine (`file://` stripped); None otherwise,
+    a URL included (an image folder is read only from a local or mounted folder)."""
+    if is_remote(path):
+        return None
+    path = local_path(path)
+    return path if os.path.isdir(path) else None
+
+
+def exists_locally(path: str) -> bool:
+    """Whether `path` names something on this machine's file system (False for a URL: it names an object,
+    never a local file, whatever local folder happens to be called `s3:`)."""
+    return not is_remote(path) and os.path.exists(path)
+
+
+def missing_locally(path: str) -> bool:
+    """Whether `path` is a local path that names nothing (False for a URL: whether an object exists is told
+    by listing it, which can say whether the bucket or the path is wrong: `RemoteStorage.missing`)."""
+    return not is_remote(path) and not os.path.exists(path)
+
+
+def can_hold(path: str) -> bool:
+    """Whether `path` may hold other paths: a local folder, or any URL (object storage has no folders: any
+    prefix may have objects under it, now or later)."""
+    return is_remote(path) or os.path.isdir(local_path(path))
+
+
+def is_link(path: str) -> bool:
+    """Whether `path` is a symbolic link (never, on object storage)."""
+    return not is_remote(path) and os.path.islink(local_path(path))
+
+
+def makedirs(path: str) -> None:
+    """Make the folder `path` and those above it (`os.makedirs`, existing ones kept); nothing for a URL:
+    object storage has no folders, a prefix exists once an object lies under it."""
+    if not is_remote(path):
+        os.makedirs(local_path(path), exist_ok=True)
+
+
+def on_local_file_system(path: str) -> bool:
+    """Whether `path` lies on a file system this process reaches with plain OS calls (a local or mounted
+    folder), not behind an fsspec URL: what a feature needs that writes a tree of plain files, memory-maps
+    them or keeps their permission bits (image-folder output, the semantic finder)."""
+    return not is_remote(path)
+
+
+def supports_hard_links(path: str) -> bool:
+    """Whether files can be hard-linked into `path` (`--link`): a local folder can (on the input's own file
+    system: `same_file_system`); object storage cannot."""
+    return not is_remote(path)
+
+
+def same_file_system(path: str, other: str) -> bool:
+    """Whether local `path` (or, when it does not exist yet, the nearest folder above it that does) lies on
+    the file system (device) of local `other`: where a hard link from one to the other can be made."""
+    existing = os.path.abspath(local_path(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return os.stat(existing).st_dev == os.stat(local_path(other)).st_dev
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """Which file `path` names, whatever name it is reached by (its device and inode, links followed): two
+    paths with the same identity are one file under two names. None for a URL: an object has one key."""
+    if is_remote(path):
+        return None
+    st = os.stat(local_path(path))
+    return st.st_dev, st.st_ino
+
+
+def _url_path(url: str) -> str:  # memory:///a and memory://a name the same object; so do s3://b/k and s3:///b/k
+    return url.split("://", 1)[1].lstrip("/")
+
+
+def common_folder(paths: list[str]) -> str:
+    """The folder that all `paths` (absolute local paths, or URLs of one scheme) lie in ("" for none);
+    local paths and URLs mixed are refused."""
+    if len({is_remote(p) for p in paths}) > 1:
+        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
+    if len(paths) <= 1:
+        return next(iter(paths), "")
+    if not is_remote(paths[0]):
+        return os.path.commonpath(paths)
+    scheme = paths[0].split("://", 1)[0] + "://"
+    return scheme + posixpath.commonpath([_url_path(u) for u in paths])
+
+
+def relative_path(path: str, start: str) -> str:
+    """`path` relative to the folder `start` (`os.path.relpath`; for URLs, of their paths after the scheme)."""
+    if not is_remote(path):
+        return os.path.relpath(path, start)
+    return posixpath.relpath(_url_path(path), _url_path(start))
 
 
 def storage_for(path: str, storage_options: dict | None = None) -> LocalStorage | RemoteStorage:

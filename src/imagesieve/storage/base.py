@@ -3,11 +3,13 @@ and the error of a folder another run holds. Kept apart so that a backend needs 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
 
 _TEMP_MARK = ".imagesieve-tmp-"
+_LONGEST_NAME = 200  # bytes of a name kept in its temp name; longer ones are named by their hash
 _TEMP_NAME = re.compile(r"^\..+" + re.escape(_TEMP_MARK) + r"\d+$")
 
 
@@ -16,6 +18,8 @@ def temp_name(path: str) -> str:
     globs skip it) and named `.NAME.imagesieve-tmp-PID`, a name no other program uses, so that a
     rerun can delete what a killed run left without ever touching a file it did not write."""
     folder, name = os.path.split(path)
+    if len(name.encode("utf-8", "surrogateescape")) > _LONGEST_NAME:  # (a name near the file system's 255 bytes)
+        name = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
     return os.path.join(folder, f".{name}{_TEMP_MARK}{os.getpid()}")
 
 

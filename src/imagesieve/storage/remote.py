@@ -162,10 +162,19 @@ class RemoteStorage:
             self.get_file(url, local)
             yield local
 
+    def list_folder(self, folder: str) -> list[str]:
+        """The objects right under the prefix `folder` (not in "subfolders" of it), sorted, as URLs spelled
+        as `folder` is (`memory://a` and `memory:///a`, `s3a://` and `s3://`, list alike)."""
+        root = self._path(folder).rstrip("/")
+        with clear_errors(folder):
+            found = self.fs.find(root)
+        return sorted(f"{folder.rstrip('/')}/{posixpath.basename(p)}" for p in found if posixpath.dirname(p) == root)
+
     @contextmanager
     def local_tree(self, folder: str, include: Callable[[str], bool]) -> Iterator[str]:
         """The objects under `folder` whose relative path `include` accepts, downloaded into a private
-        spool folder with the same relative tree (deleted when the block ends)."""
+        spool folder with the same relative tree (deleted when the block ends). An error raised in the
+        block that names the spool folder names `folder` instead: the folder the user gave."""
         root = self._path(folder).rstrip("/")
         with clear_errors(folder):
             found = self.fs.find(root) if self.fs.isdir(root) else []
@@ -178,7 +187,12 @@ class RemoteStorage:
                 os.makedirs(os.path.dirname(local), exist_ok=True)
                 with clear_errors(folder):
                     self.fs.get_file(path, local)
-            yield spool
+            try:
+                yield spool
+            except (OSError, ValueError) as exc:
+                if spool not in str(exc):
+                    raise
+                raise type(exc)(str(exc).replace(spool, folder.rstrip("/"))) from exc
 
     @contextmanager
     def writable(self, url: str) -> Iterator[str]:
@@ -187,6 +201,17 @@ class RemoteStorage:
             local = os.path.join(folder, posixpath.basename(url.rstrip("/")) or "object")
             yield local
             self.publish(local, url)
+
+    @contextmanager
+    def writable_tree(self, folder: str) -> Iterator[str]:
+        """A spool folder to write the files of `folder` into; each file is published (atomically) under
+        `folder`, by its path in the spool folder, when the block ends without error."""
+        with spool_folder() as spool:
+            yield spool
+            for root, _, names in os.walk(spool):
+                for name in sorted(names):
+                    rel = os.path.relpath(os.path.join(root, name), spool)
+                    self.publish(os.path.join(root, name), posixpath.join(folder, *rel.split(os.sep)))
 
     def publish(self, local: str, url: str) -> None:
         """Upload `local` to a temp key of ours, then copy it to `url` and delete the temp key."""

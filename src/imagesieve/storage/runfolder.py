@@ -143,8 +143,8 @@ def run_owner(folder: str, storage_options: dict | None = None) -> str | None:
 
 def _writes_at(outer: str, inner: str, storage_options: dict | None) -> bool:
     """Whether the run of folder `outer` writes where `inner` (a folder inside it) lies."""
-    owner = run_owner(outer, storage_options)
-    return owner not in ("find", "dedup") or path_parts(inner)[len(path_parts(outer))] in FIND_NAMES
+    owner, top = run_owner(outer, storage_options), path_parts(inner)[len(path_parts(outer))]
+    return owner not in ("find", "dedup") or top in FIND_NAMES or top == WORK_DIR
 
 
 def is_dedups_shards(folder: str, storage_options: dict | None = None) -> bool:
@@ -309,6 +309,17 @@ def _owner_before_records(output_dir: str, storage_options: dict | None) -> str 
     return None
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Create the output folder, or say why it cannot be written (a URL is checked when it is locked)."""
+    if is_remote(output_dir):
+        return
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"output {output_dir} exists and is not a folder")
+    os.makedirs(output_dir, exist_ok=True)
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {output_dir} is not writable")
+
+
 @contextmanager
 def removed_if_refused(output_dir: str) -> Iterator[None]:
     """A run refused before it wrote anything leaves no output folder behind: when `output_dir` did not
@@ -402,7 +413,10 @@ def write_bytes_atomic(data: bytes, path: str, storage_options: dict | None = No
 
 def make_folder(folder: str) -> None:
     """`os.makedirs`, except that below a run folder (one holding `_imagesieve/lock`) no component may be
-    a symlink: a link planted in OUT (`out/cats -> /victim`) would have the run write through it."""
+    a symlink: a link planted in OUT (`out/cats -> /victim`) would have the run write through it. Nothing
+    for a URL: object storage has no folders (a prefix exists once an object lies under it)."""
+    if is_remote(folder):
+        return
     folder = os.path.abspath(folder or ".")
     below = []
     here = folder
@@ -446,7 +460,9 @@ def keep_mode_of(source: str, path: str) -> None:
 def narrow_mode(folder: str, source: str, umask: int | None = None) -> None:
     """Take from `folder` the permission bits the input folder `source` (or the umask) denies; the owner
     keeps rwx, to write. An output folder holding copies of what a 0700 input folder guards must not
-    let other users in."""
+    let other users in. Nothing when `source` is on object storage: it has no permission bits."""
+    if is_remote(source):
+        return
     try:
         want = stat.S_IMODE(os.stat(source).st_mode) & ~(current_umask() if umask is None else umask) | 0o700
         have = stat.S_IMODE(os.stat(folder).st_mode)
@@ -454,6 +470,26 @@ def narrow_mode(folder: str, source: str, umask: int | None = None) -> None:
             os.chmod(folder, have & (want | 0o7000))
     except FileNotFoundError:
         return
+
+
+def narrow_to_files(folder: str, paths: list[str]) -> None:
+    """Close `folder` (an output folder) to each class of users (group, other) that some input file in
+    `paths` does not let read it: what a run derives from a private file (hash tables, ID lists, the
+    report's thumbnails and captions) is no more open than the file. Copies keep their own modes
+    (`keep_mode_of`). Local paths only; the folder is only ever narrowed."""
+    if is_remote(folder):
+        return
+    closed = 0
+    for path in paths:
+        if is_remote(path):
+            return
+        unreadable = ~os.stat(path).st_mode
+        closed |= (0o070 if unreadable & 0o040 else 0) | (0o007 if unreadable & 0o004 else 0)
+        if closed == 0o077:
+            break
+    have = stat.S_IMODE(os.stat(folder).st_mode)
+    if have & closed:
+        os.chmod(folder, have & ~closed)
 
 
 def mirror_folders(path: str, source: str, relative: str) -> None:

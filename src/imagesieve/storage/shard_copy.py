@@ -77,6 +77,14 @@ class ShardCopy:
         return f"ShardCopy({self.url!r}, version={self.version!r})"
 
 
+def shard_copy_of(path: str, storage_options: dict | None = None) -> ShardCopy | None:
+    """The `ShardCopy` through which tasks read the shard `path` when it is an object (a URL); None for a
+    local file, which every process reads where it lies (mmap, pread: the fast path)."""
+    from imagesieve.storage import is_remote
+
+    return ShardCopy(path, storage_options=storage_options) if is_remote(path) else None
+
+
 def release_local_copies() -> None:
     """Delete every copy this process holds: a worker calls it as it ends, since a worker leaves with
     `os._exit` (or is killed by Ray) and would not run the finalizers. A task still held that reads

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 # What names an image, in any case: a sample's member in a tar, and a file in an image folder (`inputs`).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)  # of loose image files, in any case
 
 
 class ShardError(ValueError):

@@ -152,7 +152,12 @@ class ShardTable:
 
 def file_version(st: os.stat_result) -> tuple[int, int, int, int, int]:
     """One version of a file's content, within a run: the same inode, size, mtime and ctime. A file
-    replaced (a new inode) or rewritten in place (a new ctime, whatever its mtime says) is another."""
+    replaced (a new inode) or rewritten in place (a new ctime, whatever its mtime says) is another.
+
+    Not the version runs record (`storage.local.file_fingerprint`, which done markers and tables compare
+    across runs): this one guards the bytes between reading a tar's headers and copying or mapping them,
+    in one process, so it is stricter (the ctime, which `--link` changes, and the device) and never
+    written down. `read_table` takes both from the same `stat`."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -14,7 +13,7 @@ from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
-from imagesieve.storage import absolute, is_remote
+from imagesieve.storage import absolute, makedirs
 from imagesieve.storage.runfolder import removed_if_refused, run_lock
 from imagesieve.tasks import Task
 
@@ -28,15 +27,19 @@ def absolute_paths(paths: str | list[str]) -> list[str]:
 
 
 def run_in_locked_folder(input_path: str | list[str], output_dir: str, command: str, run: Callable[[], T],
-                         storage_options: dict | None = None) -> T:
-    """Check the input first (so that a refused run creates nothing), make the output folder, hold its
-    lock for the whole run, and run."""
-    check_input_first(input_path, output_dir, storage_options)
+                         storage_options: dict | None = None, config: object = None) -> T:
+    """Check the input first (so that a refused run creates nothing; with what `config` names besides
+    it: `sources_read`), make the output folder, hold its lock for the whole run, and run."""
+    check_input_first(input_path, output_dir, storage_options, sources_read(config))
     with removed_if_refused(output_dir):
-        if not is_remote(output_dir):
-            os.makedirs(output_dir, exist_ok=True)
+        makedirs(output_dir)
         with run_lock(output_dir, command, storage_options):
             return run()
+
+
+def sources_read(config: object) -> dict[str, str | list[str] | None]:
+    """What a finder's settings make it read besides INPUT: precomputed embeddings, a model folder."""
+    return {what: getattr(config, name, None) for name, what in (("embeddings", "embeddings"), ("model", "model"))}
 
 
 def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit], total: int,

@@ -142,7 +142,7 @@ def find_copies(input_path: str | list[str], output_dir: str, config: CopyConfig
                 executor: BaseExecutor | None = None, progress: bool = False) -> CopySummary:
     """Hash, embed and extract keypoints; search candidates; verify; write duplicates/ and groups/."""
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_copies_in_locked_folder(
-        input_path, output_dir, config, executor, progress))
+        input_path, output_dir, config, executor, progress), config=config)
 
 
 def find_copies_in_locked_folder(input_path: str | list[str], output_dir: str, config: CopyConfig,

@@ -16,7 +16,6 @@ again with the same arguments, ends with the same output as one that was never i
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,8 +25,9 @@ from imagesieve.pipeline.inputs import check_cache_apart, check_input_first, inp
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage import is_link, join, makedirs, storage_for
 from imagesieve.storage.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
+from imagesieve.workflows.common import sources_read
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units
@@ -73,16 +73,15 @@ def dedup(input_path: str | list[str], output_dir: str,
     Input and output may be URLs (`s3://...`), reached with `storage_options`."""
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
-    check_input_first(input_path, output_dir, storage_options)
+    check_input_first(input_path, output_dir, storage_options, sources_read(config))
     check_cache_apart(cache_dir, input_path, output_dir)
-    if not is_remote(output_dir) and os.path.islink(os.path.join(output_dir, "shards")):
-        raise ValueError(f"{os.path.join(output_dir, 'shards')} is a symlink; imagesieve never writes through a link "
+    if is_link(join(output_dir, "shards")):
+        raise ValueError(f"{join(output_dir, 'shards')} is a symlink; imagesieve never writes through a link "
                          "in its output folder: remove it, or choose another output folder")
     if link:
         check_link(input_units(input_path, output_dir, output_dir, storage_options), link, output_dir)
     with removed_if_refused(output_dir):
-        if not is_remote(output_dir):
-            os.makedirs(output_dir, exist_ok=True)
+        makedirs(output_dir)
         with run_lock(output_dir, "dedup", storage_options):
             return _dedup(input_path, output_dir, config or FindConfig(), reference, executor or LocalExecutor(),
                           progress, dry_run, cache_dir, link, storage_options)

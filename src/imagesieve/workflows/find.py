@@ -29,8 +29,9 @@ from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_uni
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import is_remote, join, normal_url, read_schema, read_table, storage_for
+from imagesieve.storage import canonical, file_identity, join, read_schema, read_table, storage_for
 from imagesieve.storage.runfolder import (
+    narrow_to_files,
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
@@ -129,6 +130,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     from another version of the input or with other settings; returns the units (those under
     `output_dir` left out)."""
     units = input_units(input_path, output_dir, storage_options=storage_options)
+    narrow_to_files(output_dir, [path for unit in units for path in unit.paths])
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode, "image_rule": IMAGE_RULE}  # (which member is the image)
@@ -157,6 +159,9 @@ def load_hashes(hashes_dir: str, units: list[InputUnit], storage_options: dict |
     """All hash tables in shard order, with a `pixels` column for the resolution keep policy."""
     tables = [read_table(hash_table_path(hashes_dir, unit.rel), storage_options) for unit in units]
     table = pa.concat_tables(tables, promote_options="permissive")
+    if table.num_rows == 0:  # (img2dataset writes an empty tar for a shard whose every download failed)
+        shown = ", ".join(unit.rel for unit in units[:3]) + (f" and {len(units) - 3} more" if len(units) > 3 else "")
+        raise ValueError(f"the input holds no samples: every shard is an empty tar ({shown}); nothing to deduplicate")
     if "error" not in table.column_names:
         table = table.append_column("error", pa.nulls(table.num_rows, pa.string()))
     pixels = pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
@@ -182,11 +187,13 @@ def check_unique_ids(table: pa.Table, what: str) -> None:
 
 def check_reference_apart(units: list[InputUnit], ref_units: list[InputUnit]) -> None:
     """A reference set that shares images with the input would list every shared image as a copy of
-    itself and remove it: refuse it, naming one shared file."""
-    def files(of: list[InputUnit]) -> set[str]:
-        return {normal_url(p) if is_remote(p) else os.path.realpath(p) for unit in of for p in unit.paths}
+    itself and remove it: refuse it, naming one shared file. One file is one file by any name: a symlink,
+    a hard link (`file_identity`), a URL alias (`canonical`)."""
+    def files(of: list[InputUnit]) -> dict[object, str]:
+        return {file_identity(p) or canonical(p): p for unit in of for p in unit.paths}
 
-    shared = sorted(files(units) & files(ref_units))
+    inputs, references = files(units), files(ref_units)
+    shared = sorted(inputs[key] for key in inputs.keys() & references.keys())
     if shared:
         raise ValueError(f"the reference set and the input share {len(shared)} file(s), e.g. {shared[0]}: every shared "
                          "image would be removed as a copy of itself; pass a reference set apart from the input")

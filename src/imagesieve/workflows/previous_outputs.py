@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
-from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage import join, separator, storage_for
 from imagesieve.storage.ours import delete_if_ours, same_file
 from imagesieve.storage.runfolder import WORK_DIR, read_json, work_path
 
@@ -25,7 +25,7 @@ def recorded_units(output_dir: str, storage_options: dict | None = None) -> list
     store = storage_for(output_dir, storage_options)
     if not store.isdir(done):
         return []
-    sep = "/" if is_remote(done) else os.sep
+    sep = separator(done)
     mark = f"{sep}{WORK_DIR}{sep}done{sep}"
     found = []
     for path in store.list_files(done):

@@ -13,17 +13,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.executors.base import BaseExecutor
-from imagesieve.pipeline.inputs import InputUnit, check_cache_apart, check_removed_path, input_units, other_files
+from imagesieve.pipeline.inputs import (
+    InputUnit,
+    check_cache_apart,
+    check_removed_path,
+    check_sources_apart,
+    input_units,
+    other_files,
+)
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
-from imagesieve.storage import is_remote, join, read_table, storage_for
+from imagesieve.storage import (
+    join,
+    on_local_file_system,
+    read_table,
+    same_file_system,
+    storage_for,
+    supports_hard_links,
+)
 from imagesieve.storage.runfolder import (
     WORK_DIR,
+    check_output_dir,
     done_marker,
     is_done,
     mirror_folders,
+    narrow_to_files,
     read_json,
     remove_stale_temp_files,
     removed_if_refused,
@@ -65,17 +81,6 @@ class RemoveSummary:
               if self.loose_members else []),
             f"elapsed          {self.elapsed_seconds:.1f} s",
         ]
-
-
-def check_output_dir(output_dir: str) -> None:
-    """Create the output folder, or say why it cannot be written (a URL is checked when it is locked)."""
-    if is_remote(output_dir):
-        return
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"output {output_dir} exists and is not a folder")
-    os.makedirs(output_dir, exist_ok=True)
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder {output_dir} is not writable")
 
 
 def check_same_run(output_dir: str, config: dict, storage_options: dict | None = None,
@@ -121,13 +126,14 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
     started = time.monotonic()
     so = storage_options
+    check_sources_apart(output_dir, {"ID folder": duplicates_dir}, so)
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
     check_cache_apart(cache_dir, input_path, exclude or output_dir)
     if removed_path is not None:
         check_removed_path(removed_path, input_path, so)
     check_link(units, link, output_dir)
     folder = units[0].is_folder_chunk
-    if folder and is_remote(output_dir):
+    if folder and not on_local_file_system(output_dir):
         raise ValueError(f"{output_dir}: writing an image folder to object storage is not supported yet; write it "
                          "to a local folder and upload it")
     # the ID list is read and checked against the input before OUT is touched: a list refused here
@@ -145,6 +151,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_output_dir(output_dir)
         with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
             remove_stale_temp_files(output_dir, so)
+            narrow_to_files(exclude or output_dir, [path for unit in units for path in unit.paths])
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config()}
@@ -173,13 +180,10 @@ def check_link(units: list[InputUnit], link: bool, output_dir: str | None = None
     if link and not units[0].is_folder_chunk:
         raise ValueError("link=True (--link) hard-links the kept files of an image folder; the input holds tar shards, "
                          "which are always written as new shards")
-    if link and output_dir is not None and not is_remote(output_dir):
-        existing = os.path.abspath(output_dir)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if os.stat(existing).st_dev != os.stat(units[0].root).st_dev:
-            raise ValueError(f"--link hard-links files, which needs {output_dir} on the same file system as the input "
-                             f"{units[0].root}; choose an output folder there, or copy (leave out --link)")
+    if link and output_dir is not None and supports_hard_links(output_dir) and \
+            not same_file_system(output_dir, units[0].root):
+        raise ValueError(f"--link hard-links files, which needs {output_dir} on the same file system as the input "
+                         f"{units[0].root}; choose an output folder there, or copy (leave out --link)")
 
 
 def copy_other_files(root: str, output_dir: str) -> int:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from imagesieve.storage.runfolder import write_atomic, write_parquet_atomic
+from imagesieve.storage.runfolder import write_bytes_atomic
 
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
                   "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "clock", "cell")
@@ -162,17 +163,57 @@ COPY_HARD = ("crop_20pct", "hflip", "rotate_8", "caption_15pct", "saturation_1.6
 SAMPLE_TRANSFORMS = ("exact_copy", "resize_0.5", "jpeg_q60", "to_png", "to_webp")
 
 
-def write_shard(path: str, samples: list[dict[str, bytes]], keys: list[str]) -> None:
+def shard_bytes(samples: list[dict[str, bytes]], keys: list[str]) -> bytes:
     """A WebDataset tar: KEY.<ext> members in order, fixed mtime so the bytes are reproducible."""
-    def write(tmp: str) -> None:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for key, members in zip(keys, samples, strict=True):
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-                    tar.addfile(info, io.BytesIO(data))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in zip(keys, samples, strict=True):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
-    write_atomic(path, write)
+
+def write_shard(path: str, samples: list[dict[str, bytes]], keys: list[str]) -> None:
+    write_bytes_atomic(shard_bytes(samples, keys), path)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def refuse_other_files(out_dir: str, files: dict[str, bytes]) -> None:
+    """The sample is written over nothing but itself: a file it would write that holds other bytes (a
+    user's dataset, a run's clean shards), or a file in its shards folder it would not write (read as
+    part of the sample by the next command), is refused, naming it, before anything is written. A rerun
+    of the same command finds its own bytes and writes them again."""
+    shards = os.path.join(out_dir, "shards")
+    others = [os.path.join(shards, name) for name in sorted(os.listdir(shards))
+              if os.path.join("shards", name) not in files] if os.path.isdir(shards) else []
+    for rel, data in files.items():
+        path = os.path.join(out_dir, rel)
+        if os.path.islink(path) or (os.path.lexists(path) and not _holds(path, data)):
+            others.append(path)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(f"{out_dir} already holds files other than this sample's ({shown}); imagesieve never "
+                         "replaces files it did not create: choose a new or empty folder")
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether `path` is a regular file with these contents (a Parquet file: this table)."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    if not path.endswith(".parquet"):
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    try:
+        return pq.read_table(path).equals(pq.read_table(pa.BufferReader(data)))
+    except (OSError, pa.ArrowException):
+        return False
 
 
 def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction: float = 0.2,
@@ -206,8 +247,7 @@ def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction:
     keys = {i: f"{rank:09d}" for rank, i in enumerate(order)}
     key_of_original = {entries[i][0]: keys[i] for i in range(len(entries)) if entries[i][3] is None}
 
-    shard_dir = os.path.join(out_dir, "shards")
-    os.makedirs(shard_dir, exist_ok=True)
+    files: dict[str, bytes] = {}
     truth = []
     for shard_no, start in enumerate(range(0, len(order), shard_size)):
         chunk = order[start:start + shard_size]
@@ -219,10 +259,14 @@ def make_sample_dataset(out_dir: str, shard_size: int = 100, duplicate_fraction:
             samples.append({ext: data, "txt": caption.encode(), "json": json.dumps(meta).encode()})
             if dup_of is not None:
                 truth.append({"id": keys[i], "duplicate_of": key_of_original[dup_of], "transform": transform})
-        write_shard(os.path.join(shard_dir, f"{shard_no:05d}.tar"), samples, [keys[i] for i in chunk])
+        files[os.path.join("shards", f"{shard_no:05d}.tar")] = shard_bytes(samples, [keys[i] for i in chunk])
     table = pa.Table.from_pylist(truth, schema=pa.schema([("id", pa.string()), ("duplicate_of", pa.string()),
                                                           ("transform", pa.string())]))
-    write_parquet_atomic(table, os.path.join(out_dir, "truth.parquet"))
-    write_parquet_atomic(table.select(["id"]), os.path.join(out_dir, "planted", "ids.parquet"))
+    files["truth.parquet"] = parquet_bytes(table)
+    files[os.path.join("planted", "ids.parquet")] = parquet_bytes(table.select(["id"]))
+    refuse_other_files(out_dir, files)
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(out_dir, rel)), exist_ok=True)
+        write_bytes_atomic(data, os.path.join(out_dir, rel))
     return {"originals": len(originals), "duplicates": len(truth), "samples": len(entries),
             "shards": -(-len(entries) // shard_size)}

@@ -35,7 +35,7 @@ from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.pipeline.inputs import check_input_outside
 from imagesieve.progress import phase
-from imagesieve.storage import is_remote
+from imagesieve.storage import on_local_file_system
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     live_holder,
@@ -178,7 +178,7 @@ class SemanticDeduplicationWorkflow:
                              ("cache_kwargs", cache_kwargs)):
             check_io_kwargs(name, kwargs)
         paths = [input_path] if isinstance(input_path, str) else list(input_path)
-        remote = [p for p in map(str, [*paths, output_path, cache_path or ""]) if is_remote(p)]
+        remote = [p for p in map(str, [*paths, output_path, cache_path or ""]) if not on_local_file_system(p)]
         if remote:
             raise ValueError(f"SemanticDeduplicationWorkflow reads and writes local (or mounted) folders only, not "
                              f"{remote[0]}; copy the embeddings to local disk (storage_options have nothing to do)")

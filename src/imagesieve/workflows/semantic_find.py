@@ -36,8 +36,8 @@ from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, i
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
-from imagesieve.storage import is_remote
-from imagesieve.storage.runfolder import read_json, remove_stale_temp_files, write_json_atomic
+from imagesieve.storage import on_local_file_system
+from imagesieve.storage.runfolder import narrow_to_files, read_json, remove_stale_temp_files, write_json_atomic
 from imagesieve.tar.read import ShardReader, iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
@@ -179,7 +179,7 @@ def check_model_option(model: str) -> None:
 
 def refuse_object_storage(input_path: str | list[str], output_dir: str, method: str = "semantic") -> None:
     sources = [input_path] if isinstance(input_path, str) else list(input_path)
-    if any(is_remote(p) for p in [*sources, output_dir]):
+    if not all(on_local_file_system(p) for p in [*sources, output_dir]):
         raise ValueError(f"--method {method} does not read or write object storage yet; use local (or mounted) "
                          "input and output")
 
@@ -189,7 +189,7 @@ def find_semantic(input_path: str | list[str], output_dir: str, config: Semantic
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
     refuse_object_storage(input_path, output_dir)
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_semantic_in_locked_folder(
-        input_path, output_dir, config, executor, progress))
+        input_path, output_dir, config, executor, progress), config=config)
 
 
 def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str, config: SemanticConfig,
@@ -198,6 +198,7 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
     refuse_object_storage(input_path, output_dir)
     executor = executor or LocalExecutor()
     shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
+    narrow_to_files(output_dir, [path for unit in shards for path in unit.paths])
     remove_stale_temp_files(output_dir)
     hash_pairs = None
     if config.embeddings is None:

@@ -12,7 +12,6 @@ up in the ID index. The key lookup, the fast path, is not touched.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.matching.id_index import IdIndex
-from imagesieve.storage import is_remote, storage_for
+from imagesieve.storage import parent, storage_for
 from imagesieve.tar.read import ShardReader, read_table
 from imagesieve.tar.table import ShardTable
 
@@ -134,14 +133,10 @@ class CuratorIds:
         """The shard's folder's files of its suffix, sorted, with each one's place by path and by stem
         (listed once per folder)."""
         suffix = PurePosixPath(shard).suffix
-        folder = shard.rsplit("/", 1)[0] if is_remote(shard) else os.path.dirname(shard)
+        folder = parent(shard)
         if folder not in self._folders:
-            if is_remote(shard):
-                files = [f for f in storage_for(shard, self.storage_options).list_files(folder)
-                         if f.rsplit("/", 1)[0] == folder]
-            else:
-                files = [os.path.join(folder, name) for name in os.listdir(folder)]
-            files = sorted(f for f in files if f.endswith(suffix))
+            listed = storage_for(shard, self.storage_options).list_folder(folder)
+            files = sorted(f for f in listed if f.endswith(suffix))
             self._folders[folder] = _places(files)
         return self._folders[folder]
 

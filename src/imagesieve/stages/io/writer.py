@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
-from imagesieve.storage import is_remote, is_under, join, storage_for
+from imagesieve.storage import is_under, join, storage_for
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
@@ -168,8 +168,7 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         if not store.isdir(records):
             if store.isdir(self.output_dir):
                 refuse_foreign_files(self.output_dir, self.storage_options)
-            if not is_remote(records):
-                make_folder(records)
+            make_folder(records)  # (object storage has none to make)
         self._folder_checked = True
 
     def outputs(self) -> tuple[list[str], list[str]]:

@@ -1,0 +1,7 @@
+"""`python -m imagesieve`: the `imagesieve` command."""
+
+import sys
+
+from imagesieve.cli import main
+
+sys.exit(main())
