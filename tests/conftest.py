@@ -15,16 +15,15 @@ import pytest
 from PIL import Image
 
 
-@pytest.fixture(params=["python scanner", "compiled parser"])
+@pytest.fixture(params=["tarfile", "compiled parser"])
 def both_tar_parsers(request, monkeypatch):
-    """Run a test with each tar header parser, and so each grouping of members into samples (the Python
-    scanner's tables are grouped member by member, the compiled parser's by `grouping_kernel`).
-    `read_table` reads with the Python scanner while this process has scanned fewer members than
-    `scan_first` (0 by default; workflows pass `SCAN_BEFORE_COMPILING`): a count far below 0 keeps it
-    there, one far above any `scan_first` takes the compiled parser at once, also in workflows."""
+    """Run a test with each tar reader, and so each grouping of members into samples (tables listed by
+    tarfile are grouped member by member, the compiled parser's by `grouping_kernel`). A `ShardReader`
+    lists with tarfile until it has listed `TARFILE_MEMBERS` members: a count no shard reaches keeps it
+    there, 0 takes the compiled parser at once, also in workflows."""
     from imagesieve.tar import read
 
-    monkeypatch.setattr(read, "_members_scanned", -10**12 if request.param == "python scanner" else 10**12)
+    monkeypatch.setattr(read, "TARFILE_MEMBERS", 10**12 if request.param == "tarfile" else 0)
     return request.param
 
 

@@ -1,4 +1,4 @@
-"""Both header parsers (the Python scanner, the compiled bulk parser) against Python's `tarfile`,
+"""Both tar readers (`tarfile`, read strictly; the compiled bulk parser) against Python's `tarfile` alone,
 on valid and corrupted tars.
 
 Valid tars of every format tarfile writes (ustar, GNU, PAX; long and non-ASCII names,
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagesieve.tar.headers import parse_headers
+from imagesieve.tar.listing import list_members
 from imagesieve.tar.names import ShardError
-from imagesieve.tar.read import _table_from_entries, _table_from_headers, read_table
-from imagesieve.tar.scan import scan
+from imagesieve.tar.read import ShardReader, _table_from_entries, _table_from_headers, read_table
 
 NAME_PART = st.text(alphabet=st.sampled_from("abcXYZ019_-é日"), min_size=1, max_size=12)
 MEMBER = st.tuples(st.lists(NAME_PART, min_size=1, max_size=3), st.sampled_from(["jpg", "txt", "json", "tar.gz"]),
@@ -78,8 +78,8 @@ def test_valid_tars_list_exactly_what_tarfile_lists(tmp_path, members, fmt, long
     assert our_listing(path) == tarfile_listing(data)
     with open(path, "rb") as f:
         bulk = parse_headers(f.fileno(), len(data))
-    if bulk is not None:  # the compiled path took it: it must agree with the Python scanner too
-        fast, slow = _table_from_headers(str(path), bulk), _table_from_entries(str(path), scan(str(path)))
+    if bulk is not None:  # the compiled path took it: it must agree with the tarfile listing too
+        fast, slow = _table_from_headers(str(path), bulk), _table_from_entries(str(path), list_members(str(path)))
         assert (fast.names, fast.header_offsets.tolist(), fast.data_offsets.tolist(), fast.sizes.tolist()) == \
             (slow.names, slow.header_offsets.tolist(), slow.data_offsets.tolist(), slow.sizes.tolist())
 
@@ -171,16 +171,130 @@ def test_a_directory_entry_with_data_is_refused(tmp_path):
         read_table(str(write(tmp_path, data)))
 
 
-def test_a_decoding_workflow_loads_the_compiled_parser_once_the_python_scanner_has_read_enough(tmp_path, monkeypatch):
+def test_a_reader_loads_the_compiled_parser_once_tarfile_has_listed_enough(tmp_path, monkeypatch):
     from imagesieve.tar import read
 
     path = str(write(tmp_path, make_tar([(["a"], "jpg", 10, False), (["a"], "txt", 3, False)], tarfile.GNU_FORMAT,
                                         False)))
     compiled = []
-    monkeypatch.setattr(read, "_members_scanned", 0)
+    monkeypatch.setattr(read, "TARFILE_MEMBERS", 3)
     monkeypatch.setattr(read, "_parse_compiled", lambda *args: compiled.append(1) or parse_headers(*args))
-    listings = [our_listing_of(read_table(path, scan_first=3)) for _ in range(3)]
-    assert compiled == [1] and read._members_scanned == 4  # two reads by the scanner, then the compiled parser
+    reader = ShardReader()
+    listings = [our_listing_of(read_table(path, reader)) for _ in range(3)]
+    assert compiled == [1, 1] and reader.by_tarfile == 3  # one read by tarfile; the second would pass the count
     assert listings[0] == listings[1] == listings[2] == tarfile_listing(Path(path).read_bytes())
-    read_table(path)  # by default: the compiled parser at once
+    read_table(path)  # a reader of its own: tarfile again, for a shard under the count
     assert compiled == [1, 1]
+
+
+def _header(name: str, data: bytes = b"", fmt: int = tarfile.USTAR_FORMAT) -> bytearray:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return bytearray(info.tobuf(fmt)[-512:])
+
+
+def _member(block: bytearray, data: bytes = b"") -> bytes:
+    """A member from a header edited by hand: its checksum made right again, its data padded."""
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + data + bytes(-len(data) % 512)
+
+
+def _pax(records: bytes, kind: bytes = tarfile.XHDTYPE) -> bytes:
+    header = _header("././@PaxHeader", records)
+    header[156:157] = kind
+    return _member(header, records)
+
+
+def _edited(name: str, data: bytes, at: slice, value: bytes, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    header = _header(name, data, fmt)
+    header[at] = value
+    return _member(header, data)
+
+
+END = bytes(1024)
+FILE = _member(_header("b.jpg", b"x"), b"x")
+
+REFUSED = {  # what tarfile alone would read some way (a member fewer, a name from garbage, ...), and why refused
+    "PAX records followed by garbage": (_pax(b"16 path=a.jpg\nGARBAGE") + FILE + END, "malformed PAX header at byte 0"),
+    "a PAX path not in UTF-8": (_pax(b"15 path=\xff.jpg\n") + FILE + END, "malformed PAX header at byte 0"),
+    "an extended header, then the end": (_pax(b"16 path=a.jpg\n") + END,
+                                         "an extended header at byte 0 is followed by the end of the archive"),
+    "a negative base-256 size": (_edited("a.jpg", b"", slice(124, 136), b"\xff" * 11 + b"\xfc", tarfile.GNU_FORMAT)
+                                 + FILE + END, "the header at byte 0 has a negative size"),
+    "a Solaris X header": (_edited("a.jpg", b"abc", slice(156, 157), b"X") + FILE + END, "unknown type b'X'"),
+    "an old-style directory with data": (_edited("d/", b"hidden", slice(156, 157), b"\0") + FILE + END,
+                                         "the directory entry at byte 0 has a non-zero size"),
+    "a partial block after a member": (FILE + bytes(100), "the file ends inside the header at byte 1024"),
+    "a name not in UTF-8": (_edited("a.jpg", b"abc", slice(0, 1), b"\xff") + END, r"member name b'\\xff.jpg"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_tarfile_alone_would_let_through_is_refused_by_both_readers(tmp_path, case):
+    data, expected = REFUSED[case]
+    with pytest.raises(ShardError, match=f"corrupt tar \\(.*{expected}"):
+        read_table(str(write(tmp_path, data)))
+
+
+ACCEPTED = {  # read alike by both readers: (tar, names, where each member's headers start)
+    "PAX global headers, first and last": (_pax(b"17 comment=first\n", tarfile.XGLTYPE) + FILE
+                                           + _pax(b"16 comment=last\n", tarfile.XGLTYPE) + END,
+                                           ["", "b.jpg", ""], [0, 1024, 2048]),
+    "an old-style directory": (_edited("d/", b"", slice(156, 157), b"\0") + FILE + END, ["d/", "b.jpg"], [0, 512]),
+    "a GNU header with bytes where ustar has a prefix": (_edited("a.jpg", b"abc", slice(345, 356), b"14000000000",
+                                                                tarfile.GNU_FORMAT) + END, ["a.jpg"], [0]),
+    "a time that is no number (neither reader reads it)": (_edited("a.jpg", b"abc", slice(136, 148), b"garbage!!!\0\0")
+                                                           + FILE + END, ["a.jpg", "b.jpg"], [0, 1024]),
+    "an end block, then a partial block of zeros": (FILE + bytes(612), ["b.jpg"], [0]),
+}
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_odd_but_sound_tars_are_read_alike_by_both_readers(tmp_path, case):
+    data, names, offsets = ACCEPTED[case]
+    table = read_table(str(write(tmp_path, data)))
+    assert (table.names, table.header_offsets.tolist()) == (names, offsets)
+
+
+@pytest.mark.parametrize("damage", ["a damaged second header", "garbage after the end"])
+def test_a_compressed_shard_is_refused_where_tarfile_alone_would_cut_it_short(tmp_path, damage):
+    import gzip
+
+    data = bytearray(make_tar([(["a"], "jpg", 700, False), (["b"], "txt", 10, False)], tarfile.GNU_FORMAT, False))
+    if damage == "a damaged second header":
+        data[1536 + 10] ^= 1
+    else:
+        data[-100] = 1
+    path = write(tmp_path, gzip.compress(bytes(data)), "t.tar.gz")
+    assert tarfile.open(path).getnames() == ["a0.jpg", "b1.txt"][:1 if damage == "a damaged second header" else 2]
+    with pytest.raises(ShardError, match="t.tar.gz: corrupt tar \\((bad header checksum at byte 1536|data after the "
+                                         "end-of-archive marker)"):
+        read_table(str(path))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=st.lists(MEMBER, min_size=1, max_size=6), fmt=FORMATS, block=st.integers(0, 50),
+       at=st.integers(0, 511), value=st.sampled_from([0, 32, 48, 55, 0x80, 0xFF, 0x41, 0x2F]))
+def test_a_header_edited_with_a_right_checksum_is_read_alike_by_both_readers(tmp_path, monkeypatch, members, fmt,
+                                                                            block, at, value):
+    """Past the checksum, every field: both readers refuse the tar or list the same members."""
+    from imagesieve.tar import read
+
+    if fmt == tarfile.USTAR_FORMAT and any(ord(c) > 127 for m in members for p in m[0] for c in p):
+        return
+    data = bytearray(make_tar(members, fmt, False))
+    start = block % (len(data) // 512) * 512
+    data[start + at] = value
+    _member(data[start:start + 512])  # (its checksum made right)
+    data[start + 148:start + 156] = _member(data[start:start + 512])[148:156]
+    path = str(write(tmp_path, bytes(data)))
+    seen = []
+    for count in (10**12, 0):  # tarfile, then the compiled parser
+        monkeypatch.setattr(read, "TARFILE_MEMBERS", count)
+        try:
+            table = read_table(path)
+            seen.append((table.names, table.header_offsets.tolist(), table.data_offsets.tolist(), table.sizes.tolist()))
+        except ShardError:
+            seen.append("refused")
+    assert seen[0] == seen[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,12 +25,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imagesieve.tar.key_hash import compiled_pays, hash_strings
+from imagesieve.tar.key_hash import hash_strings
 from imagesieve.util.arrow_strings import string_buffers
 
-FORMAT = 4  # 4: xxh64 (computed in bulk by `key_hash`), was xxh3
+FORMAT = 4  # 4: xxh64 (`key_hash`), was xxh3
 _FILES = ("hashes.bin", "offsets.bin", "ids.bin", "fence.bin", "index.json")
 FENCE_STEP = 256  # every 256th hash is kept in memory: a lookup then reads one 2 KB block of the hashes
+COMPILE_FROM = 80_000  # hits: what loading numba (for `id_verify`) costs, checked one by one in Python
+
+
+def compiled_pays(hits: int) -> bool:
+    """Whether checking `hits` hits in one compiled pass (`id_verify`) pays: numba is loaded already, or the
+    work is large enough to pay for loading it."""
+    return hits >= COMPILE_FROM or "numba" in sys.modules
 
 
 def hash_ids(ids: Sequence[str]) -> np.ndarray:

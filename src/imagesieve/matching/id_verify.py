@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from imagesieve.tar.key_hash_kernel import equal_bytes
+from imagesieve.tar.grouping_kernel import equal_bytes
 
 _pread = types.ExternalFunction("pread", types.int64(types.int32, types.voidptr, types.uint64, types.int64))
 

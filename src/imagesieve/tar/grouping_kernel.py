@@ -4,9 +4,10 @@ The rule is WebDataset's: `dir/KEY.ext.more` belongs to sample `dir/KEY` with ex
 consecutive members with one key form a sample; a file name with no extension or starting with a
 dot (`README`, macOS's `._0001.jpg`) and directory entries belong to no sample. Done per member in
 Python this cost more than copying the shard, so this pass also gives each sample's key bytes (an
-Arrow string array, no Python string per key), its image member (the rule of `names.image_rank`),
-and flags the names that `check_member_name` must look at. Anything irregular (a key or a member
-seen twice) is left to the exact one-by-one path in `grouping.py`, which says what is wrong.
+Arrow string array, hashed by `key_hash`), its image member (the rule of `names.image_rank`), and
+flags the names that `check_member_name` must look at. Anything irregular (a key or a member seen
+twice) is left to the exact one-by-one path in `grouping.py`, which says what is wrong. Its byte
+comparison (`equal_bytes`) is also `id_verify`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from imagesieve.tar.key_hash_kernel import equal_bytes, xxh64_many
+from imagesieve.tar.key_hash import hash_strings
 
 OK, REPEATED = 0, 1
 
@@ -64,6 +65,15 @@ def _image_rank(buf, start, end, patterns, lengths):
     if w < 0:
         return -1
     return w if last == start else patterns.shape[0] + w
+
+
+@njit(cache=True)
+def equal_bytes(a, a_start, b, b_start, length):
+    """Whether a[a_start:a_start + length] == b[b_start:b_start + length]."""
+    for q in range(length):  # noqa: SIM110 (numba compiles no all() over a generator)
+        if a[a_start + q] != b[b_start + q]:
+            return False
+    return True
 
 
 @njit(cache=True)
@@ -144,9 +154,9 @@ def group(buf: np.ndarray, offsets: np.ndarray, is_dir: np.ndarray, image_extens
         buf, offsets, is_dir, patterns, lengths)
     if status != OK:
         return None
-    hashes = xxh64_many(key_bytes if len(key_bytes) else np.zeros(1, np.uint8), key_offsets)
-    if len(np.unique(hashes)) != len(hashes):
-        return None  # a key seen twice (or, rarely, two keys sharing a hash: the exact path decides)
     keys = pa.LargeStringArray.from_buffers(len(key_offsets) - 1, pa.py_buffer(key_offsets),
                                             pa.py_buffer(key_bytes))
+    hashes = hash_strings(keys)
+    if len(np.unique(hashes)) != len(hashes):
+        return None  # a key seen twice (or, rarely, two keys sharing a hash: the exact path decides)
     return sample_of, keys, hashes, image_member, suspicious

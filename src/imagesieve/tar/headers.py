@@ -9,9 +9,9 @@ header). A page holds the small members after an image (`.txt`, `.json` of a few
 each) and the next sample's header, so a sample usually costs one call; a larger window costs
 more than it saves, as copying it is most of the cost (8 KB: 2.35 µs a sample, 4 KB: 1.73). Extended headers
 (PAX `x`/`g`, GNU long names `L`/`K`) and numbers in odd encodings are rare: when the loop meets
-one it stops, and the caller falls back to the Python scanner (`scan.scan`), which handles them.
-Every kind of damage is reported with its byte offset, as the Python scanner does; a property test
-holds both against Python's `tarfile`.
+one it stops, and the caller lists the tar with `tarfile` instead (`listing`, strict by the same rules).
+Every kind of damage is reported with its byte offset, as there; a property test holds both against
+Python's `tarfile`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, types
 
-from imagesieve.tar.scan import _DIRECTORY_WITH_DATA
+from imagesieve.tar.listing import DIRECTORY_WITH_DATA
 
 BLOCK = 512
 OK, FALLBACK, FULL = 0, 1, 2
@@ -120,14 +120,14 @@ def _walk(fd, size, pos, hdr, data, sizes, types, name_ends, names):
         stored = _octal(block, 148, 8)
         if stored != total and stored != total - 256 * high:
             if stored < 0:
-                return n, at, FALLBACK, pos  # an odd encoding: the Python scanner decides
+                return n, at, FALLBACK, pos  # an odd encoding: tarfile decides
             return n, at, NOT_A_TAR if pos == 0 else BAD_CHECKSUM, pos
         flag = block[156]
         if flag == 120 or flag == 103 or flag == 76 or flag == 75:  # x g L K
             return n, at, FALLBACK, pos
         entry_size = _octal(block, 124, 12)
         if entry_size < 0:
-            return n, at, FALLBACK, pos  # base-256 or odd: the Python scanner decides
+            return n, at, FALLBACK, pos  # base-256 or odd: tarfile decides
         if flag == 53 and entry_size != 0:
             return n, at, DIRECTORY_DATA, pos
         start = pos + BLOCK
@@ -145,7 +145,10 @@ def _walk(fd, size, pos, hdr, data, sizes, types, name_ends, names):
             at = _copy_field(block, 345, 155, names, at)
             names[at] = 47  # "/"
             at += 1
+        name_at = at
         at = _copy_field(block, 0, 100, names, at)
+        if flag == 0 and entry_size != 0 and at > name_at and names[at - 1] == 47:
+            return n, at, DIRECTORY_DATA, pos  # an old-style directory ("name/", type NUL), as tar reads it
         name_ends[n] = at
         n += 1
         pos = start + (entry_size + BLOCK - 1) // BLOCK * BLOCK
@@ -166,13 +169,13 @@ _MESSAGES = {
     PAST_END: "truncated: the member at byte {} ends past the end of the file",
     AFTER_END: "data after the end-of-archive marker at byte {}",
     READ_FAILED: "the file changed or could not be read at byte {}",
-    DIRECTORY_DATA: _DIRECTORY_WITH_DATA,
+    DIRECTORY_DATA: DIRECTORY_WITH_DATA,
 }
 
 
 def parse_headers(fd: int, size: int) -> Headers | None:
     """Every entry of the tar open as `fd` (`size` bytes), or None when it holds extended headers or
-    odd number encodings (parse it with `scan.scan` then). Raises `BulkParseError` on damage."""
+    odd number encodings (list it with `listing.list_members` then). Raises `BulkParseError` on damage."""
     if size == 0:
         raise BulkParseError(NOT_A_TAR, 0)
     parts: list[tuple[np.ndarray, ...]] = []

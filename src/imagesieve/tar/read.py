@@ -1,8 +1,9 @@
 """Reading a shard: its members listed, checked and grouped into a `ShardTable`, and its samples in order.
 
-A plain tar is listed by the compiled header parser (`headers`) or the Python scanner (`scan`, for
-extended headers, and for small runs, which never pay for loading numba); a compressed one through
-`tarfile` (`compression`). Links and devices are refused; a file that changes while read is refused.
+A shard is listed by one of two readers: the compiled header parser (`headers`, numba) or Python's `tarfile`,
+read strictly (`listing`), for small work (which never pays for loading numba), for compressed shards, and
+for what the compiled loop leaves to it (extended headers). `ShardReader` chooses. Links and devices are
+refused; a file that changes while read is refused.
 """
 
 from __future__ import annotations
@@ -17,81 +18,83 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.storage.local import file_fingerprint
-from imagesieve.tar.compression import _iter_compressed, compression_of
-from imagesieve.tar.key_hash import COMPILE_FROM
+from imagesieve.tar.compression import compression_of
+from imagesieve.tar.listing import KINDS, CorruptTarError, TarEntry, list_members
 from imagesieve.tar.names import ShardError, check_member_name
-from imagesieve.tar.scan import _KINDS, TarEntry, TarScanError, scan
 from imagesieve.tar.table import ShardTable, file_version
 from imagesieve.tasks import MemberRef
 
-# Loading the compiled header parser (numba) costs a process ~0.5 s (and compiling it ~5 s on a
-# machine's first run), what the Python scanner spends on ~90,000 members. So a process reads this
-# many members with the Python scanner before it loads the compiled one (rent until the rent paid
-# equals the price): a small run never pays for it, a large one at most twice the better choice.
-# The same threshold as the key hashes' (`key_hash.COMPILE_FROM`).
-SCAN_BEFORE_COMPILING = COMPILE_FROM
-_members_scanned = 0  # by the Python scanner in this process
+TARFILE_MEMBERS = 25_000  # members a reader lists with tarfile before the compiled parser (`ShardReader`)
 
 if TYPE_CHECKING:
     from imagesieve.tar.headers import Headers
 
 
-def read_table(shard: str, scan_first: int = 0) -> ShardTable:
-    """The members of a shard, checked for safety and completeness, as a `ShardTable`. The compiled
-    parser reads it once this process has read `scan_first` members with the Python scanner (see
-    `SCAN_BEFORE_COMPILING`); both list the same members.
+class ShardReader:
+    """Lists shards for one caller (a worker's reader stage, a check over a run's shards). The rule: a reader
+    lists plain shards with tarfile until it has listed `TARFILE_MEMBERS` members so, then with the compiled
+    parser (tarfile stops at the shard that would pass that count, which the compiled parser lists again).
+    Its count is its only state: a caller reading many shards keeps one reader.
 
-    Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
-    as members of no sample, so that writers copy them in place; links and devices are refused.
-    The table records the file's version (`file_version`), checked unchanged after reading: stages
-    that later read or copy its bytes check it again, so that nothing is copied, hashed or removed
-    from a version other than the one whose headers were read."""
-    try:
-        read_at = os.stat(shard)
-        before = file_version(read_at)
-        table = _read_table(shard, scan_first)
-        if file_version(os.stat(shard)) != before:
-            raise ShardError(f"{shard}: the file changed while it was being read; rerun to read it again")
-    except OSError as exc:
-        raise ShardError(f"{shard}: cannot read ({exc})") from exc
-    table.version, table.read_fingerprint = before, file_fingerprint(read_at)
-    if table.data is None:  # a plain tar: everything after the last member was checked to be zeros
-        table.ending = (int(table.ends.max()) if len(table.ends) else 0, before[2])
-    return table
+    The count is what loading the compiled parser costs over what it saves a member, so that a small run
+    never loads numba and a large one pays at most twice the better choice (rent until the rent paid equals
+    the price). Measured by benchmarks/bench_listing.py (CPU time, 2 shared cores, load average 5-9), on
+    shards of 1,000 and 50,000 small members, warm: a table by tarfile 32-63 µs a member (the listing alone
+    32-55), by the compiled parser 0.8-1.7 µs (0.5-1.0); loading it in a fresh process (numba and the compiled
+    loops, from their cache) 0.95-1.2 s. It pays from 20,000-30,000 members."""
+
+    def __init__(self) -> None:
+        self.by_tarfile = 0  # members listed with tarfile so far
+
+    def read(self, shard: str) -> ShardTable:
+        """The members of a shard, checked for safety and completeness, as a `ShardTable`; both readers list
+        the same.
+
+        Directory entries (no sample: a name ending in "/") and PAX global headers (named "") are kept
+        as members of no sample, so that writers copy them in place; links and devices are refused.
+        The table records the file's version (`file_version`), checked unchanged after reading: stages
+        that later read or copy its bytes check it again, so that nothing is copied, hashed or removed
+        from a version other than the one whose headers were read."""
+        try:
+            read_at = os.stat(shard)
+            before = file_version(read_at)
+            table = self._read(shard)
+            if file_version(os.stat(shard)) != before:
+                raise ShardError(f"{shard}: the file changed while it was being read; rerun to read it again")
+        except OSError as exc:
+            raise ShardError(f"{shard}: cannot read ({exc})") from exc
+        table.version, table.read_fingerprint = before, file_fingerprint(read_at)
+        if table.data is None:  # a plain tar: everything after the last member was checked to be zeros
+            table.ending = (int(table.ends.max()) if len(table.ends) else 0, before[2])
+        return table
+
+    def _read(self, shard: str) -> ShardTable:
+        try:
+            compression = compression_of(shard)
+            if compression:
+                return _table_from_entries(shard, list_members(shard, compression), compression)
+            left = TARFILE_MEMBERS - self.by_tarfile
+            entries = list_members(shard, limit=left) if left > 0 else None
+            if entries is not None:
+                self.by_tarfile += len(entries)
+                return _table_from_entries(shard, entries, compiled=False)
+            self.by_tarfile = max(self.by_tarfile, TARFILE_MEMBERS)
+            with open(shard, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise CorruptTarError("empty file")
+                headers = _parse_compiled(f.fileno(), size)
+            return _table_from_entries(shard, list_members(shard)) if headers is None else \
+                _table_from_headers(shard, headers)
+        except CorruptTarError as exc:
+            raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
+        except OSError as exc:
+            raise ShardError(f"{shard}: cannot read ({exc})") from exc
 
 
-def _read_table(shard: str, scan_first: int) -> ShardTable:
-    try:
-        compression = compression_of(shard)
-        if compression:
-            refs = list(_iter_compressed(shard))
-            table = ShardTable(shard, pa.array([r.name for r in refs], pa.large_string()),
-                              np.full(len(refs), -1, np.int64),
-                              np.array([r.offset for r in refs], np.int64), np.array([r.size for r in refs], np.int64),
-                              data=[r.data for r in refs],
-                              headers=[(r.mtime, r.mode) for r in refs])  # written again, compressed alike
-            table.compression = compression
-            return table
-        if _members_scanned < scan_first:
-            return _scanned_table(shard)
-        with open(shard, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise TarScanError("empty file")
-            headers = _parse_compiled(f.fileno(), size)
-        return _table_from_entries(shard, scan(shard)) if headers is None else _table_from_headers(shard, headers)
-    except TarScanError as exc:
-        raise ShardError(f"{shard}: corrupt tar ({exc})") from exc
-    except OSError as exc:
-        raise ShardError(f"{shard}: cannot read ({exc})") from exc
-
-
-def _scanned_table(shard: str) -> ShardTable:
-    """The table read by the Python scanner, counted towards loading the compiled parser."""
-    global _members_scanned
-    table = _table_from_entries(shard, scan(shard), compiled=False)
-    _members_scanned += len(table.sizes)
-    return table
+def read_table(shard: str, reader: ShardReader | None = None) -> ShardTable:
+    """`ShardReader.read`, by `reader` or, for a single shard, a reader of its own."""
+    return (reader or ShardReader()).read(shard)
 
 
 def _parse_compiled(fd: int, size: int) -> Headers | None:
@@ -101,11 +104,11 @@ def _parse_compiled(fd: int, size: int) -> Headers | None:
     try:
         return parse_headers(fd, size)
     except BulkParseError as exc:
-        raise TarScanError(str(exc)) from None
+        raise CorruptTarError(str(exc)) from None
 
 
 _DIRECTORY, _REGULAR = ord("5"), (ord("0"), 0, ord("7"))
-_FLAG_KINDS = {ord(flag): kind for flag, kind in _KINDS.items()}
+_FLAG_KINDS = {ord(flag): kind for flag, kind in KINDS.items()}
 
 
 def _table_from_headers(shard: str, headers: Headers) -> ShardTable:
@@ -117,8 +120,8 @@ def _table_from_headers(shard: str, headers: Headers) -> ShardTable:
         name = names[j].as_py()
         kind = _FLAG_KINDS.get(int(types[j]))
         if kind is None:
-            raise TarScanError(f"member {name!r} at byte {headers.header_offsets[j]} has unknown type "
-                               f"{bytes([types[j]])!r}")
+            raise CorruptTarError(f"member {name!r} at byte {headers.header_offsets[j]} has unknown type "
+                                  f"{bytes([types[j]])!r}")
         raise ShardError(f"{shard}: member {name!r} is a {kind}; refusing the shard")
     # directory entries stay, as members of no sample ("dir/" has no key): copied in place, so a shard
     # with nothing removed is copied byte for byte
@@ -144,25 +147,31 @@ def _name(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise TarScanError(f"member name {raw!r} is not UTF-8") from None
+        raise CorruptTarError(f"member name {raw!r} is not UTF-8") from None
 
 
-def _table_from_entries(shard: str, entries: list[TarEntry], compiled: bool = True) -> ShardTable:
-    """From the Python scanner's entries: tars with extended headers (PAX, GNU long names), or any tar
-    read without numba (`compiled=False`: grouped member by member too)."""
+def _table_from_entries(shard: str, entries: list[TarEntry], compression: str | None = None,
+                        compiled: bool = True) -> ShardTable:
+    """From tarfile's entries (`listing`); `compiled=False`: grouped member by member too, without numba. A
+    compressed tar's members are held in memory and written again with fresh headers: its directories and
+    global headers are left out."""
     kept = []
     for entry in entries:
         if entry.kind == "global header":
-            kept.append(entry._replace(name=""))
+            kept.extend([] if compression else [entry._replace(name="")])
             continue
         check_member_name(shard, entry.name)
         if entry.kind not in ("file", "directory"):
             raise ShardError(f"{shard}: member {entry.name!r} is a {entry.kind}; refusing the shard")
-        kept.append(entry)
-    return ShardTable(shard, pa.array([e.name for e in kept], pa.large_string()),
-                      np.array([e.header_offset for e in kept], np.int64),
-                      np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64),
-                      is_dir=np.array([e.kind == "directory" for e in kept], bool), compiled=compiled)
+        kept.extend([entry] if entry.kind == "file" or not compression else [])
+    table = ShardTable(shard, pa.array([e.name for e in kept], pa.large_string()),
+                       np.array([-1 if compression else e.header_offset for e in kept], np.int64),
+                       np.array([e.data_offset for e in kept], np.int64), np.array([e.size for e in kept], np.int64),
+                       is_dir=np.array([e.kind == "directory" for e in kept], bool),
+                       compiled=compiled and not compression, data=[e.data for e in kept] if compression else None,
+                       headers=[(e.mtime, e.mode) for e in kept] if compression else None)  # written again alike
+    table.compression = compression
+    return table
 
 
 @dataclass
@@ -173,10 +182,11 @@ class Sample:
     members: dict[str, MemberRef]
 
 
-def iter_samples(shard: str, loose: list[MemberRef] | None = None) -> Iterator[Sample]:
+def iter_samples(shard: str, loose: list[MemberRef] | None = None, reader: ShardReader | None = None
+                 ) -> Iterator[Sample]:
     """The samples of a shard, in order (grouped as `ShardTable` says). Members that belong to no sample go
     to `loose` when given, else they are an error."""
-    table = read_table(shard, SCAN_BEFORE_COMPILING)  # (reports, checks: small work, no numba unless it pays)
+    table = read_table(shard, reader)
     if loose is None and (table.sample_of < 0).any():
         j = int(np.flatnonzero(table.sample_of < 0)[0])
         raise ShardError(f"{shard}: member {table.names[j]!r} has no extension, so it belongs to no sample")
@@ -189,7 +199,7 @@ def iter_samples(shard: str, loose: list[MemberRef] | None = None) -> Iterator[S
 def samples_with_keys(shard: str, keys: list[str]) -> Iterator[Sample]:
     """The samples of a shard whose key is in `keys`, in shard order: members are made for those only
     (a report wants a few samples of each shard, not a thousand `MemberRef`s per shard)."""
-    table = read_table(shard, SCAN_BEFORE_COMPILING)
+    table = read_table(shard)
     wanted = pc.is_in(table.key_array, value_set=pa.array(keys, table.key_array.type))
     for row in np.flatnonzero(wanted.to_numpy(zero_copy_only=False)).tolist():
         yield Sample(table.key_array[row].as_py(), table.members(row))

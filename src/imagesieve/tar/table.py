@@ -16,8 +16,8 @@ import pyarrow as pa
 
 from imagesieve.storage.shard_copy import ShardCopy
 from imagesieve.tar.grouping import Grouping, _group_members_one_by_one, group_from_keys
+from imagesieve.tar.listing import BLOCK
 from imagesieve.tar.names import IMAGE_EXTENSIONS, ShardError, check_member_name
-from imagesieve.tar.scan import BLOCK
 from imagesieve.tasks import ImageObject, MemberRef, image_from_table
 from imagesieve.util.arrow_strings import string_buffers
 

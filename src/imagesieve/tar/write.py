@@ -10,8 +10,8 @@ import numpy as np
 from imagesieve.storage.base import temp_name
 from imagesieve.storage.runfolder import keep_mode_of, make_folder, naming_errors
 from imagesieve.tar.compression import _compressed_writer
+from imagesieve.tar.listing import BLOCK, padded
 from imagesieve.tar.mapped import MappedSource
-from imagesieve.tar.scan import BLOCK, padded
 from imagesieve.tasks import MemberRef
 
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do

@@ -15,7 +15,6 @@ from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
 from imagesieve.storage import absolute, makedirs
 from imagesieve.storage.runfolder import removed_if_refused, run_lock
-from imagesieve.tar.read import SCAN_BEFORE_COMPILING
 from imagesieve.tasks import Task
 
 T = TypeVar("T")
@@ -59,8 +58,7 @@ def run_on_units(name: str, stages: list[ProcessingStage], todo: list[InputUnit]
 
 
 def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> ProcessingStage:
-    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks.
-    It loads the compiled tar parser only once that pays (`SCAN_BEFORE_COMPILING`)."""
+    """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks."""
     if units and units[0].is_folder_chunk:
         return ImageFolderReaderStage()
-    return ImageReaderStage(storage_options=storage_options, scan_first=SCAN_BEFORE_COMPILING)
+    return ImageReaderStage(storage_options=storage_options)

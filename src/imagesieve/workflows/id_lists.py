@@ -11,7 +11,7 @@ from imagesieve.pipeline.inputs import InputUnit
 from imagesieve.stages.deduplication.curator_ids import CURATOR_ID, examples, looks_like_curator, stem
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import storage_for
-from imagesieve.tar.read import SCAN_BEFORE_COMPILING, iter_samples, read_table
+from imagesieve.tar.read import ShardReader, iter_samples, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def resolve_id_scheme(removal: ImageDuplicatesRemovalStage, units: list[InputUni
     # Every shard's tar headers, until a listed key is found: a full scan when none is, acceptable as
     # it happens only for a list whose every sampled ID is Curator-shaped. While the scheme is "auto",
     # `names_a_sample` looks IDs up as keys.
-    if any(names_a_sample(removal, unit, storage_options) for unit in units):
+    reader = ShardReader()
+    if any(names_a_sample(removal, unit, storage_options, reader) for unit in units):
         return "key"
     for unit in (u for u in units if curator.names_shard(u.paths[0])):  # the shards positions would be read in
         keys = input_keys([unit], storage_options)
@@ -92,7 +93,8 @@ def check_ids_match(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]
     the ID folder, a few listed IDs and a few keys of the input. `removal` is set up, its scheme fixed."""
     if not removal.listed_ids or (removal.id_scheme == "curator" and units[0].is_folder_chunk):
         return  # curator IDs over an image folder: the stage refuses them, saying why
-    if any(names_a_sample(removal, unit, storage_options) for unit in units):
+    reader = ShardReader()
+    if any(names_a_sample(removal, unit, storage_options, reader) for unit in units):
         return
     listed = ", ".join(repr(i) for i in examples(removal._index))
     keys = ", ".join(repr(k) for k in input_keys(units, storage_options))
@@ -112,8 +114,8 @@ def check_ids_match(removal: ImageDuplicatesRemovalStage, units: list[InputUnit]
         "for, pass --allow-unmatched-ids (allow_unmatched_ids=True)")
 
 
-def names_a_sample(removal: ImageDuplicatesRemovalStage, unit: InputUnit,
-                   storage_options: dict | None = None) -> bool:
+def names_a_sample(removal: ImageDuplicatesRemovalStage, unit: InputUnit, storage_options: dict | None = None,
+                   reader: ShardReader | None = None) -> bool:
     """Whether the list names a sample of `unit` as the stage will read it: by key, or by Curator ID."""
     if unit.is_folder_chunk:
         return bool(removal._index.contains([os.path.relpath(p, unit.root) for p in unit.paths]).any())
@@ -122,7 +124,7 @@ def names_a_sample(removal: ImageDuplicatesRemovalStage, unit: InputUnit,
     if curator is not None and not curator.names_shard(shard):
         return False
     with storage_for(shard, storage_options).local_copy(shard) as local:
-        table = read_table(local, SCAN_BEFORE_COMPILING)  # a shard or two: not worth loading numba for
+        table = read_table(local, reader)
     table.display_shard = shard  # Curator IDs name it by its own name, not a spool copy's
     if curator is not None:
         return len(curator.listed_rows(table)) > 0

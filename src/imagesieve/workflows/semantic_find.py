@@ -38,7 +38,7 @@ from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, che
 from imagesieve.stages.sample_fields import check_on_error
 from imagesieve.storage import on_local_file_system
 from imagesieve.storage.runfolder import narrow_to_files, remove_stale_temp_files
-from imagesieve.tar.read import iter_samples
+from imagesieve.tar.read import ShardReader, iter_samples
 from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     CONFIRMED_BY,
@@ -289,11 +289,12 @@ def check_ids_match(files: list[str | NpyPart], id_field: str, shards: list[Inpu
     """Every embedding must belong to an input sample and every sample must have an embedding:
     otherwise a removal list would silently miss images or name images that are not there."""
     keys: dict[str, str] = {}
+    reader = ShardReader()
     for unit in shards:
         if unit.is_folder_chunk:  # an image folder: IDs are the files' paths under it
             keys.update((os.path.relpath(path, unit.root), path) for path in unit.paths)
             continue
-        for sample in iter_samples(unit.paths[0], []):
+        for sample in iter_samples(unit.paths[0], [], reader):
             keys[sample.key] = unit.paths[0]
     key_set = pa.array(list(keys), pa.string())
     seen: set[str] = set()

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from imagesieve.matching.id_index import IdIndex
 from imagesieve.storage import parent, storage_for
-from imagesieve.tar.read import read_table
+from imagesieve.tar.read import ShardReader, read_table
 from imagesieve.tar.table import ShardTable
 
 CURATOR_ID = re.compile(r"^(.+)_(\d{6,})$")
@@ -73,6 +73,7 @@ class CuratorIds:
     storage_options: dict | None = None
     _prefixes: set[str] | None = field(default=None, repr=False)
     _jpg_counts: dict[str, int] = field(default_factory=dict, repr=False)  # shard -> samples Curator reads
+    _reader: ShardReader = field(default_factory=ShardReader, repr=False)
     _folders: dict[str, tuple] = field(default_factory=dict, repr=False)  # folder -> `_folder`
 
     @property
@@ -142,7 +143,7 @@ class CuratorIds:
     def _jpg_count(self, shard: str) -> int:
         if shard not in self._jpg_counts:
             with storage_for(shard, self.storage_options).local_copy(shard) as local:
-                numbers = jpg_numbers(read_table(local))
+                numbers = jpg_numbers(read_table(local, self._reader))
             self._jpg_counts[shard] = int(numbers.max()) + 1 if len(numbers) else 0
         return self._jpg_counts[shard]
 

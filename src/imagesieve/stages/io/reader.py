@@ -12,7 +12,7 @@ from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.sidecar import input_fingerprint
 from imagesieve.storage.shard_copy import shard_copy_of
 from imagesieve.tar.names import ShardError
-from imagesieve.tar.read import read_table
+from imagesieve.tar.read import ShardReader, read_table
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     num_threads: int = 8
     num_gpus_per_worker: float = 0.0
     name: str = "image_reader"
-    scan_first: int = 0  # members read with the Python tar scanner before the compiled one (`tar.read.read_table`)
     storage_options: dict | None = field(default=None, repr=False)
+    # lists this worker's shards, with tarfile until the compiled parser pays (`tar.read.ShardReader`)
+    _reader: ShardReader = field(default_factory=ShardReader, init=False, repr=False, compare=False)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
@@ -86,7 +87,7 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                     part: tuple[int, int] | None) -> ImageBatch:
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`; with
         `part`, only that part of them (`inputs.split_tail`), whose first row the batch records."""
-        table = read_table(local, self.scan_first)
+        table = read_table(local, self._reader)
         table.display_shard = shard
         missing = np.flatnonzero(table.image_member < 0)
         if len(missing):
