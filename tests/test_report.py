@@ -308,6 +308,13 @@ def test_a_symlinked_report_folder_is_refused_before_anything_is_made_in_it(tmp_
     with pytest.raises(ValueError, match="is a symlink"):
         write_report(run, executor=ONE)
     assert os.listdir(elsewhere) == []
+    os.remove(tmp_path / "run" / "report")  # (fifth pass: a link one level down gave a raw "File exists")
+    write_report(run, executor=ONE)
+    shutil.rmtree(tmp_path / "run" / "report" / "thumbs")
+    os.symlink(elsewhere, tmp_path / "run" / "report" / "thumbs")
+    with pytest.raises(ValueError, match="thumbs is a symlink or a file"):
+        write_report(run, executor=ONE)
+    assert os.listdir(elsewhere) == []
 
 
 def test_a_report_folder_holding_a_users_files_is_refused_and_an_earlier_report_is_rebuilt(tmp_path):

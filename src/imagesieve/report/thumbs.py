@@ -112,6 +112,9 @@ def add_thumbnails(members: list[tuple[str, str, str]], summary: dict, thumbs_di
     """Thumbnails and captions of `members` ((set, shard, ID); set "hashes" is the input, "reference_hashes"
     the reference set), one job per shard (or 500 images of a folder); returns (set, ID) -> (thumb
     file name or "", caption)."""
+    if os.path.islink(thumbs_dir) or (os.path.lexists(thumbs_dir) and not os.path.isdir(thumbs_dir)):
+        raise ValueError(f"{thumbs_dir} is a symlink or a file; imagesieve never writes through a link nor replaces "
+                         "a file it did not create: remove it, or pass another report folder")
     os.makedirs(thumbs_dir, exist_ok=True)
     inputs = {"hashes": (summary.get("input"), summary.get("input_root")),
               "reference_hashes": (summary.get("reference"), summary.get("reference_root"))}
