@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_ids
-from test_lifecycle import alive, descendants
+from stalling import STALL_TIMEOUT, alive, descendants
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")]
@@ -101,10 +101,11 @@ def started():
 def stalled_driver(folder: Path, env: dict | None = None) -> subprocess.Popen:
     driver = subprocess.Popen([sys.executable, "stalling.py", *remove(folder)], cwd=folder, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + STALL_TIMEOUT
     while not (folder / "stalled").exists() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (folder / "stalled").exists(), driver.stderr.read().decode() if driver.poll() is not None else "no stall"
+    assert (folder / "stalled").exists(), driver.stderr.read().decode() if driver.poll() is not None else \
+        f"the driver did not reach the stall point in {STALL_TIMEOUT} s"
     return driver
 
 
@@ -147,8 +148,12 @@ def test_a_run_that_joins_a_cluster_leaves_it_alone_when_killed(data, started):
         agents = [p for p in descendants(raylet) if "Agent" in cmdline(p)]
         assert agents
         driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=10)
-        time.sleep(3)
+        driver.wait(timeout=60)
+        # the cluster still serves runs: the killed one, rerun on it, ends with every shard written
+        rerun = subprocess.run([sys.executable, "-m", "imagesieve.cli", *remove(data)], cwd=data, capture_output=True,
+                               text=True, timeout=STALL_TIMEOUT, env={**os.environ, "RAY_ADDRESS": cluster.address})
+        assert rerun.returncode == 0, rerun.stderr
+        assert sorted(p.name for p in (data / "out").glob("*.tar")) == [f"{i:05d}.tar" for i in range(4)]
         assert [p for p in [*head, *agents] if not alive(p)] == []
     finally:
         cluster.shutdown()
