@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import pickle
 import random
 import signal
 import subprocess
@@ -197,9 +198,59 @@ def test_key_repeated_across_shards_is_removed_everywhere_when_listed(make_shard
     assert (summary.removed, summary.kept, summary.ids_not_found) == (2, 2, 0)
 
 
-def test_no_eval_exec_or_pickle_of_input_data():
-    """No call that runs or unpickles what it reads (`eval`, `exec`, `pickle.load(s)`, `np.load(...,
-    allow_pickle=True)`) and no `extractall` (which writes where a tar's names say), in any module."""
+class Payload:
+    """Unpickled, it creates the file at `path` (as any pickle can run code)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_input_data_is_never_unpickled_or_run(tmp_path):
+    """Members a decoder would unpickle (webdataset's .pyd, .pickle; an object .npy) and text that would run
+    if evaluated, in the shards and their img2dataset tables, go through find, remove and the report as
+    bytes: none runs (each would leave its file), and every kept one is copied byte for byte."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import webdataset as wds
+    from conftest import encode, photo_tiles
+
+    from imagesieve.workflows.dedup import dedup
+
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
+    def pickled(what: str) -> bytes:
+        return pickle.dumps(Payload(str(ran / what)))
+
+    def evaluated(what: str) -> bytes:
+        return f"__import__('pathlib').Path({str(ran / what)!r}).touch()".encode()
+
+    npy = io.BytesIO()
+    np.save(npy, np.array([Payload(str(ran / "npy")), 1], dtype=object), allow_pickle=True)
+    tiles = photo_tiles()
+    samples = [{"jpg": encode(tiles[i % 3]), "pyd": pickled(f"pyd{i}"), "pickle": pickled(f"pickle{i}"),
+                "npy": npy.getvalue(), "txt": evaluated(f"txt{i}"), "cls": evaluated(f"cls{i}")} for i in range(6)]
+    keys = [f"k{i}" for i in range(6)]
+    write_shard(str(tmp_path / "in" / "00000.tar"), samples, keys)
+    pq.write_table(pa.table({"key": keys, "caption": [evaluated(f"table{i}").decode() for i in range(6)],
+                             "status": ["success"] * 6}), tmp_path / "in" / "00000.parquet")
+    summary = dedup(str(tmp_path / "in"), str(tmp_path / "out"), executor=LocalExecutor(1))
+    assert summary.removed == 3  # tiles 0-2 twice: the run went through
+    assert sorted(p.name for p in ran.iterdir()) == []
+    kept = {s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "out" / "shards" / "00000.tar"),
+                                                     shardshuffle=False)}
+    assert len(kept) == 3 and all(kept[k][ext] == samples[keys.index(k)][ext] for k in kept for ext in samples[0])
+
+
+def test_no_eval_exec_or_pickle_call_in_the_source():
+    """A guard beside the behaviour test above (which covers what its inputs reach): no call that runs or
+    unpickles what it reads (`eval`, `exec`, `pickle.load(s)`, `np.load(..., allow_pickle=True)`) and no
+    `extractall` (which writes where a tar's names say), in any module."""
     found = []
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
