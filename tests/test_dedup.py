@@ -19,7 +19,7 @@ from imagesieve.workflows.sample_data import make_sample_dataset
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
-    make_sample_dataset(str(root), shard_size=10)  # ~39 shards: a run long enough to stop in the middle
+    make_sample_dataset(str(root), shard_size=10)  # ~39 shards: room to stop a run in the middle
     return root
 
 

@@ -47,7 +47,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory):
-    """150 shards of 40 samples: a run long enough (a few seconds) to be killed in the middle."""
+    """150 shards of 40 samples: room to stop a run at several points in the middle."""
     from conftest import encode, photo_tiles
 
     root = tmp_path_factory.mktemp("many")
