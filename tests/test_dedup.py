@@ -75,8 +75,10 @@ def test_dedup_killed_in_the_middle_then_rerun_ends_as_an_uninterrupted_run(samp
     proc = subprocess.Popen(stalling.command(state, "done", 5, "imagesieve", "dedup", "--quiet", "--workers", "1",
                                              str(sample / "shards"), str(out)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stalling.wait_for_stall(proc, state)  # the hook: stopped for good after the 5th shard written
-    stalling.kill(proc)
+    try:
+        stalling.wait_for_stall(proc, state)  # the hook: stopped for good after the 5th shard written
+    finally:
+        stalling.kill(proc)
     assert proc.returncode == -signal.SIGKILL
     assert sorted(p.name for p in done.glob("*.json")) == sorted(Path(p).name for p in stalling.written(state))
     assert len(list(done.glob("*.json"))) == 5
