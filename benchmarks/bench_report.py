@@ -5,7 +5,10 @@ folder as `find` leaves it (groups/, hashes/, summary.json): `--groups` groups, 
 some larger, a few of a hundred or more; exact and perceptual matches. It then builds the report in a
 fresh process (2 workers) from this source tree and, with `--compare-src`, from another one (for
 example the code before a change: `git archive <rev> src | tar -x -C /tmp/old`), and rebuilds it with
-`--groups 100` to show what the rebuild prunes.
+`--groups 100` to show what the rebuild prunes. Where Chromium is installed, it then opens the report
+headless and prints how long after navigation the page showed its first groups (the page's own
+`data-first-shown-ms`) and how long the browser process took in all: the open time the test suite
+leaves to this benchmark.
 
 Usage:
   python benchmarks/bench_report.py [--groups 100000] [--side 64] [--compare-src /tmp/old/src] [--work DIR]
@@ -17,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +119,22 @@ def show(label: str, r: dict) -> None:
           f"folder {r['mb']:7.1f} MB  {r['data_files']:6d} data files  {r['thumbnails']:7d} thumbnails")
 
 
+def open_in_browser(index: str, profile: str) -> str:
+    """Open the report in headless Chromium: the page's first-shown time and the process's wall time."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return "not measured (no chromium)"
+    started = time.monotonic()
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update",
+                          f"--user-data-dir={profile}", "--window-size=1280,1000", "--virtual-time-budget=10000",
+                          "--dump-dom", f"file://{index}"], capture_output=True, text=True, timeout=600).stdout
+    wall = time.monotonic() - started
+    shown = re.search(r'<body[^>]* data-first-shown-ms="(\d+)"', dom)
+    return (f"first groups shown {shown.group(1)} ms after navigation" if shown else "no groups shown") + \
+        f" (browser process {wall:.1f} s in all)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=100_000)
@@ -132,6 +152,9 @@ def main() -> None:
         show("this tree", build(src, run))
         show("this tree, rebuilt", build(src, run))
         show("this tree, --groups 100", build(src, run, "100"))
+        build(src, run)  # the whole report again, to open
+        opened = open_in_browser(os.path.join(run, "report", "index.html"), os.path.join(root, "profile"))
+        print(f"{'opened in a browser':28s} {opened}")
         if args.compare_src:
             shutil.rmtree(os.path.join(run, "report"))
             show(f"{args.compare_src}", build(args.compare_src, run))

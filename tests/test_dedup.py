@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import stalling
 import webdataset as wds
 
 from imagesieve.workflows.sample_data import make_sample_dataset
@@ -19,7 +19,7 @@ from imagesieve.workflows.sample_data import make_sample_dataset
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
-    make_sample_dataset(str(root), shard_size=10)  # ~39 shards: a run long enough to stop in the middle
+    make_sample_dataset(str(root), shard_size=10)  # ~39 shards: room to stop a run in the middle
     return root
 
 
@@ -70,21 +70,21 @@ def test_dry_run_writes_everything_but_the_shards(sample, tmp_path):
 def test_dedup_killed_in_the_middle_then_rerun_ends_as_an_uninterrupted_run(sample, tmp_path):
     reference = tmp_path / "reference"
     assert run("dedup", "--quiet", "--workers", "1", str(sample / "shards"), str(reference)).returncode == 0
-    out = tmp_path / "out"
+    out, state = tmp_path / "out", tmp_path / "stall"
     done = out / "shards" / "_imagesieve" / "done"
-    proc = subprocess.Popen([sys.executable, "-m", "imagesieve.cli", "dedup", "--quiet", "--workers", "1",
-                             str(sample / "shards"), str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if done.exists() and len(list(done.glob("*.json"))) >= 5:  # a fixed point: 5 shards written
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait(timeout=60)
-    stopped_at = len(list(done.glob("*.json")))
-    assert proc.returncode == -signal.SIGKILL and 5 <= stopped_at < 39
+    proc = subprocess.Popen(stalling.command(state, "done", 5, "imagesieve", "dedup", "--quiet", "--workers", "1",
+                                             str(sample / "shards"), str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        stalling.wait_for_stall(proc, state)  # the hook: stopped for good after the 5th shard written
+    finally:
+        stalling.kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in done.glob("*.json")) == sorted(Path(p).name for p in stalling.written(state))
+    assert len(list(done.glob("*.json"))) == 5
     rerun = run("dedup", "--json", "--quiet", "--workers", "1", str(sample / "shards"), str(out))
     assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((out / "summary.json").read_text())["removal"]["shards_skipped"] == 5  # resumed, not redone
     assert outputs(out) == outputs(reference)
     again = run("dedup", "--quiet", "--workers", "1", str(sample / "shards"), str(out))  # nothing left to do
     assert again.returncode == 0 and outputs(out) == outputs(reference)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import ast
+import pickle
 import random
 import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import stalling
 from conftest import write_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,7 +47,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory):
-    """150 shards of 40 samples: a run long enough (a few seconds) to be killed in the middle."""
+    """150 shards of 40 samples: room to stop a run at several points in the middle."""
     from conftest import encode, photo_tiles
 
     root = tmp_path_factory.mktemp("many")
@@ -60,50 +61,59 @@ def many_shards(tmp_path_factory):
     return root
 
 
+def stalled_run(state: Path, point: str, n: int, *args: str) -> subprocess.Popen:
+    """`imagesieve ARGS`, stopped for good by the stall hook before the call at `point` after the `n`th,
+    then SIGKILLed with every process it started: a kill at a known point."""
+    proc = subprocess.Popen(stalling.command(state, point, n, "imagesieve", *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        stalling.wait_for_stall(proc, state)
+    finally:
+        stalling.kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    return proc
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if "imagesieve-tmp" in p.name]
+
+
 def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_shards, tmp_path):
     shards, dups = str(many_shards / "shards"), str(many_shards / "dups")
     reference = tmp_path / "reference"
     remove_duplicates(shards, str(reference), dups, executor=LocalExecutor(1))
     out = tmp_path / "killed"
-    rng = random.Random(7)
     done_dir = out / "_imagesieve" / "done"
-    partial_kills = 0
-    for target in sorted(rng.sample(range(1, 140), 3)):  # kill once this many shards are done
-        proc = run_cli("remove", "--quiet", "--workers", "2", "--duplicates", dups, shards, str(out))
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= target:
-                break
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        partial_kills += 0 < len(list(done_dir.glob("*.json"))) < 150
-        for path in out.rglob("*.tar"):  # never a partial file under a final name
-            with tarfile.open(path) as tar:
-                tar.getmembers()
+    first, *later = sorted(random.Random(7).sample(range(1, 140), 3))  # shards done at each kill
+
+    # one worker, stopped with shard `first` complete under its temp name, not yet renamed to its own
+    stalled_run(tmp_path / "stall-0", "rename", first, "remove", "--quiet", "--workers", "1", "--duplicates",
+                dups, shards, str(out))
+    assert len(list(done_dir.glob("*.json"))) == len(list(out.glob("*.tar"))) == first
+    assert [p.name.split(".tar.")[0] for p in temp_files(out)] == [f".{first:05d}"]
+    # two workers, resumed, each kill once `target` shards in all are done: the other worker anywhere
+    for k, target in enumerate(later, 1):
+        before = len(list(done_dir.glob("*.json")))
+        stalled_run(tmp_path / f"stall-{k}", "done", target - before, "remove", "--quiet", "--workers", "2",
+                    "--duplicates", dups, shards, str(out))
+        assert len(list(done_dir.glob("*.json"))) == target
+    for path in out.rglob("*.tar"):  # never a partial file under a final name
+        with tarfile.open(path) as tar:
+            tar.getmembers()
     final = run_cli("remove", "--quiet", "--duplicates", dups, shards, str(out))
-    assert final.wait(timeout=120) == 0, final.stderr.read().decode()
-    assert partial_kills >= 1  # at least one kill landed in the middle of the work
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
     assert files_of(out) == files_of(reference)
     assert pq.read_table(out / "removed.parquet").sort_by("id").equals(
         pq.read_table(reference / "removed.parquet").sort_by("id"))
-    assert not [p for p in out.rglob("*") if "imagesieve-tmp" in p.name]
+    assert temp_files(out) == []
 
 
 def test_find_killed_then_rerun_gives_the_same_rows(many_shards, tmp_path):
     shards = str(many_shards / "shards")
     reference, out = tmp_path / "reference", tmp_path / "killed"
     assert run_cli("find", "--quiet", "--workers", "1", shards, str(reference)).wait(timeout=300) == 0
-    proc = run_cli("find", "--quiet", "--workers", "2", shards, str(out))
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if len(list(out.glob("hashes/*.parquet"))) >= 40:  # kill after some shards were hashed
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "find finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    stalled_run(tmp_path / "stall", "hashes", 40, "find", "--quiet", "--workers", "2", shards, str(out))
+    assert len(list(out.glob("hashes/*.parquet"))) == 40 and not (out / "duplicates").exists()
     assert run_cli("find", "--quiet", shards, str(out)).wait(timeout=300) == 0
     for part in ("duplicates", "groups"):
         assert pq.read_table(out / part).equals(pq.read_table(reference / part))
@@ -188,9 +198,59 @@ def test_key_repeated_across_shards_is_removed_everywhere_when_listed(make_shard
     assert (summary.removed, summary.kept, summary.ids_not_found) == (2, 2, 0)
 
 
-def test_no_eval_exec_or_pickle_of_input_data():
-    """No call that runs or unpickles what it reads (`eval`, `exec`, `pickle.load(s)`, `np.load(...,
-    allow_pickle=True)`) and no `extractall` (which writes where a tar's names say), in any module."""
+class Payload:
+    """Unpickled, it creates the file at `path` (as any pickle can run code)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_input_data_is_never_unpickled_or_run(tmp_path):
+    """Members a decoder would unpickle (webdataset's .pyd, .pickle; an object .npy) and text that would run
+    if evaluated, in the shards and their img2dataset tables, go through find, remove and the report as
+    bytes: none runs (each would leave its file), and every kept one is copied byte for byte."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import webdataset as wds
+    from conftest import encode, photo_tiles
+
+    from imagesieve.workflows.dedup import dedup
+
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
+    def pickled(what: str) -> bytes:
+        return pickle.dumps(Payload(str(ran / what)))
+
+    def evaluated(what: str) -> bytes:
+        return f"__import__('pathlib').Path({str(ran / what)!r}).touch()".encode()
+
+    npy = io.BytesIO()
+    np.save(npy, np.array([Payload(str(ran / "npy")), 1], dtype=object), allow_pickle=True)
+    tiles = photo_tiles()
+    samples = [{"jpg": encode(tiles[i % 3]), "pyd": pickled(f"pyd{i}"), "pickle": pickled(f"pickle{i}"),
+                "npy": npy.getvalue(), "txt": evaluated(f"txt{i}"), "cls": evaluated(f"cls{i}")} for i in range(6)]
+    keys = [f"k{i}" for i in range(6)]
+    write_shard(str(tmp_path / "in" / "00000.tar"), samples, keys)
+    pq.write_table(pa.table({"key": keys, "caption": [evaluated(f"table{i}").decode() for i in range(6)],
+                             "status": ["success"] * 6}), tmp_path / "in" / "00000.parquet")
+    summary = dedup(str(tmp_path / "in"), str(tmp_path / "out"), executor=LocalExecutor(1))
+    assert summary.removed == 3  # tiles 0-2 twice: the run went through
+    assert sorted(p.name for p in ran.iterdir()) == []
+    kept = {s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "out" / "shards" / "00000.tar"),
+                                                     shardshuffle=False)}
+    assert len(kept) == 3 and all(kept[k][ext] == samples[keys.index(k)][ext] for k in kept for ext in samples[0])
+
+
+def test_no_eval_exec_or_pickle_call_in_the_source():
+    """A guard beside the behaviour test above (which covers what its inputs reach): no call that runs or
+    unpickles what it reads (`eval`, `exec`, `pickle.load(s)`, `np.load(..., allow_pickle=True)`) and no
+    `extractall` (which writes where a tar's names say), in any module."""
     found = []
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

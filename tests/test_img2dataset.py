@@ -24,7 +24,7 @@ import sys
 from img2dataset import download
 download(url_list=sys.argv[1], input_format="parquet", url_col="url", caption_col="caption",
          output_folder=sys.argv[2], output_format="webdataset", resize_mode="no", processes_count=1,
-         thread_count=4, number_sample_per_shard=8, timeout=5, retries=0, enable_wandb=False,
+         thread_count=4, number_sample_per_shard=8, timeout=120, retries=0, enable_wandb=False,
          distributor="multiprocessing", disallowed_header_directives=[])
 """
 

@@ -1,7 +1,7 @@
 """Processes of a run: none outlives the driver; SIGTERM ends a run cleanly; library scripts run as written.
 
-The kill tests stop the run at a deterministic point: a stage stalls for good on shard 00001,
-the other worker finishes at least 4 other shards, and the test acts once their done markers exist.
+The kill tests stop the run at a deterministic point, the stall hook (`stalling.py`): the run's workers
+wait for good before the done marker that would follow the 4th, and the test acts once the hook says so.
 """
 
 from __future__ import annotations
@@ -11,65 +11,29 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import tarfile
 from pathlib import Path
 
 import pytest
+import stalling
 from conftest import write_ids
+from stalling import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
+SCRIPT = """
+import sys
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-STALLING_SCRIPT = """
-import sys, time
-from dataclasses import dataclass
-from pathlib import Path
-
-from imagesieve import (FilePartitioningStage, ImageBatch, ImageDuplicatesRemovalStage, ImageReaderStage,
-                        ImageWriterStage, LocalExecutor, Pipeline, ProcessingStage)
-
-
-@dataclass
-class StallStage(ProcessingStage[ImageBatch, ImageBatch]):
-    name: str = "stall"
-
-    def process(self, task):
-        if task._metadata["relative_path"] == "00001.tar":
-            Path("stalled").write_text("yes")
-            time.sleep(3600)
-        return task
-
+from imagesieve import (FilePartitioningStage, ImageDuplicatesRemovalStage, ImageReaderStage, ImageWriterStage,
+                        LocalExecutor, Pipeline)
 
 if __name__ == "__main__":
     print("started", flush=True)
     try:
-        Pipeline("stalls", stages=[FilePartitioningStage(file_paths="shards"), ImageReaderStage(), StallStage(),
-                                   ImageDuplicatesRemovalStage(removal_parquets_dir="dups"),
-                                   ImageWriterStage(output_dir="out")]).run(LocalExecutor(2))
+        Pipeline("removes", stages=[FilePartitioningStage(file_paths="shards"), ImageReaderStage(),
+                                    ImageDuplicatesRemovalStage(removal_parquets_dir="dups"),
+                                    ImageWriterStage(output_dir="out")]).run(LocalExecutor(2))
     except KeyboardInterrupt:
         print("interrupted; finished shards are kept", file=sys.stderr)
         sys.exit(130)
@@ -79,34 +43,24 @@ if __name__ == "__main__":
 @pytest.fixture
 def stalling_run(make_shard, tmp_path):
     """Starts a pipeline script with 2 workers, its stdout piped to `cat`; returns (driver, cat, out)
-    once the worker holding shard 00001 is stalled (the hook) and the other worker did at least 4 shards."""
+    once the stall hook holds the run with exactly 4 of its 6 shards done."""
     for i in range(6):
         make_shard(f"{i:05d}.tar", n=4, start=4 * i)
     write_ids(tmp_path / "dups", ["00000002"])
-    (tmp_path / "stalling.py").write_text(STALLING_SCRIPT)
-    out = tmp_path / "out"
+    (tmp_path / "removes.py").write_text(SCRIPT)
+    out, state = tmp_path / "out", tmp_path / "stall"
     cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    driver = subprocess.Popen([sys.executable, "stalling.py"], stdout=cat.stdin, stderr=subprocess.PIPE, cwd=tmp_path)
+    driver = subprocess.Popen(stalling.command(state, "done", 4, "removes.py"), stdout=cat.stdin,
+                              stderr=subprocess.PIPE, cwd=tmp_path)
     cat.stdin.close()  # now only the driver and what it started hold the pipe's writing end
-    done = out / "_imagesieve" / "done"
-    deadline = time.monotonic() + 60
-    while not ((tmp_path / "stalled").exists() and len(list(done.glob("*.json"))) >= 4) \
-            and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    # the run cannot end now; a shard queued behind the stalled one on its worker may be left undone
-    assert driver.poll() is None and len(list(done.glob("*.json"))) >= 4
-    yield driver, cat, out
-    for pid in [driver.pid, *descendants(driver.pid)]:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def assert_all_gone(pids: list[int], cat: subprocess.Popen, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if alive(p)], "processes of the run outlived it"
-    assert cat.wait(timeout=max(0.1, deadline - time.monotonic())) == 0  # the pipe reached EOF
+    try:
+        stalling.wait_for_stall(driver, state)
+        assert len(list((out / "_imagesieve" / "done").glob("*.json"))) == 4  # and no more will be
+        yield driver, cat, out
+    finally:
+        for pid in [driver.pid, *descendants(driver.pid)]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigkill_of_the_driver_leaves_no_process_and_closes_the_pipe(stalling_run):
@@ -114,20 +68,28 @@ def test_sigkill_of_the_driver_leaves_no_process_and_closes_the_pipe(stalling_ru
     started = descendants(driver.pid)
     assert len(started) >= 2  # the workers
     driver.send_signal(signal.SIGKILL)
-    driver.wait(timeout=10)
-    assert_all_gone(started, cat)
+    driver.wait(timeout=60)
+    stalling.wait_gone(started, 60)  # a bound on how long the kernel takes to end them: not a speed
+    assert cat.wait(timeout=60) == 0  # the pipe reached EOF
 
 
 def test_sigterm_ends_the_run_cleanly_keeping_finished_shards(stalling_run):
     driver, cat, out = stalling_run
     started = descendants(driver.pid)
     driver.send_signal(signal.SIGTERM)
-    assert driver.wait(timeout=30) == 130
+    assert driver.wait(timeout=60) == 130
     assert "interrupted; finished shards are kept" in driver.stderr.read().decode()
-    assert_all_gone(started, cat)
-    done = sorted(p.name for p in (out / "_imagesieve" / "done").glob("*.json"))
-    assert len(done) >= 4 and not [name for name in done if name.startswith("00001.")]
-    assert all((out / name.removesuffix(".json")).exists() for name in done)
+    stalling.wait_gone(started, 60)
+    assert cat.wait(timeout=60) == 0
+    done = sorted(p.name.removesuffix(".json") for p in (out / "_imagesieve" / "done").glob("*.json"))
+    assert done == sorted(Path(p).name.removesuffix(".json") for p in stalling.written(out.parent / "stall"))
+    assert len(done) == 4
+    for name in done:  # each finished shard kept whole
+        with tarfile.open(out / name) as tar:
+            assert len(tar.getnames()) == (9 if name == "00000.tar" else 12)
+    for path in out.glob("*.tar"):  # and no other under a final name is partial (a worker may have been writing)
+        with tarfile.open(path) as tar:
+            assert len(tar.getnames()) in (9, 12)
 
 
 def readme_library_example() -> str:

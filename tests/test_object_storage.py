@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import stalling
 from conftest import CREDENTIALS, write_ids
 
 pytest.importorskip("s3fs")
@@ -106,22 +106,18 @@ def test_a_killed_run_against_s3_resumes_to_the_same_output(s3, endpoint, make_s
     ids = upload(s3, tmp_path / "ids", "ids")
     run_cli("remove", "--duplicates", str(tmp_path / "ids"), str(tmp_path / "shards"), str(tmp_path / "local"))
 
-    out = f"s3://{s3.bucket}/out"
-    command = [sys.executable, "-m", "imagesieve.cli", "remove", "--quiet", "--workers", "1", "--storage-option",
-               f"endpoint_url={endpoint}", "--duplicates", ids, source, out]
+    out, state = f"s3://{s3.bucket}/out", tmp_path / "stall"
+    command = stalling.command(state, "done", 3, "imagesieve", "remove", "--quiet", "--workers", "1",
+                               "--storage-option", f"endpoint_url={endpoint}", "--duplicates", ids, source, out)
     proc = subprocess.Popen(command, env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not s3.glob(f"{s3.bucket}/out/_imagesieve/done/*.json") and time.monotonic() < deadline:
-            assert proc.poll() is None, "the run ended before its first shard was published"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
+        stalling.wait_for_stall(proc, state)  # the hook: stopped for good after its 3rd shard was published
     finally:
-        proc.kill()
-        proc.wait()
+        stalling.kill(proc)
+    assert proc.returncode == -signal.SIGKILL
     finished = len(s3.glob(f"{s3.bucket}/out/_imagesieve/done/*.json"))
-    assert 1 <= finished < 8 and s3.exists(f"{s3.bucket}/out/_imagesieve/lock")  # killed mid-way, lock left
+    assert finished == 3 and s3.exists(f"{s3.bucket}/out/_imagesieve/lock")  # killed mid-way, lock left
     # what a killed upload leaves (a temp key of ours) is cleaned; a user's look-alike is not
     s3.pipe_file(f"{s3.bucket}/out/.00007.tar.imagesieve-tmp-999999", b"half a shard")
     s3.pipe_file(f"{s3.bucket}/out/notes.tmp-final.txt", b"mine")
@@ -131,7 +127,7 @@ def test_a_killed_run_against_s3_resumes_to_the_same_output(s3, endpoint, make_s
 
     result = run_cli("remove", "--json", "--duplicates", ids, source, out, endpoint=endpoint)
     summary = json.loads(result.stdout)
-    assert summary["shards_skipped"] >= finished and summary["removed"] == 35
+    assert summary["shards_skipped"] == finished and summary["removed"] == 35
     assert shards_of(s3, out) == local_shards(tmp_path / "local")
     assert not s3.exists(f"{s3.bucket}/out/.00007.tar.imagesieve-tmp-999999")
     assert s3.cat_file(f"{s3.bucket}/out/notes.tmp-final.txt") == b"mine"

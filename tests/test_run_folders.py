@@ -131,10 +131,10 @@ def test_a_run_never_starts_inside_or_above_a_folder_that_another_run_writes(gl,
 
 def hold_lock(folder: Path, command: str) -> subprocess.Popen:
     """A process holding `folder`'s run lock until killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\n"
                                "from imagesieve.storage.runfolder import run_lock\n"
                                f"with run_lock({str(folder)!r}, {command!r}):\n    print('held', flush=True)\n"
-                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+                               "    sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 

@@ -362,10 +362,10 @@ def test_a_second_run_into_a_busy_output_folder_fails_at_once(dataset, tmp_path)
 def test_the_lock_of_a_killed_run_does_not_block_the_next(dataset, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\n"
                                "from imagesieve.storage.runfolder import run_lock\n"
                                f"with run_lock({str(out)!r}, 'remove'):\n    print('held', flush=True)\n"
-                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+                               "    sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     write_ids(tmp_path / "ids", ["copy-1"])
     with pytest.raises(OutputInUseError, match=f"pid {holder.pid}"):
