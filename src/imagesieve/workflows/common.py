@@ -13,7 +13,7 @@ from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
-from imagesieve.storage import absolute, makedirs
+from imagesieve.storage import absolute, makedirs, storage_for
 from imagesieve.storage.runfolder import removed_if_refused, run_lock
 from imagesieve.tasks import Task
 
@@ -61,4 +61,5 @@ def reader_for(units: list[InputUnit], storage_options: dict | None = None) -> P
     """The stage that reads these units: tar shards (local or on object storage) or image-folder chunks."""
     if units and units[0].is_folder_chunk:
         return ImageFolderReaderStage()
-    return ImageReaderStage(storage_options=storage_options)
+    sizes = [storage_for(unit.paths[0], storage_options).size(unit.paths[0]) for unit in units]
+    return ImageReaderStage(storage_options=storage_options, input_bytes=sum(sizes))

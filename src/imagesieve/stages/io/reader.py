@@ -46,7 +46,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
     name: str = "image_reader"
     storage_options: dict | None = field(default=None, repr=False)
     # lists this worker's shards, with tarfile until the compiled parser pays (`tar.read.ShardReader`)
-    _reader: ShardReader = field(default_factory=ShardReader, init=False, repr=False, compare=False)
+    input_bytes: int = 0  # the size of the run's shards, when known: a large run lists with the compiled parser
+    _reader: ShardReader | None = field(default=None, init=False, repr=False, compare=False)
 
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], []
@@ -87,6 +88,8 @@ class ImageReaderStage(ProcessingStage[FileGroupTask, ImageBatch]):
                     part: tuple[int, int] | None) -> ImageBatch:
         """Samples of the tar at `local` (the shard itself, or its spool file), named after `shard`; with
         `part`, only that part of them (`inputs.split_tail`), whose first row the batch records."""
+        if self._reader is None:
+            self._reader = ShardReader(self.input_bytes)
         table = read_table(local, self._reader)
         table.display_shard = shard
         missing = np.flatnonzero(table.image_member < 0)
