@@ -26,11 +26,11 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from evaluate import SPLIT_SEED, LabelledSet, photo_of, score, split, subset
 
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.near_search import popcount64
 from imagesieve.workflows.copy_find import CopyConfig, find_copies, is_copy
-from imagesieve.workflows.evaluate import SPLIT_SEED, LabelledSet, photo_of, score, split, subset
 from imagesieve.workflows.find import FindConfig, find_duplicates
 from imagesieve.workflows.sample_data import COPY_EASY, COPY_HARD, TRANSFORMS, distinct_images, encode, write_shard
 

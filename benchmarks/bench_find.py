@@ -35,11 +35,11 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+from evaluate import build_labelled_set, hash_set, held_out, pair_distances, score, split, subset
 from PIL import Image
 
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.matching.near_search import near_pairs
-from imagesieve.workflows.evaluate import build_labelled_set, hash_set, held_out, pair_distances, score, split, subset
 from imagesieve.workflows.find import DEFAULT_THRESHOLDS, FindConfig, hash_shards
 from imagesieve.workflows.sample_data import load_photos, photo_crops, write_shard
 

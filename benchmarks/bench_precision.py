@@ -89,7 +89,8 @@ def mosaics(n: int, workers: int, rules: list[int | None]) -> None:
 
 
 def labelled(tile: int, rules: list[int | None]) -> None:
-    from imagesieve.workflows.evaluate import build_labelled_set
+    from evaluate import build_labelled_set
+
     from imagesieve.workflows.sample_data import COPY_HARD, HASH_TRANSFORMS
 
     ls = build_labelled_set(tuple(dict.fromkeys(HASH_TRANSFORMS + COPY_HARD)), tile)

@@ -314,8 +314,9 @@ def quality(args: argparse.Namespace) -> dict:
     choice), beside pHash at its default and the finder before issue 25 (48-pixel thumbnail at 224, eps
     0.05, embeddings alone). With several `--seeds`, the whole procedure runs on each split (the
     defaults are the first seed's choice; the others show how much the choice depends on the split)."""
+    from evaluate import SPLIT_SEED, build_labelled_set, hash_set, pair_distances, split
+
     from imagesieve.workflows import semantic_find as defaults
-    from imagesieve.workflows.evaluate import SPLIT_SEED, build_labelled_set, hash_set, pair_distances, split
 
     seeds = [SPLIT_SEED] if args.seeds is None else args.seeds
     labelled = build_labelled_set(tuple(dict.fromkeys((*EASY, *HARD))))

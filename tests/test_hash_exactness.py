@@ -9,13 +9,14 @@ from functools import cache
 import imagehash
 import numpy as np
 import pytest
+from brute_force import brute_force_pairs
 from conftest import encode, photo_tiles
 from PIL import Image, ImageOps
 
 from imagesieve.images.decode import ImageDecodeError
 from imagesieve.matching import hash_kernels
 from imagesieve.matching.hashes import DRAFT_SIZE, PERCEPTUAL, hash_image, hash_images, pack_bits
-from imagesieve.matching.near_search import brute_force_pairs, near_pairs
+from imagesieve.matching.near_search import near_pairs
 from imagesieve.stages.hashing import hash_stage
 from imagesieve.stages.hashing.hash_stage import ImageHashStage
 from imagesieve.stages.io.reader import ImageReaderStage

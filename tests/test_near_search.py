@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from brute_force import brute_force_pairs
 from conftest import encode, photo_tiles
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from PIL import Image
 
 import imagesieve.matching.near_search as ns
 from imagesieve.matching.hashes import hash_image
-from imagesieve.matching.near_search import brute_force_pairs, near_pairs
+from imagesieve.matching.near_search import near_pairs
 
 
 @pytest.fixture(autouse=True)

@@ -150,9 +150,10 @@ def test_find_on_ray_equals_local(cluster, dataset, tmp_path):
 
 def test_search_blocks_run_as_ray_tasks_with_the_local_result(cluster):
     import numpy as np
+    from brute_force import brute_force_pairs
 
     from imagesieve.executors.ray import RayExecutor
-    from imagesieve.matching.near_search import brute_force_pairs, near_pairs
+    from imagesieve.matching.near_search import near_pairs
 
     codes = np.random.default_rng(3).integers(0, 2**64 - 1, size=3000, dtype=np.uint64)
     codes = np.concatenate([codes, codes[:300] ^ np.uint64(0b1011)])

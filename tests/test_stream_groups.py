@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from brute_force import brute_force_pairs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagesieve.matching.groups import best_of_components, group_stars
-from imagesieve.matching.near_search import brute_force_pairs, popcount64
+from imagesieve.matching.near_search import popcount64
 from imagesieve.matching.stream_groups import Confirm, chain_keepers, near_keepers, nearest_in, star_keepers
 
 

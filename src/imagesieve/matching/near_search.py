@@ -77,18 +77,6 @@ def flip_masks(width: int, radius: int) -> list[int]:
     return masks
 
 
-def brute_force_pairs(codes: np.ndarray, threshold: int, other: np.ndarray | None = None) -> set[tuple[int, int]]:
-    """Reference answer by comparing all pairs (tests only: O(n^2))."""
-    a = np.asarray(codes, dtype=np.uint64)
-    b = a if other is None else np.asarray(other, dtype=np.uint64)
-    dist = popcount64(a[:, None] ^ b[None, :])
-    i, j = np.nonzero(dist <= threshold)
-    if other is None:
-        keep = i < j
-        i, j = i[keep], j[keep]
-    return set(zip(i.tolist(), j.tolist(), strict=True))
-
-
 class _Buckets:
     """The hashes of one block, grouped by block value, with O(1) (table) or O(log n) lookup."""
 
