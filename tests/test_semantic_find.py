@@ -3,6 +3,7 @@ checked against the input, and find -> remove taking out mirrored copies that pH
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cache
 
@@ -267,3 +268,18 @@ def test_distinct_sky_and_brick_tiles_are_not_duplicates_while_their_copies_are(
                                                                    eps_hash_bits=64, confirm=192),
                   executor=LocalExecutor(num_workers=1))
     assert {i for i in removed_ids(before) if i.startswith("o")}
+
+
+def test_the_hash_settings_are_options_of_the_command_line(photos, tmp_path):
+    """Issue 25: the rule's hash settings (pHash pairs accepted within --hash-accept bits and --hash-eps, embedding
+    pairs within --eps-hash-bits, every pair under --confirm) reach the finder from the command line, and are
+    recorded; the embeddings alone (--hash-accept -1, any pHash, --confirm off) still find the mirrored copies."""
+    out = str(tmp_path / "loose")
+    assert main(["find", "--quiet", "--method", "semantic", "--flip", "--hash-accept", "-1", "--eps-hash-bits", "64",
+                 "--confirm", "off", "--hash-eps", "0.3", photos, out]) == 0
+    config = json.loads(open(os.path.join(out, "summary.json")).read())["config"]
+    assert (config["hash_accept"], config["eps_hash_bits"], config["confirm"], config["hash_eps"]) == (-1, 64, 192, 0.3)
+    assert removed_ids(out) == MIRRORED
+    with pytest.raises(SystemExit) as refused:
+        main(["find", "--method", "phash", "--eps-hash-bits", "20", photos, str(tmp_path / "wrong")])
+    assert refused.value.code == 2

@@ -33,7 +33,7 @@ def add_copy_args(find: argparse.ArgumentParser) -> None:
                             f"{DEFAULTS.features})")
     group.add_argument("--hash-accept", type=int, default=argparse.SUPPRESS,
                        help="pairs within this pHash distance are copies without keypoint evidence "
-                            f"(default {DEFAULTS.hash_accept}; -1: never)")
+                            f"(default {DEFAULTS.hash_accept}; -1: never); --method semantic: see --hash-eps")
 
 
 def copy_config(args: argparse.Namespace) -> CopyConfig:

@@ -18,14 +18,16 @@ PERCEPTUAL = HASHES - {"exact"}  # exact copies have no distance: no threshold, 
 # options that mean something to some methods only (parsed with no default: present only when given)
 METHOD_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
     "threshold": (PERCEPTUAL, None), "chaining": (PERCEPTUAL, False), "reference": (HASHES, None),
-    "confirm": (frozenset({"phash"}), True),
+    "confirm": (frozenset({"phash", "semantic"}), True),
+    "hash_eps": (frozenset({"semantic"}), None), "eps_hash_bits": (frozenset({"semantic"}), None),
+    "hash_accept": (frozenset({"copy", "semantic"}), None),
     "exact_decode": (HASHES, False), "flip": (HASHES - {"exact"} | {"semantic"}, False),
     "eps": (frozenset({"semantic"}), None), "embeddings": (frozenset({"semantic"}), None),
     "embeddings_key": (frozenset({"semantic"}), None),
     "clusters": (frozenset(ALONE), None), "model": (frozenset(ALONE), "default"),
     "embedding_batch_size": (frozenset(ALONE), 32),
     **{name: (frozenset({"copy"}), None) for name in ("neighbours", "min_similarity", "hash_threshold", "min_inliers",
-                                                       "min_coverage", "min_agreement", "features", "hash_accept")},
+                                                       "min_coverage", "min_agreement", "features")},
 }
 
 

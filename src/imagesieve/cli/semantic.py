@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from imagesieve.workflows.semantic_find import DEFAULT_EPS, DEFAULT_EPS_FLIP, SemanticConfig
+from imagesieve.workflows.semantic_find import (
+    DEFAULT_CONFIRM,
+    DEFAULT_EPS,
+    DEFAULT_EPS_FLIP,
+    DEFAULT_EPS_HASH_BITS,
+    DEFAULT_HASH_ACCEPT,
+    DEFAULT_HASH_EPS,
+    MAX_CONFIRM,
+    SemanticConfig,
+)
 
 
 def add_semantic_args(find: argparse.ArgumentParser) -> None:
@@ -31,6 +40,14 @@ def add_semantic_args(find: argparse.ArgumentParser) -> None:
                        help="the ID column of a clip-retrieval folder's metadata (default key)")
     group.add_argument("--embedding-batch-size", type=int, default=argparse.SUPPRESS,
                        help="images per model call (default 32)")
+    group.add_argument("--hash-eps", type=float, default=argparse.SUPPRESS, metavar="D",
+                       help=f"with the default model: a pHash pair within --hash-accept bits (default "
+                            f"{DEFAULT_HASH_ACCEPT}; -1: embeddings alone) counts when its cosine distance is "
+                            f"within D too (default {DEFAULT_HASH_EPS})")
+    group.add_argument("--eps-hash-bits", type=int, default=argparse.SUPPRESS, metavar="BITS",
+                       help=f"with the default model: an embedding pair counts only when its pHash distance is "
+                            f"within BITS too (default {DEFAULT_EPS_HASH_BITS}; 64: any). Every pair but an exact "
+                            f"copy also passes --confirm (default {DEFAULT_CONFIRM} of 192 bits; off: any)")
 
 
 def semantic_config(args: argparse.Namespace) -> SemanticConfig:
@@ -41,7 +58,16 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
                           model=option(args, "model"), embeddings=option(args, "embeddings"),
                           embeddings_key=option(args, "embeddings_key"),
                           model_inference_batch_size=option(args, "embedding_batch_size"),
-                          on_error=args.on_error, json_fields=json_fields, flip=option(args, "flip"))
+                          on_error=args.on_error, json_fields=json_fields, flip=option(args, "flip"),
+                          hash_accept=option(args, "hash_accept"), hash_eps=option(args, "hash_eps"),
+                          eps_hash_bits=option(args, "eps_hash_bits"), confirm=_confirm_bits(args))
+
+
+def _confirm_bits(args: argparse.Namespace) -> int | None:
+    """--confirm for the semantic finder: a number of bits, `off` (every pair: all 192 bits), or its default."""
+    if not hasattr(args, "confirm"):
+        return None
+    return MAX_CONFIRM if args.confirm is False else args.confirm
 
 
 def cmd_find_semantic(args: argparse.Namespace, make_executor: Callable) -> int:
