@@ -95,3 +95,25 @@ class AddImageStage(ProcessingStage[ImageBatch, ImageBatch]):
 
         task.data.append(ImageObject(image_id=f"made-{task.task_id}", image_data=np.zeros((4, 4, 3), np.uint8)))
         return task
+
+
+@dataclass
+class RegroupStage(ProcessingStage[ImageBatch, ImageBatch]):
+    """Takes two batches at once and merges them into one ("merge") or moves an image from the first to the
+    second ("move"): images that leave their own shard's batch."""
+
+    how: str = "merge"
+    name: str = "regroup"
+    batch_size: int = 2
+
+    def process(self, task: ImageBatch) -> ImageBatch:
+        return task
+
+    def process_batch(self, tasks: list[ImageBatch]) -> list[ImageBatch]:
+        if len(tasks) < 2:
+            return tasks
+        if self.how == "merge":
+            tasks[0].data.extend(tasks[1].data)
+            return [tasks[0]]
+        tasks[1].data.append(tasks[0].data.pop(0))
+        return tasks

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import encode, photo_tiles, write_ids
-from stages_for_tests import AddImageStage
+from stages_for_tests import AddImageStage, RegroupStage
 
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
@@ -124,6 +124,21 @@ def test_a_stage_that_adds_an_image_is_refused_not_counted(shards, tmp_path):
         pipeline.run(ONE)
     assert isinstance(error.value, AccountingError) or "AccountingError" in str(error.value)
     assert not (tmp_path / "out" / "00000.tar").exists()
+
+
+@pytest.mark.parametrize("how", ["merge", "move"])
+def test_a_stage_that_moves_images_between_shards_batches_is_refused(make_shard, tmp_path, how):
+    """Sixth hostile pass: a stage with batch_size 2 that merged two shards' batches (or moved an image from one
+    to the other) balanced every count, and the writer put one shard's samples into another's output."""
+    for k in range(4):
+        make_shard(f"{k:05d}.tar", n=3, start=10 * k, folder="four")
+    pipeline = Pipeline("regroup", stages=[FilePartitioningStage(file_paths=str(tmp_path / "four")), ImageReaderStage(),
+                                           RegroupStage(how=how), ImageWriterStage(output_dir=str(tmp_path / "out"))])
+    with pytest.raises(Exception, match=r"00000.tar: its batch holds sample '00000010' read from .*00001.tar|"
+                                        r"00001.tar: its batch holds sample '00000000' read from .*00000.tar"):
+        pipeline.run(ONE)
+    written = {p.name: p for p in (tmp_path / "out").glob("*.tar")} if (tmp_path / "out").exists() else {}
+    assert "00001.tar" not in written  # never a shard's output holding another's samples
 
 
 def test_output_files_keep_the_permission_bits_of_their_source(make_shard, tmp_path):

@@ -64,6 +64,18 @@ def in_shard_order(kept: list[MemberRef], loose: list[MemberRef]) -> list[Member
 INDEX_SCHEMA = pa.schema([("key", pa.string()), ("members", pa.list_(pa.string())), ("sizes", pa.list_(pa.int64()))])
 
 
+def refuse_moved_images(images: list, table: ShardTable) -> None:
+    """A batch is written to its own shard's output: an image read from another shard (a stage with a
+    `batch_size` that merged batches, or moved an image from one to another) would land in the wrong
+    output and leave its own shard short, with every count still balanced. Refused, naming both shards."""
+    for image in images:
+        source = image.__dict__.get("_source")
+        if source is not None and source[0] is not table and getattr(source[0], "shard", None) != table.shard:
+            raise AccountingError(f"{table.shard}: its batch holds sample {image.image_id!r} read from "
+                                  f"{source[0].shard}; a stage moved images between batches, which would write "
+                                  "a sample into another shard's output: a stage returns each batch's own images")
+
+
 def kept_rows(task: ImageBatch, table: ShardTable | None) -> np.ndarray | None:
     """The table rows of the batch's images when every one still has the members read from `table` and
     they are in shard order: then the output is copied as byte ranges of the table, with no per-member
@@ -199,6 +211,8 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         options = self.storage_options
         self.refuse_overwriting(shard, out_path)
         table = task._metadata.get("shard_table")
+        if table is not None and task.lazy_rows is None:
+            refuse_moved_images(task.data, table)
         rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
         mirror_folders(out_path, shard, relative)
