@@ -225,3 +225,22 @@ def test_a_report_never_replaces_a_users_file_named_report(gl, tmp_path):
     assert proc.returncode != 0
     assert "report exists and is not a folder" in proc.stderr and "Traceback" not in proc.stderr
     assert (found / "report").read_text() == "my notes"
+
+
+def test_file_urls_are_local_paths_and_a_one_slash_url_is_refused(gl, tmp_path, monkeypatch):
+    """Sixth hostile pass: `file:///abs/out` made a folder named `file:` in the current one (and crashed), and
+    `file:/abs/out` or `memory:/x` (one slash) wrote there silently. `file://` is a local path, as the README
+    says, from the command line and the library; a one-slash URL is refused, saying how to write it."""
+    monkeypatch.chdir(tmp_path)
+    shards = gl / "s" / "shards"
+    summary = find_duplicates(f"file://{shards}", f"file://{tmp_path / 'found'}", FindConfig(method="exact"),
+                              executor=ONE)
+    assert summary.images == 9 and (tmp_path / "found" / "summary.json").exists()
+    proc = subprocess.run([sys.executable, "-m", "imagesieve", "dedup", "--quiet", f"file://{shards}",
+                           f"file://{tmp_path / 'dd'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "dd" / "shards" / "00000.tar").exists()
+    for one_slash in (f"file:{tmp_path / 'x'}", "memory:/x"):
+        with pytest.raises(ValueError, match="reads as a local folder named '(file|memory):'"):
+            find_duplicates(str(shards), one_slash, FindConfig(method="exact"), executor=ONE)
+    assert not (tmp_path / "file:").exists() and not (tmp_path / "memory:").exists()

@@ -216,6 +216,22 @@ def interrupted(message: str) -> int:
     return 130
 
 
+PATH_ARGUMENTS = ("input", "output", "duplicates", "reference", "embeddings", "model", "removed_path", "cache_dir",
+                  "run_dir")
+
+
+def given_paths(args: argparse.Namespace) -> None:
+    """Every path argument as the code reads it (`storage.as_given`: `file://` URLs made local paths)."""
+    from imagesieve.storage import as_given
+
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, as_given(value))
+        elif isinstance(value, list):
+            setattr(args, name, [as_given(v) for v in value])
+
+
 def main(argv: list[str] | None = None) -> int:
     one_blas_thread()
     try:
@@ -227,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return interrupted("imagesieve: interrupted")
     try:
+        given_paths(args)
         return args.func(args)
     except KeyboardInterrupt:
         return interrupted("imagesieve: interrupted; finished shards are kept, rerun to resume")

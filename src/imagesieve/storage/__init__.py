@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from typing import TYPE_CHECKING
 
 from imagesieve.storage.local import LocalStorage, local_path
@@ -35,6 +36,22 @@ def is_remote(path: str) -> bool:
 def join(base: str, *parts: str) -> str:
     """Join path parts with "/" for URLs, the OS separator for local paths."""
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+_ONE_SLASH_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/(?!/)")
+
+
+def as_given(path: str) -> str:
+    """A path as the user gave it, made what the rest of the code reads: a `file://` URL is its local path;
+    a URL with one slash after its scheme (`file:/x`, `memory:/x`), which would be taken for a local folder
+    named `file:` in the current one, is refused, saying how to write it."""
+    if path.startswith("file://"):
+        return local_path(path)
+    if _ONE_SLASH_URL.match(path) and not os.path.exists(path):
+        scheme, rest = path.split(":", 1)
+        raise ValueError(f"{path!r} reads as a local folder named '{scheme}:' in the current one: write "
+                         f"{scheme}://{rest} for a URL, or ./{path} for a local folder")
+    return path
 
 
 def absolute(path: str) -> str:

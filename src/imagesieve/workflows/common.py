@@ -13,7 +13,7 @@ from imagesieve.progress import ShardProgress
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.folder import ImageFolderReaderStage
 from imagesieve.stages.io.reader import ImageReaderStage
-from imagesieve.storage import absolute, makedirs, storage_for
+from imagesieve.storage import absolute, as_given, makedirs, storage_for
 from imagesieve.storage.runfolder import removed_if_refused, run_lock
 from imagesieve.tasks import Task
 
@@ -24,6 +24,11 @@ def absolute_paths(paths: str | list[str]) -> list[str]:
     """Input paths as absolute paths (URLs as they are), so that a run folder can be read (and resumed)
     from anywhere."""
     return [absolute(p) for p in ([paths] if isinstance(paths, str) else paths)]
+
+
+def given_paths(paths: str | list[str]) -> str | list[str]:
+    """`storage.as_given` of one input path or of each of a list: `file://` URLs as local paths."""
+    return as_given(paths) if isinstance(paths, str) else [as_given(p) for p in paths]
 
 
 def run_in_locked_folder(input_path: str | list[str], output_dir: str, command: str, run: Callable[[], T],

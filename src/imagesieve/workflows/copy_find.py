@@ -49,9 +49,10 @@ from imagesieve.progress import phase
 from imagesieve.stages.copy import ImageKeypointStage
 from imagesieve.stages.hashing import HashWriterStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path
+from imagesieve.storage import as_given
 from imagesieve.storage.runfolder import WORK_DIR, remove_stale_temp_files, write_parquet_atomic
 from imagesieve.tar.names import IMAGE_RULE
-from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
+from imagesieve.workflows.common import absolute_paths, given_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     MAX_THRESHOLD,
     FindConfig,
@@ -137,6 +138,7 @@ class CopySummary:
 def find_copies(input_path: str | list[str], output_dir: str, config: CopyConfig = CopyConfig(),
                 executor: BaseExecutor | None = None, progress: bool = False) -> CopySummary:
     """Hash, embed and extract keypoints; search candidates; verify; write duplicates/ and groups/."""
+    input_path, output_dir = given_paths(input_path), as_given(output_dir)
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_copies_in_locked_folder(
         input_path, output_dir, config, executor, progress), config=config)
 

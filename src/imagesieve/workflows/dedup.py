@@ -25,9 +25,9 @@ from imagesieve.pipeline.inputs import check_cache_apart, check_input_first, inp
 from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
-from imagesieve.storage import is_link, join, makedirs, storage_for
+from imagesieve.storage import as_given, is_link, join, makedirs, storage_for
 from imagesieve.storage.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
-from imagesieve.workflows.common import sources_read
+from imagesieve.workflows.common import given_paths, sources_read
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
 from imagesieve.workflows.previous_outputs import discard_units, recorded_units
@@ -71,6 +71,7 @@ def dedup(input_path: str | list[str], output_dir: str,
           storage_options: dict | None = None) -> DedupSummary:
     """Find the duplicates of `input_path`, copy its shards without them, and write the report.
     Input and output may be URLs (`s3://...`), reached with `storage_options`."""
+    input_path, output_dir = given_paths(input_path), as_given(output_dir)
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     check_input_first(input_path, output_dir, storage_options, sources_read(config))

@@ -29,13 +29,13 @@ from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_uni
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
-from imagesieve.storage import canonical, file_identity, join, read_schema, read_table, storage_for
+from imagesieve.storage import as_given, canonical, file_identity, join, read_schema, read_table, storage_for
 from imagesieve.storage.runfolder import (
     narrow_to_files,
     remove_stale_temp_files,
 )
 from imagesieve.tar.names import IMAGE_RULE
-from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
+from imagesieve.workflows.common import absolute_paths, given_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find_outputs import write_find_outputs
 
 METHODS = ("exact", "phash", "dhash", "ahash", "whash")
@@ -204,6 +204,7 @@ def find_duplicates(input_path: str | list[str], output_dir: str, config: FindCo
                     progress: bool = False, storage_options: dict | None = None) -> FindSummary:
     """Hash, search and group; write the duplicate list and the groups (see module docstring).
     INPUT, `reference` and `output_dir` may be URLs (`s3://...`), reached with `storage_options`."""
+    input_path, output_dir = given_paths(input_path), as_given(output_dir)
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_in_locked_folder(
         input_path, output_dir, config, reference, executor, progress, storage_options), storage_options)
 

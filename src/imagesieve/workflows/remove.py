@@ -26,6 +26,7 @@ from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import (
+    as_given,
     join,
     on_local_file_system,
     read_table,
@@ -49,7 +50,7 @@ from imagesieve.storage.runfolder import (
     write_parquet_atomic,
 )
 from imagesieve.tar.read import iter_samples
-from imagesieve.workflows.common import absolute_paths, reader_for, run_on_units
+from imagesieve.workflows.common import absolute_paths, given_paths, reader_for, run_on_units
 from imagesieve.workflows.id_lists import check_curator_stems, check_ids_match, resolve_id_scheme
 from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
 
@@ -124,6 +125,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     one is then a step: `runfolder.check_apart`). Outputs of
     shards that have left the input since an earlier run are deleted (only what its records name).
     Input, IDs and output may be URLs (`s3://...`), reached with `storage_options`."""
+    input_path, output_dir, duplicates_dir = given_paths(input_path), as_given(output_dir), as_given(duplicates_dir)
     started = time.monotonic()
     so = storage_options
     check_sources_apart(output_dir, {"ID folder": duplicates_dir}, so)

@@ -36,10 +36,10 @@ from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, i
 from imagesieve.stages.embedding.embedding_writer import embedding_table_path, is_current
 from imagesieve.stages.embedding.onnx_model import DEFAULT_MODEL, OPEN_NSFW, check_model, model_identity
 from imagesieve.stages.sample_fields import check_on_error
-from imagesieve.storage import on_local_file_system
+from imagesieve.storage import as_given, on_local_file_system
 from imagesieve.storage.runfolder import narrow_to_files, remove_stale_temp_files
 from imagesieve.tar.read import ShardReader, iter_samples
-from imagesieve.workflows.common import absolute_paths, reader_for, run_in_locked_folder, run_on_units
+from imagesieve.workflows.common import absolute_paths, given_paths, reader_for, run_in_locked_folder, run_on_units
 from imagesieve.workflows.find import (
     CONFIRMED_BY,
     MAX_THRESHOLD,
@@ -185,6 +185,7 @@ def refuse_object_storage(input_path: str | list[str], output_dir: str, method: 
 def find_semantic(input_path: str | list[str], output_dir: str, config: SemanticConfig = SemanticConfig(),
                   executor: BaseExecutor | None = None, progress: bool = False) -> SemanticSummary:
     """Embed (or read embeddings), cluster, compare, write duplicates/ and groups/."""
+    input_path, output_dir = given_paths(input_path), as_given(output_dir)
     refuse_object_storage(input_path, output_dir)
     return run_in_locked_folder(input_path, output_dir, "find", lambda: find_semantic_in_locked_folder(
         input_path, output_dir, config, executor, progress), config=config)
