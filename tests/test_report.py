@@ -341,6 +341,7 @@ def test_a_run_without_summary_says_so(tmp_path):
     os.remove(os.path.join(run, "summary.json"))
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         write_report(run, executor=ONE)
+    assert not os.path.exists(os.path.join(run, "report"))  # (sixth pass: its mark was made before the refusal)
 
 
 def test_one_huge_group_does_not_take_every_thumbnail():

@@ -95,9 +95,9 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
     if not os.path.isfile(os.path.join(out_dir, "data", "meta.js")) and not os.path.isfile(mark):
         refuse_foreign_files(out_dir, ours=(), who="no imagesieve report wrote",
                              advice="pass another report folder, or empty it")
+    data = load_report_data(run_dir, max_groups)  # (a folder that is no run's is refused here, nothing made)
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomic("an imagesieve report folder: its files are rewritten or deleted by the next report\n", mark)
-    data = load_report_data(run_dir, max_groups)
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
     shown = _thumbnails(data, rows, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor(),
