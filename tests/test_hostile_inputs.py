@@ -15,6 +15,7 @@ from stages_for_tests import AddImageStage, RegroupStage
 from imagesieve.cli import main
 from imagesieve.executors.local import LocalExecutor
 from imagesieve.pipeline import Pipeline
+from imagesieve.report import write_report
 from imagesieve.stages.io import FilePartitioningStage, ImageReaderStage, ImageWriterStage
 from imagesieve.tasks import AccountingError
 from imagesieve.workflows.dedup import dedup
@@ -536,3 +537,24 @@ def test_what_a_run_derives_from_private_shards_is_closed_to_others(shards, tmp_
         assert (tmp_path / "private" / "report" / "index.html").exists()
     finally:
         os.umask(old)
+
+
+def test_an_empty_records_folder_or_a_damaged_table_of_our_own_loses_nothing(shards, tmp_path):
+    """Sixth hostile pass: an empty folder named `_imagesieve` made its whole subtree be taken for an earlier run
+    and left out (100 samples in neither output nor removed list); a 0-byte hash table of our own (a power cut)
+    failed every rerun with an error naming no file."""
+    part = next(p for p in shards.iterdir() if p.is_dir())
+    (part / "_imagesieve").mkdir()
+    shard_files = list(shards.rglob("*.tar"))
+    first = dedup(str(shards), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    written = list((tmp_path / "out" / "shards").rglob("*.tar"))
+    assert len(written) == len(shard_files)  # nothing left out for an empty folder of that name
+
+    table = next((tmp_path / "out" / "hashes").rglob("*.parquet"))
+    table.write_bytes(b"")
+    again = dedup(str(shards), str(tmp_path / "out"), FindConfig(), executor=ONE)
+    assert (again.images, again.removed) == (first.images, first.removed) and table.stat().st_size > 0
+    groups = next((tmp_path / "out" / "groups").glob("*.parquet"))
+    groups.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"part-00000.parquet: cannot be read"):
+        write_report(str(tmp_path / "out"), executor=ONE)

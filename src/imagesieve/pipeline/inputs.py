@@ -201,7 +201,8 @@ def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output
 
 def input_roots(input_path: str | list[str]) -> list[str]:
     """The folders (or single files) an input covers: a folder or file itself, the fixed part of a glob or
-    brace pattern (`data/**/*.tar` -> `data`), each line of a list file."""
+    brace pattern (`data/**/*.tar` -> `data`), each line of a list file and the folder its local lines share
+    (as a glob's fixed part: `data/00000.tar`, `data/00001.tar` listed cover `data`)."""
     roots = []
     for spec in [input_path] if isinstance(input_path, str) else input_path:
         spec = local_path(spec)
@@ -209,7 +210,11 @@ def input_roots(input_path: str | list[str]) -> list[str]:
             folder = os.path.dirname(spec)
             with open(spec, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-            roots += input_roots([listed_path(line, folder) for line in lines])
+            listed = [listed_path(line, folder) for line in lines]
+            roots += input_roots(listed)
+            local = [os.path.abspath(p) for p in listed if local_file(p)]
+            if local:
+                roots.append(os.path.commonpath([os.path.dirname(p) for p in local]))
         elif any(c in spec for c in "*?[{"):
             sep = separator(spec)
             fixed = []
@@ -260,6 +265,13 @@ def folder_units(root: str, files: list[str], chunk: int = FOLDER_CHUNK) -> list
 def other_files(root: str) -> list[str]:
     """Files of an image folder that are not images (captions, notes), relative to it."""
     return sorted(os.path.relpath(p, root) for p in dataset_files(root) if not is_image(p))
+
+
+def input_files_and_folders(units: list[InputUnit]) -> list[str]:
+    """Every file of the units and the folders holding them: whom OUT must be closed to
+    (`runfolder.narrow_to_files`: a 0700 input folder guards its 0644 shards)."""
+    files = [path for unit in units for path in unit.paths]
+    return files + sorted({os.path.dirname(os.path.abspath(p)) for p in files if "://" not in p})
 
 
 def dataset_files(folder: str) -> list[str]:

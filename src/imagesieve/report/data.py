@@ -51,8 +51,13 @@ def read_table_dir(folder: str, columns: list[str] | None = None) -> pa.Table | 
     files = parquet_files(folder)
     if not files:
         return None
-    tables = [pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names] if columns else None)
-              for f in files]
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names]
+                                        if columns else None))
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"{f}: cannot be read ({exc}); run the find or dedup again to rewrite it") from None
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -86,8 +86,18 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
 
 
 def holds_run(folder: str, storage_options: dict | None = None) -> bool:
-    """Whether `folder` is an imagesieve run's folder (it holds `_imagesieve/`): see `run_folder_on_the_way`."""
-    return storage_for(folder, storage_options).isdir(join(folder, WORK_DIR))
+    """Whether `folder` is an imagesieve run's folder (it holds `_imagesieve/` with a record in it: a run takes
+    its lock there first; an empty folder of that name, anyone's, holds no run): see `run_folder_on_the_way`."""
+    records = join(folder, WORK_DIR)
+    store = storage_for(folder, storage_options)
+    if not store.isdir(records):
+        return False
+    if store.remote:  # (a prefix exists only with an object under it)
+        return True
+    try:
+        return bool(store.list_folder(records))
+    except OSError:
+        return True
 
 
 def walk_own(folder: str, nested: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:

@@ -9,6 +9,7 @@ OUT/summary.json               counts
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from imagesieve.matching.hashes import EXACT, PERCEPTUAL
 from imagesieve.matching.keep import keep_policy
 from imagesieve.matching.near_search import popcount64
 from imagesieve.matching.stream_groups import Confirm, near_keepers, nearest_in
-from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_units
+from imagesieve.pipeline.inputs import InputUnit, check_input_outside, input_files_and_folders, input_units
 from imagesieve.progress import phase
 from imagesieve.stages.hashing import HashWriterStage, ImageHashStage
 from imagesieve.stages.hashing.hash_writer import hash_table_path, schema_provenance
@@ -129,7 +130,7 @@ def hash_shards(input_path: str | list[str], output_dir: str, hashes_dir: str, c
     from another version of the input or with other settings; returns the units (those under
     `output_dir` left out)."""
     units = input_units(input_path, output_dir, storage_options=storage_options)
-    narrow_to_files(output_dir, [path for unit in units for path in unit.paths])
+    narrow_to_files(output_dir, input_files_and_folders(units))
     needed = {*config.kinds, *(f"{k}_flip" for k in config.kinds if config.flip and k in PERCEPTUAL),
               *(f"json.{f}" for f in config.json_fields)}
     settings = {"exact_decode": config.exact_decode, "image_rule": IMAGE_RULE}  # (which member is the image)
@@ -147,7 +148,11 @@ def table_is_current(path: str, fingerprint: str, needed: set[str], settings: di
                      storage_options: dict | None = None) -> bool:
     if not storage_for(path, storage_options).exists(path):
         return False
-    schema = read_schema(path, storage_options)
+    try:
+        schema = read_schema(path, storage_options)
+    except (OSError, pa.ArrowException):  # damaged (a 0-byte file after a power cut): stale, hashed again
+        logging.getLogger(__name__).warning("%s: unreadable, the shard is hashed again", path)
+        return False
     provenance = schema_provenance(schema)
     return (provenance.get("shard_fingerprint") == fingerprint
             and all(provenance.get(k) == v for k, v in settings.items())

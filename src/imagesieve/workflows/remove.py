@@ -18,6 +18,7 @@ from imagesieve.pipeline.inputs import (
     check_cache_apart,
     check_removed_path,
     check_sources_apart,
+    input_files_and_folders,
     input_units,
     other_files,
 )
@@ -153,7 +154,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
         check_output_dir(output_dir)
         with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
             remove_stale_temp_files(output_dir, so)
-            narrow_to_files(exclude or output_dir, [path for unit in units for path in unit.paths])
+            narrow_to_files(exclude or output_dir, input_files_and_folders(units))
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config()}

@@ -29,7 +29,7 @@ from imagesieve.matching.embeddings_io import (
     parquet_columns,
 )
 from imagesieve.matching.keep import keep_policy
-from imagesieve.pipeline.inputs import InputUnit, input_units
+from imagesieve.pipeline.inputs import InputUnit, input_files_and_folders, input_units
 from imagesieve.progress import phase
 from imagesieve.stages.embedding import EmbeddingWriterStage, ImageEmbeddingStage
 from imagesieve.stages.embedding.clip_model import clip_folder, clip_identity, is_clip_folder
@@ -197,7 +197,7 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
     refuse_object_storage(input_path, output_dir)
     executor = executor or LocalExecutor()
     shards = input_units(input_path, output_dir)  # refuses an input inside the output, before the cleanup
-    narrow_to_files(output_dir, [path for unit in shards for path in unit.paths])
+    narrow_to_files(output_dir, input_files_and_folders(shards))
     remove_stale_temp_files(output_dir)
     hash_pairs = None
     if config.embeddings is None:
