@@ -201,8 +201,7 @@ def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output
 
 def input_roots(input_path: str | list[str]) -> list[str]:
     """The folders (or single files) an input covers: a folder or file itself, the fixed part of a glob or
-    brace pattern (`data/**/*.tar` -> `data`), each line of a list file and the folder its local lines share
-    (as a glob's fixed part: `data/00000.tar`, `data/00001.tar` listed cover `data`)."""
+    brace pattern (`data/**/*.tar` -> `data`), each line of a list file."""
     roots = []
     for spec in [input_path] if isinstance(input_path, str) else input_path:
         spec = local_path(spec)
@@ -210,11 +209,7 @@ def input_roots(input_path: str | list[str]) -> list[str]:
             folder = os.path.dirname(spec)
             with open(spec, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-            listed = [listed_path(line, folder) for line in lines]
-            roots += input_roots(listed)
-            local = [os.path.abspath(p) for p in listed if local_file(p)]
-            if local:
-                roots.append(os.path.commonpath([os.path.dirname(p) for p in local]))
+            roots += input_roots([listed_path(line, folder) for line in lines])
         elif any(c in spec for c in "*?[{"):
             sep = separator(spec)
             fixed = []
