@@ -259,6 +259,21 @@ def test_a_rebuild_after_fewer_groups_drops_the_stale_pages(tmp_path):
     assert len(page_data(str(run / "report"))) == 100 and len(id_index(str(run / "report"))) == 200
 
 
+def test_a_rebuild_deletes_only_what_a_build_wrote_never_a_users_file_named_like_it(tmp_path):
+    """Sixth hostile pass: pruning went by name, so a user's report/thumbs/<hex>.jpg or data/f0/00099.js was
+    deleted by the next build. It now deletes only what earlier builds recorded, stale pages still included."""
+    run = tmp_path / "run"
+    synthetic_run(str(run), 2000)
+    write_report(str(run), executor=ONE)
+    users = [run / "report" / "data" / "f0" / "00099.js", run / "report" / "data" / "f7" / "00000.js"]
+    for path in users:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("// mine")
+    write_report(str(run), executor=ONE, max_groups=100)
+    assert sorted(os.listdir(run / "report" / "data" / "f0")) == ["00000.js", "00099.js"]  # ours pruned
+    assert all(path.read_text() == "// mine" for path in users)
+
+
 def test_an_image_changed_under_the_same_key_gets_a_new_thumbnail(tmp_path):
     run = run_of_pairs(tmp_path, 3)
     report = os.path.dirname(write_report(run, executor=ONE))

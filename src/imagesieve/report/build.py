@@ -13,6 +13,7 @@ paged as Arrow columns. A rebuild deletes the files of the earlier build that it
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -97,7 +98,9 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
                              advice="pass another report folder, or empty it")
     data = load_report_data(run_dir, max_groups)  # (a folder that is no run's is refused here, nothing made)
     os.makedirs(out_dir, exist_ok=True)
-    write_text_atomic("an imagesieve report folder: its files are rewritten or deleted by the next report\n", mark)
+    previous = _files_of(mark)
+    if previous is None or not os.path.isfile(mark):
+        _record_files(mark, previous or set())
     filters = _filters(data)
     rows = thumbnail_rows(data.starts, _first_pages(filters, data.groups), max_thumbnails)
     shown = _thumbnails(data, rows, os.path.join(out_dir, "thumbs"), size, executor or LocalExecutor(),
@@ -123,7 +126,23 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
     write_text_atomic(render_index(_title(data.summary), headline(data.summary, removal), data.histograms,
                                    _note(data.groups, len(rows), data.members.num_rows, removal, removed_list)),
                       os.path.join(out_dir, "index.html"))
-    prune_report(out_dir, written)
+    _record_files(mark, (previous or set()) | written)  # (a build killed before this leaves its files unrecorded)
+    prune_report(out_dir, written, previous)
+    _record_files(mark, written)
+
+
+def _files_of(mark: str) -> set[str] | None:
+    """The files earlier builds recorded in the report folder's mark: what a rebuild may delete. None for
+    a folder marked without a list (or by a version before the mark: its files are known by name alone)."""
+    try:
+        with open(mark, encoding="utf-8") as f:
+            return set(json.load(f)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _record_files(mark: str, files: set[str]) -> None:
+    write_text_atomic(json.dumps({"written_by": "imagesieve report", "files": sorted(files)}) + "\n", mark)
 
 
 def _filters(data: ReportData) -> dict[str, np.ndarray]:

@@ -19,17 +19,19 @@ DATA_DIR = re.compile(r"^(?:f\d+|ids)$")
 THUMB = re.compile(r"^[0-9a-f]{16}(?:[0-9a-f]{16})?\.jpg$")  # this digest, and the 16-digit one of earlier versions
 
 
-def prune_report(out_dir: str, written: set[str]) -> list[str]:
+def prune_report(out_dir: str, written: set[str], ours: set[str] | None = None) -> list[str]:
     """Delete the report's own files under out_dir whose relative path (with "/") is not in `written`;
-    returns the paths deleted. Folders of pages left empty are removed too."""
+    returns the paths deleted. `ours`: the files earlier builds recorded, the only ones deleted (a user's
+    file named like a page or a thumbnail is not ours); None for a report made before such records. Folders
+    of pages left empty are removed too."""
     deleted = []
     for folder in _own_dirs(os.path.join(out_dir, "data"), DATA_DIR):
-        deleted += _prune_files(out_dir, folder, PAGE, written)
+        deleted += _prune_files(out_dir, folder, PAGE, written, ours)
         with contextlib.suppress(OSError):
             os.rmdir(folder)  # only succeeds when nothing is left in it
     thumbs = os.path.join(out_dir, "thumbs")
     if _is_real_dir(thumbs):
-        deleted += _prune_files(out_dir, thumbs, THUMB, written)
+        deleted += _prune_files(out_dir, thumbs, THUMB, written, ours)
     return deleted
 
 
@@ -47,12 +49,14 @@ def _own_dirs(parent: str, pattern: re.Pattern) -> list[str]:
         return sorted(e.path for e in entries if pattern.match(e.name) and e.is_dir(follow_symlinks=False))
 
 
-def _prune_files(out_dir: str, folder: str, pattern: re.Pattern, written: set[str]) -> list[str]:
+def _prune_files(out_dir: str, folder: str, pattern: re.Pattern, written: set[str], ours: set[str] | None
+                 ) -> list[str]:
     deleted = []
     with os.scandir(folder) as entries:
         for entry in entries:
             rel = os.path.relpath(entry.path, out_dir).replace(os.sep, "/")
-            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and rel not in written:
+            mine = ours is None or rel in ours
+            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and rel not in written and mine:
                 os.remove(entry.path)
                 deleted.append(entry.path)
     return sorted(deleted)
