@@ -558,3 +558,14 @@ def test_an_empty_records_folder_or_a_damaged_table_of_our_own_loses_nothing(sha
     groups.write_bytes(b"")
     with pytest.raises(ValueError, match=r"part-00000.parquet: cannot be read"):
         write_report(str(tmp_path / "out"), executor=ONE)
+
+
+def test_a_file_where_a_folder_belongs_is_refused_before_any_work(shards, tmp_path):
+    """Sixth hostile pass: OUT naming an existing file gave a raw errno, and a --cache-dir naming a file failed
+    only after the whole find phase (hashes, groups and summary written)."""
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(ValueError, match="a-file exists and is a file"):
+        dedup(str(shards), str(tmp_path / "a-file"), FindConfig(), executor=ONE)
+    with pytest.raises(ValueError, match="the cache folder .*a-file exists and is not a folder"):
+        dedup(str(shards), str(tmp_path / "out"), FindConfig(), executor=ONE, cache_dir=str(tmp_path / "a-file"))
+    assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"

@@ -193,6 +193,9 @@ def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output
     files would be written into a dataset and listed as input, nor inside OUT, whose next run would take
     them for files no run wrote: refused before anything is made, the cache included."""
     cache = cache_dir or default_cache_dir()
+    if os.path.lexists(cache) and not os.path.isdir(cache):
+        raise ValueError(f"the cache folder {cache} exists and is not a folder: pass a --cache-dir that is a folder "
+                         "(or a path to make one)")
     for folder, what in [*((root, "input") for root in input_roots(input_path)), (output_dir, "output folder")]:
         if is_under(cache, folder):
             raise ValueError(f"the cache folder {cache} lies inside the {what} {folder}: the ID index would be "
@@ -230,6 +233,9 @@ def check_input_first(input_path: str | list[str], output_dir: str, storage_opti
     shards or an image folder, not both), so that a refused run creates nothing. `reads`: what else
     the run reads, by what it is (`check_sources_apart`)."""
     check_sources_apart(output_dir, reads or {}, storage_options)
+    if local_file(output_dir):
+        raise ValueError(f"the output folder {output_dir} exists and is a file; imagesieve never replaces files it "
+                         "did not create: choose another path")
     for source in [input_path] if isinstance(input_path, str) else input_path:
         if not any(c in source for c in "*?[{") and missing_locally(source):  # (a URL is checked when listed)
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
