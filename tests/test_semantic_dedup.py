@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,3 +185,33 @@ def test_alone_the_workflow_never_writes_into_its_embeddings_nor_over_a_users_fi
     for _ in range(2):  # its own folder: rerun
         summary = SemanticDeduplicationWorkflow(str(emb), str(out), n_clusters=1, eps=0.1).run(INLINE)
     assert pq.read_table(out / "duplicates").column("id").to_pylist() == ["b"] and summary is not None
+
+
+def test_embeddings_of_a_shard_gone_from_the_input_decide_nothing(make_shard, tmp_path):
+    """Sixth hostile pass: the README's pipeline (EmbeddingWriterStage, then this workflow), rerun after a shard
+    left the input, still read that shard's table and removed the last copies of images as duplicates of images
+    no longer in the dataset. The writer records the shard each table is of; a table of a shard that is gone,
+    or is another version now, is refused, naming both."""
+    from imagesieve import ImageBatch, ImageObject
+    from imagesieve.stages.embedding import EmbeddingWriterStage
+
+    shards = [make_shard(f"{k:05d}.tar", n=2, start=10 * k, folder="in") for k in range(2)]
+    writer = EmbeddingWriterStage(embeddings_dir=str(tmp_path / "emb"))
+    vectors = unit([[1, 0, 0], [0, 1, 0], [1, 0.01, 0], [0, 0, 1]])
+    for k, shard in enumerate(shards):
+        images = [ImageObject(image_id=f"{10 * k + i:08d}", embedding=vectors[2 * k + i]) for i in range(2)]
+        writer.process(ImageBatch(dataset_name="in", data=images, task_id=f"{k:05d}.tar",
+                                  _metadata={"shard": shard, "relative_path": f"{k:05d}.tar"}))
+    workflow = SemanticDeduplicationWorkflow(input_path=str(tmp_path / "emb"), output_path=str(tmp_path / "o1"),
+                                             n_clusters=1, eps=0.1)
+    assert workflow.run(LocalExecutor(1)).duplicates == 1  # 00000010 is a near copy of 00000000
+    os.remove(shards[0])
+    with pytest.raises(ValueError, match=r"00000.tar.parquet: the embeddings of .*in/00000.tar, which is no longer"):
+        SemanticDeduplicationWorkflow(input_path=str(tmp_path / "emb"), output_path=str(tmp_path / "o2"),
+                                      n_clusters=1, eps=0.1).run(LocalExecutor(1))
+    with open(shards[1], "ab") as f:
+        f.write(bytes(1024))  # another version of the shard still in the input
+    os.remove(tmp_path / "emb" / "00000.tar.parquet")
+    with pytest.raises(ValueError, match=r"the embeddings of an earlier version of .*in/00001.tar"):
+        SemanticDeduplicationWorkflow(input_path=str(tmp_path / "emb"), output_path=str(tmp_path / "o3"),
+                                      n_clusters=1, eps=0.1).run(LocalExecutor(1))

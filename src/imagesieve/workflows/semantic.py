@@ -35,6 +35,7 @@ from imagesieve.matching.keep import CENTROID_SIMILARITY, keep_policy
 from imagesieve.matching.semantic import cluster_jobs, cluster_rows, resolve_no_chaining, similar_pairs
 from imagesieve.pipeline.inputs import check_input_outside
 from imagesieve.progress import phase
+from imagesieve.stages.embedding.embedding_writer import refuse_stale_tables
 from imagesieve.storage import on_local_file_system
 from imagesieve.storage.runfolder import (
     WORK_DIR,
@@ -223,6 +224,7 @@ class SemanticDeduplicationWorkflow:
         remove_stale_temp_files(self.output_path)
         memmap = os.path.join(self.cache_path, "embeddings.f32")
         sources = embedding_sources(self.input_path)
+        refuse_stale_tables(sources)
         with phase("read embeddings", progress):
             data = load_embeddings(sources, memmap, self.id_field or default_id_field(sources), self.embedding_field,
                                    (*self.keep.reads, *self.metadata_fields))

@@ -15,12 +15,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagesieve.stages.base import ProcessingStage
+from imagesieve.storage import absolute, storage_for
 from imagesieve.storage.runfolder import batch_relative_path, shard_fingerprint, write_parquet_atomic
 from imagesieve.tar.names import IMAGE_RULE
 from imagesieve.tar.table import check_source_unchanged
 from imagesieve.tasks import FileGroupTask, ImageBatch
 
 FINGERPRINT_KEY = b"imagesieve.shard_fingerprint"
+SOURCE_KEY = b"imagesieve.shard"  # the shard the table was made from: its embeddings are current while it is
+
+
+def refuse_stale_tables(paths: list, storage_options: dict | None = None) -> None:
+    """Embeddings of a shard that has left the input, or changed since, would keep images no longer in the
+    dataset and remove their only copies elsewhere: a table that names its shard (written by this stage)
+    is refused, naming both, when that shard is gone or is another version now."""
+    for path in paths:
+        if not isinstance(path, str) or not path.endswith(".parquet"):
+            continue
+        meta = pq.read_schema(path).metadata or {}
+        if SOURCE_KEY not in meta or FINGERPRINT_KEY not in meta:
+            continue
+        shard = meta[SOURCE_KEY].decode()
+        if not storage_for(shard, storage_options).exists(shard):
+            raise ValueError(f"{path}: the embeddings of {shard}, which is no longer there; delete this table (or "
+                             "embed again into an empty folder), so that images gone from the input decide nothing")
+        if meta[FINGERPRINT_KEY].decode().split("+")[0] != shard_fingerprint(shard, storage_options):
+            raise ValueError(f"{path}: the embeddings of an earlier version of {shard}; embed it again")
 MODEL_KEY = b"imagesieve.model"
 IMAGE_RULE_KEY = b"imagesieve.image_rule"  # which member of a sample was embedded (`names.IMAGE_RULE`)
 COLUMNS = {"id": pa.string(), "shard": pa.string(), "position": pa.int64(), "width": pa.int64(),
@@ -70,9 +90,10 @@ class EmbeddingWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         check_source_unchanged(task._metadata)  # the embeddings are of the version the table will name
         fingerprint = task._metadata.get("input_fingerprint") or (
             shard_fingerprint(task._metadata["shard"]) if "shard" in task._metadata else "")
+        source = {SOURCE_KEY: absolute(task._metadata["shard"]).encode()} if "shard" in task._metadata else {}
         table = table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint.encode(),
                                                MODEL_KEY: self.model_id.encode(),
-                                               IMAGE_RULE_KEY: str(IMAGE_RULE).encode()})
+                                               IMAGE_RULE_KEY: str(IMAGE_RULE).encode(), **source})
         path = embedding_table_path(self.embeddings_dir, relative)
         write_parquet_atomic(table, path)
         errors = sum(1 for image in task.data if "error" in image.metadata)
