@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import encode, photo_tiles, write_ids
@@ -225,6 +227,45 @@ def test_bad_arguments_are_refused_before_any_work_and_leave_no_output_folder(sh
     (tmp_path / "empty-ids").mkdir()
     assert main(["remove", "--duplicates", str(tmp_path / "empty-ids"), str(shards), str(tmp_path / "rm")]) == 1
     assert not (tmp_path / "sem").exists() and not (tmp_path / "rm").exists()
+
+
+@pytest.mark.parametrize("option", [["--ray-address", "127.0.0.1:6379"], ["--method", "semantic", "--embeddings-key",
+                                                                       "key"]])
+def test_an_option_that_needs_another_is_an_error(shards, tmp_path, capsys, option):
+    """Case 12: --ray-address without --executor ray ran on this machine; --embeddings-key without
+    --embeddings was accepted and ignored."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["find", *option, str(shards), str(tmp_path / "out")])
+    assert exit_.value.code == 2 and re.search(r"needs --executor ray|give --embeddings too", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_ray_cluster_is_refused_at_once_naming_it(shards, tmp_path, capsys):
+    """Case 10: --ray-address of a cluster that does not answer waited for minutes, deaf to SIGTERM."""
+    with socket.socket() as closed:  # a port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    assert main(["find", "--executor", "ray", "--ray-address", address, str(shards), str(tmp_path / "out")]) == 1
+    assert f"cannot reach the Ray cluster at {address}" in capsys.readouterr().err
+
+
+def test_more_clusters_than_embeddings_is_refused_before_any_work(tmp_path, capsys):
+    """Case 12: --clusters above the number of images was refused only after clustering work began."""
+    import webdataset as wds
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    ids = [f"{i:08d}" for i in range(5)]
+    with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as sink:
+        for key in ids:
+            sink.write({"__key__": key, "txt": key.encode()})
+    vectors = np.eye(5, 8, dtype=np.float32)
+    pq.write_table(pa.table({"id": ids, "embeddings": list(vectors)}), tmp_path / "emb.parquet")
+    out = tmp_path / "out"
+    assert main(["find", "--method", "semantic", "--embeddings", str(tmp_path / "emb.parquet"), "--clusters", "6",
+                 str(shards), str(out)]) == 1
+    assert "--clusters 6 is more than the 5 images with embeddings" in capsys.readouterr().err
+    assert not (out / "duplicates").exists()
 
 
 def test_the_workflows_the_readme_names_are_importable_from_the_package():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -342,6 +343,35 @@ def test_a_shard_replaced_by_one_of_the_same_size_and_time_is_redone(dataset, tm
     assert summary.shards_skipped == 1  # 00000.tar only
     with tarfile.open(out / "00001.tar") as tar:
         assert tar.extractfile("copy-0.txt").read() == bytes(data[offset:offset + tar.getmember("copy-0.txt").size])
+
+
+def _edit_caption(shard) -> None:
+    """Change one byte of a caption of `shard` in place (a new version of the input shard)."""
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember("copy-0.txt").offset_data
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0x20
+    shard.write_bytes(bytes(data))
+
+
+def test_an_output_a_user_replaced_is_never_overwritten_when_its_shard_is_redone(dataset, tmp_path):
+    """OUT/00001.tar edited by its user, then the input shard changes: the redo must not replace the
+    user's file (no record of ours names its version); a folder copied with its times (`cp -p`) still
+    resumes."""
+    write_ids(tmp_path / "ids", ["copy-1"])
+    out = tmp_path / "out"
+    remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    copied = tmp_path / "copied"
+    shutil.copytree(out, copied, copy_function=shutil.copy2)  # new inodes, same sizes and times
+    mine = b"the user's own bytes"
+    (out / "00001.tar").write_bytes(mine)
+    _edit_caption(dataset / "00001.tar")
+    with pytest.raises(ValueError, match=r"00001\.tar: this output file is not the one imagesieve wrote"):
+        remove_duplicates(str(dataset), str(out), str(tmp_path / "ids"), executor=ONE)
+    assert (out / "00001.tar").read_bytes() == mine
+    assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "_imagesieve", "removed.parquet", "summary.json"]
+    summary = remove_duplicates(str(dataset), str(copied), str(tmp_path / "ids"), executor=ONE)
+    assert (summary.shards_skipped, summary.removed) == (1, 1)
 
 
 # 5. two runs into one output folder

@@ -22,7 +22,10 @@ if TYPE_CHECKING:  # the command line imports the heavy modules only once it run
 
 
 def make_executor(args: argparse.Namespace) -> BaseExecutor:
-    if getattr(args, "executor", "local") == "ray":
+    if args.ray_address and args.executor != "ray":  # never a run on this machine when a cluster was named
+        print(f"imagesieve: --ray-address {args.ray_address} needs --executor ray", file=sys.stderr)
+        raise SystemExit(2)
+    if args.executor == "ray":
         from imagesieve.executors.ray import RayExecutor
 
         return RayExecutor(address=args.ray_address or os.environ.get("RAY_ADDRESS"), num_cpus=args.workers)

@@ -41,6 +41,10 @@ def check_method_options(args: argparse.Namespace) -> None:
     semantic` would run pHash and exit 0)."""
     wrong = [name for name, (methods, _) in METHOD_OPTIONS.items()
              if hasattr(args, name) and args.method not in methods]
+    if not wrong and hasattr(args, "embeddings_key") and not hasattr(args, "embeddings"):
+        print("imagesieve: --embeddings-key names a column of the --embeddings folder's metadata; give "
+              "--embeddings too", file=sys.stderr)
+        raise SystemExit(2)
     if wrong:
         flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
         owners = sorted({"/".join(METHODS) if METHOD_OPTIONS[name][0] == HASHES else m for name in wrong

@@ -13,6 +13,7 @@ message, plus the stage and shard (Ray's `RayTaskError` wrapper is removed).
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,8 @@ class RayExecutor(BaseExecutor):
                 # "local": never join a cluster someone else started with `ray start` (ray.init's default)
                 kwargs["address"] = "local"
                 reap_ray_sessions()
+            if self.address:
+                refuse_unreachable(self.address)
             ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, **kwargs)
         return ray
 
@@ -146,6 +149,22 @@ class RayExecutor(BaseExecutor):
 
         ray.get([setup_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                  .remote(stages, n["NodeID"]) for n in nodes])
+
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a named cluster's port before the run is refused
+
+
+def refuse_unreachable(address: str) -> None:
+    """A cluster address (`host:port`, `ray://host:port`) whose port does not answer is refused at once,
+    naming it: `ray.init` would wait for it for minutes, deaf to SIGTERM."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is it "
+                              "running, and is the address its head node's (ray status prints it)?") from None
 
 
 def actor_options(group: StageGroup, options: RayOptions) -> dict:

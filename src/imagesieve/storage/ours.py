@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage.local import file_fingerprint
 
 
 def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None,
@@ -32,3 +33,39 @@ def same_file(path: str, source: str | None) -> bool:
         return source is not None and os.path.samestat(os.stat(path), os.stat(source))
     except OSError:
         return False
+
+
+def local_version(path: str) -> str:
+    """The version of a local output file a record keeps (`local.file_fingerprint`)."""
+    return file_fingerprint(os.stat(path))
+
+
+def refuse_replacing_unknown(path: str, previous: dict | None, publishing: dict | None) -> None:
+    """Before a new output is renamed over local `path`: a file already there must be ours, the version
+    the done marker of an earlier run records (`output_version`; a marker of an earlier imagesieve only
+    its `output_size`), or the version a killed run was about to publish (`publishing`, recorded just
+    before its rename). A file a user put there or edited since is never replaced. Raises naming the file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if os.path.isfile(path) and not os.path.islink(path):
+        version = file_fingerprint(st)
+        if any(_same_write(version, r.get("output_version")) for r in (previous, publishing) if r):
+            return
+        if previous and "output_version" not in previous and previous.get("output_size") == st.st_size:
+            return
+    raise ValueError(f"{path}: this output file is not the one imagesieve wrote there (it was replaced or "
+                          "edited since, or no run recorded it), so it is not replaced; move it away and rerun")
+
+
+def _same_write(version: str, recorded: str | None) -> bool:
+    """Whether a file's version (size-mtime-inode) is the one recorded, or that write still: the same
+    modification time and size in another inode (the folder copied with `cp -p` or `rsync -a`), or in
+    the same inode with another size (its data lost to a power cut before it reached the disk). An edit
+    changes the modification time."""
+    if recorded is None:
+        return False
+    size, mtime, inode = version.split("-")
+    was_size, was_mtime, was_inode = recorded.split("-")
+    return mtime == was_mtime and (size == was_size or inode == was_inode)

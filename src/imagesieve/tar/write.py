@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,8 +29,10 @@ class AtomicShardWriter:
     """
 
     def __init__(self, final_path: str, fsync: bool = False, versions: dict[str, tuple] | None = None,
-                 compression: str | None = "by name", mode_of: str | None = None) -> None:
+                 compression: str | None = "by name", mode_of: str | None = None,
+                 before_publish: Callable[[str], None] | None = None) -> None:
         self.final_path = final_path
+        self.before_publish = before_publish  # called with the complete temp file, just before the rename
         self.fsync = fsync
         self.mode_of = mode_of  # the input shard: the output gets its permission bits
         self.versions = versions or {}  # shard -> the version its headers were read from (`file_version`)
@@ -129,6 +132,8 @@ class AtomicShardWriter:
         self._close()
         if self.mode_of is not None:
             keep_mode_of(self.mode_of, self.temp_path)
+        if self.before_publish is not None:
+            self.before_publish(self.temp_path)
         os.replace(self.temp_path, self.final_path)
 
     def abort(self) -> None:
@@ -148,6 +153,10 @@ class AtomicShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()  # nothing half-made is left beside the output
+                raise
         else:
             self.abort()

@@ -204,11 +204,13 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
         default = config.model == DEFAULT_MODEL
         files = embed_shards(shards, os.path.join(output_dir, "embeddings"), config, executor, progress,
                              input_size=INPUT_SIZE if default else None)
+        refuse_too_many_clusters(files, config.n_clusters, embedded=True)
         id_field, embedding_field = "id", "embeddings"
         if config.with_hashes:
             hash_pairs = hash_candidates(input_path, output_dir, config, executor, progress)
     else:
         files = embedding_sources(config.embeddings)
+        refuse_too_many_clusters(files, config.n_clusters, embedded=False)
         id_field, embedding_field = _fields(files[0], config.embeddings_key)
         with phase("check embedding IDs against the input", progress):
             check_ids_match(files, id_field, shards)
@@ -219,6 +221,21 @@ def find_semantic_in_locked_folder(input_path: str | list[str], output_dir: str,
     return workflow.run(executor, progress, extra_pairs=hash_pairs, record={
         "config": {"method": "semantic", **asdict(config)}, "input": absolute_paths(input_path),
         "input_root": shards[0].root or None, "reference": None})
+
+
+def refuse_too_many_clusters(files: list, n_clusters: int | None, embedded: bool) -> None:
+    """--clusters above the number of images, refused before the hashing and clustering (the row counts are
+    in the tables' footers); after embedding, the message says that a rerun reuses the embeddings."""
+    if n_clusters is None:
+        return
+    try:
+        rows = sum(pq.ParquetFile(str(getattr(f, "parquet", f))).metadata.num_rows for f in files)
+    except (OSError, pa.ArrowException):  # a damaged table: the reading that follows names it
+        return
+    if n_clusters > rows:
+        kept = " (the embeddings are kept: a rerun reuses them)" if embedded else ""
+        raise ValueError(f"--clusters {n_clusters} is more than the {rows} images with embeddings; use at most "
+                         f"{rows}{kept}")
 
 
 def hash_candidates(input_path: str | list[str], output_dir: str, config: SemanticConfig, executor: BaseExecutor,

@@ -8,6 +8,7 @@ marker with the counts. A rerun skips shards whose marker exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import is_under, join, storage_for
+from imagesieve.storage.ours import local_version, refuse_replacing_unknown
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
@@ -74,6 +76,11 @@ def refuse_moved_images(images: list, table: ShardTable) -> None:
             raise AccountingError(f"{table.shard}: its batch holds sample {image.image_id!r} read from "
                                   f"{source[0].shard}; a stage moved images between batches, which would write "
                                   "a sample into another shard's output: a stage returns each batch's own images")
+
+
+def publishing_record(output_dir: str, relative: str) -> str:
+    """Where the version of a shard's output about to be renamed into place is recorded."""
+    return work_path(output_dir, "publishing", relative, ".json")
 
 
 def kept_rows(task: ImageBatch, table: ShardTable | None) -> np.ndarray | None:
@@ -197,6 +204,15 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             pass
         return None
 
+    def _before_publish(self, out_path: str, relative: str, previous: dict | None, temp_path: str) -> None:
+        """Just before the complete temp file is renamed over `out_path`: a file there must be ours
+        (`refuse_replacing_unknown`), and the version about to be published is recorded first, so that
+        a run killed between the rename and its done marker still knows the file as its own."""
+        record = publishing_record(self.output_dir, relative)
+        publishing = read_json(record) if os.path.isfile(record) else None
+        refuse_replacing_unknown(out_path, previous, publishing)
+        write_json_atomic({"output_version": local_version(temp_path)}, record)
+
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
             raise ValueError("ImageWriterStage needs output_dir")
@@ -216,10 +232,14 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         rows = kept_rows(task, table)
         loose = task._metadata.get("loose_members", [])
         mirror_folders(out_path, shard, relative)
+        previous = self._previous_record(relative)  # what an earlier run wrote for this shard, if recorded
+        local = not storage_for(out_path, options).remote
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
             versions = {table.shard: table.version} if table is not None and table.version else None
             compression = table.compression if table is not None else "by name"
-            with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard) as writer:
+            check = (lambda temp: self._before_publish(out_path, relative, previous, temp)) if local else None
+            with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard,
+                                   before_publish=check) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
                 if table is not None and table.ending is not None:  # a plain tar: the output ends as it did
@@ -232,17 +252,20 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"), options)
-        previous = self._previous_record(relative)  # what an earlier run wrote for this shard, if recorded
         sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options, previous)
         img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options, previous)
         stats = {"shard": shard, "relative_path": relative,
                  "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": task.num_items, "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": output_size, "sidecar": sidecar,
+                 "output_size": output_size, **({"output_version": local_version(out_path)} if local else {}),
+                 "sidecar": sidecar,
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative), options)
+        if local:  # the done marker records the output now
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(publishing_record(self.output_dir, relative))
         if self.verbose:
             logger.info("Wrote %s: %d kept, %d removed", out_path, task.num_items, len(removed))
         if self.remove_image_data and task.lazy_rows is None:  # (a lazy batch holds no decoded images)
