@@ -9,6 +9,7 @@ throughput, peak memory, and quality on labelled real photos beside pHash.
     python benchmarks/bench_semantic.py embed --images 2000 [--flip]
     python benchmarks/bench_semantic.py quality
     python benchmarks/bench_semantic.py quality --recipes 48x64 --seeds 0 6 7 8
+    python benchmarks/bench_semantic.py fresh --photos DIR   # the shipped defaults on photos no choice saw
 
 search: N unit vectors in 512-d with cluster structure (2,000 topics) and 10% planted near-duplicates
 (cosine similarity spread over [1 - 0.9 eps, 1 - 0.1 eps] to their original), written to Parquet.
@@ -375,6 +376,39 @@ def quality(args: argparse.Namespace) -> dict:
     return out
 
 
+def fresh(args: argparse.Namespace) -> dict:
+    """The code's semantic defaults, as they ship, scored on photos that neither half of `quality`'s
+    split holds (`--photos`: a folder holding FRESH_PHOTOS), so no choice ever saw them: every image
+    of the set is held out. Beside pHash at its default, and `--flip` at its defaults."""
+    from evaluate import FRESH_PHOTOS, build_labelled_set, hash_set, pair_distances, photos_in
+
+    from imagesieve.workflows import semantic_find as defaults
+
+    photos = photos_in(args.photos, FRESH_PHOTOS)
+    labelled = build_labelled_set(tuple(dict.fromkeys((*EASY, *HARD))), photos=photos)
+    every = np.arange(len(labelled.images))
+    hashes = {(kind, flip): hash_set(labelled, kind, flip=flip) for kind in ("phash", "dhash", "dhash_vertical")
+              for flip in (False, True)}
+    plain, mirrored = (pair_distances(*hashes[("phash", flip)]) for flip in (False, True))
+    total = sum(pair_distances(*hashes[(kind, False)]) for kind in ("phash", "dhash", "dhash_vertical"))
+    total_mirrored = sum(pair_distances(*hashes[(kind, True)]) for kind in ("phash", "dhash", "dhash_vertical"))
+    recipe = (defaults.THUMBNAIL, defaults.INPUT_SIZE)
+    setting = (defaults.DEFAULT_EPS, defaults.DEFAULT_HASH_ACCEPT, defaults.DEFAULT_HASH_EPS,
+               defaults.DEFAULT_EPS_HASH_BITS, defaults.DEFAULT_CONFIRM)
+    flip_setting = (defaults.DEFAULT_EPS_FLIP, defaults.DEFAULT_HASH_ACCEPT_FLIP, defaults.DEFAULT_HASH_EPS_FLIP,
+                    defaults.DEFAULT_EPS_HASH_BITS_FLIP, defaults.DEFAULT_CONFIRM_FLIP)
+    vectors = embed_labelled(labelled.images, *recipe)
+    flipped = embed_labelled(labelled.images, *recipe, flip=True)
+    half = Half(labelled, every, vectors, plain, total)
+    flip_half = Half(labelled, every, flipped, mirrored, total_mirrored)
+    return {"photos": len(photos), "tiles": int(labelled.source.max()) + 1, "images": len(labelled.images),
+            "recipe (thumbnail, input)": recipe, "defaults": setting, "defaults --flip": flip_setting,
+            "semantic, defaults": half.score(*setting),
+            "pHash t=10 (its default)": half.hash_score(10),
+            "semantic --flip, defaults (flip pairs scored)": flip_half.score(*flip_setting),
+            "pHash t=10 --flip": Half(labelled, every, flipped, mirrored).hash_score(10)}
+
+
 def _brief(s: dict) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items() if k != "recall_by_transform"}
 
@@ -407,8 +441,12 @@ def main() -> None:
     q.add_argument("--max-input", type=int, default=64,
                    help="choose among recipes with at most this model input (64: the ones that reach 200 "
                         "images/s per core, `embed`)")
+    f = sub.add_parser("fresh")
+    f.add_argument("--photos", required=True, metavar="DIR",
+                   help="a folder holding evaluate.FRESH_PHOTOS: apt-get download opencv-doc; "
+                        "dpkg-deb -x opencv-doc_*.deb X; then X/usr/share/doc/opencv-doc/examples/data")
     args = parser.parse_args()
-    result = {"search": search, "embed": embed, "quality": quality}[args.what](args)
+    result = {"search": search, "embed": embed, "quality": quality, "fresh": fresh}[args.what](args)
     print(json.dumps(result, indent=2))
 
 

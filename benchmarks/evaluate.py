@@ -8,6 +8,7 @@ precision counts every false match a real run would make.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,9 +36,11 @@ class Score:
     recall_by_transform: dict[str, float]
 
 
-def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int = 128) -> LabelledSet:
-    images, source, names, photos = [], [], [], []
-    tiles = distinct_images(tile)
+def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int = 128,
+                       photos: list[tuple[str, np.ndarray]] | None = None) -> LabelledSet:
+    """Tiles of the bundled photos (or of `photos`, see `photos_in`) and the transforms of each."""
+    images, source, names = [], [], []
+    tiles = distinct_images(tile, photos)
     for index, (_, image) in enumerate(tiles):
         original = encode(image)
         images.append(original)
@@ -50,6 +53,24 @@ def build_labelled_set(transforms: tuple[str, ...] = HASH_TRANSFORMS, tile: int 
             names.append(name)
     photos = photo_of([name for name, _ in tiles])
     return LabelledSet(images, np.array(source), names, photos[np.array(source)])
+
+
+# photos of Debian's `opencv-doc` (examples/data), one of each stereo or sequence pair (aloeL, not aloeR):
+# real photographs (and one painting) that no setting of imagesieve was chosen on
+FRESH_PHOTOS = ("aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg",
+                "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png", "ela_original.jpg",
+                "fruits.jpg", "graf1.png", "home.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg",
+                "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "starry_night.jpg")
+
+
+def photos_in(folder: str, names: tuple[str, ...] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, RGB array) of the images in `folder` (only `names`, when given): photos no setting was
+    chosen on, for figures that are held out from every choice."""
+    from PIL import Image
+
+    files = sorted(names or (f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png"))))
+    return [(os.path.splitext(f)[0].replace("_r", "-r"), np.asarray(Image.open(os.path.join(folder, f)).convert("RGB")))
+            for f in files]
 
 
 def photo_of(tile_names: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,10 +49,12 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3].astype(np.uint8))
 
 
-def distinct_images(tile: int = 128) -> list[tuple[str, Image.Image]]:
-    """Non-overlapping tiles of every photo, flat ones dropped: many distinct real images."""
+def distinct_images(tile: int = 128, photos: Iterable[tuple[str, np.ndarray]] | None = None
+                    ) -> list[tuple[str, Image.Image]]:
+    """Non-overlapping tiles of every photo (the bundled ones, or `photos`), flat ones dropped: many
+    distinct real images."""
     out = []
-    for name, photo in load_photos():
+    for name, photo in load_photos() if photos is None else photos:
         height, width = photo.shape[:2]
         for row in range(height // tile):
             for col in range(width // tile):
