@@ -192,3 +192,24 @@ def test_a_link_never_gives_the_output_a_mode_a_copy_would_not(photos, tmp_path)
     assert os.stat(out / "img-0.jpg").st_ino != os.stat(setuid).st_ino
     assert os.stat(out / "img-2.webp").st_ino == os.stat(plain).st_ino  # 0600 fits umask 077: linked
     assert (out / "img-0.jpg").read_bytes() == setuid.read_bytes()
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_kept_file_the_user_edited_is_never_replaced_when_its_chunk_is_redone(photos, tmp_path, link):
+    """OUT/dogs/img-2.webp edited by its user, then an image added to the input (its chunk is redone):
+    the user's file stays and the run says which file; without the edit the same rerun goes through
+    (unchanged images are the same bytes, or, with --link, the same file)."""
+    out = tmp_path / "out"
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=link)
+    untouched = tmp_path / "untouched"
+    dedup(str(photos), str(untouched), FindConfig(), executor=ONE, link=link)
+    mine = b"the user's own edit"
+    edited = out / "shards" / "dogs" / "img-2.webp"
+    edited.unlink()  # (a --link output is the input's own inode: an editor writes a new file)
+    edited.write_bytes(mine)
+    (photos / "cats" / "new.jpg").write_bytes(encode(photo_tiles()[9], "jpeg"))
+    with pytest.raises(ValueError, match=r"img-2\.webp: this output file is not the one imagesieve wrote"):
+        dedup(str(photos), str(out), FindConfig(), executor=ONE, link=link)
+    assert edited.read_bytes() == mine
+    summary = dedup(str(photos), str(untouched), FindConfig(), executor=ONE, link=link)
+    assert summary.kept == 9 and (untouched / "shards" / "cats" / "new.jpg").exists()

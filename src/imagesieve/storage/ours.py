@@ -3,7 +3,9 @@ output folder (never through a link), still at the size we recorded or a hard li
 
 from __future__ import annotations
 
+import filecmp
 import os
+import stat
 
 from imagesieve.storage import is_remote, join, storage_for
 from imagesieve.storage.local import file_fingerprint
@@ -69,3 +71,19 @@ def _same_write(version: str, recorded: str | None) -> bool:
     size, mtime, inode = version.split("-")
     was_size, was_mtime, was_inode = recorded.split("-")
     return mtime == was_mtime and (size == was_size or inode == was_inode)
+
+
+def refuse_replacing_unknown_copy(target: str, source: str, recorded_size: int | None, named: bool) -> None:
+    """Before a kept image is placed at local `target` (an image folder's output): a file already there
+    must be ours: a hard link to `source` (`--link`), the same bytes as `source` (an unchanged image),
+    the size the chunk's done marker records (`recorded_size`), or named by the record a killed run wrote
+    before placing its files (`named`). A file a user put there or edited is never replaced."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and (named or st.st_size == recorded_size or same_file(target, source)
+                                     or filecmp.cmp(target, source, shallow=False)):
+        return
+    raise ValueError(f"{target}: this output file is not the one imagesieve wrote there (it was replaced or "
+                     "edited since, or no run recorded it), so it is not replaced; move it away and rerun")

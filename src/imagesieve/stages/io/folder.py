@@ -8,6 +8,7 @@ is never written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -18,6 +19,7 @@ import pyarrow as pa
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
 from imagesieve.storage.base import temp_name
+from imagesieve.storage.ours import refuse_replacing_unknown_copy
 from imagesieve.storage.runfolder import (
     current_umask,
     done_marker,
@@ -25,6 +27,7 @@ from imagesieve.storage.runfolder import (
     make_folder,
     mirror_folders,
     naming_errors,
+    read_json,
     work_path,
     write_json_atomic,
     write_parquet_atomic,
@@ -87,17 +90,30 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id"]
 
+    def _ours_already(self, relative: str, ids: list[str]) -> tuple[dict[str, int], set[str]]:
+        """What this chunk's earlier run recorded (kept file -> size) and what a killed run was placing
+        (its publishing record); then this run's files are recorded before the first is placed."""
+        marker, record = done_marker(self.output_dir, relative), work_path(self.output_dir, "publishing", relative,
+                                                                           ".json")
+        recorded = read_json(marker).get("kept_files", {}) if os.path.isfile(marker) else {}
+        named = set(read_json(record).get("placing", [])) if os.path.isfile(record) else set()
+        write_json_atomic({"placing": sorted(named.union(ids))}, record)
+        return recorded, named
+
     def process(self, task: ImageBatch) -> FileGroupTask:
         relative = task._metadata.get("relative_path") or task.task_id  # later stages may rename the task
         removed, samples_in = task.removed, task.samples_in
         check_accounting(relative, samples_in, len(task.data), len(removed))
         kept_files = {}
         mirrored = set()
+        recorded, named = self._ours_already(relative, [image.image_id for image in task.data])
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
             if os.path.dirname(image.image_id) not in mirrored:
                 mirror_folders(target, image.image_path, image.image_id)
                 mirrored.add(os.path.dirname(image.image_id))
+            refuse_replacing_unknown_copy(target, image.image_path, recorded.get(image.image_id),
+                                          image.image_id in named)
             place_file(image.image_path, target, self.link)
             kept_files[image.image_id] = os.path.getsize(target)
         write_parquet_atomic(pa.table([[r.image_id for r in removed], [relative] * len(removed),
@@ -108,5 +124,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                  "kept": len(task.data), "removed": len(removed), "bytes_out": sum(kept_files.values()),
                  "kept_files": kept_files, "input_root": task._metadata["root"]}  # a link to root/ID is ours
         write_json_atomic(stats, done_marker(self.output_dir, relative))
+        with contextlib.suppress(FileNotFoundError):  # the marker names the files now
+            os.remove(work_path(self.output_dir, "publishing", relative, ".json"))
         return FileGroupTask(dataset_name=task.dataset_name, data=list(kept_files), task_id=task.task_id,
                              _metadata=stats)
