@@ -21,6 +21,7 @@ import os
 import resource
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -39,7 +40,8 @@ TARGETS = {"images/s per core": 20.0, "hard recall": 0.90, "easy recall": 0.99, 
 
 
 def build(tile: int, limit: int | None, per_tile: int = PER_TILE, photos: list | None = None
-          ) -> tuple[LabelledSet, list[str]]:
+          ) -> tuple[LabelledSet, list[str], list[str]]:
+    """The labelled set, its sample keys, and the names of its photos (by `photo_of`'s index)."""
     tiles = distinct_images(tile, photos)[:limit]
     names = (*COPY_EASY, *COPY_HARD)
     images, source, transform, keys = [], [], [], []
@@ -52,7 +54,8 @@ def build(tile: int, limit: int | None, per_tile: int = PER_TILE, photos: list |
             transform.append(name)
             keys.append(f"{len(keys):07d}")
     photo = photo_of([name for name, _ in tiles])
-    return LabelledSet(images, np.array(source), transform, photo[np.array(source)]), keys
+    names = sorted({name.rsplit("_r", 1)[0] for name, _ in tiles})
+    return LabelledSet(images, np.array(source), transform, photo[np.array(source)]), keys, names
 
 
 def write_shards(root: str, labelled: LabelledSet, keys: list[str], size: int = 200) -> str:
@@ -108,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = CopyConfig(neighbours=args.neighbours, features=args.features)
     photos = photos_in(args.photos, FRESH_PHOTOS) if args.photos else None
-    labelled, keys = build(args.tile, args.limit, args.per_tile, photos)
+    labelled, keys, photo_names = build(args.tile, args.limit, args.per_tile, photos)
     n = len(keys)
     with tempfile.TemporaryDirectory(prefix="bench-copy-") as root:
         shards = write_shards(root, labelled, keys)
@@ -169,6 +172,10 @@ def main() -> None:
         # every pair of distinct tiles, both halves: a tile and its neighbour in the other half are
         # never scored above, so a texture that matches across the halves shows only here
         false_pairs[name] = int((keep & (labelled.source[i] != labelled.source[j])).sum())
+        wrong = keep & (labelled.source[i] != labelled.source[j])
+        by_photo = Counter(" / ".join(sorted({photo_names[labelled.photo[a]], photo_names[labelled.photo[b]]}))
+                           for a, b in zip(i[wrong], j[wrong], strict=True))
+        false_pairs[name + ", by photo"] = dict(by_photo.most_common(8))
 
     transforms = (*COPY_EASY, *COPY_HARD)
     test_photos = len(np.unique(labelled.photo[split(labelled, 1)]))

@@ -229,6 +229,22 @@ def test_bad_arguments_are_refused_before_any_work_and_leave_no_output_folder(sh
     assert not (tmp_path / "sem").exists() and not (tmp_path / "rm").exists()
 
 
+def test_an_existing_shard_named_like_a_pattern_is_that_shard(make_shard, tmp_path):
+    """Pass 7: `x[1].tar` was read as a glob: `x1.tar` beside it was processed instead, exit 0. A path
+    that exists as written is that file (as `s{0..1}.tar` already was); a pattern that names nothing is a
+    pattern."""
+    named = make_shard("x[1].tar", n=4)
+    make_shard("x1.tar", n=4, start=4)
+    write_ids(tmp_path / "ids", ["00000001", "00000005"])
+    summary = remove_duplicates(named, str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
+                                allow_unmatched_ids=True)
+    assert sorted(os.listdir(tmp_path / "out")) == ["_imagesieve", "removed.parquet", "summary.json", "x[1].tar"]
+    assert (summary.samples_in, summary.removed) == (4, 1)
+    both = remove_duplicates(str(tmp_path / "shards" / "x*.tar"), str(tmp_path / "both"), str(tmp_path / "ids"),
+                             executor=ONE)
+    assert (both.samples_in, both.removed) == (8, 2)
+
+
 @pytest.mark.parametrize("option", [["--ray-address", "127.0.0.1:6379"], ["--method", "semantic", "--embeddings-key",
                                                                        "key"]])
 def test_an_option_that_needs_another_is_an_error(shards, tmp_path, capsys, option):

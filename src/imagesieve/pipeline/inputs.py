@@ -17,7 +17,9 @@ import xxhash
 from imagesieve.stages.io.partitioning import list_shards, refuse_shard_in_other_case
 from imagesieve.stages.io.sidecar import input_fingerprint, sidecar_path
 from imagesieve.storage import (
+    PATTERN_CHARS,
     can_hold,
+    is_pattern,
     is_under,
     listed_path,
     local_file,
@@ -213,11 +215,11 @@ def input_roots(input_path: str | list[str]) -> list[str]:
             with open(spec, encoding="utf-8") as f:
                 lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
             roots += input_roots([listed_path(line, folder) for line in lines])
-        elif any(c in spec for c in "*?[{"):
+        elif is_pattern(spec):
             sep = separator(spec)
             fixed = []
             for part in spec.split(sep):
-                if any(c in part for c in "*?[{"):
+                if any(c in part for c in PATTERN_CHARS):
                     break
                 fixed.append(part)
             roots.append(sep.join(fixed) or ".")
@@ -237,7 +239,7 @@ def check_input_first(input_path: str | list[str], output_dir: str, storage_opti
         raise ValueError(f"the output folder {output_dir} exists and is a file; imagesieve never replaces files it "
                          "did not create: choose another path")
     for source in [input_path] if isinstance(input_path, str) else input_path:
-        if not any(c in source for c in "*?[{") and missing_locally(source):  # (a URL is checked when listed)
+        if not is_pattern(source) and missing_locally(source):  # (a URL is checked when listed)
             hint = " (a quoted '~' is not expanded by the shell: give the path without quotes)" \
                 if source.startswith("~") else ""
             raise FileNotFoundError(f"input {source} does not exist{hint}")

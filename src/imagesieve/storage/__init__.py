@@ -139,6 +139,20 @@ def exists_locally(path: str) -> bool:
     return not is_remote(path) and os.path.exists(path)
 
 
+PATTERN_CHARS = "*?[{"  # a glob's or a brace pattern's
+
+
+def is_pattern(path: str, storage_options: dict | None = None) -> bool:
+    """Whether `path` is a glob or brace pattern: it holds their characters and names nothing as written.
+    A shard that exists under a name like `x[1].tar` or `s{0..1}.tar` is that very file, never the
+    others a pattern would match (`x1.tar`)."""
+    if not any(c in path for c in PATTERN_CHARS):
+        return False
+    if is_remote(path):
+        return not storage_for(path, storage_options).exists(path)
+    return not os.path.lexists(local_path(path))
+
+
 def missing_locally(path: str) -> bool:
     """Whether `path` is a local path that names nothing (False for a URL: whether an object exists is told
     by listing it, which can say whether the bucket or the path is wrong: `RemoteStorage.missing`)."""

@@ -13,8 +13,8 @@ from imagesieve.stages.base import ProcessingStage
 from imagesieve.storage import (
     absolute,
     common_folder,
-    exists_locally,
     file_identity,
+    is_pattern,
     listed_path,
     local_file,
     local_path,
@@ -103,7 +103,7 @@ def refuse_two_names(paths: list[str]) -> None:
 def _expand(spec: str) -> list[str]:
     """A brace pattern's paths, a list file's lines (each expanded again), or the spec itself."""
     spec = local_path(spec)
-    if "{" in spec and "}" in spec and not exists_locally(spec):
+    if "{" in spec and "}" in spec and is_pattern(spec):
         return list(braceexpand(spec))
     if spec.endswith((".txt", ".lst")) and local_file(spec):
         with open(spec, encoding="utf-8") as f:
@@ -119,7 +119,7 @@ def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = N
     recursively) or one file. The image files it names or holds are added to `images`; a shard named in
     another case (`00001.TAR`) is refused, naming it, never silently skipped."""
     store = storage_for(src, storage_options)
-    if glob.has_magic(src):
+    if glob.has_magic(src) and is_pattern(src, storage_options):
         root, paths = _glob_root(src, separator(src)), store.glob(src)
     elif store.isfile(src):
         if not src.endswith(suffixes):
