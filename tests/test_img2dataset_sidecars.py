@@ -51,7 +51,8 @@ def test_an_unchanged_rerun_skips_every_shard_and_a_killed_one_redoes_only_the_u
     assert (first.shards, first.shards_skipped, first.removed) == (2, 0, 2)
     again = remove(downloaded, out)
     assert (again.shards_skipped, again.removed) == (2, 2)
-    os.remove(out / "_imagesieve" / "done" / "00001.tar.json")  # killed before shard 00001 was recorded
+    os.remove(out / "_imagesieve" / "done" / "00001.tar.json")  # killed before shard 00001 was written
+    os.remove(out / "00001.tar")  # (killed after its rename: test_guarantees.py's stalled runs)
     resumed = remove(downloaded, out)
     assert (resumed.shards_skipped, resumed.removed) == (1, 2)
 
@@ -117,3 +118,20 @@ def test_the_writer_alone_removes_an_output_sidecar_whose_input_left(downloaded,
     (out / "00001.parquet").write_bytes(b"the user's own file")  # not ours: never deleted
     run()
     assert (out / "00001.parquet").read_bytes() == b"the user's own file"
+
+
+def test_a_shards_table_that_would_land_on_the_runs_own_list_is_refused_before_any_write(downloaded, tmp_path):
+    """Pass 7: a shard `removed.tar` with its table `removed.parquet`: the table and the run's removed list
+    were both written to OUT/removed.parquet, one silently replacing the other. Refused, naming both; a
+    `removed.tar` without a table, or with the list written elsewhere, runs."""
+    for ext in (".tar", ".parquet", "_stats.json"):
+        os.rename(downloaded / f"00000{ext}", downloaded / f"removed{ext}")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"removed\.tar: its img2dataset table would be written to .*removed\.parquet"):
+        remove(downloaded, out)
+    assert not out.exists()
+    elsewhere = remove_duplicates(str(downloaded), str(tmp_path / "out2"), str(tmp_path / "ids"), executor=ONE,
+                                  removed_path=str(tmp_path / "removed-list.parquet"))
+    assert elsewhere.removed == 2 and pq.read_table(tmp_path / "out2" / "removed.parquet").num_rows == 4
+    os.remove(downloaded / "removed.parquet")
+    assert remove(downloaded, tmp_path / "out3").removed == 2

@@ -25,6 +25,7 @@ from imagesieve.pipeline.inputs import (
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.stages.io import ImageWriterStage
 from imagesieve.stages.io.folder import ImageFolderWriterStage, place_file
+from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, AccountingError, check_accounting
 from imagesieve.storage import (
     as_given,
@@ -135,6 +136,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     if removed_path is not None:
         check_removed_path(removed_path, input_path, so)
     check_link(units, link, output_dir)
+    refuse_clashing_sidecars(units, output_dir, removed_path, so)
     folder = units[0].is_folder_chunk
     if folder and not on_local_file_system(output_dir):
         raise ValueError(f"{output_dir}: writing an image folder to object storage is not supported yet; write it "
@@ -175,6 +177,23 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
             summary.id_scheme = removal.id_scheme
             write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
     return summary
+
+
+def refuse_clashing_sidecars(units: list[InputUnit], output_dir: str, removed_path: str | None,
+                             storage_options: dict | None = None) -> None:
+    """A shard's img2dataset tables are written beside its output shard: one that would land on the run's
+    own removed list or summary (the table `removed.parquet` of a shard `removed.tar`) is refused before
+    anything is written, naming both; one would silently replace the other."""
+    own = {removed_path or join(output_dir, "removed.parquet"), join(output_dir, "summary.json")}
+    for unit in units:
+        if unit.is_folder_chunk:
+            return
+        for table_of in (sidecar_path, stats_path):
+            target = join(output_dir, table_of(unit.rel))
+            if target in own and storage_for(unit.paths[0], storage_options).exists(table_of(unit.paths[0])):
+                raise ValueError(f"{unit.paths[0]}: its img2dataset table would be written to {target}, where "
+                                 "this run writes its own list; rename the shard (and its tables), or "
+                                 "write the output to a subfolder")
 
 
 def check_link(units: list[InputUnit], link: bool, output_dir: str | None = None) -> None:
