@@ -24,7 +24,7 @@ from imagesieve.report import write_report
 from imagesieve.report.build import GROUPS_PER_PAGE
 from imagesieve.report.sample import PER_GROUP, thumbnail_rows
 from imagesieve.report.search import fnv1a
-from imagesieve.report.thumbs import make_thumbnail
+from imagesieve.report.thumbs import CHANGED, make_thumbnail
 from imagesieve.workflows.dedup import dedup
 from imagesieve.workflows.find import FindConfig, find_duplicates
 
@@ -274,18 +274,23 @@ def test_a_rebuild_deletes_only_what_a_build_wrote_never_a_users_file_named_like
     assert all(path.read_text() == "// mine" for path in users)
 
 
-def test_an_image_changed_under_the_same_key_gets_a_new_thumbnail(tmp_path):
+def test_an_image_changed_under_the_same_key_shows_neither_its_old_nor_its_new_picture(tmp_path):
+    """Pass 2 found the old thumbnail kept; pass 7 the new picture shown in the run's group, as an exact
+    copy of an unrelated image. The run's groups are of the bytes it read: other bytes under the same ID
+    get no thumbnail, a caption saying why, and a note on the page."""
     run = run_of_pairs(tmp_path, 3)
     report = os.path.dirname(write_report(run, executor=ONE))
     before = {m[0]: m[8] for _, g in page_data(report) for m in g}
     pairs_shard(tmp_path, 3, tiles={"001": 40})  # the same keys; 001 now holds another photo
     write_report(run, executor=ONE)
-    after = {m[0]: m[8] for _, g in page_data(report) for m in g}
-    assert after["001"] != before["001"] and {k: after[k] for k in after if k != "001"} == \
-        {k: before[k] for k in before if k != "001"}
+    after = {m[0]: (m[7], m[8]) for _, g in page_data(report) for m in g}
+    assert after["001"] == (CHANGED, "")
+    assert {k: after[k][1] for k in after if k != "001"} == {k: before[k] for k in before if k != "001"}
     assert not os.path.exists(os.path.join(report, "thumbs", before["001"]))  # the stale one is gone
-    with open(os.path.join(report, "thumbs", after["001"]), "rb") as f:
-        assert f.read() == make_thumbnail(encode(photo_tiles()[40]), "tile 40", 150)
+    assert make_thumbnail(encode(photo_tiles()[40]), "tile 40", 150) not in \
+        [open(os.path.join(report, "thumbs", name), "rb").read() for name in os.listdir(os.path.join(report, "thumbs"))]
+    with open(os.path.join(report, "index.html"), encoding="utf-8") as f:
+        assert "Changed in the input since the run (other bytes under the same ID): 1 of" in f.read()
 
 
 def test_the_search_box_finds_any_id_in_a_browser(tmp_path):

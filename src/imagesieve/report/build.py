@@ -26,7 +26,7 @@ from imagesieve.report.page import render_index
 from imagesieve.report.pages import GROUPS_PER_PAGE, PAGES_PER_FILE, TEXT, js_json, write_filter_pages, write_id_index
 from imagesieve.report.prune import prune_report
 from imagesieve.report.sample import MAX_THUMBNAILS, thumbnail_rows
-from imagesieve.report.thumbs import add_thumbnails
+from imagesieve.report.thumbs import CHANGED, add_thumbnails
 from imagesieve.storage import join, storage_for
 from imagesieve.storage.runfolder import refuse_foreign_files, write_text_atomic
 
@@ -111,7 +111,7 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
         filters[WITH_THUMBNAILS] = with_thumbnails
     meta: dict = {"filters": {}, "perPage": GROUPS_PER_PAGE, "pagesPerFile": PAGES_PER_FILE}
     written = {"data/meta.js", "index.html"} | {f"thumbs/{name}" for name, _ in shown if name}
-    shown = _shown_column(data.members.num_rows, rows, shown)
+    shown_pairs, shown = shown, _shown_column(data.members.num_rows, rows, shown)
     for k, (name, groups) in enumerate(filters.items()):
         folder = f"f{k}"
         written.update(write_filter_pages(out_dir, folder, name, data, groups, shown))
@@ -123,8 +123,10 @@ def _write_report(run_dir: str, max_groups: int | None, size: int, executor: Bas
     written.update(id_files)
     write_text_atomic(f"window.REPORT = {js_json(meta)};\n", os.path.join(out_dir, "data", "meta.js"))
     removal, removed_list = data.summary.get("removal"), data.summary.get("removed_list")
+    changed = sum(caption == CHANGED for _, caption in shown_pairs)
     write_text_atomic(render_index(_title(data.summary), headline(data.summary, removal), data.histograms,
-                                   _note(data.groups, len(rows), data.members.num_rows, removal, removed_list)),
+                                   _note(data.groups, len(rows), data.members.num_rows, removal, removed_list,
+                                         changed)),
                       os.path.join(out_dir, "index.html"))
     _record_files(mark, (previous or set()) | written)  # (a build killed before this leaves its files unrecorded)
     prune_report(out_dir, written, previous)
@@ -170,10 +172,10 @@ def _thumbnails(data: ReportData, rows: np.ndarray, thumbs_dir: str, size: int, 
     """(thumbnail name or "", caption) of each of `rows`."""
     if not len(rows):
         return []
-    columns = [data.members.column(c).take(rows).to_pylist() for c in ("source", "shard", "id")]
-    wanted = [(SOURCES[source], shard or "", key) for source, shard, key in zip(*columns, strict=True)]
+    columns = [data.members.column(c).take(rows).to_pylist() for c in ("source", "shard", "id", "bytes_hash")]
+    wanted = [(SOURCES[source], shard or "", key, read) for source, shard, key, read in zip(*columns, strict=True)]
     made = add_thumbnails(wanted, data.summary, thumbs_dir, size, executor, storage_options)
-    return [made.get((source, key), ("", "")) for source, _, key in wanted]
+    return [made.get((source, key), ("", "")) for source, _, key, _ in wanted]
 
 
 def _shown_column(members: int, rows: np.ndarray, shown: list[tuple[str, str]]) -> pa.Array:
@@ -189,8 +191,13 @@ def _title(summary: dict) -> str:
     return "duplicates in " + ", ".join(source if isinstance(source, list) else [str(source)])
 
 
-def _note(groups: int, thumbnails: int, members: int, removal: dict | None, removed_list: str | None) -> str:
+def _note(groups: int, thumbnails: int, members: int, removal: dict | None, removed_list: str | None,
+          changed: int = 0) -> str:
     note = f"{groups:,} groups, largest first."
+    if changed:
+        note += (f" Changed in the input since the run (other bytes under the same ID): {changed:,} of the images "
+                 "shown; they have no thumbnail, and their groups may no longer hold: run the find (or dedup) "
+                 "again.")
     if removal:
         note += (f" {removal['removed']:,} samples were removed from the output shards; the list, with the reason "
                  f"for each, is {removed_list or 'removed.parquet'}.")

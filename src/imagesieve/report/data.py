@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from imagesieve.storage.runfolder import parquet_files, read_json
 
 GROUP_COLUMNS = ["group_id", "id", "method", "distance", "inliers", "coverage"]
-INFO_COLUMNS = {"shard": pa.string(), "width": pa.int64(), "height": pa.int64(), "file_size": pa.int64()}
+INFO_COLUMNS = {"shard": pa.string(), "width": pa.int64(), "height": pa.int64(), "file_size": pa.int64(),
+                "bytes_hash": pa.string()}  # the bytes the run read: a thumbnail is of those, or of none
 SOURCES = ("hashes", "reference_hashes")  # where an input image's and a reference image's sizes are
 
 
