@@ -183,6 +183,17 @@ def test_the_cache_folder_is_refused_inside_the_input_or_the_output_and_nothing_
         dedup(str(source), str(tmp_path / "d"), FindConfig(method="exact"), executor=ONE,
               cache_dir=str(tmp_path / "d" / "cache"))
     assert not (tmp_path / "d").exists()
+    ids_before = tree(tmp_path / "ids")  # pass 7: nor inside the ID folder or the reference set
+    with pytest.raises(ValueError, match="lies inside the ID folder"):
+        remove_duplicates(str(source), str(tmp_path / "o3"), ids, executor=ONE, cache_dir=str(tmp_path / "ids" / "c"))
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    (reference / "00001.tar").write_bytes((source / "00001.tar").read_bytes())
+    with pytest.raises(ValueError, match="lies inside the reference"):
+        dedup(str(source), str(tmp_path / "d"), FindConfig(method="exact"), reference=str(reference),
+              executor=ONE, cache_dir=str(reference / "c"))
+    assert tree(tmp_path / "ids") == ids_before and os.listdir(reference) == ["00001.tar"]
+    assert tree(gl) == before and not (tmp_path / "d").exists()
     assert remove_duplicates(str(source), str(tmp_path / "cd2"), ids, executor=ONE,
                              cache_dir=str(tmp_path / "cache")).removed == 1
 

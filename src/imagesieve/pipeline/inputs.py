@@ -190,18 +190,22 @@ def check_removed_path(removed_path: str, input_path: str | list[str], storage_o
                              "imagesieve never replaces files it did not create: pass another path")
 
 
-def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output_dir: str) -> None:
+def check_cache_apart(cache_dir: str | None, input_path: str | list[str], output_dir: str,
+                      reads: dict[str, str | list[str] | None] | None = None) -> None:
     """The ID index cache (`cache_dir`, default `default_cache_dir()`) may not lie inside INPUT, where its
     files would be written into a dataset and listed as input, nor inside OUT, whose next run would take
-    them for files no run wrote: refused before anything is made, the cache included."""
+    them for files no run wrote, nor inside what else the run reads (`reads`: the ID folder, the reference
+    set, by what it is): refused before anything is made, the cache included."""
     cache = cache_dir or default_cache_dir()
     if os.path.lexists(cache) and not os.path.isdir(cache):
         raise ValueError(f"the cache folder {cache} exists and is not a folder: pass a --cache-dir that is a folder "
                          "(or a path to make one)")
-    for folder, what in [*((root, "input") for root in input_roots(input_path)), (output_dir, "output folder")]:
+    read = [(root, what) for what, paths in (reads or {}).items() if paths for root in input_roots(paths)]
+    for folder, what in [*((root, "input") for root in input_roots(input_path)), (output_dir, "output folder"),
+                         *read]:
         if is_under(cache, folder):
             raise ValueError(f"the cache folder {cache} lies inside the {what} {folder}: the ID index would be "
-                             f"written there; pass a --cache-dir outside the input and the output folder")
+                             f"written there; pass a --cache-dir outside what the run reads and writes")
 
 
 def input_roots(input_path: str | list[str]) -> list[str]:

@@ -75,7 +75,7 @@ def dedup(input_path: str | list[str], output_dir: str,
     if isinstance(config, SemanticConfig | CopyConfig):
         refuse_object_storage(input_path, output_dir, "semantic" if isinstance(config, SemanticConfig) else "copy")
     check_input_first(input_path, output_dir, storage_options, sources_read(config))
-    check_cache_apart(cache_dir, input_path, output_dir)
+    check_cache_apart(cache_dir, input_path, output_dir, {"reference": reference})
     if is_link(join(output_dir, "shards")):
         raise ValueError(f"{join(output_dir, 'shards')} is a symlink; imagesieve never writes through a link "
                          "in its output folder: remove it, or choose another output folder")

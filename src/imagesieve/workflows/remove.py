@@ -132,7 +132,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     so = storage_options
     check_sources_apart(output_dir, {"ID folder": duplicates_dir}, so)
     units = [replace(unit, sidecars=True) for unit in input_units(input_path, output_dir, exclude, so)]
-    check_cache_apart(cache_dir, input_path, exclude or output_dir)
+    check_cache_apart(cache_dir, input_path, exclude or output_dir, {"ID folder": duplicates_dir})
     if removed_path is not None:
         check_removed_path(removed_path, input_path, so)
     check_link(units, link, output_dir)
