@@ -51,14 +51,13 @@ def refuse_replacing_unknown(path: str, previous: dict | None, publishing: dict 
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if os.path.isfile(path) and not os.path.islink(path):
+    if stat.S_ISREG(st.st_mode):
         version = file_fingerprint(st)
         if any(_same_write(version, r.get("output_version")) for r in (previous, publishing) if r):
             return
         if previous and "output_version" not in previous and previous.get("output_size") == st.st_size:
             return
-    raise ValueError(f"{path}: this output file is not the one imagesieve wrote there (it was replaced or "
-                          "edited since, or no run recorded it), so it is not replaced; move it away and rerun")
+    raise _not_ours(path)
 
 
 def _same_write(version: str, recorded: str | None) -> bool:
@@ -85,5 +84,9 @@ def refuse_replacing_unknown_copy(target: str, source: str, recorded_size: int |
     if stat.S_ISREG(st.st_mode) and (named or st.st_size == recorded_size or same_file(target, source)
                                      or filecmp.cmp(target, source, shallow=False)):
         return
-    raise ValueError(f"{target}: this output file is not the one imagesieve wrote there (it was replaced or "
-                     "edited since, or no run recorded it), so it is not replaced; move it away and rerun")
+    raise _not_ours(target)
+
+
+def _not_ours(path: str) -> ValueError:
+    return ValueError(f"{path}: this output file is not the one imagesieve wrote there (it was replaced or edited "
+                      "since, or no run recorded it), so it is not replaced; move it away and rerun")
