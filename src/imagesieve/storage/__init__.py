@@ -142,15 +142,13 @@ def exists_locally(path: str) -> bool:
 PATTERN_CHARS = "*?[{"  # a glob's or a brace pattern's
 
 
-def is_pattern(path: str, storage_options: dict | None = None) -> bool:
-    """Whether `path` is a glob or brace pattern: it holds their characters and names nothing as written.
-    A shard that exists under a name like `x[1].tar` or `s{0..1}.tar` is that very file, never the
-    others a pattern would match (`x1.tar`)."""
+def is_pattern(path: str) -> bool:
+    """Whether `path` is a glob or brace pattern: it holds their characters and, locally, names nothing as
+    written. A shard that exists under a name like `x[1].tar` or `s{0..1}.tar` is that very file, never
+    the others a pattern would match (`x1.tar`); a URL's object is looked up when it is listed."""
     if not any(c in path for c in PATTERN_CHARS):
         return False
-    if is_remote(path):
-        return not storage_for(path, storage_options).exists(path)
-    return not os.path.lexists(local_path(path))
+    return is_remote(path) or not os.path.lexists(local_path(path))
 
 
 def missing_locally(path: str) -> bool:

@@ -119,7 +119,7 @@ def _match(src: str, suffixes: tuple[str, ...], storage_options: dict | None = N
     recursively) or one file. The image files it names or holds are added to `images`; a shard named in
     another case (`00001.TAR`) is refused, naming it, never silently skipped."""
     store = storage_for(src, storage_options)
-    if glob.has_magic(src) and is_pattern(src, storage_options):
+    if glob.has_magic(src) and is_pattern(src) and not (store.remote and store.exists(src)):
         root, paths = _glob_root(src, separator(src)), store.glob(src)
     elif store.isfile(src):
         if not src.endswith(suffixes):
