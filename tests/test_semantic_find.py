@@ -178,7 +178,7 @@ def test_cli_semantic_options(photos, tmp_path, capsys):
     assert "error: eps must be in (0, 1)" in capsys.readouterr().err
     assert main(["find", "--quiet", "--method", "semantic", "--embeddings", embeddings, "--clusters", "99", photos,
                  out]) == 1
-    assert "n_clusters is 99, more than the 29 images" in capsys.readouterr().err
+    assert "--clusters 99 is more than the 29 images with embeddings" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["find", "--method", "semantic", "--embeddings", embeddings, "--model", "m.onnx", photos, out])
 
