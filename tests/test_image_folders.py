@@ -213,3 +213,22 @@ def test_a_kept_file_the_user_edited_is_never_replaced_when_its_chunk_is_redone(
     assert edited.read_bytes() == mine
     summary = dedup(str(photos), str(untouched), FindConfig(), executor=ONE, link=link)
     assert summary.kept == 9 and (untouched / "shards" / "cats" / "new.jpg").exists()
+
+
+def test_a_rerun_without_link_makes_copies_not_links(photos, tmp_path):
+    """Pass 8: `dedup --link`, then the same without --link, reported every chunk done and kept the hard
+    links, so editing the supposed copy changed the input. `dedup` redoes the chunks as copies; `remove`
+    refuses a folder made with the other setting."""
+    out = tmp_path / "out"
+    dedup(str(photos), str(out), FindConfig(), executor=ONE, link=True)
+    assert os.path.samefile(out / "shards" / "cats" / "img-1.PNG", photos / "cats" / "img-1.PNG")
+    dedup(str(photos), str(out), FindConfig(), executor=ONE)
+    copy = out / "shards" / "cats" / "img-1.PNG"
+    assert not os.path.samefile(copy, photos / "cats" / "img-1.PNG")
+    assert copy.read_bytes() == (photos / "cats" / "img-1.PNG").read_bytes()
+    from imagesieve.workflows.remove import remove_duplicates
+
+    ids = out / "duplicates"
+    remove_duplicates(str(photos), str(tmp_path / "linked"), str(ids), executor=ONE, link=True)
+    with pytest.raises(ValueError, match="holds a run with another link setting"):
+        remove_duplicates(str(photos), str(tmp_path / "linked"), str(ids), executor=ONE)

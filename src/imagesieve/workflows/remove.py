@@ -100,6 +100,9 @@ def check_same_run(output_dir: str, config: dict, storage_options: dict | None =
                    if previous.get(k) != config[k]]
         if previous.get("id_scheme", "key") != config.get("id_scheme", "key"):  # runs before it was recorded: keys
             changed.append("id_scheme")
+        if previous.get("link", False) != config.get("link", False):  # links for copies: what a user edits in OUT
+            changed.append("link setting")                              # would reach INPUT
+
         if changed and store.isdir(join(output_dir, WORK_DIR, "done")):
             if not replace_changed:
                 raise ValueError(f"{output_dir} holds a run with another {', '.join(changed)}; "
@@ -159,7 +162,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
             narrow_to_files(exclude or output_dir, input_files_and_folders(units))
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
-                   "removal_stage": removal.config()}
+                   "removal_stage": removal.config(), "link": link}
             check_same_run(output_dir, job, so, replace_changed)
             current = {unit.rel for unit in units}
             discard_units(output_dir, [rel for rel in recorded_units(output_dir, so) if rel not in current], so)
