@@ -232,3 +232,17 @@ def test_a_rerun_without_link_makes_copies_not_links(photos, tmp_path):
     remove_duplicates(str(photos), str(tmp_path / "linked"), str(ids), executor=ONE, link=True)
     with pytest.raises(ValueError, match="holds a run with another link setting"):
         remove_duplicates(str(photos), str(tmp_path / "linked"), str(ids), executor=ONE)
+
+
+def test_curator_ids_on_an_image_folder_are_refused_before_anything_is_made(photos, tmp_path):
+    """Pass 8: `remove --id-scheme curator` on an image folder was refused inside a worker, naming
+    `chunk-00000`, and left OUT/_imagesieve behind."""
+    from conftest import write_ids
+
+    from imagesieve.workflows.remove import remove_duplicates
+
+    write_ids(tmp_path / "ids", ["photos_000001"])
+    with pytest.raises(ValueError, match="is an image folder, whose IDs are file paths: use --id-scheme key"):
+        remove_duplicates(str(photos), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
+                          id_scheme="curator")
+    assert not (tmp_path / "out").exists()

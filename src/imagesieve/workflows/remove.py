@@ -139,6 +139,9 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     if removed_path is not None:
         check_removed_path(removed_path, input_path, so)
     check_link(units, link, output_dir)
+    if id_scheme == "curator" and units[0].is_folder_chunk:
+        raise ValueError(f"--id-scheme curator names samples of tar shards by position ({{tar stem}}_{{index:06d}}); "
+                         f"{units[0].root} is an image folder, whose IDs are file paths: use --id-scheme key")
     refuse_clashing_sidecars(units, output_dir, removed_path, so)
     folder = units[0].is_folder_chunk
     if folder and not on_local_file_system(output_dir):
