@@ -255,3 +255,27 @@ def test_file_urls_are_local_paths_and_a_one_slash_url_is_refused(gl, tmp_path, 
         with pytest.raises(ValueError, match="reads as a local folder named '(file|memory):'"):
             find_duplicates(str(shards), one_slash, FindConfig(method="exact"), executor=ONE)
     assert not (tmp_path / "file:").exists() and not (tmp_path / "memory:").exists()
+
+
+def test_an_unfinished_runs_output_is_never_read_as_input(gl, tmp_path):
+    """Pass 8: `dedup A/shards B` while run A was writing (or after it was killed) read the shards written
+    so far as the whole dataset, exit 0. Refused while the run is live and after it died; read once a
+    rerun has finished it."""
+    import stalling
+
+    source, ids, out = str(gl / "s" / "shards"), str(tmp_path / "ids"), tmp_path / "a"
+    state = tmp_path / "stall"
+    proc = subprocess.Popen(stalling.command(state, "done", 1, "imagesieve", "remove", "--quiet", "--workers", "1",
+                                             "--duplicates", ids, source, str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        stalling.wait_for_stall(proc, state)  # one of two shards done; the run holds its lock
+        with pytest.raises(ValueError, match="is being written by an imagesieve run"):
+            find_duplicates(str(out), str(tmp_path / "b"), FindConfig(method="exact"), executor=ONE)
+    finally:
+        stalling.kill(proc)
+    with pytest.raises(ValueError, match="holds the output of an imagesieve run that did not finish"):
+        dedup(str(out), str(tmp_path / "c"), FindConfig(method="exact"), executor=ONE)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    remove_duplicates(source, str(out), ids, executor=ONE)  # finished by a rerun
+    assert find_duplicates(str(out), str(tmp_path / "b"), FindConfig(method="exact"), executor=ONE).images == 8

@@ -26,6 +26,7 @@ from imagesieve.storage import (
     local_folder,
     local_path,
     missing_locally,
+    parent,
     read_schema,
     separator,
     storage_for,
@@ -35,8 +36,10 @@ from imagesieve.storage.listing import walk_files
 from imagesieve.storage.runfolder import (
     SHARD_SUFFIXES,
     WORK_DIR,
+    enclosing_runs,
     holds_run,
     read_json,
+    refuse_unfinished_run,
     shard_fingerprint,
     strip_shard_suffix,
 )
@@ -106,6 +109,7 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
     inside it that hold an earlier imagesieve run are left out (`walk_files`)."""
     for folder in dict.fromkeys([output_dir, run_dir or output_dir]):  # a dedup's step: its folder and its own
         check_input_outside(input_path, folder, storage_options)
+    refuse_unfinished_input(input_path, storage_options)
     if isinstance(input_path, str) and (folder := local_folder(input_path)):  # image folders: local ones only
         refuse_run_folder(folder)
         files = dataset_files(folder)
@@ -121,6 +125,15 @@ def input_units(input_path: str | list[str], output_dir: str, run_dir: str | Non
             return folder_units(folder, files)
     return [InputUnit(rel, (path,), storage_options=storage_options)
             for path, rel in input_shards(input_path, output_dir, storage_options)]
+
+
+def refuse_unfinished_input(input_path: str | list[str], storage_options: dict | None = None) -> None:
+    """An input that is (or lies in) a run's output folder is read only when that run has finished:
+    `runfolder.refuse_unfinished_run` on each input root's folder and the run folder around it."""
+    for root in input_roots(input_path):
+        folder = parent(root) if local_file(root) else root
+        for run in dict.fromkeys([folder, *enclosing_runs(folder, storage_options)[:1]]):
+            refuse_unfinished_run(run, storage_options)
 
 
 def _a_few(paths: list[str], root: str, count: int = 3) -> str:

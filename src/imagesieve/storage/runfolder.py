@@ -86,18 +86,44 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
 
 
 def holds_run(folder: str, storage_options: dict | None = None) -> bool:
-    """Whether `folder` is an imagesieve run's folder (it holds `_imagesieve/` with a record in it: a run takes
-    its lock there first; an empty folder of that name, anyone's, holds no run): see `run_folder_on_the_way`."""
+    """Whether `folder` is an imagesieve run's folder: its `_imagesieve/` holds the lock a run takes there
+    first, or its run record (a user's own folder of that name, empty or not, holds no run): see
+    `run_folder_on_the_way`."""
     records = join(folder, WORK_DIR)
     store = storage_for(folder, storage_options)
-    if not store.isdir(records):
-        return False
-    if store.remote:  # (a prefix exists only with an object under it)
-        return True
-    try:
-        return bool(store.list_folder(records))
-    except OSError:
-        return True
+    return any(store.exists(join(records, name)) for name in ("lock", "run.json"))
+
+
+COMPLETE = "complete.json"  # in a remove run's records: the run ended, every shard written and counted
+
+
+def mark_running(output_dir: str, storage_options: dict | None = None) -> None:
+    """A run starts changing its folder: until `mark_complete`, its outputs are not a whole dataset."""
+    record = join(output_dir, WORK_DIR, COMPLETE)
+    store = storage_for(output_dir, storage_options)
+    if store.exists(record):
+        store.delete_file(record)
+
+
+def mark_complete(output_dir: str, storage_options: dict | None = None) -> None:
+    write_json_atomic({"complete": True}, join(output_dir, WORK_DIR, COMPLETE), storage_options)
+
+
+def refuse_unfinished_run(folder: str, storage_options: dict | None = None) -> None:
+    """A run's output folder read as input (a `remove` run's clean shards, a dedup's OUT/shards) must hold
+    the whole of a finished run: one being written, or left by a run that was killed or failed, holds
+    only the shards written so far, and reading it would silently read part of a dataset."""
+    if not holds_run(folder, storage_options):
+        return
+    holder = live_holder(folder, storage_options)
+    if holder is not None:
+        raise ValueError(f"{folder} is being written by an imagesieve run ({holder}); read it once that run has "
+                         "ended")
+    complete = storage_for(folder, storage_options).exists(join(folder, WORK_DIR, COMPLETE))
+    if run_owner(folder, storage_options) == "remove" and not complete:
+        raise ValueError(f"{folder} holds the output of an imagesieve run that did not finish (killed, stopped by an "
+                         "error, or made by an imagesieve that did not yet record a run's end): it may hold only "
+                         "part of the dataset; run that command again to finish it, then read its output")
 
 
 def walk_own(folder: str, nested: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:

@@ -41,6 +41,8 @@ from imagesieve.storage.runfolder import (
     check_output_dir,
     done_marker,
     is_done,
+    mark_complete,
+    mark_running,
     mirror_folders,
     narrow_to_files,
     read_json,
@@ -161,6 +163,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
     with removed_if_refused(output_dir):
         check_output_dir(output_dir)
         with run_lock(output_dir, "remove", so, part_of=exclude):  # dedup's remove into DEDUP/shards
+            mark_running(output_dir, so)
             remove_stale_temp_files(output_dir, so)
             narrow_to_files(exclude or output_dir, input_files_and_folders(units))
             job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
@@ -182,6 +185,7 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
             summary.loose_members += others
             summary.id_scheme = removal.id_scheme
             write_json_atomic(asdict(summary), join(output_dir, "summary.json"), so)
+            mark_complete(output_dir, so)
     return summary
 
 
