@@ -216,6 +216,9 @@ def test_scheme_aliases_globs_and_empty_path_segments_are_no_way_around_the_run_
         with pytest.raises(ValueError, match=says):
             remove(source, out)
         assert sorted(s3.find(b)) == before, (source, out)  # nothing written
-    assert remove(f"s3://{b}/data", f"s3://{b}/gl/out").shards == 3
     upload(s3, dataset, "gl/s")
+    assert remove(f"s3://{b}/gl/s", f"s3://{b}/gl/out").shards == 3  # a clean copy of gl/s, beside it
     assert remove(f"s3a://{b}/gl/**/*.tar", str(tmp_path / "local")).shards == 3  # gl/out's shards left out
+    assert remove(f"s3://{b}/data", f"s3://{b}/more/clean").shards == 3  # a batch cleaned from other input
+    upload(s3, dataset, "more/raw")
+    assert remove(f"s3://{b}/more", str(tmp_path / "more")).shards == 6  # is data: read beside more/raw

@@ -279,3 +279,21 @@ def test_an_unfinished_runs_output_is_never_read_as_input(gl, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     remove_duplicates(source, str(out), ids, executor=ONE)  # finished by a rerun
     assert find_duplicates(str(out), str(tmp_path / "b"), FindConfig(method="exact"), executor=ONE).images == 8
+
+
+def test_a_finished_clean_batch_moved_into_the_input_is_read_but_a_copy_of_the_input_is_not(make_shard, tmp_path):
+    """Pass 8: dedup a batch, move its clean OUT/shards into the dataset, dedup the dataset: the clean batch
+    was left out whole (a warning, exit 0). A finished run's output made from other input is data; one made
+    from this input (a clean copy of it) is still left out."""
+    make_shard("00000.tar", n=6, folder="batch1")
+    make_shard("00000.tar", n=6, start=6, folder="dataset/batch2")
+    dedup(str(tmp_path / "batch1"), str(tmp_path / "run1"), FindConfig(method="exact"), executor=ONE)
+    os.rename(tmp_path / "run1" / "shards", tmp_path / "dataset" / "batch1")
+    found = find_duplicates(str(tmp_path / "dataset"), str(tmp_path / "f"), FindConfig(method="exact"), executor=ONE)
+    assert found.images == 12
+    write_ids(tmp_path / "ids", ["00000007"])
+    remove_duplicates(str(tmp_path / "dataset" / "batch2"), str(tmp_path / "copy"), str(tmp_path / "ids"),
+                      executor=ONE)
+    os.rename(tmp_path / "copy", tmp_path / "dataset" / "copy")  # a clean copy of batch2, made from it
+    again = find_duplicates(str(tmp_path / "dataset"), str(tmp_path / "g"), FindConfig(method="exact"), executor=ONE)
+    assert again.images == 12  # the copy is not read a second time

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 from imagesieve.storage import absolute, storage_for
-from imagesieve.storage.base import outside_run_folders, run_folder_on_the_way
-from imagesieve.storage.runfolder import holds_run
+from imagesieve.storage.base import listed_runs, run_folder_on_the_way
+from imagesieve.storage.runfolder import holds_run, is_clean_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ def folder_files(folder: str, storage_options: dict | None = None) -> list[str]:
     (symlinked folders followed); on object storage, one recursive listing of the prefix."""
     store = storage_for(folder, storage_options)
     if store.remote:
-        return outside_run_folders(store.list_files(folder), folder)
+        paths = store.list_files(folder)
+        listed, earlier = listed_runs(paths), run_folder_test(storage_options, folder)
+        return [p for p in paths if run_folder_on_the_way(p, folder, lambda f: listed(f) and earlier(f)) is None]
     return list(walk_files(folder))
 
 
@@ -39,7 +41,7 @@ def walk_files(folder: str) -> Iterator[str]:
     Entries that are not regular files (a broken symlink, a FIFO, a socket) hold no data to read or
     copy, and reading a FIFO would block forever: they are left out, each named in a warning."""
     seen: set[str] = set()
-    holds = run_folder_test(None)
+    holds = run_folder_test(None, folder)
     tops = deque([folder])  # the input, then each symlinked folder met, in the order met
     while tops:
         top = tops.popleft()
@@ -60,12 +62,13 @@ def walk_files(folder: str) -> Iterator[str]:
                     logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
 
 
-def run_folder_test(storage_options: dict | None) -> Callable[[str], bool]:
-    """`holds_run` for listing input, asked once per folder, each folder it is true of named in a warning
-    (once per run): a folder inside the input that holds an imagesieve run (an earlier output) is left out."""
+def run_folder_test(storage_options: dict | None, root: str) -> Callable[[str], bool]:
+    """`holds_run` for listing the input `root`, asked once per folder, each folder it is true of named in a
+    warning (once per run): a folder inside the input that holds an imagesieve run (an earlier output) is
+    left out, unless it is a finished clean dataset made from other input (`is_clean_dataset`)."""
     @cache
     def holds(folder: str) -> bool:
-        if not holds_run(folder, storage_options):
+        if not holds_run(folder, storage_options) or is_clean_dataset(folder, root, storage_options):
             return False
         if absolute(folder) not in _warned:
             _warned.add(absolute(folder))

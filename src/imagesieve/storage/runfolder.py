@@ -109,6 +109,26 @@ def mark_complete(output_dir: str, storage_options: dict | None = None) -> None:
     write_json_atomic({"complete": True}, join(output_dir, WORK_DIR, COMPLETE), storage_options)
 
 
+def is_clean_dataset(folder: str, root: str, storage_options: dict | None = None) -> bool:
+    """Whether the run folder `folder`, met inside the input `root`, is a dataset to read rather than an
+    earlier output of this input: the clean shards (or images) of a finished `remove` run made from
+    input that does not overlap `root` (a batch deduplicated elsewhere, moved into the dataset). An
+    output of this very input, or of input around it, is a copy of what the run reads anyway; a run
+    folder that did not finish holds part of a dataset and is refused (`refuse_unfinished_run`)."""
+    store = storage_for(folder, storage_options)
+    if run_owner(folder, storage_options) != "remove":
+        return False
+    config = join(folder, WORK_DIR, "config.json")
+    inputs = read_json(config, storage_options).get("input") if store.exists(config) else None
+    if not inputs:
+        return False
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if any(is_under(source, root) or is_under(root, source) for source in inputs):
+        return False
+    refuse_unfinished_run(folder, storage_options)
+    return True
+
+
 def refuse_unfinished_run(folder: str, storage_options: dict | None = None) -> None:
     """A run's output folder read as input (a `remove` run's clean shards, a dedup's OUT/shards) must hold
     the whole of a finished run: one being written, or left by a run that was killed or failed, holds

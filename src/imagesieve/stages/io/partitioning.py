@@ -50,12 +50,12 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
     """
     sources = [source] if isinstance(source, str) else list(source)
     matched: dict[str, str] = {}  # absolute path -> the root it was found under
-    holds = run_folder_test(storage_options)
     left_out, images = 0, []
     for spec in sources:
         here = {absolute(path): absolute(root or ".") for src in _expand(spec)
                 for path, root in _match(src, suffixes, storage_options, images)}
         top = common_folder(list(set(here.values())))
+        holds = run_folder_test(storage_options, top)
         for path, root in here.items():
             if run_folder_on_the_way(path, top, holds) is None:
                 matched.setdefault(path, root)
