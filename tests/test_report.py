@@ -374,3 +374,18 @@ def test_one_huge_group_does_not_take_every_thumbnail():
     assert len(rows) == 300 and np.array_equal(rows, np.unique(rows))
     assert np.array_equal(rows[group == 0], np.arange(PER_GROUP))  # the kept image and the next ones
     assert len(np.unique(group)) == 1 + (300 - PER_GROUP) // 2  # every other chosen group shown whole
+
+
+def test_a_copied_run_folders_report_names_its_own_removed_list(tmp_path):
+    """Pass 8: the report of a dedup folder copied elsewhere named the original folder's removed list."""
+    import shutil
+
+    out = tmp_path / "first"
+    dedup(make_shards(tmp_path), str(out), FindConfig(), executor=ONE)
+    shutil.copytree(out, tmp_path / "copy", symlinks=True)
+    shutil.rmtree(out)
+    index = write_report(str(tmp_path / "copy"), executor=ONE)
+    with open(index, encoding="utf-8") as f:
+        text = f.read()
+    assert "removed.parquet in the run&#x27;s folder" in text or "removed.parquet in the run's folder" in text
+    assert str(out) not in text

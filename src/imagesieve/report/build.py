@@ -191,6 +191,13 @@ def _title(summary: dict) -> str:
     return "duplicates in " + ", ".join(source if isinstance(source, list) else [str(source)])
 
 
+def _where(removed_list: str | None) -> str:
+    """Where the removed list is, as the reader finds it: a dedup writes it into its own folder, which may
+    have been copied or moved since the run recorded its path, so that one is named by its place."""
+    name = os.path.basename(removed_list or "removed.parquet")
+    return f"{name} in the run's folder (beside report/)" if name == "removed.parquet" else removed_list
+
+
 def _note(groups: int, thumbnails: int, members: int, removal: dict | None, removed_list: str | None,
           changed: int = 0) -> str:
     note = f"{groups:,} groups, largest first."
@@ -200,7 +207,7 @@ def _note(groups: int, thumbnails: int, members: int, removal: dict | None, remo
                  "again.")
     if removal:
         note += (f" {removal['removed']:,} samples were removed from the output shards; the list, with the reason "
-                 f"for each, is {removed_list or 'removed.parquet'}.")
+                 f"for each, is {_where(removed_list)}.")
     else:
         note += " Nothing has been removed yet: this lists what `imagesieve remove` would drop."
     if thumbnails < members:
