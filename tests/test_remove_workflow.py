@@ -349,3 +349,14 @@ def test_id_file_with_two_id_columns_is_refused_naming_file_and_column(dataset, 
         remove_duplicates(str(tmp_path / "shards"), str(tmp_path / "out"), str(folder), executor=LocalExecutor(1))
     assert str(path) in str(error.value) and "'id'" in str(error.value) and "2 columns" in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shards_deleted_removed_record_redoes_the_shard(dataset, tmp_path):
+    """Pass 8: deleting OUT/_imagesieve/removed/<shard>.parquet stopped the rerun with a raw "Failed to open
+    local file"; the shard is redone instead, and the counts are whole again."""
+    _, dups = dataset
+    out = str(tmp_path / "out")
+    first = remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
+    os.remove(os.path.join(out, "_imagesieve", "removed", "sub", "00001.tar.parquet"))
+    again = remove_duplicates(str(tmp_path / "shards"), out, dups, executor=LocalExecutor(1))
+    assert (again.shards_skipped, again.kept, again.removed) == (1, first.kept, first.removed)

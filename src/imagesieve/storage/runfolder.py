@@ -72,8 +72,9 @@ def done_marker(output_dir: str, relative_path: str) -> str:
 
 def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_options: dict | None = None) -> bool:
     """A shard (or folder chunk) is done when its marker exists, the input is the version the marker
-    records (`fingerprint`; a shard changed since is redone), and its output still has the recorded
-    size (a file renamed but lost to a power cut before reaching the disk has not)."""
+    records (`fingerprint`; a shard changed since is redone), its removed list is there (the run's counts
+    are read from it), and its output still has the recorded size (a file renamed but lost to a power
+    cut before reaching the disk has not)."""
     marker = done_marker(output_dir, relative_path)
     store = storage_for(output_dir, storage_options)
     if not store.exists(marker):
@@ -82,6 +83,8 @@ def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_optio
     if stats.get("input_fingerprint") != fingerprint:
         return False
     outputs = stats.get("kept_files") or {relative_path: stats.get("output_size")}
+    if not store.exists(work_path(output_dir, "removed", relative_path, ".parquet")):  # its record, deleted since
+        return False
     return all(store.isfile(p := join(output_dir, rel)) and store.size(p) == size for rel, size in outputs.items())
 
 
