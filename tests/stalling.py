@@ -35,6 +35,8 @@ POINTS = {
              lambda args: args[1], "/_imagesieve/done/"),
     "rename": ("imagesieve.tar.write", "AtomicShardWriter.commit",  # a shard's tar, complete under its temp
                lambda args: args[0].final_path, ""),                 # name, renamed to its own
+    "publish": ("imagesieve.tar.write", "publish",  # a shard's tar, checked and recorded as about to be
+                lambda args: args[1], ""),                # published, renamed to its own name
     "hashes": ("imagesieve.stages.hashing.hash_writer", "write_parquet_atomic",  # a shard's hash table
                lambda args: args[1], "/hashes/"),
 }

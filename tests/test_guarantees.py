@@ -78,6 +78,25 @@ def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if "imagesieve-tmp" in p.name]
 
 
+def test_two_kills_in_a_row_around_one_shards_rename_never_lock_the_run_out_of_its_own_output(make_shard,
+                                                                                              tmp_path):
+    """Pass 9: run 1 killed right after renaming 00000.tar into place (its marker unwritten), run 2 killed
+    after recording the version it was about to publish but before its rename: run 2's record replaced run
+    1's, and every later rerun refused the run's own shard. The record keeps every version it named."""
+    for k in range(2):
+        make_shard(f"{k:05d}.tar", n=4, start=4 * k)
+    write_ids(tmp_path / "dups", ["00000001"])
+    shards, dups, out = str(tmp_path / "shards"), str(tmp_path / "dups"), tmp_path / "out"
+    args = ("remove", "--quiet", "--workers", "1", "--duplicates", dups, shards, str(out))
+    stalled_run(tmp_path / "stall-1", "done", 0, *args)  # 00000.tar renamed into place, no marker
+    stalled_run(tmp_path / "stall-2", "publish", 0, *args)  # its redo recorded, not renamed
+    final = run_cli("remove", "--quiet", "--duplicates", dups, shards, str(out))
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    reference = tmp_path / "reference"
+    remove_duplicates(shards, str(reference), dups, executor=LocalExecutor(1))
+    assert files_of(out) == files_of(reference)
+
+
 def test_remove_killed_at_random_points_then_rerun_gives_identical_output(many_shards, tmp_path):
     shards, dups = str(many_shards / "shards"), str(many_shards / "dups")
     reference = tmp_path / "reference"

@@ -213,6 +213,14 @@ def test_a_kept_file_the_user_edited_is_never_replaced_when_its_chunk_is_redone(
     assert edited.read_bytes() == mine
     summary = dedup(str(photos), str(untouched), FindConfig(), executor=ONE, link=link)
     assert summary.kept == 9 and (untouched / "shards" / "cats" / "new.jpg").exists()
+    if not link:  # pass 9: an edit that keeps the size (a retouched bitmap) was replaced as ours
+        kept = untouched / "shards" / "dogs" / "img-0.jpg"
+        same_size = bytes(b ^ 1 if k == len(kept.read_bytes()) - 3 else b for k, b in enumerate(kept.read_bytes()))
+        kept.write_bytes(same_size)
+        (photos / "cats" / "newer.jpg").write_bytes(encode(photo_tiles()[11], "jpeg"))
+        with pytest.raises(ValueError, match=r"img-0\.jpg: this output file is not the one imagesieve wrote"):
+            dedup(str(photos), str(untouched), FindConfig(), executor=ONE, link=link)
+        assert kept.read_bytes() == same_size
 
 
 def test_a_rerun_without_link_makes_copies_not_links(photos, tmp_path):

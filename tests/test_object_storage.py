@@ -135,6 +135,22 @@ def test_a_killed_run_against_s3_resumes_to_the_same_output(s3, endpoint, make_s
     assert [upload["Key"] for upload in open_uploads] == ["out/big-upload-of-mine.tar"]
 
 
+def test_an_object_a_user_replaced_is_never_overwritten_when_its_shard_is_redone(s3, endpoint, dataset, tmp_path):
+    """Pass 9: on s3:// the redo of a changed shard overwrote the user's object at OUT/00000.tar (locally it
+    was refused). An object is replaced only when a record of ours names its version (size and ETag) or it
+    holds the very bytes the run publishes."""
+    write_ids(tmp_path / "ids", ["copy-1"])
+    source, out = upload(s3, dataset, "in"), f"s3://{s3.bucket}/out"
+    run_cli("remove", "--duplicates", str(tmp_path / "ids"), source, out, endpoint=endpoint)
+    s3.pipe_file(f"{s3.bucket}/out/00000.tar", b"USER DATA, not a shard")
+    shard = dataset / "00000.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024] + bytes(1024))  # a new version of the input shard
+    upload(s3, dataset, "in")
+    result = run_cli("remove", "--duplicates", str(tmp_path / "ids"), source, out, endpoint=endpoint, check=False)
+    assert result.returncode == 1 and "00000.tar: this output file is not the one imagesieve wrote" in result.stderr
+    assert s3.cat_file(f"{s3.bucket}/out/00000.tar") == b"USER DATA, not a shard"
+
+
 def test_a_second_run_into_a_locked_prefix_fails_naming_the_holder(s3, endpoint, dataset):
     source = upload(s3, dataset, "in")
     holder = {"command": "remove", "host": "another-machine", "pid": 4242, "token": "x", "since": "today"}

@@ -345,10 +345,10 @@ def test_a_shard_replaced_by_one_of_the_same_size_and_time_is_redone(dataset, tm
         assert tar.extractfile("copy-0.txt").read() == bytes(data[offset:offset + tar.getmember("copy-0.txt").size])
 
 
-def _edit_caption(shard) -> None:
-    """Change one byte of a caption of `shard` in place (a new version of the input shard)."""
+def _edit_caption(shard, at: int = 0) -> None:
+    """Change one byte (the `at`th) of the first caption of `shard` in place, keeping its size."""
     with tarfile.open(shard) as tar:
-        offset = tar.getmember("copy-0.txt").offset_data
+        offset = next(m for m in tar.getmembers() if m.name.endswith(".txt")).offset_data + at
     data = bytearray(shard.read_bytes())
     data[offset] ^= 0x20
     shard.write_bytes(bytes(data))
@@ -372,6 +372,14 @@ def test_an_output_a_user_replaced_is_never_overwritten_when_its_shard_is_redone
     assert sorted(os.listdir(out)) == ["00000.tar", "00001.tar", "_imagesieve", "removed.parquet", "summary.json"]
     summary = remove_duplicates(str(dataset), str(copied), str(tmp_path / "ids"), executor=ONE)
     assert (summary.shards_skipped, summary.removed) == (1, 1)
+    # pass 9: an edit that keeps the size (a caption fixed in place) was deleted as ours before the redo
+    _edit_caption(copied / "00000.tar", at=1)  # not the byte the input's edit changes
+    os.utime(copied / "00000.tar", ns=(0, (copied / "00000.tar").stat().st_mtime_ns + 10**9))
+    edited = (copied / "00000.tar").read_bytes()
+    _edit_caption(dataset / "00000.tar")
+    with pytest.raises(ValueError, match=r"00000\.tar: this output file is not the one imagesieve wrote"):
+        remove_duplicates(str(dataset), str(copied), str(tmp_path / "ids"), executor=ONE)
+    assert (copied / "00000.tar").read_bytes() == edited
 
 
 # 5. two runs into one output folder

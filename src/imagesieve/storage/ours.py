@@ -1,5 +1,6 @@
-"""Deleting an output file only when it is ours: named by a record of ours, a regular file inside the
-output folder (never through a link), still at the size we recorded or a hard link to its input."""
+"""Deleting or replacing an output file only when it is ours: named by a record of ours, a regular file
+inside the output folder (never through a link), still the version we recorded (size and modification
+time, or the same bytes), or a hard link to its input."""
 
 from __future__ import annotations
 
@@ -7,23 +8,30 @@ import filecmp
 import os
 import stat
 
-from imagesieve.storage import is_remote, join, storage_for
+from imagesieve.storage import join, storage_for
 from imagesieve.storage.local import file_fingerprint
 
 
 def delete_if_ours(output_dir: str, relative_path: str, size: int | None, storage_options: dict | None = None,
-                   source: str | None = None) -> int:
-    """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still has
-    the size we recorded (None: any size), or is a hard link to the input file `source` (a --link run
-    made it; editing the input in place changed its size too); returns 1 if deleted."""
+                   source: str | None = None, version: str | None = None) -> int:
+    """Delete OUT/relative_path if it is a regular file inside OUT (not through a link) and still is the
+    `version` we recorded (`same_write`; an edit that keeps the size is not), or, for records without a
+    version, has the size we recorded (None: any size), or is a hard link to the input file `source` (a
+    --link run made it; editing the input in place changed its size too); returns 1 if deleted."""
     path = join(output_dir, relative_path)
     store = storage_for(path, storage_options)
-    if not is_remote(path):
+    if not store.remote:
         inside = os.path.realpath(os.path.dirname(path)).startswith(os.path.realpath(output_dir) + os.sep) or \
             os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
         if not inside or os.path.islink(path):
             return 0
-    if not store.isfile(path) or (size is not None and store.size(path) != size and not same_file(path, source)):
+    if not store.isfile(path):
+        return 0
+    if version is not None:
+        ours = same_write(store.fingerprint(path), version)
+    else:
+        ours = size is None or store.size(path) == size
+    if not ours and not same_file(path, source):
         return 0
     store.delete_file(path)
     return 1
@@ -37,52 +45,65 @@ def same_file(path: str, source: str | None) -> bool:
         return False
 
 
-def local_version(path: str) -> str:
-    """The version of a local output file a record keeps (`local.file_fingerprint`)."""
-    return file_fingerprint(os.stat(path))
+def same_write(version: str, recorded: str | None) -> bool:
+    """Whether a file's version is the one recorded, or that write still: locally (size-mtime-inode) the
+    same modification time and size in another inode (the folder copied with `cp -p` or `rsync -a`), or in
+    the same inode with another size (its data lost to a power cut before it reached the disk); an edit
+    changes the modification time. An object's version (size and ETag) must be the one recorded."""
+    if recorded is None:
+        return False
+    if version == recorded:
+        return True
+    here, was = version.split("-"), recorded.split("-")
+    if len(here) != 3 or len(was) != 3:
+        return False
+    return here[1] == was[1] and (here[0] == was[0] or here[2] == was[2])
 
 
-def refuse_replacing_unknown(path: str, previous: dict | None, publishing: dict | None) -> None:
-    """Before a new output is renamed over local `path`: a file already there must be ours, the version
-    the done marker of an earlier run records (`output_version`; a marker of an earlier imagesieve only
-    its `output_size`), or the version a killed run was about to publish (`publishing`, recorded just
-    before its rename). A file a user put there or edited since is never replaced. Raises naming the file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+def refuse_replacing_unknown(path: str, new: str, recorded: list[str | None], old_size: int | None = None,
+                             storage_options: dict | None = None) -> None:
+    """Before the complete local file `new` is published at `path` (renamed there, or uploaded): a file
+    already there must be ours: a version a record of ours names (`recorded`: the done marker's, those a
+    killed run was about to publish; `same_write`), the size a marker of an earlier imagesieve recorded
+    (`old_size`), or the very bytes of `new` (publishing them changes nothing; on object storage, where a
+    killed run's upload has no version recorded before it, that is how its own output is known). A file
+    a user put there or edited since is never replaced. Raises naming it."""
+    store = storage_for(path, storage_options)
+    if store.remote:
+        if not store.exists(path):
+            return
+        version, size = store.fingerprint(path), store.size(path)
+    else:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_ours(path)
+        version, size = file_fingerprint(st), st.st_size
+    if any(same_write(version, r) for r in recorded) or (old_size is not None and size == old_size):
         return
-    if stat.S_ISREG(st.st_mode):
-        version = file_fingerprint(st)
-        if any(_same_write(version, r.get("output_version")) for r in (previous, publishing) if r):
-            return
-        if previous and "output_version" not in previous and previous.get("output_size") == st.st_size:
-            return
+    if size == os.path.getsize(new):
+        with store.local_copy(path) as there:
+            if filecmp.cmp(there, new, shallow=False):
+                return
     raise _not_ours(path)
 
 
-def _same_write(version: str, recorded: str | None) -> bool:
-    """Whether a file's version (size-mtime-inode) is the one recorded, or that write still: the same
-    modification time and size in another inode (the folder copied with `cp -p` or `rsync -a`), or in
-    the same inode with another size (its data lost to a power cut before it reached the disk). An edit
-    changes the modification time."""
-    if recorded is None:
-        return False
-    size, mtime, inode = version.split("-")
-    was_size, was_mtime, was_inode = recorded.split("-")
-    return mtime == was_mtime and (size == was_size or inode == was_inode)
-
-
-def refuse_replacing_unknown_copy(target: str, source: str, recorded_size: int | None, named: bool) -> None:
+def refuse_replacing_unknown_copy(target: str, source: str, recorded: str | int | None, named: bool) -> None:
     """Before a kept image is placed at local `target` (an image folder's output): a file already there
     must be ours: a hard link to `source` (`--link`), the same bytes as `source` (an unchanged image),
-    the size the chunk's done marker records (`recorded_size`), or named by the record a killed run wrote
-    before placing its files (`named`). A file a user put there or edited is never replaced."""
+    the version its chunk's done marker records (`recorded`; a marker of an earlier imagesieve: the size),
+    or named by the record a killed run wrote before placing its files (`named`). A file a user put there
+    or edited is never replaced."""
     try:
         st = os.lstat(target)
     except FileNotFoundError:
         return
-    if stat.S_ISREG(st.st_mode) and (named or st.st_size == recorded_size or same_file(target, source)
-                                     or filecmp.cmp(target, source, shallow=False)):
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_ours(target)
+    ours = same_write(file_fingerprint(st), recorded) if isinstance(recorded, str) else st.st_size == recorded
+    if named or ours or same_file(target, source) or filecmp.cmp(target, source, shallow=False):
         return
     raise _not_ours(target)
 

@@ -18,6 +18,11 @@ from imagesieve.tasks import MemberRef
 _RECORD = 20 * BLOCK  # tar files are padded to whole records, as tar and Python's tarfile do
 
 
+def publish(temp_path: str, final_path: str) -> None:
+    """The rename that makes a complete shard visible under its name (atomic on one file system)."""
+    os.replace(temp_path, final_path)
+
+
 class AtomicShardWriter:
     """Writes a tar to a temporary name beside its final path and renames it when complete.
 
@@ -134,7 +139,7 @@ class AtomicShardWriter:
             keep_mode_of(self.mode_of, self.temp_path)
         if self.before_publish is not None:
             self.before_publish(self.temp_path)
-        os.replace(self.temp_path, self.final_path)
+        publish(self.temp_path, self.final_path)
 
     def abort(self) -> None:
         self._close()

@@ -43,9 +43,10 @@ def discard_unit(output_dir: str, relative_path: str, storage_options: dict | No
     except (OSError, ValueError):
         return 0
     sized = stats.get("kept_files") or {relative_path: stats.get("output_size")}
+    versions = stats.get("kept_versions") or {relative_path: stats.get("output_version")}
     root = stats.get("input_root")  # an image folder: a kept file may be a --link to root/ID
-    deleted = sum(delete_if_ours(output_dir, rel, size, storage_options, root and os.path.join(root, rel))
-                  for rel, size in sized.items())
+    deleted = sum(delete_if_ours(output_dir, rel, size, storage_options, root and os.path.join(root, rel),
+                                 versions.get(rel)) for rel, size in sized.items())
     if stats.get("sidecar") == "filtered":
         deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None, storage_options)
     if stats.get("img2dataset_stats") == "updated":

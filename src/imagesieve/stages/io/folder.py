@@ -19,6 +19,7 @@ import pyarrow as pa
 from imagesieve.stages.base import ProcessingStage
 from imagesieve.stages.io.writer import REMOVED_SCHEMA, check_accounting
 from imagesieve.storage.base import temp_name
+from imagesieve.storage.local import file_fingerprint
 from imagesieve.storage.ours import refuse_replacing_unknown_copy
 from imagesieve.storage.runfolder import (
     current_umask,
@@ -90,12 +91,14 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id"]
 
-    def _ours_already(self, relative: str, ids: list[str]) -> tuple[dict[str, int], set[str]]:
-        """What this chunk's earlier run recorded (kept file -> size) and what a killed run was placing
-        (its publishing record); then this run's files are recorded before the first is placed."""
+    def _ours_already(self, relative: str, ids: list[str]) -> tuple[dict[str, str | int], set[str]]:
+        """What this chunk's earlier run recorded (kept file -> its version; a marker of an earlier
+        imagesieve: its size) and what a killed run was placing (its publishing record); then this run's
+        files are recorded before the first is placed."""
         marker, record = done_marker(self.output_dir, relative), work_path(self.output_dir, "publishing", relative,
                                                                            ".json")
-        recorded = read_json(marker).get("kept_files", {}) if os.path.isfile(marker) else {}
+        done = read_json(marker) if os.path.isfile(marker) else {}
+        recorded = done.get("kept_versions") or done.get("kept_files", {})
         named = set(read_json(record).get("placing", [])) if os.path.isfile(record) else set()
         write_json_atomic({"placing": sorted(named.union(ids))}, record)
         return recorded, named
@@ -107,6 +110,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         kept_files = {}
         mirrored = set()
         recorded, named = self._ours_already(relative, [image.image_id for image in task.data])
+        versions = {}
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
             if os.path.dirname(image.image_id) not in mirrored:
@@ -115,14 +119,16 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             refuse_replacing_unknown_copy(target, image.image_path, recorded.get(image.image_id),
                                           image.image_id in named)
             place_file(image.image_path, target, self.link)
-            kept_files[image.image_id] = os.path.getsize(target)
+            st = os.stat(target)
+            kept_files[image.image_id], versions[image.image_id] = st.st_size, file_fingerprint(st)
         write_parquet_atomic(pa.table([[r.image_id for r in removed], [relative] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"))
         stats = {"shard": relative, "relative_path": relative,
                  "input_fingerprint": task._metadata["input_fingerprint"], "samples_in": samples_in,
                  "kept": len(task.data), "removed": len(removed), "bytes_out": sum(kept_files.values()),
-                 "kept_files": kept_files, "input_root": task._metadata["root"]}  # a link to root/ID is ours
+                 "kept_files": kept_files, "kept_versions": versions,
+                 "input_root": task._metadata["root"]}  # a link to root/ID is ours
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         with contextlib.suppress(FileNotFoundError):  # the marker names the files now
             os.remove(work_path(self.output_dir, "publishing", relative, ".json"))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,8 @@ import pyarrow.compute as pc
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import is_under, join, storage_for
-from imagesieve.storage.ours import local_version, refuse_replacing_unknown
+from imagesieve.storage.local import file_fingerprint
+from imagesieve.storage.ours import refuse_replacing_unknown
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
@@ -205,13 +207,21 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         return None
 
     def _before_publish(self, out_path: str, relative: str, previous: dict | None, temp_path: str) -> None:
-        """Just before the complete temp file is renamed over `out_path`: a file there must be ours
-        (`refuse_replacing_unknown`), and the version about to be published is recorded first, so that
-        a run killed between the rename and its done marker still knows the file as its own."""
+        """Just before the complete file is published at `out_path`: a file there must be ours
+        (`refuse_replacing_unknown`). Locally the version about to be published is recorded first (with
+        those of runs killed before it), so that a run killed right after its rename still knows the
+        file as its own; on object storage a killed run's upload is known by its bytes."""
+        options = self.storage_options
+        recorded = [(previous or {}).get("output_version")]
         record = publishing_record(self.output_dir, relative)
-        publishing = read_json(record) if os.path.isfile(record) else None
-        refuse_replacing_unknown(out_path, previous, publishing)
-        write_json_atomic({"output_version": local_version(temp_path)}, record)
+        store = storage_for(record, options)
+        if not store.remote:
+            recorded += read_json(record).get("output_versions", []) if store.exists(record) else []
+        old_size = previous.get("output_size") if previous and "output_version" not in previous else None
+        refuse_replacing_unknown(out_path, temp_path, recorded, old_size, options)
+        if not store.remote:
+            versions = [v for v in recorded[1:] if v][-7:] + [file_fingerprint(os.stat(temp_path))]
+            write_json_atomic({"output_versions": versions}, record)
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
@@ -233,13 +243,12 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         loose = task._metadata.get("loose_members", [])
         mirror_folders(out_path, shard, relative)
         previous = self._previous_record(relative)  # what an earlier run wrote for this shard, if recorded
-        local = not storage_for(out_path, options).remote
         with storage_for(out_path, options).writable(out_path) as local_out:  # a URL: a spool file, uploaded
             versions = {table.shard: table.version} if table is not None and table.version else None
             compression = table.compression if table is not None else "by name"
-            check = (lambda temp: self._before_publish(out_path, relative, previous, temp)) if local else None
             with AtomicShardWriter(local_out, self.fsync, versions, compression, mode_of=shard,
-                                   before_publish=check) as writer:
+                                   before_publish=partial(self._before_publish, out_path, relative, previous)
+                                   ) as writer:
                 index = write_from_table(writer, table, rows) if rows is not None else \
                     write_members(writer, task.data, loose)
                 if table is not None and table.ending is not None:  # a plain tar: the output ends as it did
@@ -258,12 +267,12 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                  "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": task.num_items, "removed": len(removed), "bytes_out": bytes_out,
-                 "output_size": output_size, **({"output_version": local_version(out_path)} if local else {}),
+                 "output_size": output_size, "output_version": shard_fingerprint(out_path, options),
                  "sidecar": sidecar,
                  "img2dataset_stats": img2dataset_stats,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative), options)
-        if local:  # the done marker records the output now
+        if not storage_for(out_path, options).remote:  # the done marker records the output now
             with contextlib.suppress(FileNotFoundError):
                 os.remove(publishing_record(self.output_dir, relative))
         if self.verbose:
