@@ -156,6 +156,10 @@ def test_a_dry_run_after_the_lists_changed_leaves_no_stale_shards(make_shard, tm
     summary = dedup(str(shards), str(out), dry_run=True)
     assert summary.duplicates == 0
     assert not list((out / "shards").glob("*.tar")) and not (out / "removed.parquet").exists()
+    # pass 9: the emptied OUT/shards kept its summary and its mark of a finished run, so it was read as input
+    assert not (out / "shards" / "summary.json").exists()
+    with pytest.raises(ValueError, match="holds the output of an imagesieve run that did not finish"):
+        dedup(str(out / "shards"), str(tmp_path / "next"))
 
 
 def test_a_file_the_user_replaced_in_the_output_is_never_deleted(make_shard, tmp_path):

@@ -26,7 +26,14 @@ from imagesieve.progress import phase
 from imagesieve.report import write_report
 from imagesieve.stages.deduplication.removal import ImageDuplicatesRemovalStage
 from imagesieve.storage import as_given, is_link, join, makedirs, storage_for
-from imagesieve.storage.runfolder import WORK_DIR, read_json, removed_if_refused, run_lock, write_json_atomic
+from imagesieve.storage.runfolder import (
+    WORK_DIR,
+    mark_running,
+    read_json,
+    removed_if_refused,
+    run_lock,
+    write_json_atomic,
+)
 from imagesieve.workflows.common import given_paths, sources_read
 from imagesieve.workflows.copy_find import CopyConfig, find_copies_in_locked_folder
 from imagesieve.workflows.find import FindConfig, find_in_locked_folder
@@ -121,6 +128,10 @@ def discard_stale_shards(output_dir: str, storage_options: dict | None = None) -
     duplicates = join(output_dir, "duplicates")
     current = ImageDuplicatesRemovalStage(removal_parquets_dir=duplicates, storage_options=storage_options).ids_digest
     if read_json(config, storage_options).get("ids_fingerprint") != current:
+        mark_running(shards, storage_options)  # from here on OUT/shards is no finished run's output (input)
+        summary = join(shards, "summary.json")
+        if store.exists(summary):
+            store.delete_file(summary)
         discard_units(shards, recorded_units(shards, storage_options), storage_options)
         removed = join(output_dir, "removed.parquet")
         if store.isfile(removed):
