@@ -5,6 +5,7 @@ keeps its cache out of INPUT and OUT; and names a URL it cannot take."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,15 @@ def test_a_finished_clean_batch_moved_into_the_input_is_read_but_a_copy_of_the_i
     os.rename(tmp_path / "copy", tmp_path / "dataset" / "copy")  # a clean copy of batch2, made from it
     again = find_duplicates(str(tmp_path / "dataset"), str(tmp_path / "g"), FindConfig(method="exact"), executor=ONE)
     assert again.images == 12  # the copy is not read a second time
+    # pass 9: nor when it was made through a list file naming the shards
+    listed = tmp_path / "list.txt"
+    listed.write_text(str(tmp_path / "dataset" / "batch2" / "00000.tar") + "\n")
+    shutil.rmtree(tmp_path / "dataset" / "copy")
+    remove_duplicates(str(listed), str(tmp_path / "copy2"), str(tmp_path / "ids"), executor=ONE)
+    os.rename(tmp_path / "copy2", tmp_path / "dataset" / "copy2")
+    assert find_duplicates(str(tmp_path / "dataset"), str(tmp_path / "h"), FindConfig(method="exact"),
+                           executor=ONE).images == 12
+    # and once the input it was made from has moved, whether it is a copy cannot be told: refused, not read
+    os.rename(tmp_path / "dataset", tmp_path / "renamed")
+    with pytest.raises(ValueError, match="whose input .* is no longer there"):
+        find_duplicates(str(tmp_path / "renamed"), str(tmp_path / "i"), FindConfig(method="exact"), executor=ONE)

@@ -122,12 +122,18 @@ def is_clean_dataset(folder: str, root: str, storage_options: dict | None = None
     if run_owner(folder, storage_options) != "remove":
         return False
     config = join(folder, WORK_DIR, "config.json")
-    inputs = read_json(config, storage_options).get("input") if store.exists(config) else None
+    job = read_json(config, storage_options) if store.exists(config) else {}
+    inputs = job.get("input_roots") or job.get("input")  # the folders and files it read (a list file's entries)
     if not inputs:
         return False
     inputs = [inputs] if isinstance(inputs, str) else inputs
     if any(is_under(source, root) or is_under(root, source) for source in inputs):
         return False
+    gone = [source for source in inputs if not storage_for(source, storage_options).exists(source)]
+    if gone:  # moved or deleted since: whether `folder` is a copy of this input cannot be told
+        raise ValueError(f"{folder} holds the clean output of an earlier imagesieve run whose input {gone[0]} is no "
+                         "longer there, so whether it copies this input cannot be told: if it is a dataset to "
+                         f"read, delete {join(folder, WORK_DIR)}; if it is a copy of this input, move it out")
     refuse_unfinished_run(folder, storage_options)
     return True
 

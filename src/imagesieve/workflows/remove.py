@@ -19,6 +19,7 @@ from imagesieve.pipeline.inputs import (
     check_removed_path,
     check_sources_apart,
     input_files_and_folders,
+    input_roots,
     input_units,
     other_files,
 )
@@ -166,7 +167,8 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
             mark_running(output_dir, so)
             remove_stale_temp_files(output_dir, so)
             narrow_to_files(exclude or output_dir, input_files_and_folders(units))
-            job = {"command": "remove", "input": absolute_paths(input_path), "id_field": id_field,
+            job = {"command": "remove", "input": absolute_paths(input_path),
+                   "input_roots": absolute_paths(input_roots(input_path)), "id_field": id_field,
                    "ids_fingerprint": removal.ids_digest, "id_scheme": removal.id_scheme,
                    "removal_stage": removal.config(), "link": link}
             check_same_run(output_dir, job, so, replace_changed)
