@@ -254,3 +254,24 @@ def test_curator_ids_on_an_image_folder_are_refused_before_anything_is_made(phot
         remove_duplicates(str(photos), str(tmp_path / "out"), str(tmp_path / "ids"), executor=ONE,
                           id_scheme="curator")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_moved_clean_image_batch_is_read_without_its_runs_lists(photos, tmp_path):
+    """Pass 9: a deduplicated image batch moved into the dataset was read as data (right) with its run's
+    summary.json and removed.parquet, which the next dedup copied into its clean output as data files."""
+    from imagesieve.workflows.remove import remove_duplicates
+
+    batch = tmp_path / "batch" / "birds"
+    batch.mkdir(parents=True)
+    for k in range(3):
+        (batch / f"b-{k}.png").write_bytes(encode(photo_tiles()[30 + k], "png"))
+    from conftest import write_ids
+
+    write_ids(tmp_path / "ids", ["birds/b-0.png"])
+    remove_duplicates(str(tmp_path / "batch"), str(tmp_path / "clean"), str(tmp_path / "ids"), executor=ONE)
+    os.rename(tmp_path / "clean", photos / "batch")
+    out = tmp_path / "out"
+    summary = dedup(str(photos), str(out), FindConfig(), executor=ONE)
+    shards = out / "shards" / "batch"
+    assert sorted(p.name for p in shards.rglob("*") if p.is_file()) == ["b-1.png", "b-2.png"]
+    assert summary.samples_in == 13

@@ -34,10 +34,10 @@ from imagesieve.storage import (
 from imagesieve.storage.base import is_temp_name
 from imagesieve.storage.listing import walk_files
 from imagesieve.storage.runfolder import (
+    RESERVED,
     SHARD_SUFFIXES,
     WORK_DIR,
     enclosing_runs,
-    holds_run,
     read_json,
     refuse_unfinished_run,
     shard_fingerprint,
@@ -99,7 +99,6 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-RESERVED = ("summary.json", "removed.parquet", "_imagesieve")  # the run's own names at the top of an output
 
 
 def input_units(input_path: str | list[str], output_dir: str, run_dir: str | None = None,
@@ -295,12 +294,9 @@ def input_files_and_folders(units: list[InputUnit]) -> list[str]:
 
 
 def dataset_files(folder: str) -> list[str]:
-    """The files of an image folder (`walk_files`); of a run's own output folder given as INPUT (a dedup's
-    clean image folder), without the run's records and lists at its top (`RESERVED`), which are not data."""
-    files = list(walk_files(folder))
-    if holds_run(folder):
-        files = [p for p in files if os.path.relpath(p, folder).split(os.sep)[0] not in RESERVED]
-    return files
+    """The files of an image folder (`walk_files`: a run's records and lists at the top of its own output
+    folder, a dedup's clean image folder given as INPUT or one met inside it, are not data)."""
+    return list(walk_files(folder))
 
 
 def input_shards(input_path: str | list[str], output_dir: str,

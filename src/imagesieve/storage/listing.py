@@ -12,7 +12,7 @@ from functools import cache
 
 from imagesieve.storage import absolute, storage_for
 from imagesieve.storage.base import listed_runs, run_folder_on_the_way
-from imagesieve.storage.runfolder import holds_run, is_clean_dataset
+from imagesieve.storage.runfolder import RESERVED, holds_run, is_clean_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def walk_files(folder: str) -> Iterator[str]:
             seen.add(real)
             dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
             tops.extend(os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d)))
+            if holds_run(root):  # a run's output read as data (a clean dataset): its lists are not data
+                files = [name for name in files if name not in RESERVED]
             for name in sorted(files):
                 path = os.path.join(root, name)
                 if os.path.isfile(path):

@@ -97,6 +97,7 @@ def holds_run(folder: str, storage_options: dict | None = None) -> bool:
     return any(store.exists(join(records, name)) for name in ("lock", "run.json"))
 
 
+RESERVED = ("summary.json", "removed.parquet", WORK_DIR)  # a run's own names at the top of its output folder
 COMPLETE = "complete.json"  # in a remove run's records: the run ended, every shard written and counted
 
 
