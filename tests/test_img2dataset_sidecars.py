@@ -135,3 +135,25 @@ def test_a_shards_table_that_would_land_on_the_runs_own_list_is_refused_before_a
     assert elsewhere.removed == 2 and pq.read_table(tmp_path / "out2" / "removed.parquet").num_rows == 4
     os.remove(downloaded / "removed.parquet")
     assert remove(downloaded, tmp_path / "out3").removed == 2
+
+
+def test_a_users_file_where_a_shards_table_goes_is_never_replaced_nor_deleted(downloaded, tmp_path):
+    """Pass 10: output tables were written and deleted with no ownership check: a user's OUT/00001.parquet
+    was overwritten when the input gained that table, and a user's replacement of OUT/00000.parquet was
+    deleted when the input's table went."""
+    aside = tmp_path / "aside.parquet"
+    os.rename(downloaded / "00001.parquet", aside)
+    out = tmp_path / "out"
+    remove(downloaded, out)
+    mine = pa.table({"mine": [1, 2]})
+    pq.write_table(mine, out / "00001.parquet")  # where no table of ours is
+    os.rename(aside, downloaded / "00001.parquet")  # the input gains it: shard 00001 is redone
+    with pytest.raises(ValueError, match=r"00001\.parquet: this output file is not the one imagesieve wrote"):
+        remove(downloaded, out)
+    assert pq.read_table(out / "00001.parquet").equals(mine)
+    os.remove(out / "00001.parquet")
+    remove(downloaded, out)
+    pq.write_table(mine, out / "00000.parquet")  # the user's file replaces ours
+    os.remove(downloaded / "00000.parquet")  # the input's table goes: ours would go too
+    remove(downloaded, out)
+    assert pq.read_table(out / "00000.parquet").equals(mine)

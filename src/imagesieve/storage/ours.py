@@ -108,6 +108,19 @@ def refuse_replacing_unknown_copy(target: str, source: str, recorded: str | int 
     raise _not_ours(target)
 
 
+def refuse_replacing_unknown_bytes(target: str, data: bytes, recorded: str | None, wrote_before: bool,
+                                   storage_options: dict | None = None) -> None:
+    """Before `data` (a small output: an img2dataset table or stats file) is written at `target`: a file
+    already there must be ours: the version the shard's record names (a record of an earlier imagesieve:
+    `wrote_before`, that it wrote one), or the very bytes written now (a run killed before its record)."""
+    store = storage_for(target, storage_options)
+    if not store.exists(target):
+        return
+    ours = same_write(store.fingerprint(target), recorded) if recorded else wrote_before
+    if not ours and store.read_bytes(target) != data:
+        raise _not_ours(target)
+
+
 def _not_ours(path: str) -> ValueError:
     return ValueError(f"{path}: this output file is not the one imagesieve wrote there (it was replaced or edited "
                       "since, or no run recorded it), so it is not replaced; move it away and rerun")

@@ -478,8 +478,9 @@ def write_text_atomic(text: str, path: str, storage_options: dict | None = None)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), storage_options)
 
 
-def write_bytes_atomic(data: bytes, path: str, storage_options: dict | None = None) -> None:
-    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data), storage_options)
+def write_bytes_atomic(data: bytes, path: str, storage_options: dict | None = None,
+                       mode_of: str | None = None) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data), storage_options, mode_of)
 
 
 def make_folder(folder: str) -> None:

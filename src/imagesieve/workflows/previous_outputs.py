@@ -48,9 +48,11 @@ def discard_unit(output_dir: str, relative_path: str, storage_options: dict | No
     deleted = sum(delete_if_ours(output_dir, rel, size, storage_options, root and os.path.join(root, rel),
                                  versions.get(rel)) for rel, size in sized.items())
     if stats.get("sidecar") == "filtered":
-        deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None, storage_options)
+        deleted += delete_if_ours(output_dir, sidecar_path(relative_path), None, storage_options,
+                                  version=stats.get("sidecar_version"))
     if stats.get("img2dataset_stats") == "updated":
-        deleted += delete_if_ours(output_dir, stats_path(relative_path), None, storage_options)
+        deleted += delete_if_ours(output_dir, stats_path(relative_path), None, storage_options,
+                                  version=stats.get("stats_version"))
     for kind in ("index", "removed"):
         delete_if_ours(output_dir, join(WORK_DIR, kind, relative_path + ".parquet"), None, storage_options)
     storage_for(marker, storage_options).delete_file(marker)  # last: until here a rerun still knows what to delete

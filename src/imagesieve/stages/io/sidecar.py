@@ -10,16 +10,19 @@ input covers its sidecars (`input_fingerprint`), so a changed or deleted sidecar
 
 from __future__ import annotations
 
+import json
+
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from imagesieve.storage import join, read_table, storage_for
-from imagesieve.storage.ours import delete_if_ours
+from imagesieve.storage.ours import delete_if_ours, refuse_replacing_unknown_bytes
 from imagesieve.storage.runfolder import (
     read_json,
     shard_fingerprint,
     strip_shard_suffix,
-    write_json_atomic,
-    write_parquet_atomic,
+    write_bytes_atomic,
 )
 
 
@@ -46,24 +49,35 @@ def input_fingerprint(shard: str, storage_options: dict | None = None, sidecars:
     return version
 
 
-def _drop_stale(output_dir: str, relative_output: str, wrote_before: bool, storage_options: dict | None) -> str:
+def _drop_stale(output_dir: str, relative_output: str, wrote_before: bool, version: str | None,
+                storage_options: dict | None) -> tuple[str, None]:
     """The input has no such sidecar (any more): delete the output one an earlier run of ours wrote
-    (`wrote_before`: its shard's record says so), never a file of another's. Returns "none"."""
+    (`wrote_before`: its shard's record says so), still the `version` it recorded, never a file of
+    another's. Returns ("none", no version)."""
     if wrote_before:
-        delete_if_ours(output_dir, relative_output, None, storage_options)
-    return "none"
+        delete_if_ours(output_dir, relative_output, None, storage_options, version=version)
+    return "none", None
+
+
+def _write(data: bytes, target: str, recorded: str | None, wrote_before: bool, storage_options: dict | None,
+           mode_of: str) -> str:
+    """Write an output sidecar over nothing but ours (`refuse_replacing_unknown_bytes`); returns its version."""
+    refuse_replacing_unknown_bytes(target, data, recorded, wrote_before, storage_options)
+    write_bytes_atomic(data, target, storage_options, mode_of=mode_of)
+    return shard_fingerprint(target, storage_options)
 
 
 def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
-                 storage_options: dict | None = None, previous: dict | None = None) -> str:
+                 storage_options: dict | None = None, previous: dict | None = None) -> tuple[str, str | None]:
     """Write img2dataset's `<shard>_stats.json` with the counts of the output shard: `successes` and
     `count` (and `status_dict["success"]`) less the removed samples, every other field as it was, and
-    what imagesieve did under `imagesieve`. Returns what was done, for the shard's record. `previous`:
-    the shard's record of an earlier run into `output_dir`, if any."""
-    source = stats_path(shard)
+    what imagesieve did under `imagesieve`. Returns what was done and the written file's version, for the
+    shard's record. `previous`: the shard's record of an earlier run into `output_dir`, if any."""
+    source, previous = stats_path(shard), previous or {}
+    wrote_before = previous.get("img2dataset_stats") == "updated"
     if not storage_for(source, storage_options).exists(source):
-        return _drop_stale(output_dir, stats_path(relative_path),
-                           (previous or {}).get("img2dataset_stats") == "updated", storage_options)
+        return _drop_stale(output_dir, stats_path(relative_path), wrote_before, previous.get("stats_version"),
+                           storage_options)
     try:
         stats = read_json(source, storage_options)
     except ValueError as exc:
@@ -75,25 +89,29 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
     if isinstance(status, dict) and isinstance(status.get("success"), int):
         status["success"] -= removed
     stats["imagesieve"] = {"removed_as_duplicates": removed}
-    write_json_atomic(stats, join(output_dir, stats_path(relative_path)), storage_options, mode_of=source)
-    return "updated"
+    data = json.dumps(stats, indent=2, sort_keys=True).encode("utf-8")
+    return "updated", _write(data, join(output_dir, stats_path(relative_path)), previous.get("stats_version"),
+                             wrote_before, storage_options, source)
 
 
 def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str],
-                   storage_options: dict | None = None, previous: dict | None = None) -> str:
-    """Write the shard's sidecar table without the removed keys; returns what was done, for the stats.
-    `previous`: the shard's record of an earlier run into `output_dir`, if any."""
-    source = sidecar_path(shard)
+                   storage_options: dict | None = None, previous: dict | None = None) -> tuple[str, str | None]:
+    """Write the shard's sidecar table without the removed keys; returns what was done and the written
+    file's version, for the shard's record. `previous`: the shard's record of an earlier run into
+    `output_dir`, if any."""
+    source, previous = sidecar_path(shard), previous or {}
+    wrote_before = previous.get("sidecar") == "filtered"
     if not storage_for(source, storage_options).exists(source):
-        return _drop_stale(output_dir, sidecar_path(relative_path), (previous or {}).get("sidecar") == "filtered",
+        return _drop_stale(output_dir, sidecar_path(relative_path), wrote_before, previous.get("sidecar_version"),
                            storage_options)
     try:
         table = read_table(source, storage_options)
     except Exception as exc:
         raise ValueError(f"{source}: the shard's metadata table is not readable Parquet ({exc})") from exc
     if "key" not in table.column_names:
-        return f"not filtered: {source} has no 'key' column"
+        return f"not filtered: {source} has no 'key' column", None
     keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=pc.cast(removed_ids or [], "string")))
-    write_parquet_atomic(table.filter(keep), join(output_dir, sidecar_path(relative_path)), storage_options,
-                         mode_of=source)
-    return "filtered"
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.filter(keep), sink)
+    return "filtered", _write(sink.getvalue().to_pybytes(), join(output_dir, sidecar_path(relative_path)),
+                              previous.get("sidecar_version"), wrote_before, storage_options, source)

@@ -261,15 +261,16 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"), options)
-        sidecar = filter_sidecar(shard, relative, self.output_dir, removed_ids, options, previous)
-        img2dataset_stats = update_stats(shard, relative, self.output_dir, len(removed), options, previous)
+        sidecar, sidecar_version = filter_sidecar(shard, relative, self.output_dir, removed_ids, options, previous)
+        img2dataset_stats, stats_version = update_stats(shard, relative, self.output_dir, len(removed), options,
+                                                        previous)
         stats = {"shard": shard, "relative_path": relative,
                  "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
                  "kept": task.num_items, "removed": len(removed), "bytes_out": bytes_out,
                  "output_size": output_size, "output_version": shard_fingerprint(out_path, options),
-                 "sidecar": sidecar,
-                 "img2dataset_stats": img2dataset_stats,
+                 "sidecar": sidecar, "sidecar_version": sidecar_version,
+                 "img2dataset_stats": img2dataset_stats, "stats_version": stats_version,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative), options)
         if not storage_for(out_path, options).remote:  # the done marker records the output now
