@@ -626,3 +626,19 @@ def test_a_file_where_a_folder_belongs_is_refused_before_any_work(shards, tmp_pa
     with pytest.raises(ValueError, match="the cache folder .*a-file exists and is not a folder"):
         dedup(str(shards), str(tmp_path / "out"), FindConfig(), executor=ONE, cache_dir=str(tmp_path / "a-file"))
     assert not (tmp_path / "out").exists() and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_a_users_folder_named_like_our_records_is_refused_not_dropped(make_shard, tmp_path):
+    """Pass 10: `ds/_imagesieve/00001.tar` (a user's folder, no run's lock or record in it) was left out of
+    the input without a word: 100 of 200 samples read, exit 0. Refused, naming it, for shards and images."""
+    make_shard("00000.tar", n=4, folder="ds")
+    make_shard("00001.tar", n=4, start=4, folder="ds/_imagesieve")
+    with pytest.raises(ValueError, match=r"_imagesieve: a folder of this name holds imagesieve's records, but"):
+        find_duplicates(str(tmp_path / "ds"), str(tmp_path / "out"), FindConfig(method="exact"), executor=ONE)
+    photos = tmp_path / "photos" / "sub" / "_imagesieve"
+    photos.mkdir(parents=True)
+    (photos / "a.png").write_bytes(encode(photo_tiles()[0], "png"))
+    (tmp_path / "photos" / "b.png").write_bytes(encode(photo_tiles()[1], "png"))
+    with pytest.raises(ValueError, match="holds no imagesieve run, so its files would be left out"):
+        find_duplicates(str(tmp_path / "photos"), str(tmp_path / "out2"), FindConfig(method="exact"), executor=ONE)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()

@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from functools import cache
 
-from imagesieve.storage import absolute, storage_for
-from imagesieve.storage.base import listed_runs, run_folder_on_the_way
+from imagesieve.storage import absolute, parent, storage_for
+from imagesieve.storage.base import WORK_DIR, listed_runs, run_folder_on_the_way
 from imagesieve.storage.runfolder import RESERVED, holds_run, is_clean_dataset
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,14 @@ def folder_files(folder: str, storage_options: dict | None = None) -> list[str]:
     if store.remote:
         paths = store.list_files(folder)
         listed, earlier = listed_runs(paths), run_folder_test(storage_options, folder)
-        return [p for p in paths if run_folder_on_the_way(p, folder, lambda f: listed(f) and earlier(f)) is None]
+        kept = []
+        for path in paths:
+            away = run_folder_on_the_way(path, folder, lambda f: listed(f) and earlier(f))
+            if away is None:
+                kept.append(path)
+            elif away.rstrip("/").rsplit("/", 1)[-1] == WORK_DIR:
+                refuse_a_users_records_folder(away, storage_options)
+        return kept
     return list(walk_files(folder))
 
 
@@ -51,6 +58,8 @@ def walk_files(folder: str) -> Iterator[str]:
                 dirs[:] = []
                 continue
             seen.add(real)
+            if WORK_DIR in dirs:
+                refuse_a_users_records_folder(os.path.join(root, WORK_DIR))
             dirs[:] = sorted(d for d in dirs if run_folder_on_the_way(os.path.join(root, d, "x"), root, holds) is None)
             tops.extend(os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d)))
             if holds_run(root):  # a run's output read as data (a clean dataset): its lists are not data
@@ -62,6 +71,17 @@ def walk_files(folder: str) -> Iterator[str]:
                 elif os.path.abspath(path) not in _warned:
                     _warned.add(os.path.abspath(path))
                     logger.warning("%s: left out, not a regular file (%s)", path, _what_it_is(path))
+
+
+def refuse_a_users_records_folder(folder: str, storage_options: dict | None = None) -> None:
+    """`folder` (named `_imagesieve`) is left out of every listing as a run's records; one in a folder
+    that holds no run is a user's, and its files would be left out without a word: refused, naming it."""
+    above = parent(folder)
+    store = storage_for(folder, storage_options)
+    empty = not store.remote and not any(files for _, _, files in os.walk(folder))  # (a prefix is never empty)
+    if not empty and not holds_run(above, storage_options):
+        raise ValueError(f"{folder}: a folder of this name holds imagesieve's records, but {above} holds no "
+                         "imagesieve run, so its files would be left out of the input: rename it")
 
 
 def run_folder_test(storage_options: dict | None, root: str) -> Callable[[str], bool]:

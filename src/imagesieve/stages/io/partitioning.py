@@ -23,8 +23,8 @@ from imagesieve.storage import (
     separator,
     storage_for,
 )
-from imagesieve.storage.base import is_temp_name, run_folder_on_the_way
-from imagesieve.storage.listing import folder_files, run_folder_test, walk_files
+from imagesieve.storage.base import WORK_DIR, is_temp_name, run_folder_on_the_way
+from imagesieve.storage.listing import folder_files, refuse_a_users_records_folder, run_folder_test, walk_files
 from imagesieve.storage.runfolder import SHARD_SUFFIXES
 from imagesieve.tar.names import IMAGE_SUFFIXES
 from imagesieve.tasks import EmptyTask, FileGroupTask
@@ -57,9 +57,12 @@ def list_shards(source: str | list[str], suffixes: tuple[str, ...] = SHARD_SUFFI
         top = common_folder(list(set(here.values())))
         holds = run_folder_test(storage_options, top)
         for path, root in here.items():
-            if run_folder_on_the_way(path, top, holds) is None:
+            away = run_folder_on_the_way(path, top, holds)
+            if away is None:
                 matched.setdefault(path, root)
             else:
+                if away.rstrip("/").rsplit(separator(away), 1)[-1] == WORK_DIR:
+                    refuse_a_users_records_folder(away, storage_options)
                 left_out += 1
     if not matched:
         raise FileNotFoundError(f"no tar shards ({', '.join(suffixes)}) found in {', '.join(map(str, sources))}" + (
