@@ -310,3 +310,22 @@ def test_a_finished_clean_batch_moved_into_the_input_is_read_but_a_copy_of_the_i
     os.rename(tmp_path / "dataset", tmp_path / "renamed")
     with pytest.raises(ValueError, match="whose input .* is no longer there"):
         find_duplicates(str(tmp_path / "renamed"), str(tmp_path / "i"), FindConfig(method="exact"), executor=ONE)
+
+
+def test_a_clean_batch_made_from_object_storage_is_read_without_reaching_it(make_shard, tmp_path):
+    """Pass 10: a local run asked S3 whether the input of a clean batch inside INPUT (a batch deduplicated
+    from s3://) still existed, and failed on the endpoint. Input on another kind of storage overlaps
+    nothing here and is not looked up."""
+    import json
+
+    make_shard("00000.tar", n=4, folder="batch")
+    make_shard("00000.tar", n=4, start=4, folder="dataset/raw")
+    write_ids(tmp_path / "ids", ["00000001"])
+    remove_duplicates(str(tmp_path / "batch"), str(tmp_path / "dataset" / "clean"), str(tmp_path / "ids"),
+                      executor=ONE)
+    config = tmp_path / "dataset" / "clean" / "_imagesieve" / "config.json"
+    job = json.loads(config.read_text())
+    config.write_text(json.dumps({**job, "input": ["s3://no-such-bucket-here/batch"],
+                                  "input_roots": ["s3://no-such-bucket-here/batch"]}))
+    found = find_duplicates(str(tmp_path / "dataset"), str(tmp_path / "f"), FindConfig(method="exact"), executor=ONE)
+    assert found.images == 7

@@ -130,7 +130,10 @@ def is_clean_dataset(folder: str, root: str, storage_options: dict | None = None
     inputs = [inputs] if isinstance(inputs, str) else inputs
     if any(is_under(source, root) or is_under(root, source) for source in inputs):
         return False
-    gone = [source for source in inputs if not storage_for(source, storage_options).exists(source)]
+    # a recorded input on another kind of storage than `root` (an s3:// batch, cleaned, met in a local
+    # folder) overlaps nothing here, and is not looked up: this run may have no way to reach it
+    gone = [source for source in inputs if is_remote(source) == is_remote(root)
+            and not storage_for(source, storage_options).exists(source)]
     if gone:  # moved or deleted since: whether `folder` is a copy of this input cannot be told
         raise ValueError(f"{folder} holds the clean output of an earlier imagesieve run whose input {gone[0]} is no "
                          "longer there, so whether it copies this input cannot be told: if it is a dataset to "
@@ -152,8 +155,9 @@ def refuse_unfinished_run(folder: str, storage_options: dict | None = None) -> N
     complete = storage_for(folder, storage_options).exists(join(folder, WORK_DIR, COMPLETE))
     if run_owner(folder, storage_options) == "remove" and not complete:
         raise ValueError(f"{folder} holds the output of an imagesieve run that did not finish (killed, stopped by an "
-                         "error, or made by an imagesieve that did not yet record a run's end): it may hold only "
-                         "part of the dataset; run that command again to finish it, then read its output")
+                         "error, emptied by a `dedup --dry-run` whose lists had changed, or made by an imagesieve "
+                         "that did not yet record a run's end): it may hold only part of the dataset; run that "
+                         "command again (a dedup without --dry-run) to finish it, then read its output")
 
 
 def walk_own(folder: str, nested: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
