@@ -151,6 +151,28 @@ def test_an_object_a_user_replaced_is_never_overwritten_when_its_shard_is_redone
     assert s3.cat_file(f"{s3.bucket}/out/00000.tar") == b"USER DATA, not a shard"
 
 
+def test_a_run_killed_after_an_upload_knows_it_as_its_own_after_the_input_changed(s3, endpoint, dataset, tmp_path):
+    """Pass 10: killed after uploading OUT/00000.tar but before its done marker, then 00000.tar changed in
+    the input: the rerun refused the run's own upload (locally it resumed). A digest of what is about to
+    be uploaded is recorded first, as a local run records the version it is about to rename."""
+    write_ids(tmp_path / "ids", ["copy-1"])
+    source, out, state = upload(s3, dataset, "in"), f"s3://{s3.bucket}/out", tmp_path / "stall"
+    command = stalling.command(state, "done", 0, "imagesieve", "remove", "--quiet", "--workers", "1",
+                               "--storage-option", f"endpoint_url={endpoint}", "--duplicates", str(tmp_path / "ids"),
+                               source, out)
+    proc = subprocess.Popen(command, env={**os.environ, **CREDENTIALS}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        stalling.wait_for_stall(proc, state)  # 00000.tar uploaded, its marker not written
+    finally:
+        stalling.kill(proc)
+    assert s3.exists(f"{s3.bucket}/out/00000.tar")
+    shard = dataset / "00000.tar"
+    shard.write_bytes(shard.read_bytes()[:-1024] + bytes(1024))
+    upload(s3, dataset, "in")
+    run_cli("remove", "--duplicates", str(tmp_path / "ids"), source, out, endpoint=endpoint)
+
+
 def test_a_second_run_into_a_locked_prefix_fails_naming_the_holder(s3, endpoint, dataset):
     source = upload(s3, dataset, "in")
     holder = {"command": "remove", "host": "another-machine", "pid": 4242, "token": "x", "since": "today"}

@@ -8,6 +8,8 @@ import filecmp
 import os
 import stat
 
+import xxhash
+
 from imagesieve.storage import join, storage_for
 from imagesieve.storage.local import file_fingerprint
 
@@ -61,13 +63,13 @@ def same_write(version: str, recorded: str | None) -> bool:
 
 
 def refuse_replacing_unknown(path: str, new: str, recorded: list[str | None], old_size: int | None = None,
-                             storage_options: dict | None = None) -> None:
+                             storage_options: dict | None = None, digests: list[str] = ()) -> None:
     """Before the complete local file `new` is published at `path` (renamed there, or uploaded): a file
     already there must be ours: a version a record of ours names (`recorded`: the done marker's, those a
     killed run was about to publish; `same_write`), the size a marker of an earlier imagesieve recorded
-    (`old_size`), or the very bytes of `new` (publishing them changes nothing; on object storage, where a
-    killed run's upload has no version recorded before it, that is how its own output is known). A file
-    a user put there or edited since is never replaced. Raises naming it."""
+    (`old_size`), the bytes a killed run was about to upload (`digests`, by `file_digest`: an object's
+    version is known only once it is uploaded), or the very bytes of `new` (publishing them changes
+    nothing). A file a user put there or edited since is never replaced. Raises naming it."""
     store = storage_for(path, storage_options)
     if store.remote:
         if not store.exists(path):
@@ -83,11 +85,21 @@ def refuse_replacing_unknown(path: str, new: str, recorded: list[str | None], ol
         version, size = file_fingerprint(st), st.st_size
     if any(same_write(version, r) for r in recorded) or (old_size is not None and size == old_size):
         return
-    if size == os.path.getsize(new):
+    if digests or size == os.path.getsize(new):
         with store.local_copy(path) as there:
-            if filecmp.cmp(there, new, shallow=False):
-                return
+            digest = file_digest(there)
+        if digest in digests or digest == file_digest(new):
+            return
     raise _not_ours(path)
+
+
+def file_digest(path: str) -> str:
+    """A digest of a local file's bytes (xxh3, 128 bits), read in chunks."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def refuse_replacing_unknown_copy(target: str, source: str, recorded: str | int | None, named: bool) -> None:

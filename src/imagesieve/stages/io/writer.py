@@ -22,7 +22,7 @@ from imagesieve.stages.base import ProcessingStage, WorkerMetadata
 from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
 from imagesieve.storage import is_under, join, storage_for
 from imagesieve.storage.local import file_fingerprint
-from imagesieve.storage.ours import refuse_replacing_unknown
+from imagesieve.storage.ours import file_digest, refuse_replacing_unknown
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     batch_relative_path,
@@ -208,20 +208,22 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
 
     def _before_publish(self, out_path: str, relative: str, previous: dict | None, temp_path: str) -> None:
         """Just before the complete file is published at `out_path`: a file there must be ours
-        (`refuse_replacing_unknown`). Locally the version about to be published is recorded first (with
-        those of runs killed before it), so that a run killed right after its rename still knows the
-        file as its own; on object storage a killed run's upload is known by its bytes."""
+        (`refuse_replacing_unknown`). What is about to be published is recorded first, with what runs
+        killed before it were about to publish: locally its version, on object storage (where an object's
+        version exists only once uploaded) a digest of its bytes; so a run killed right after its rename
+        or upload still knows the file as its own."""
         options = self.storage_options
-        recorded = [(previous or {}).get("output_version")]
         record = publishing_record(self.output_dir, relative)
         store = storage_for(record, options)
-        if not store.remote:
-            recorded += read_json(record).get("output_versions", []) if store.exists(record) else []
+        named = read_json(record, options) if store.exists(record) else {}
+        versions, digests = named.get("output_versions", []), named.get("output_digests", [])
         old_size = previous.get("output_size") if previous and "output_version" not in previous else None
-        refuse_replacing_unknown(out_path, temp_path, recorded, old_size, options)
-        if not store.remote:
-            versions = [v for v in recorded[1:] if v][-7:] + [file_fingerprint(os.stat(temp_path))]
-            write_json_atomic({"output_versions": versions}, record)
+        refuse_replacing_unknown(out_path, temp_path, [(previous or {}).get("output_version"), *versions],
+                                 old_size, options, digests)
+        if store.remote:
+            write_json_atomic({"output_digests": [*digests[-7:], file_digest(temp_path)]}, record, options)
+        else:
+            write_json_atomic({"output_versions": [*versions[-7:], file_fingerprint(os.stat(temp_path))]}, record)
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
@@ -273,9 +275,9 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                  "img2dataset_stats": img2dataset_stats, "stats_version": stats_version,
                  "loose_members": [ref.name for ref in loose if ref.name]}
         write_json_atomic(stats, done_marker(self.output_dir, relative), options)
-        if not storage_for(out_path, options).remote:  # the done marker records the output now
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(publishing_record(self.output_dir, relative))
+        record = publishing_record(self.output_dir, relative)  # the done marker records the output now
+        with contextlib.suppress(OSError):  # (a record left behind names only versions of ours)
+            storage_for(record, options).delete_file(record)
         if self.verbose:
             logger.info("Wrote %s: %d kept, %d removed", out_path, task.num_items, len(removed))
         if self.remove_image_data and task.lazy_rows is None:  # (a lazy batch holds no decoded images)
