@@ -157,3 +157,28 @@ def test_a_users_file_where_a_shards_table_goes_is_never_replaced_nor_deleted(do
     os.remove(downloaded / "00000.parquet")  # the input's table goes: ours would go too
     remove(downloaded, out)
     assert pq.read_table(out / "00000.parquet").equals(mine)
+
+
+def test_a_killed_runs_tables_are_its_own_to_replace_or_delete(downloaded, tmp_path):
+    """Pass 11: killed after a shard's tables were written but before its done marker, the rerun refused
+    its own OUT/00000_stats.json once the input's stats changed, and left OUT/00000.parquet for good once
+    the input's table was deleted. A digest of each table is recorded before it is written."""
+    import subprocess
+
+    import stalling
+
+    out, state = tmp_path / "out", tmp_path / "stall"
+    proc = subprocess.Popen(stalling.command(state, "done", 0, "imagesieve", "remove", "--quiet", "--workers", "1",
+                                             "--duplicates", str(tmp_path / "ids"), str(downloaded), str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        stalling.wait_for_stall(proc, state)  # 00000.tar and its tables written, no done marker
+    finally:
+        stalling.kill(proc)
+    assert (out / "00000_stats.json").exists() and (out / "00000.parquet").exists()
+    stats = json.loads((downloaded / "00000_stats.json").read_text())
+    (downloaded / "00000_stats.json").write_text(json.dumps({**stats, "added_by_a_new_img2dataset": 1}))
+    os.remove(downloaded / "00000.parquet")
+    remove(downloaded, out)
+    assert json.loads((out / "00000_stats.json").read_text())["added_by_a_new_img2dataset"] == 1
+    assert not (out / "00000.parquet").exists()

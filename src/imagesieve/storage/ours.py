@@ -120,16 +120,24 @@ def refuse_replacing_unknown_copy(target: str, source: str, recorded: str | int 
     raise _not_ours(target)
 
 
-def refuse_replacing_unknown_bytes(target: str, data: bytes, recorded: str | None, wrote_before: bool,
-                                   storage_options: dict | None = None) -> None:
-    """Before `data` (a small output: an img2dataset table or stats file) is written at `target`: a file
-    already there must be ours: the version the shard's record names (a record of an earlier imagesieve:
-    `wrote_before`, that it wrote one), or the very bytes written now (a run killed before its record)."""
+def small_file_is_ours(target: str, recorded: str | None, wrote_before: bool, named: list[str],
+                       storage_options: dict | None = None, data: bytes | None = None) -> bool:
+    """Whether the small output at `target` (an img2dataset table or stats file) is ours: the version the
+    shard's record names (a record of an earlier imagesieve: `wrote_before`, that it wrote one), bytes a
+    killed run was about to write there (`named`: their digests), or the very bytes `data` written now."""
     store = storage_for(target, storage_options)
-    if not store.exists(target):
-        return
-    ours = same_write(store.fingerprint(target), recorded) if recorded else wrote_before
-    if not ours and store.read_bytes(target) != data:
+    if same_write(store.fingerprint(target), recorded) if recorded else wrote_before:
+        return True
+    there = store.read_bytes(target)
+    return xxhash.xxh3_128_hexdigest(there) in named or there == data
+
+
+def refuse_replacing_unknown_bytes(target: str, data: bytes, recorded: str | None, wrote_before: bool,
+                                   storage_options: dict | None = None, named: list[str] = ()) -> None:
+    """Before `data` (a small output) is written at `target`: a file already there must be ours
+    (`small_file_is_ours`)."""
+    if storage_for(target, storage_options).exists(target) and \
+            not small_file_is_ours(target, recorded, wrote_before, list(named), storage_options, data):
         raise _not_ours(target)
 
 

@@ -5,6 +5,7 @@ list shards -> skip those already done -> read -> drop listed IDs -> write -> ch
 
 from __future__ import annotations
 
+import filecmp
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +38,8 @@ from imagesieve.storage import (
     storage_for,
     supports_hard_links,
 )
+from imagesieve.storage.local import file_fingerprint
+from imagesieve.storage.ours import refuse_replacing_unknown_copy
 from imagesieve.storage.runfolder import (
     WORK_DIR,
     check_output_dir,
@@ -222,23 +225,28 @@ def check_link(units: list[InputUnit], link: bool, output_dir: str | None = None
 
 def copy_other_files(root: str, output_dir: str) -> int:
     """The files of an image folder that are not images (captions, licences) go to the output unchanged:
-    nothing in the input is dropped silently.
-    They are recorded in OUT/_imagesieve/other_files.json, so that one that has left the input since
-    an earlier run leaves the output too (only at the size we wrote it). Returns how many."""
+    nothing in the input is dropped silently. A copy is made again when its bytes differ from the input's
+    (an edit of the same length included), over nothing but ours (`refuse_replacing_unknown_copy`: the
+    version recorded, or the input's bytes). They are recorded in OUT/_imagesieve/other_files.json (path
+    -> version), so that one that has left the input since an earlier run leaves the output too (only
+    still as we wrote it). Returns how many."""
     record = os.path.join(output_dir, WORK_DIR, "other_files.json")
     previous = read_json(record) if os.path.exists(record) else {}
     files = other_files(root)
+    for rel in files:  # all checked before any is written
+        refuse_replacing_unknown_copy(os.path.join(output_dir, rel), os.path.join(root, rel), previous.get(rel),
+                                      named=False)
     copied = {}
     for rel in files:
-        target = os.path.join(output_dir, rel)
-        source = os.path.join(root, rel)
+        target, source = os.path.join(output_dir, rel), os.path.join(root, rel)
         mirror_folders(target, source, rel)
-        if not (os.path.isfile(target) and os.path.getsize(target) == os.path.getsize(source)):
+        if not (os.path.isfile(target) and filecmp.cmp(target, source, shallow=False)):
             place_file(source, target, link=False)
-        copied[rel] = os.path.getsize(target)
-    gone = {rel: size for rel, size in previous.items() if rel not in copied}
-    for rel, size in gone.items():
-        delete_if_ours(output_dir, rel, size)
+        copied[rel] = file_fingerprint(os.stat(target))
+    for rel, was in previous.items():
+        if rel not in copied:
+            delete_if_ours(output_dir, rel, was if isinstance(was, int) else None,
+                           version=was if isinstance(was, str) else None)
     write_json_atomic(copied, record)
     return len(files)
 

@@ -91,16 +91,14 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def inputs(self) -> tuple[list[str], list[str]]:
         return ["data"], ["image_id"]
 
-    def _ours_already(self, relative: str, ids: list[str]) -> tuple[dict[str, str | int], set[str]]:
+    def _ours_already(self, relative: str) -> tuple[dict[str, str | int], set[str]]:
         """What this chunk's earlier run recorded (kept file -> its version; a marker of an earlier
-        imagesieve: its size) and what a killed run was placing (its publishing record); then this run's
-        files are recorded before the first is placed."""
+        imagesieve: its size) and what a killed run was placing (its publishing record)."""
         marker, record = done_marker(self.output_dir, relative), work_path(self.output_dir, "publishing", relative,
                                                                            ".json")
         done = read_json(marker) if os.path.isfile(marker) else {}
         recorded = done.get("kept_versions") or done.get("kept_files", {})
         named = set(read_json(record).get("placing", [])) if os.path.isfile(record) else set()
-        write_json_atomic({"placing": sorted(named.union(ids))}, record)
         return recorded, named
 
     def process(self, task: ImageBatch) -> FileGroupTask:
@@ -109,15 +107,18 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         check_accounting(relative, samples_in, len(task.data), len(removed))
         kept_files = {}
         mirrored = set()
-        recorded, named = self._ours_already(relative, [image.image_id for image in task.data])
+        recorded, named = self._ours_already(relative)
+        for image in task.data:  # every file checked before the record names any (a refused run names none)
+            refuse_replacing_unknown_copy(os.path.join(self.output_dir, image.image_id), image.image_path,
+                                          recorded.get(image.image_id), image.image_id in named)
+        write_json_atomic({"placing": sorted(named.union(image.image_id for image in task.data))},
+                          work_path(self.output_dir, "publishing", relative, ".json"))
         versions = {}
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
             if os.path.dirname(image.image_id) not in mirrored:
                 mirror_folders(target, image.image_path, image.image_id)
                 mirrored.add(os.path.dirname(image.image_id))
-            refuse_replacing_unknown_copy(target, image.image_path, recorded.get(image.image_id),
-                                          image.image_id in named)
             place_file(image.image_path, target, self.link)
             st = os.stat(target)
             kept_files[image.image_id], versions[image.image_id] = st.st_size, file_fingerprint(st)

@@ -15,14 +15,16 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from imagesieve.storage import join, read_table, storage_for
-from imagesieve.storage.ours import delete_if_ours, refuse_replacing_unknown_bytes
+from imagesieve.storage.ours import delete_if_ours, refuse_replacing_unknown_bytes, small_file_is_ours
 from imagesieve.storage.runfolder import (
     read_json,
     shard_fingerprint,
     strip_shard_suffix,
     write_bytes_atomic,
+    write_json_atomic,
 )
 
 
@@ -49,25 +51,46 @@ def input_fingerprint(shard: str, storage_options: dict | None = None, sidecars:
     return version
 
 
+class Publishing:
+    """The digests of the small outputs a run is about to write (kept in the shard's publishing record
+    with what runs killed before it named): a rerun knows such a file as its own though no done marker
+    names it yet, to replace it or to delete it when its input has gone."""
+
+    def __init__(self, record: str, storage_options: dict | None) -> None:
+        self.record, self.storage_options = record, storage_options
+        store = storage_for(record, storage_options)
+        self.content = read_json(record, storage_options) if store.exists(record) else {}
+        self.named: list[str] = self.content.get("sidecar_digests", [])
+
+    def add(self, data: bytes) -> None:
+        self.named = [*self.named[-15:], xxhash.xxh3_128_hexdigest(data)]
+        write_json_atomic({**self.content, "sidecar_digests": self.named}, self.record, self.storage_options)
+
+
 def _drop_stale(output_dir: str, relative_output: str, wrote_before: bool, version: str | None,
-                storage_options: dict | None) -> tuple[str, None]:
-    """The input has no such sidecar (any more): delete the output one an earlier run of ours wrote
-    (`wrote_before`: its shard's record says so), still the `version` it recorded, never a file of
+                publishing: Publishing, storage_options: dict | None) -> tuple[str, None]:
+    """The input has no such sidecar (any more): delete the output one a run of ours wrote (its shard's
+    record says so and it is still that version, or a killed run named its bytes), never a file of
     another's. Returns ("none", no version)."""
-    if wrote_before:
-        delete_if_ours(output_dir, relative_output, None, storage_options, version=version)
+    target = join(output_dir, relative_output)
+    store = storage_for(target, storage_options)
+    if store.isfile(target) and small_file_is_ours(target, version, wrote_before and version is None,
+                                                   publishing.named, storage_options):
+        delete_if_ours(output_dir, relative_output, None, storage_options)
     return "none", None
 
 
-def _write(data: bytes, target: str, recorded: str | None, wrote_before: bool, storage_options: dict | None,
-           mode_of: str) -> str:
-    """Write an output sidecar over nothing but ours (`refuse_replacing_unknown_bytes`); returns its version."""
-    refuse_replacing_unknown_bytes(target, data, recorded, wrote_before, storage_options)
+def _write(data: bytes, target: str, recorded: str | None, wrote_before: bool, publishing: Publishing,
+           storage_options: dict | None, mode_of: str) -> str:
+    """Write an output sidecar over nothing but ours (`refuse_replacing_unknown_bytes`), its digest recorded
+    first; returns its version."""
+    refuse_replacing_unknown_bytes(target, data, recorded, wrote_before, storage_options, publishing.named)
+    publishing.add(data)
     write_bytes_atomic(data, target, storage_options, mode_of=mode_of)
     return shard_fingerprint(target, storage_options)
 
 
-def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
+def update_stats(shard: str, relative_path: str, output_dir: str, removed: int, publishing: Publishing,
                  storage_options: dict | None = None, previous: dict | None = None) -> tuple[str, str | None]:
     """Write img2dataset's `<shard>_stats.json` with the counts of the output shard: `successes` and
     `count` (and `status_dict["success"]`) less the removed samples, every other field as it was, and
@@ -77,7 +100,7 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
     wrote_before = previous.get("img2dataset_stats") == "updated"
     if not storage_for(source, storage_options).exists(source):
         return _drop_stale(output_dir, stats_path(relative_path), wrote_before, previous.get("stats_version"),
-                           storage_options)
+                           publishing, storage_options)
     try:
         stats = read_json(source, storage_options)
     except ValueError as exc:
@@ -91,10 +114,10 @@ def update_stats(shard: str, relative_path: str, output_dir: str, removed: int,
     stats["imagesieve"] = {"removed_as_duplicates": removed}
     data = json.dumps(stats, indent=2, sort_keys=True).encode("utf-8")
     return "updated", _write(data, join(output_dir, stats_path(relative_path)), previous.get("stats_version"),
-                             wrote_before, storage_options, source)
+                             wrote_before, publishing, storage_options, source)
 
 
-def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str],
+def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids: list[str], publishing: Publishing,
                    storage_options: dict | None = None, previous: dict | None = None) -> tuple[str, str | None]:
     """Write the shard's sidecar table without the removed keys; returns what was done and the written
     file's version, for the shard's record. `previous`: the shard's record of an earlier run into
@@ -103,7 +126,7 @@ def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids:
     wrote_before = previous.get("sidecar") == "filtered"
     if not storage_for(source, storage_options).exists(source):
         return _drop_stale(output_dir, sidecar_path(relative_path), wrote_before, previous.get("sidecar_version"),
-                           storage_options)
+                           publishing, storage_options)
     try:
         table = read_table(source, storage_options)
     except Exception as exc:
@@ -114,4 +137,4 @@ def filter_sidecar(shard: str, relative_path: str, output_dir: str, removed_ids:
     sink = pa.BufferOutputStream()
     pq.write_table(table.filter(keep), sink)
     return "filtered", _write(sink.getvalue().to_pybytes(), join(output_dir, sidecar_path(relative_path)),
-                              previous.get("sidecar_version"), wrote_before, storage_options, source)
+                              previous.get("sidecar_version"), wrote_before, publishing, storage_options, source)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imagesieve.stages.base import ProcessingStage, WorkerMetadata
-from imagesieve.stages.io.sidecar import filter_sidecar, update_stats
+from imagesieve.stages.io.sidecar import Publishing, filter_sidecar, update_stats
 from imagesieve.storage import is_under, join, storage_for
 from imagesieve.storage.local import file_fingerprint
 from imagesieve.storage.ours import file_digest, refuse_replacing_unknown
@@ -220,10 +220,11 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         old_size = previous.get("output_size") if previous and "output_version" not in previous else None
         refuse_replacing_unknown(out_path, temp_path, [(previous or {}).get("output_version"), *versions],
                                  old_size, options, digests)
-        if store.remote:
-            write_json_atomic({"output_digests": [*digests[-7:], file_digest(temp_path)]}, record, options)
+        if store.remote:  # (what else the record names, a killed run's sidecars, stays)
+            write_json_atomic({**named, "output_digests": [*digests[-7:], file_digest(temp_path)]}, record, options)
         else:
-            write_json_atomic({"output_versions": [*versions[-7:], file_fingerprint(os.stat(temp_path))]}, record)
+            write_json_atomic({**named, "output_versions": [*versions[-7:], file_fingerprint(os.stat(temp_path))]},
+                              record)
 
     def process(self, task: ImageBatch) -> FileGroupTask:
         if not self.output_dir:
@@ -263,9 +264,11 @@ class ImageWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
         write_parquet_atomic(pa.table([removed_ids, [shard] * len(removed),
                                        [r.reason for r in removed]], schema=REMOVED_SCHEMA),
                              work_path(self.output_dir, "removed", relative, ".parquet"), options)
-        sidecar, sidecar_version = filter_sidecar(shard, relative, self.output_dir, removed_ids, options, previous)
-        img2dataset_stats, stats_version = update_stats(shard, relative, self.output_dir, len(removed), options,
-                                                        previous)
+        publishing = Publishing(publishing_record(self.output_dir, relative), options)
+        sidecar, sidecar_version = filter_sidecar(shard, relative, self.output_dir, removed_ids, publishing, options,
+                                                  previous)
+        img2dataset_stats, stats_version = update_stats(shard, relative, self.output_dir, len(removed), publishing,
+                                                        options, previous)
         stats = {"shard": shard, "relative_path": relative,
                  "input_fingerprint": task._metadata.get("input_fingerprint") or shard_fingerprint(shard, options),
                  "output": out_path, "samples_in": samples_in,
