@@ -37,6 +37,8 @@ POINTS = {
                lambda args: args[0].final_path, ""),                 # name, renamed to its own
     "publish": ("imagesieve.tar.write", "publish",  # a shard's tar, checked and recorded as about to be
                 lambda args: args[1], ""),                # published, renamed to its own name
+    "place": ("imagesieve.stages.io.folder", "place_file",  # an image folder's kept file, copied or linked
+              lambda args: args[1], ""),
     "hashes": ("imagesieve.stages.hashing.hash_writer", "write_parquet_atomic",  # a shard's hash table
                lambda args: args[1], "/hashes/"),
 }

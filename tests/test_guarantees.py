@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import pickle
 import random
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import stalling
-from conftest import write_ids
+from conftest import encode, photo_tiles, write_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -333,3 +334,32 @@ def test_property_id_index_has_no_false_removals_and_no_misses(listed, others):
     assert len(index) == len(listed)
 
 
+
+
+def test_what_a_killed_run_published_for_an_input_gone_since_leaves_the_output(make_shard, tmp_path):
+    """Pass 12: a shard (and an image) published by a run killed before its done marker stayed in the output,
+    uncounted, once it had left the input: only done markers were read. The publishing record names it."""
+    for k in range(3):
+        make_shard(f"{k:05d}.tar", n=4, start=4 * k)
+    write_ids(tmp_path / "dups", ["00000001"])
+    shards, dups, out = tmp_path / "shards", str(tmp_path / "dups"), tmp_path / "out"
+    stalled_run(tmp_path / "stall-1", "done", 1, "remove", "--quiet", "--workers", "1", "--duplicates", dups,
+                str(shards), str(out))  # 00000.tar done, 00001.tar renamed into place with no marker
+    assert (out / "00001.tar").exists()
+    os.rename(shards / "00001.tar", tmp_path / "00001.tar")  # it leaves the input
+    final = run_cli("remove", "--quiet", "--duplicates", dups, str(shards), str(out))
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00002.tar"]
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(6):
+        (photos / f"{k}.png").write_bytes(encode(photo_tiles()[k], "png"))
+    stalled_run(tmp_path / "stall-2", "place", 3, "remove", "--quiet", "--workers", "1", "--allow-unmatched-ids",
+                "--duplicates", dups, str(photos), str(tmp_path / "pout"))  # 3 images placed, the chunk not done
+    placed = sorted(p.name for p in (tmp_path / "pout").glob("*.png"))
+    os.remove(photos / placed[0])  # an image the killed run placed leaves the input
+    final = run_cli("remove", "--quiet", "--allow-unmatched-ids", "--duplicates", dups, str(photos),
+                    str(tmp_path / "pout"))
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    assert sorted(p.name for p in (tmp_path / "pout").glob("*.png")) == sorted(p.name for p in photos.glob("*.png"))

@@ -60,7 +60,12 @@ from imagesieve.storage.runfolder import (
 from imagesieve.tar.read import iter_samples
 from imagesieve.workflows.common import absolute_paths, given_paths, reader_for, run_on_units
 from imagesieve.workflows.id_lists import check_curator_stems, check_ids_match, resolve_id_scheme
-from imagesieve.workflows.previous_outputs import delete_if_ours, discard_units, recorded_units
+from imagesieve.workflows.previous_outputs import (
+    delete_if_ours,
+    discard_killed_runs_outputs,
+    discard_units,
+    recorded_units,
+)
 
 
 @dataclass
@@ -179,7 +184,10 @@ def remove_duplicates(input_path: str | list[str], output_dir: str, duplicates_d
             discard_units(output_dir, [rel for rel in recorded_units(output_dir, so) if rel not in current], so)
 
             todo = [unit for unit in units if not is_done(output_dir, unit.rel, unit.fingerprint, so)]
-            discard_units(output_dir, [unit.rel for unit in todo], so)  # a redone folder chunk may keep fewer files
+            redo = {unit.rel for unit in todo}
+            discard_killed_runs_outputs(output_dir, redo | (set(recorded_units(output_dir, so, "publishing")) -
+                                                            current), so)
+            discard_units(output_dir, list(redo), so)  # a redone folder chunk may keep fewer files
             writer = ImageFolderWriterStage(output_dir=output_dir, link=link) if folder else \
                 ImageWriterStage(output_dir=output_dir, fsync=fsync, storage_options=so)
             run_on_units("remove", [reader_for(units, so), removal, writer], todo, len(units), executor, progress)
@@ -231,11 +239,14 @@ def copy_other_files(root: str, output_dir: str) -> int:
     -> version), so that one that has left the input since an earlier run leaves the output too (only
     still as we wrote it). Returns how many."""
     record = os.path.join(output_dir, WORK_DIR, "other_files.json")
+    placing = os.path.join(output_dir, WORK_DIR, "other_files.placing.json")  # a killed run's copies are ours
     previous = read_json(record) if os.path.exists(record) else {}
+    named = set(read_json(placing).get("placing", [])) if os.path.exists(placing) else set()
     files = other_files(root)
-    for rel in files:  # all checked before any is written
+    for rel in files:  # all checked before any is named or written
         refuse_replacing_unknown_copy(os.path.join(output_dir, rel), os.path.join(root, rel), previous.get(rel),
-                                      named=False)
+                                      named=rel in named)
+    write_json_atomic({"placing": sorted(named.union(files))}, placing)
     copied = {}
     for rel in files:
         target, source = os.path.join(output_dir, rel), os.path.join(root, rel)
@@ -248,6 +259,7 @@ def copy_other_files(root: str, output_dir: str) -> int:
             delete_if_ours(output_dir, rel, was if isinstance(was, int) else None,
                            version=was if isinstance(was, str) else None)
     write_json_atomic(copied, record)
+    os.remove(placing)
     return len(files)
 
 
