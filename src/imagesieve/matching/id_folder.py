@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from imagesieve.storage.ours import file_digest
 from imagesieve.storage.runfolder import WORK_DIR, parquet_files
 
 # Columns that mark a table as something other than a list of IDs to remove.
@@ -128,8 +129,4 @@ def content_digest(files: list[str], id_field: str) -> str:
 
 
 def _file_digest(path: str) -> bytes:
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.digest()
+    return bytes.fromhex(file_digest(path))
