@@ -76,12 +76,9 @@ def refuse_replacing_unknown(path: str, new: str, recorded: list[str | None], ol
             return
         version, size = store.fingerprint(path), store.size(path)
     else:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        st = _existing_file(path)
+        if st is None:
             return
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_ours(path)
         version, size = file_fingerprint(st), st.st_size
     if any(same_write(version, r) for r in recorded) or (old_size is not None and size == old_size):
         return
@@ -108,12 +105,9 @@ def refuse_replacing_unknown_copy(target: str, source: str, recorded: str | int 
     the version its chunk's done marker records (`recorded`; a marker of an earlier imagesieve: the size),
     or named by the record a killed run wrote before placing its files (`named`). A file a user put there
     or edited is never replaced."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
+    st = _existing_file(target)
+    if st is None:
         return
-    if not stat.S_ISREG(st.st_mode):
-        raise _not_ours(target)
     ours = same_write(file_fingerprint(st), recorded) if isinstance(recorded, str) else st.st_size == recorded
     if named or ours or same_file(target, source) or filecmp.cmp(target, source, shallow=False):
         return
@@ -139,6 +133,18 @@ def refuse_replacing_unknown_bytes(target: str, data: bytes, recorded: str | Non
     if storage_for(target, storage_options).exists(target) and \
             not small_file_is_ours(target, recorded, wrote_before, list(named), storage_options, data):
         raise _not_ours(target)
+
+
+def _existing_file(path: str) -> os.stat_result | None:
+    """The local output already at `path` (None: nothing there); anything but a regular file (a link, a
+    folder) is never ours to replace."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_ours(path)
+    return st
 
 
 def _not_ours(path: str) -> ValueError:

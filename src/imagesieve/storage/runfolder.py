@@ -70,6 +70,11 @@ def done_marker(output_dir: str, relative_path: str) -> str:
     return work_path(output_dir, "done", relative_path, ".json")
 
 
+def publishing_record(output_dir: str, relative_path: str) -> str:
+    """Where what a unit's run is about to publish is named, before it is (`storage.ours`)."""
+    return work_path(output_dir, "publishing", relative_path, ".json")
+
+
 def is_done(output_dir: str, relative_path: str, fingerprint: str, storage_options: dict | None = None) -> bool:
     """A shard (or folder chunk) is done when its marker exists, the input is the version the marker
     records (`fingerprint`; a shard changed since is redone), its removed list is there (the run's counts

@@ -15,7 +15,7 @@ import os
 from imagesieve.stages.io.sidecar import sidecar_path, stats_path
 from imagesieve.storage import join, separator, storage_for
 from imagesieve.storage.ours import delete_if_ours, file_digest, same_file, same_write, small_file_is_ours
-from imagesieve.storage.runfolder import WORK_DIR, read_json, work_path
+from imagesieve.storage.runfolder import WORK_DIR, publishing_record, read_json, work_path
 
 __all__ = ["delete_if_ours", "discard_unit", "discard_units", "recorded_units", "same_file"]
 
@@ -70,7 +70,7 @@ def discard_published(output_dir: str, relative_path: str, keep: set[str], stora
     marker records: the shard still the version (or bytes) it named, its tables still the bytes it named,
     an image folder chunk's files it named (but those in `keep`, kept files of chunks that stay done);
     then the record. Returns how many output files went."""
-    record = work_path(output_dir, "publishing", relative_path, ".json")
+    record = publishing_record(output_dir, relative_path)
     try:
         named = read_json(record, storage_options)
     except (OSError, ValueError):

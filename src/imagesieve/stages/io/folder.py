@@ -28,6 +28,7 @@ from imagesieve.storage.runfolder import (
     make_folder,
     mirror_folders,
     naming_errors,
+    publishing_record,
     read_json,
     work_path,
     write_json_atomic,
@@ -94,8 +95,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
     def _ours_already(self, relative: str) -> tuple[dict[str, str | int], set[str]]:
         """What this chunk's earlier run recorded (kept file -> its version; a marker of an earlier
         imagesieve: its size) and what a killed run was placing (its publishing record)."""
-        marker, record = done_marker(self.output_dir, relative), work_path(self.output_dir, "publishing", relative,
-                                                                           ".json")
+        marker, record = done_marker(self.output_dir, relative), publishing_record(self.output_dir, relative)
         done = read_json(marker) if os.path.isfile(marker) else {}
         recorded = done.get("kept_versions") or done.get("kept_files", {})
         named = set(read_json(record).get("placing", [])) if os.path.isfile(record) else set()
@@ -112,7 +112,7 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
             refuse_replacing_unknown_copy(os.path.join(self.output_dir, image.image_id), image.image_path,
                                           recorded.get(image.image_id), image.image_id in named)
         write_json_atomic({"placing": sorted(named.union(image.image_id for image in task.data))},
-                          work_path(self.output_dir, "publishing", relative, ".json"))
+                          publishing_record(self.output_dir, relative))
         versions = {}
         for image in task.data:
             target = os.path.join(self.output_dir, image.image_id)
@@ -132,6 +132,6 @@ class ImageFolderWriterStage(ProcessingStage[ImageBatch, FileGroupTask]):
                  "input_root": task._metadata["root"]}  # a link to root/ID is ours
         write_json_atomic(stats, done_marker(self.output_dir, relative))
         with contextlib.suppress(FileNotFoundError):  # the marker names the files now
-            os.remove(work_path(self.output_dir, "publishing", relative, ".json"))
+            os.remove(publishing_record(self.output_dir, relative))
         return FileGroupTask(dataset_name=task.dataset_name, data=list(kept_files), task_id=task.task_id,
                              _metadata=stats)

@@ -30,6 +30,7 @@ from imagesieve.storage.runfolder import (
     live_holder,
     make_folder,
     mirror_folders,
+    publishing_record,
     read_json,
     refuse_foreign_files,
     run_owner,
@@ -78,11 +79,6 @@ def refuse_moved_images(images: list, table: ShardTable) -> None:
             raise AccountingError(f"{table.shard}: its batch holds sample {image.image_id!r} read from "
                                   f"{source[0].shard}; a stage moved images between batches, which would write "
                                   "a sample into another shard's output: a stage returns each batch's own images")
-
-
-def publishing_record(output_dir: str, relative: str) -> str:
-    """Where the version of a shard's output about to be renamed into place is recorded."""
-    return work_path(output_dir, "publishing", relative, ".json")
 
 
 def kept_rows(task: ImageBatch, table: ShardTable | None) -> np.ndarray | None:
